@@ -1,0 +1,32 @@
+"""scarls: installable with pip (`pip install -e .`) and as an ament_python package (colcon)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'scarls'
+NODES = ('driver', 'actor', 'teleop', 'scheduler')
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    description='ScaRLS: a ROS 2 middleware that lets a fleet of robot arms learn while they work.',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    package_dir={'': 'src'},
+    packages=find_packages('src'),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')
+         + glob('config/*.xml')),
+    ],
+    zip_safe=True,
+    entry_points={
+        'console_scripts': [
+            'scarls = scarls.cli:main',
+            *[f'{node} = scarls.{node}.node:main' for node in NODES],
+        ],
+    },
+)
