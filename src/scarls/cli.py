@@ -1,2 +1,121 @@
-def main():
-    return 0
+"""`scarls`: the command line of the project.
+
+  scarls ecu     run one simulated ECU (driver, actor, teleop, scheduler as separate ROS 2
+                 processes talking over DDS) for some episodes, print what happened, write a
+                 JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from scarls import __version__
+from scarls.bringup import BringupError, default_params_file, ecu_nodes
+
+log = logging.getLogger('scarls')
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError('must be >= 0')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='scarls', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action='version', version=f'scarls {__version__}')
+    sub = parser.add_subparsers(dest='command', required=True)
+    ecu = sub.add_parser('ecu', help='run one simulated ECU in closed loop',
+                         description='Run one ECU (driver, actor, teleop, scheduler) as separate '
+                         'ROS 2 processes; the scripted expert plays the human.')
+    ecu.add_argument('--episodes', type=_positive_int, default=3,
+                     help='episodes to record (0 = until --minutes runs out; default 3)')
+    ecu.add_argument('--minutes', type=float, default=None,
+                     help='stop after this many minutes even if episodes remain')
+    ecu.add_argument('--task', default='pick_cube', help='task (default pick_cube)')
+    ecu.add_argument('--data-root', default='data', help='episode folder (default ./data)')
+    ecu.add_argument('--summary', default=None, help='write a JSON summary to this file')
+    ecu.add_argument('--ecu-id', default='ecu0', help='ECU id and ROS namespace (default ecu0)')
+    ecu.add_argument('--height', type=int, default=96, help='camera height px (default 96)')
+    ecu.add_argument('--width', type=int, default=128, help='camera width px (default 128)')
+    ecu.add_argument('--seed', type=int, default=0, help='scene/policy seed (default 0)')
+    ecu.add_argument('--policy', default='mlp', help='policy to start from (default mlp)')
+    ecu.add_argument('--checkpoint', default='', help='start from this checkpoint file')
+    ecu.add_argument('--max-steps', type=int, default=300, help='episode budget in steps')
+    ecu.add_argument('--image-codec', default='lz4', help='image codec (lz4, jpeg, ...)')
+    ecu.add_argument('--params-file', default=None, help='ROS parameters YAML')
+    ecu.add_argument('--domain-id', type=int, default=None,
+                     help='ROS_DOMAIN_ID (default: $ROS_DOMAIN_ID, else a random free-ish id)')
+    ecu.add_argument('--network', action='store_true',
+                     help='discover beyond localhost (default: this host only)')
+    ecu.add_argument('--log-dir', default=None, help='node logs (default <data-root>/logs/<time>)')
+    ecu.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    ecu.set_defaults(func=cmd_ecu)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, 'verbose', False) else logging.INFO,
+                        format='%(message)s')
+    try:
+        return args.func(args)
+    except BringupError as exc:
+        log.error('error: %s', exc)
+        return 2
+
+
+def cmd_ecu(args) -> int:
+    from scarls.ecu_runner import EcuRun, RunOptions
+    if args.height < 16 or args.width < 16:
+        log.error('error: camera resolution must be at least 16x16')
+        return 2
+    if args.episodes == 0 and not args.minutes:
+        log.error('error: --episodes 0 runs forever; give --minutes too')
+        return 2
+    data_root = Path(args.data_root).expanduser().resolve()
+    stamp = datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+    log_dir = Path(args.log_dir) if args.log_dir else data_root / 'logs' / stamp
+    domain = args.domain_id
+    if domain is None and os.environ.get('ROS_DOMAIN_ID', '').isdigit():
+        domain = int(os.environ['ROS_DOMAIN_ID'])
+    image = {'image_height': args.height, 'image_width': args.width}
+    specs = ecu_nodes(args.ecu_id, backend='sim', task=args.task, data_root=str(data_root),
+                      extra={
+                          'driver': {**image, 'seed': args.seed},
+                          'actor': {'policy': args.policy, 'checkpoint': args.checkpoint,
+                                    'seed': args.seed},
+                          'teleop': {**image, 'episodes': args.episodes,
+                                     'max_steps': args.max_steps},
+                          'scheduler': {'image_codec': args.image_codec},
+                      })
+    options = RunOptions(
+        specs=specs, params_file=str(args.params_file or default_params_file()),
+        episodes=args.episodes, minutes=args.minutes, domain_id=domain,
+        localhost_only=not args.network, log_dir=log_dir)
+    run = EcuRun(options)
+    summary = run.run()
+    summary.update({'task': args.task, 'ecu_id': args.ecu_id, 'data_root': str(data_root),
+                    'image_shape': [args.height, args.width], 'seed': args.seed,
+                    'started': stamp})
+    if args.summary:
+        path = Path(args.summary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + '.tmp')
+        tmp.write_text(json.dumps(summary, indent=2) + '\n')
+        tmp.replace(path)
+        log.info('summary written to %s', path)
+    return 0 if summary['ok'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""One ECU on a full ROS 2 install: `ros2 launch scarls ecu.launch.py ecu_id:=ecu0 backend:=sim`.
+
+The node list comes from scarls.bringup.ecu_nodes(), the same description `scarls ecu` uses, so
+the two launchers cannot drift. Lifecycle nodes (driver, actor, scheduler) configure and activate
+themselves (parameter autostart, default true); set autostart:=false in the params file to manage
+them with `ros2 lifecycle set` or a lifecycle manager instead.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+
+from scarls.bringup import ECU_ARGUMENTS, PACKAGE, default_params_file, ecu_nodes, \
+    lifecycle_nodes
+
+
+def _nodes(context):
+    value = {arg.name: LaunchConfiguration(arg.name).perform(context) for arg in ECU_ARGUMENTS}
+    params_file = value['params_file'] or str(default_params_file())
+    specs = ecu_nodes(value['ecu_id'], backend=value['backend'], task=value['task'],
+                      data_root=value['data_root'], teleop=value['teleop'])
+    managed = {s.name for s in lifecycle_nodes(specs)}
+    actions = []
+    for spec in specs:
+        kind = LifecycleNode if spec.name in managed else Node
+        actions.append(kind(
+            package=PACKAGE, executable=spec.executable, name=spec.name,
+            namespace=spec.namespace, output='screen', emulate_tty=True,
+            parameters=[params_file, spec.parameters]))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        *[DeclareLaunchArgument(arg.name, default_value=arg.default,
+                                description=arg.description) for arg in ECU_ARGUMENTS],
+        OpaqueFunction(function=_nodes),
+    ])

@@ -1,0 +1,366 @@
+"""actor: the control FSM of the ScaRLS paper (Algorithm 1) as a managed lifecycle node, at 30 Hz.
+
+INIT -> (reset pose) -> IDLE; START -> INFERENCE; INTERVENE -> HUMANINTERVENTION; RELEASE ->
+INFERENCE; SUCCESS / FAIL / STOP -> SUCCESS / FAIL / ABORTED -> (log, reload an announced newer
+checkpoint - only here, never mid-episode - reset pose) -> IDLE. Illegal signals are logged and
+ignored. In INFERENCE the policy produces action chunks on a worker thread (the tick never waits
+for it: it executes the current chunk and swaps in a new one when ready); in HUMANINTERVENTION the
+latest teleop command is executed (held if it is stale).
+
+Topics (relative to the ECU namespace):
+  in  joint_states, camera/{top,left,right}/image_raw (best effort, newest only), teleop/command,
+      operator/signal (scarls_interfaces/OperatorSignal), learner/checkpoint (CheckpointInfo)
+  out joint_command (sensor_msgs/JointState position targets, reliable depth 1)
+      actor/state (ActorState, transient local: every transition + 1 Hz)
+      actor/step (ActorStep: one per tick of an episode - stamps of the observation used, the
+      action sent, whether a human was in control, the model version)
+Clients: driver/reset_pose (std_srvs/Trigger).
+Parameters: rate_hz, policy, checkpoint, seed, refill_when_remaining, cameras, autostart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode
+from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, OperatorSignal
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+
+from scarls.actor.chunking import ChunkedController, PolicyInferenceError
+from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
+from scarls.checkpoints import CheckpointRejected, load_checkpoint
+from scarls.policies import Observation, make_policy
+from scarls.ros import qos
+from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_image, \
+    msg_to_positions
+from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.robot import JOINT_NAMES
+
+SIGNAL_EVENTS = {
+    OperatorSignal.START: Event.START,
+    OperatorSignal.INTERVENE: Event.INTERVENE,
+    OperatorSignal.RELEASE: Event.RELEASE,
+    OperatorSignal.SUCCESS: Event.SUCCESS,
+    OperatorSignal.FAIL: Event.FAIL,
+    OperatorSignal.STOP: Event.STOP,
+}
+RESET_TIMEOUT_S = 10.0
+TELEOP_STALE_S = 0.5
+
+
+class ActorNode(LifecycleNode):
+    def __init__(self) -> None:
+        super().__init__('actor')
+        declare(self, 'ecu_id', 'ecu0', 'ECU id', read_only=True)
+        declare(self, 'task', 'pick_cube', 'Task name', read_only=True)
+        declare(self, 'rate_hz', 30.0, 'Control rate (Hz)', read_only=True)
+        declare(self, 'policy', 'mlp', 'Registered policy to start from (random init)')
+        declare(self, 'checkpoint', '', 'Checkpoint (safetensors) to start from instead')
+        declare(self, 'seed', 0, 'Seed of a randomly initialised policy')
+        declare(self, 'refill_when_remaining', 4, 'Request a new chunk below this many actions')
+        declare(self, 'cameras', ['top', 'left', 'right'], 'Camera names', string_array=True)
+        declare(self, 'autostart', True, 'Configure and activate at start')
+        self.fsm = ActorFSM()
+        self._lock = threading.RLock()
+        self._timer = None
+        self._state_timer = None
+        self._warned_at: dict[str, float] = {}
+        self._controller: ChunkedController | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_configure(self, state):
+        self._cameras = tuple(self.get_parameter('cameras').value)
+        self._dt = 1.0 / float(self.get_parameter('rate_hz').value)
+        try:
+            self._load_initial_policy()
+        except (CheckpointRejected, ValueError, KeyError, OSError) as exc:
+            self.get_logger().error(f'policy could not be loaded: {exc}')
+            return FAILURE
+        self._controller = ChunkedController(
+            self._policy_fn, refill_when_remaining=int(
+                self.get_parameter('refill_when_remaining').value))
+        self._latest_js: JointState | None = None
+        self._latest_img: dict[str, Image] = {}
+        self._latest_teleop: tuple[float, np.ndarray] | None = None
+        self._pending_ckpt: CheckpointInfo | None = None
+        self._tick_count = 0
+        self._last_action: np.ndarray | None = None
+        sensors = ReentrantCallbackGroup()
+        self._control = MutuallyExclusiveCallbackGroup()
+        self._subs = [
+            self.create_subscription(JointState, 'joint_states', self._on_js, qos.JOINT_STATE,
+                                     callback_group=sensors),
+            *[self.create_subscription(Image, f'camera/{c}/image_raw',
+                                       lambda m, c=c: self._on_image(c, m), qos.CAMERA_LATEST,
+                                       callback_group=sensors) for c in self._cameras],
+            self.create_subscription(JointState, 'teleop/command', self._on_teleop, qos.COMMAND,
+                                     callback_group=sensors),
+            self.create_subscription(OperatorSignal, 'operator/signal', self._on_signal,
+                                     qos.EVENTS, callback_group=self._control),
+            self.create_subscription(CheckpointInfo, 'learner/checkpoint', self._on_checkpoint,
+                                     qos.LATCHED, callback_group=sensors),
+        ]
+        self._pub_cmd = self.create_publisher(JointState, 'joint_command', qos.COMMAND)
+        self._pub_state = self.create_publisher(ActorState, 'actor/state', qos.STATE)
+        self._pub_step = self.create_publisher(ActorStep, 'actor/step', qos.STEPS)
+        self._reset_client = self.create_client(Trigger, 'driver/reset_pose',
+                                                callback_group=ReentrantCallbackGroup())
+        self.get_logger().info(
+            f'configured: policy={self._policy_name} v{self._model_version} '
+            f'chunk={self._policy.chunk_size} cameras={list(self._cameras)}')
+        return SUCCESS
+
+    def _load_initial_policy(self) -> None:
+        path = str(self.get_parameter('checkpoint').value)
+        if path:
+            policy, header = load_checkpoint(path)
+            self._set_policy(policy, int(header.version))
+        else:
+            name = str(self.get_parameter('policy').value)
+            self._set_policy(make_policy(name, seed=int(self.get_parameter('seed').value)), 0)
+
+    def _set_policy(self, policy, version: int) -> None:
+        policy.eval()
+        self._policy = policy
+        self._policy_name = policy.name
+        self._model_version = version
+        if self._controller is not None:
+            self._controller.set_policy_fn(self._policy_fn)
+
+    def _policy_fn(self, obs: Observation) -> np.ndarray:
+        return self._policy.predict_chunk(obs)
+
+    def on_activate(self, state):
+        self._timer = self.create_timer(self._dt, self._tick, callback_group=self._control)
+        self._state_timer = self.create_timer(1.0, self._publish_state,
+                                              callback_group=self._control)
+        self._publish_state()
+        self._start_reset(after=Event.RESET_DONE)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        self._stop_timers()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        self.safe_stop()
+        return SUCCESS
+
+    def safe_stop(self) -> None:
+        self._stop_timers()
+        if self._controller is not None:
+            self._controller.close(timeout=1.0)
+            self._controller = None
+
+    def _stop_timers(self) -> None:
+        for timer in (self._timer, self._state_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._timer = self._state_timer = None
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _warn(self, key: str, text: str, period: float = 2.0) -> None:
+        now = time.monotonic()
+        if now - self._warned_at.get(key, -1e9) >= period:
+            self._warned_at[key] = now
+            self.get_logger().warning(text)
+
+    def _on_js(self, msg: JointState) -> None:
+        try:
+            msg_to_positions(msg, JOINT_NAMES)
+        except MessageError as exc:
+            self._warn('bad_js', f'joint_states dropped: {exc}')
+            return
+        self._latest_js = msg
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        try:
+            msg_to_image(msg)
+        except MessageError as exc:
+            self._warn('bad_img', f'camera/{camera} frame dropped: {exc}')
+            return
+        self._latest_img[camera] = msg
+
+    def _on_teleop(self, msg: JointState) -> None:
+        try:
+            self._latest_teleop = (time.monotonic(), msg_to_positions(msg, JOINT_NAMES))
+        except MessageError as exc:
+            self._warn('bad_teleop', f'teleop/command dropped: {exc}')
+
+    def _on_checkpoint(self, msg: CheckpointInfo) -> None:
+        if msg.approved and msg.version > self._model_version:
+            self._pending_ckpt = msg
+            self.get_logger().info(f'checkpoint v{msg.version} announced: loads at the next '
+                                   'episode boundary')
+
+    def _on_signal(self, msg: OperatorSignal) -> None:
+        event = SIGNAL_EVENTS.get(msg.signal)
+        if event is None:
+            self._warn('bad_signal', f'unknown operator signal {msg.signal} from {msg.source!r}')
+            return
+        reason = f'{msg.source}: {msg.reason}' if msg.reason else msg.source
+        self._handle(event, reason)
+
+    # -- FSM -------------------------------------------------------------------------------
+    def _handle(self, event: Event, reason: str) -> None:
+        with self._lock:
+            transition = self.fsm.try_handle(event, reason)
+            if transition is None:
+                self.get_logger().warning(
+                    f'illegal event {event.name} in {self.fsm.phase.name} ignored ({reason})')
+                return
+            self.get_logger().info(
+                f'{transition.prev.name} -> {transition.next.name} ({event.name}: {reason})')
+            if event is Event.START:
+                self._controller.reset()
+            self._publish_state(transition)
+            if is_terminal(transition.next):
+                self._close_episode()
+
+    def _close_episode(self) -> None:
+        stats = self.fsm.episode
+        self.get_logger().info(
+            f'episode {stats.episode_id} ended {self.fsm.phase.name}: {stats.steps} steps, '
+            f'{stats.intervention_steps} under human control, model v{self._model_version}')
+        self._publish_hold()
+        self._maybe_reload()
+        self._start_reset(after=Event.EPISODE_CLOSED)
+
+    def _maybe_reload(self) -> None:
+        info, self._pending_ckpt = self._pending_ckpt, None
+        if info is None or info.version <= self._model_version:
+            return
+        try:
+            policy, header = load_checkpoint(info.uri, expected_sha256=info.sha256 or None)
+        except (CheckpointRejected, OSError) as exc:
+            self.get_logger().error(f'checkpoint v{info.version} refused, keeping '
+                                    f'v{self._model_version}: {exc}')
+            return
+        self._set_policy(policy, int(header.version))
+        self.get_logger().info(f'reloaded checkpoint v{header.version} between episodes')
+
+    def _start_reset(self, after: Event, attempt: int = 1) -> None:
+        """Ask the driver to reset the pose; `after` fires when it is done (never blocks)."""
+        if not self._reset_client.service_is_ready():
+            self._warn('reset_wait', 'waiting for driver/reset_pose ...')
+            self._retry_later(lambda: self._start_reset(after, attempt), 0.2)
+            return
+        future = self._reset_client.call_async(Trigger.Request())
+        deadline = time.monotonic() + RESET_TIMEOUT_S
+
+        def check() -> None:
+            if future.done():
+                result = future.result()
+                if result is not None and result.success:
+                    self._handle(after, 'pose reset')
+                    return
+                why = result.message if result is not None else 'no response'
+                self.get_logger().error(f'reset pose failed ({why}), attempt {attempt}')
+            elif time.monotonic() < deadline:
+                self._retry_later(check, 0.05)
+                return
+            else:
+                self.get_logger().error(f'reset pose timed out after {RESET_TIMEOUT_S:.0f} s')
+            self._retry_later(lambda: self._start_reset(after, attempt + 1), 1.0)
+
+        self._retry_later(check, 0.05)
+
+    def _retry_later(self, fn, delay: float) -> None:
+        holder = {}
+
+        def once() -> None:
+            self.destroy_timer(holder['t'])
+            fn()
+
+        holder['t'] = self.create_timer(delay, once, callback_group=self._control)
+
+    # -- control tick ----------------------------------------------------------------------
+    def _observation(self):
+        js = self._latest_js
+        images = dict(self._latest_img)
+        if js is None or any(c not in images for c in self._cameras):
+            return None
+        q = msg_to_positions(js, JOINT_NAMES)
+        obs = Observation(images={c: msg_to_image(images[c]) for c in self._cameras},
+                          state=q.astype(np.float32))
+        return js, images, q, obs
+
+    def _tick(self) -> None:
+        with self._lock:
+            phase = self.fsm.phase
+            if not is_episode_active(phase):
+                return
+            got = self._observation()
+            if got is None:
+                self._warn('no_obs', 'no complete observation yet (joint_states + cameras)')
+                return
+            js, images, q, obs = got
+            self._tick_count += 1
+            human = phase is Phase.HUMANINTERVENTION
+            if human:
+                teleop = self._latest_teleop
+                if teleop is None or time.monotonic() - teleop[0] > TELEOP_STALE_S:
+                    self._warn('stale_teleop', 'no fresh teleop command: holding')
+                    action = q
+                else:
+                    action = teleop[1]
+            else:
+                try:
+                    action = self._controller.tick(obs, self._tick_count)
+                except PolicyInferenceError as exc:
+                    self._warn('policy_error', f'policy failed, holding: {exc}')
+                    action = None
+                if action is None:
+                    action = self._last_action if self._last_action is not None else q
+            action = np.asarray(action, dtype=np.float64)
+            self._last_action = action
+            stats = self.fsm.record_step()
+            stamp = self.get_clock().now().to_msg()
+            self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, action, stamp))
+            step = ActorStep()
+            step.header.stamp = stamp
+            step.episode_id = stats.episode_id
+            step.step = stats.steps - 1
+            step.joint_state_stamp = js.header.stamp
+            step.image_names = list(self._cameras)
+            step.image_stamps = [images[c].header.stamp for c in self._cameras]
+            step.observation_state = q.astype(np.float32).tolist()
+            step.action = action.astype(np.float32).tolist()
+            step.is_intervention = human
+            step.model_version = self._model_version
+            self._pub_step.publish(step)
+
+    def _publish_hold(self) -> None:
+        js = self._latest_js
+        if js is not None:
+            self._pub_cmd.publish(joint_state_to_msg(
+                JOINT_NAMES, msg_to_positions(js, JOINT_NAMES), self.get_clock().now().to_msg()))
+        self._last_action = None
+
+    def _publish_state(self, transition=None) -> None:
+        stats = self.fsm.episode
+        msg = ActorState()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.phase = self.fsm.phase.name
+        if transition is not None:
+            msg.previous_phase = transition.prev.name
+            msg.event = transition.event.name
+            msg.reason = transition.reason
+        msg.episode_id = stats.episode_id
+        msg.steps = stats.steps
+        msg.intervention_steps = stats.intervention_steps
+        msg.model_version = self._model_version
+        msg.intervening = self.fsm.phase is Phase.HUMANINTERVENTION
+        self._pub_state.publish(msg)
+
+
+def main(args=None) -> int:
+    return run_node(ActorNode, args, threads=3)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

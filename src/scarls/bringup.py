@@ -1,0 +1,134 @@
+"""The one description of which nodes an ECU runs, read by the launch files and by `scarls ecu`.
+
+Both launchers (launch/ecu.launch.py on a full ROS 2 install, `scarls ecu` on a machine with only
+the PyPI wheels) build their node list from `ecu_nodes()`, so they cannot drift. No rclpy here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE = 'scarls'
+BACKENDS = ('sim', 'arx5', 'ros2_bridge')
+TELEOP_SOURCES = ('scripted', 'keyboard', 'leader')
+_NAMESPACE_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+
+
+class BringupError(ValueError):
+    """The ECU description is invalid (bad ECU id, unknown backend, ...)."""
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    name: str
+    default: str
+    description: str
+
+
+# Declared by ecu.launch.py with these descriptions; `scarls ecu` exposes the same as flags.
+ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument('ecu_id', 'ecu0', 'ECU id; also the ROS namespace of all its nodes'),
+    LaunchArgument('backend', 'sim', 'Robot backend of the driver: ' + ', '.join(BACKENDS)),
+    LaunchArgument('task', 'pick_cube', 'Task name (the episode folder under data_root)'),
+    LaunchArgument('data_root', 'data', 'Folder where the scheduler writes Zarr episodes'),
+    LaunchArgument('params_file', '', 'ROS parameters YAML (default: the package config/ecu.yaml)'),
+    LaunchArgument('teleop', 'scripted', 'Teleop source: ' + ', '.join(TELEOP_SOURCES)),
+)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of an ECU: enough to start it with launch_ros or as a plain process."""
+
+    name: str                 # node name (also the executable name in lib/scarls)
+    module: str               # python -m entry point
+    namespace: str
+    parameters: dict = field(default_factory=dict)   # overrides on top of the params file
+
+    @property
+    def executable(self) -> str:
+        return self.name
+
+    @property
+    def fqn(self) -> str:
+        return f'/{self.namespace}/{self.name}' if self.namespace else f'/{self.name}'
+
+    def ros_args(self, params_file: str | None) -> list[str]:
+        """The `--ros-args ...` tail for a plain process start."""
+        args = ['--ros-args', '-r', f'__node:={self.name}']
+        if self.namespace:
+            args += ['-r', f'__ns:=/{self.namespace}']
+        if params_file:
+            args += ['--params-file', params_file]
+        for key, value in self.parameters.items():
+            args += ['-p', f'{key}:={_param_literal(value)}']
+        return args
+
+
+def _param_literal(value) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        # Quote strings so YAML never reinterprets them ('1' stays a string, '' is allowed).
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+def validate_ecu_id(ecu_id: str) -> str:
+    if not _NAMESPACE_RE.match(ecu_id):
+        raise BringupError(
+            f'ECU id {ecu_id!r} is not a valid ROS namespace: use letters, digits and _, '
+            'starting with a letter (e.g. ecu0)')
+    return ecu_id
+
+
+def default_params_file() -> Path:
+    """config/ecu.yaml: from the source tree, else from the installed package's share dir."""
+    source = Path(__file__).resolve().parents[2] / 'config' / 'ecu.yaml'
+    if source.is_file():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        installed = Path(get_package_share_directory(PACKAGE)) / 'config' / 'ecu.yaml'
+    except (ImportError, LookupError, ValueError):
+        installed = None
+    if installed is not None and installed.is_file():
+        return installed
+    raise BringupError('config/ecu.yaml not found next to the scarls package; pass params_file')
+
+
+def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = 'sim', task: str = 'pick_cube',
+              data_root: str = 'data', teleop: str = 'scripted',
+              extra: dict[str, dict] | None = None) -> list[NodeSpec]:
+    """The nodes of one ECU, in start order (driver first so the robot holds before others act).
+
+    `extra` maps node name -> parameter overrides (e.g. {'driver': {'image_height': 480}}).
+    """
+    validate_ecu_id(ecu_id)
+    if backend not in BACKENDS:
+        raise BringupError(f'unknown backend {backend!r}; known: {", ".join(BACKENDS)}')
+    if teleop not in TELEOP_SOURCES:
+        raise BringupError(f'unknown teleop source {teleop!r}; known: {", ".join(TELEOP_SOURCES)}')
+    if not task or '/' in task or task.startswith('.'):
+        raise BringupError(f'task name {task!r} must be a plain folder name')
+    extra = extra or {}
+    common = {'ecu_id': ecu_id, 'task': task}
+    specs = [
+        NodeSpec('driver', 'scarls.driver.node', ecu_id, {**common, 'backend': backend}),
+        NodeSpec('scheduler', 'scarls.scheduler.node', ecu_id,
+                 {**common, 'data_root': str(data_root)}),
+        NodeSpec('actor', 'scarls.actor.node', ecu_id, dict(common)),
+        NodeSpec('teleop', 'scarls.teleop.node', ecu_id, {**common, 'source': teleop}),
+    ]
+    unknown = set(extra) - {s.name for s in specs}
+    if unknown:
+        raise BringupError(f'parameter overrides for unknown nodes: {sorted(unknown)}')
+    return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})})
+            for s in specs]
+
+
+def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:
+    """The managed (lifecycle) nodes among `specs`, which a launcher must configure + activate."""
+    return [s for s in specs if s.name in ('driver', 'actor', 'scheduler')]

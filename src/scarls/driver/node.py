@@ -1,0 +1,272 @@
+"""driver: the robot's hardware driver node (lifecycle), one interface for every backend.
+
+Backends (parameter `backend`): `sim` (simulated dual-arm robot + three cameras + task state),
+`arx5` (ARX5 arms through the vendor SDK, imported lazily at configure), `ros2_bridge` (a robot
+that already speaks ROS 2, e.g. Agibot G1 class: joint states in, commands out on its topics).
+
+Safety lives here whatever the backend: every command is checked (length, NaN) and clamped to the
+joint position and velocity limits; if commands stop arriving for `watchdog_timeout_s` the robot
+holds its position; `~/estop` (SetBool: true engages, false releases) latches a hold.
+
+Topics (relative to the ECU namespace):
+  out joint_states                    sensor_msgs/JointState   reliable, depth 10
+  out camera/{top,left,right}/image_raw sensor_msgs/Image rgb8  reliable, depth 5 (sim backend)
+  out task_state                      scarls_interfaces/TaskState (sim backend; privileged)
+  in  joint_command                   sensor_msgs/JointState   reliable, depth 1 (position targets)
+Services: ~/reset_pose (std_srvs/Trigger), ~/estop (std_srvs/SetBool).
+Parameters: see config/ecu.yaml (backend, rate_hz, image_height/width, seed, watchdog_timeout_s,
+arx5_*, bridge_*, autostart).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode
+from scarls_interfaces.msg import TaskState
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import SetBool, Trigger
+
+from scarls.driver.backends import make_backend
+from scarls.driver.safety import CommandRejected, EStop, SafetyFilter, Watchdog
+from scarls.ros import qos
+from scarls.ros.conversions import (MessageError, image_to_msg, joint_state_to_msg,
+                                    msg_to_positions)
+from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+
+
+class DriverNode(LifecycleNode):
+    def __init__(self) -> None:
+        super().__init__('driver')
+        declare(self, 'ecu_id', 'ecu0', 'ECU id (for logs and metadata)', read_only=True)
+        declare(self, 'task', 'pick_cube', 'Task of the simulated scene', read_only=True)
+        declare(self, 'backend', 'sim', 'Robot backend: sim | arx5 | ros2_bridge', read_only=True)
+        declare(self, 'rate_hz', 30.0, 'State/camera publish rate and sim step rate (Hz)')
+        declare(self, 'image_height', 96, 'Sim camera image height (px)', read_only=True)
+        declare(self, 'image_width', 128, 'Sim camera image width (px)', read_only=True)
+        declare(self, 'seed', 0, 'Sim scene randomisation seed', read_only=True)
+        declare(self, 'watchdog_timeout_s', 0.25, 'Hold position when commands stop this long')
+        declare(self, 'arx5_model', 'X5', 'ARX5 arm model for the SDK', read_only=True)
+        declare(self, 'arx5_left_interface', 'can0', 'CAN interface of the left arm')
+        declare(self, 'arx5_right_interface', 'can1', 'CAN interface of the right arm')
+        declare(self, 'bridge_state_topic', '/robot/joint_states', 'Bridged robot state topic')
+        declare(self, 'bridge_command_topic', '/robot/joint_command', 'Bridged command topic')
+        declare(self, 'bridge_joint_names', [''], "Bridged robot's joint names, in our order",
+                string_array=True)
+        declare(self, 'autostart', True, 'Configure and activate at start')
+        self._backend = None
+        self._lock = threading.Lock()
+        self._target: np.ndarray | None = None
+        self._timer = None
+        self._entities: list = []
+        self._warned_at: dict[str, float] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_configure(self, state):
+        p = {name: self.get_parameter(name).value for name in (
+            'backend', 'task', 'image_height', 'image_width', 'seed', 'rate_hz', 'arx5_model',
+            'arx5_left_interface', 'arx5_right_interface', 'bridge_state_topic',
+            'bridge_command_topic', 'bridge_joint_names')}
+        try:
+            self._backend = make_backend(p['backend'], p)
+            self._backend.connect()
+        except Exception as exc:  # ConfigError / BackendError carry the what-to-do message
+            self.get_logger().error(f"backend '{p['backend']}' failed to configure: {exc}")
+            self._backend = None
+            return FAILURE
+        rate = float(p['rate_hz'])
+        self._dt = 1.0 / rate
+        self._names = tuple(self._backend.joint_names)
+        self._filter = SafetyFilter(self._backend.limits, self._dt)
+        self._watchdog = Watchdog(float(self.get_parameter('watchdog_timeout_s').value))
+        self._estop = EStop()
+        self._cameras = tuple(self._backend.camera_names)
+        self._pub_js = self.create_publisher(JointState, 'joint_states', qos.JOINT_STATE)
+        self._pub_cam = {c: self.create_publisher(Image, f'camera/{c}/image_raw', qos.CAMERA)
+                         for c in self._cameras}
+        self._pub_task = self.create_publisher(TaskState, 'task_state', qos.JOINT_STATE)
+        self._sub_cmd = self.create_subscription(JointState, 'joint_command', self._on_command,
+                                                 qos.COMMAND)
+        group = MutuallyExclusiveCallbackGroup()
+        self._srv_reset = self.create_service(Trigger, '~/reset_pose', self._on_reset,
+                                              callback_group=group)
+        self._srv_estop = self.create_service(SetBool, '~/estop', self._on_estop,
+                                              callback_group=group)
+        self._entities = [self._pub_js, *self._pub_cam.values(), self._pub_task, self._sub_cmd,
+                          self._srv_reset, self._srv_estop]
+        if p['backend'] == 'ros2_bridge':
+            self._setup_bridge(p)
+        self._timer_group = group
+        self.get_logger().info(
+            f"configured: backend={p['backend']} joints={len(self._names)} "
+            f"cameras={list(self._cameras)} rate={rate:.1f} Hz")
+        return SUCCESS
+
+    def _setup_bridge(self, p) -> None:
+        backend = self._backend
+        self._bridge_pub = self.create_publisher(JointState, p['bridge_command_topic'],
+                                                 qos.COMMAND)
+        self._bridge_sub = self.create_subscription(
+            JointState, p['bridge_state_topic'],
+            lambda m: backend.on_state(list(m.name), list(m.position),
+                                       m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
+            qos.JOINT_STATE)
+        self._entities += [self._bridge_pub, self._bridge_sub]
+
+    def on_activate(self, state):
+        with self._lock:
+            self._target = None
+        self._timer = self.create_timer(self._dt, self._tick, callback_group=self._timer_group)
+        self.get_logger().info('active: publishing state, accepting commands')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        self._stop_timer()
+        self._hold('deactivated')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        self._release()
+        return SUCCESS
+
+    def on_shutdown(self, state):
+        self.safe_stop()
+        return SUCCESS
+
+    def safe_stop(self) -> None:
+        """Hold position, then disconnect (called on shutdown, SIGINT/SIGTERM and errors)."""
+        self._stop_timer()
+        if self._backend is not None:
+            self._hold('stopping')
+            self._release()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+
+    def _release(self) -> None:
+        for entity in self._entities:
+            for destroy in (self.destroy_publisher, self.destroy_subscription,
+                            self.destroy_service):
+                try:
+                    if destroy(entity):
+                        break
+                except Exception:  # noqa: BLE001 - wrong kind for this destroy function
+                    continue
+        self._entities = []
+        if self._backend is not None:
+            try:
+                self._backend.disconnect()
+            finally:
+                self._backend = None
+
+    def _hold(self, why: str) -> None:
+        try:
+            self._backend.hold()
+        except Exception as exc:  # noqa: BLE001 - a failing hold must still be reported
+            self.get_logger().error(f'hold failed ({why}): {exc}')
+        with self._lock:
+            self._target = None
+
+    # -- callbacks -------------------------------------------------------------------------
+    def _warn(self, key: str, text: str, period: float = 2.0) -> None:
+        now = time.monotonic()
+        if now - self._warned_at.get(key, -1e9) >= period:
+            self._warned_at[key] = now
+            self.get_logger().warning(text)
+
+    def _on_command(self, msg: JointState) -> None:
+        try:
+            target = msg_to_positions(msg, self._names)
+        except MessageError as exc:
+            self._warn('bad_command', f'joint_command rejected: {exc}')
+            return
+        with self._lock:
+            self._target = target
+        self._watchdog.feed(time.monotonic())
+
+    def _on_reset(self, request, response):
+        try:
+            self._backend.reset_pose()
+            with self._lock:
+                self._target = None
+            response.success, response.message = True, 'reset to home pose'
+            self.get_logger().info('reset pose')
+        except Exception as exc:  # noqa: BLE001 - report to the caller, keep running
+            response.success, response.message = False, f'reset failed: {exc}'
+            self.get_logger().error(response.message)
+        return response
+
+    def _on_estop(self, request, response):
+        if request.data:
+            self._estop.engage('service request')
+            self._hold('e-stop')
+            response.message = 'e-stop engaged: holding position'
+            self.get_logger().warning(response.message)
+        else:
+            self._estop.release()
+            response.message = 'e-stop released'
+            self.get_logger().info(response.message)
+        response.success = True
+        return response
+
+    def _tick(self) -> None:
+        backend = self._backend
+        if backend is None:
+            return
+        now = time.monotonic()
+        current = backend.read_state().positions
+        with self._lock:
+            target = self._target
+        if self._estop.engaged:
+            backend.hold()
+        elif target is not None and self._watchdog.expired(now):
+            self._warn('watchdog', 'no joint_command for '
+                       f'{self._watchdog.timeout_s:.2f} s: holding position')
+            self._hold('watchdog')
+        elif target is not None:
+            try:
+                result = self._filter.filter(target, current)
+                backend.write_command(result.command)
+                if result.clamped:
+                    self._warn('clamped', 'command clamped: ' + ', '.join(result.reasons), 5.0)
+            except CommandRejected as exc:
+                self._warn('rejected', f'command rejected: {exc}')
+                self._hold('rejected command')
+        backend.step(self._dt)
+        self._publish()
+
+    def _publish(self) -> None:
+        backend = self._backend
+        stamp = self.get_clock().now().to_msg()
+        sample = backend.read_state()
+        self._pub_js.publish(joint_state_to_msg(self._names, sample.positions, stamp,
+                                                sample.velocities))
+        for name, frame in backend.read_cameras().items():
+            self._pub_cam[name].publish(image_to_msg(frame, stamp, f'camera_{name}'))
+        task = backend.task_state()
+        if task is not None:
+            msg = TaskState()
+            msg.header.stamp = stamp
+            msg.task = str(self.get_parameter('task').value)
+            msg.success, msg.failed = bool(task.success), bool(task.failed)
+            msg.names = list(task.names())
+            msg.values = [float(v) for v in task.as_vector()]
+            self._pub_task.publish(msg)
+        if hasattr(backend, 'pending_command'):
+            cmd = backend.pending_command()
+            if cmd is not None:
+                names, positions = cmd
+                self._bridge_pub.publish(joint_state_to_msg(names, positions, stamp))
+
+
+def main(args=None) -> int:
+    return run_node(DriverNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

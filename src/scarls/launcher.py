@@ -1,0 +1,132 @@
+"""Start and stop an ECU's nodes as separate processes (the launcher for machines without
+launch_ros), plus the ROS environment every scarls process gets. No rclpy here.
+
+Each node runs as `python -m <module> --ros-args ...` built from `bringup.NodeSpec`, with its output
+in `<log_dir>/<node>.log`. Stopping is graceful: SIGINT (nodes hold the robot and close files),
+then SIGTERM, then SIGKILL; after a SIGKILL, Fast DDS shared-memory files left in /dev/shm are
+cleaned so they do not pile up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scarls.bringup import NodeSpec
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / 'config'
+
+
+class LaunchError(RuntimeError):
+    """A node could not be started or died."""
+
+
+def pick_domain_id() -> int:
+    """A ROS_DOMAIN_ID for an isolated local run (0-232 are valid; avoid the common 0-9)."""
+    return random.SystemRandom().randint(10, 232)
+
+
+def ros_env(domain_id: int, *, localhost_only: bool = True, base: dict | None = None) -> dict:
+    env = dict(os.environ if base is None else base)
+    env['ROS_DOMAIN_ID'] = str(int(domain_id))
+    env.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    if localhost_only:
+        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    profile = CONFIG_DIR / 'fastdds_shm.xml'
+    if profile.is_file() and 'FASTRTPS_DEFAULT_PROFILES_FILE' not in env:
+        env['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(profile)
+    env['PYTHONUNBUFFERED'] = '1'
+    env.setdefault('OMP_NUM_THREADS', '1')
+    return env
+
+
+@dataclass
+class RunningNode:
+    spec: NodeSpec
+    process: subprocess.Popen
+    log_path: Path
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors='replace').splitlines()
+        except OSError:
+            return ''
+        return '\n'.join(text[-lines:])
+
+
+class ProcessGroup:
+    """The processes of one or more ECUs; always stop it (use as a context manager)."""
+
+    def __init__(self, env: dict, log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.nodes: list[RunningNode] = []
+        self.killed = False
+
+    def start(self, spec: NodeSpec, params_file: str | None) -> RunningNode:
+        cmd = [sys.executable, '-m', spec.module, *spec.ros_args(params_file)]
+        tag = f'{spec.namespace}_{spec.name}' if spec.namespace else spec.name
+        log_path = self.log_dir / f'{tag}.log'
+        out = open(log_path, 'wb')  # noqa: SIM115 - owned by the child; closed below
+        try:
+            proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise LaunchError(f'could not start {spec.fqn}: {exc}') from exc
+        finally:
+            out.close()
+        node = RunningNode(spec, proc, log_path)
+        self.nodes.append(node)
+        log.debug('started %s (pid %d): %s', spec.fqn, proc.pid, ' '.join(cmd))
+        return node
+
+    def dead(self) -> list[RunningNode]:
+        return [n for n in self.nodes if n.process.poll() is not None]
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
+        """Stop all nodes (last started first); returns exit codes by fully qualified name."""
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0),
+                          (signal.SIGKILL, 3.0)):
+            alive = [n for n in reversed(self.nodes) if n.process.poll() is None]
+            if not alive:
+                break
+            if sig is signal.SIGKILL:
+                self.killed = True
+                log.warning('killing %s', ', '.join(n.spec.fqn for n in alive))
+            for n in alive:
+                try:
+                    n.process.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            for n in alive:
+                try:
+                    n.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        if self.killed:
+            clean_fastdds_shm()
+        return {n.spec.fqn: n.process.poll() for n in self.nodes}
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def clean_fastdds_shm() -> None:
+    """Remove Fast DDS shared-memory files whose owners are gone (after a SIGKILL)."""
+    fastdds = Path(sys.executable).with_name('fastdds')
+    if fastdds.exists():
+        subprocess.run([str(fastdds), 'shm', 'clean'], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=30, check=False)

@@ -1,0 +1,101 @@
+"""Small helpers every scarls node uses: typed parameter declaration and a standard `main()`.
+
+`run_node(cls)` is the house entry point: init, build the node, (auto)configure + activate a
+lifecycle node when its `autostart` parameter is true, spin a multi-threaded executor, and on
+SIGINT/SIGTERM or an error always call `node.safe_stop()` (drivers hold position there), destroy
+the node and `rclpy.try_shutdown()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+
+
+def declare(node, name: str, default: Any, description: str, *, read_only: bool = False,
+            string_array: bool = False) -> None:
+    """Declare one parameter with its type and description in one place."""
+    if string_array:
+        ptype = ParameterType.PARAMETER_STRING_ARRAY
+    else:
+        ptype = _TYPES[type(default)]
+    node.declare_parameter(name, default, ParameterDescriptor(
+        type=ptype, description=description, read_only=read_only,
+        dynamic_typing=isinstance(default, float)))
+
+
+def get(node, name: str) -> Any:
+    value = node.get_parameter(name).value
+    return value
+
+
+def get_float(node, name: str) -> float:
+    return float(node.get_parameter(name).value)
+
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+
+
+def autostart(node: LifecycleNode) -> bool:
+    """configure + activate in-process; False (and logged) if either transition fails."""
+    node.trigger_configure()
+    if node._state_machine.current_state[1] != 'inactive':  # noqa: SLF001 (rclpy has no getter)
+        node.get_logger().error('configure failed: the node stays unconfigured (see above)')
+        return False
+    node.trigger_activate()
+    if node._state_machine.current_state[1] != 'active':  # noqa: SLF001
+        node.get_logger().error('activate failed (see above)')
+        return False
+    return True
+
+
+def lifecycle_state(node: LifecycleNode) -> str:
+    return node._state_machine.current_state[1]  # noqa: SLF001
+
+
+def run_node(node_cls, args=None, *, threads: int = 2) -> int:
+    """Standard main(): returns a process exit code."""
+    logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = node_cls()
+        if isinstance(node, LifecycleNode) and node.get_parameter('autostart').value:
+            if not autostart(node):
+                code = 1
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # the last line of defence: log, stop safely, exit non-zero
+        if node is not None:
+            node.get_logger().fatal(f'unhandled error: {exc!r}')
+        else:
+            sys.stderr.write(f'node failed to start: {exc!r}\n')
+        code = 1
+    finally:
+        if node is not None:
+            try:
+                stop = getattr(node, 'safe_stop', None)
+                if stop is not None:
+                    stop()
+            finally:
+                node.destroy_node()
+        rclpy.try_shutdown()
+    return code

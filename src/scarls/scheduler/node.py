@@ -1,0 +1,325 @@
+"""scheduler: the ECU's data hub (lifecycle node): records the robot's topics into Zarr episodes.
+
+For every actor/step it finds the exact camera frames the actor used (by header stamp) and appends
+the step to the episode being written on a background writer (the subscription path never touches
+the disk, so recording never drops frames because of I/O). When the actor reports the end of the
+episode it finalises it - `<data_root>/<task>/episode_<N>.zarr` + `episode_<N>_meta.json`, written
+under a temporary name, fsynced and renamed so an episode only ever appears complete - and
+publishes an EpisodeInfo. Steps whose frames never arrive within `match_timeout_s` are dropped and
+counted (never filled with other frames).
+
+Topics (relative to the ECU namespace):
+  in  camera/{top,left,right}/image_raw (reliable, depth 5), actor/step, actor/state
+  out scheduler/episode (scarls_interfaces/EpisodeInfo, reliable depth 100)
+Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_seconds, cameras,
+autostart.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rclpy.lifecycle import LifecycleNode
+from scarls_interfaces.msg import ActorState, ActorStep, EpisodeInfo
+from sensor_msgs.msg import Image
+
+from scarls.episodes import BackgroundEpisodeWriter, StepRecord
+from scarls.ros import qos
+from scarls.ros.conversions import MessageError, msg_to_image, stamp_to_ns
+from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+
+TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
+FINALIZE_WAIT_S = 3.0
+
+
+@dataclass
+class _Episode:
+    actor_episode_id: int
+    writer: BackgroundEpisodeWriter
+    started: float = field(default_factory=time.monotonic)
+    steps_seen: int = 0
+    dropped: int = 0
+    model_version: int = 0
+
+
+class FrameBuffer:
+    """The last frames of one camera, looked up by exact header stamp."""
+
+    def __init__(self, capacity: int) -> None:
+        self._frames: dict[int, Image] = {}
+        self._order: collections.deque[int] = collections.deque()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def add(self, msg: Image) -> None:
+        key = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            if key not in self._frames:
+                self._order.append(key)
+            self._frames[key] = msg
+            while len(self._order) > self._capacity:
+                self._frames.pop(self._order.popleft(), None)
+
+    def get(self, key: int) -> Image | None:
+        with self._lock:
+            return self._frames.get(key)
+
+
+class SchedulerNode(LifecycleNode):
+    def __init__(self) -> None:
+        super().__init__('scheduler')
+        declare(self, 'ecu_id', 'ecu0', 'ECU id (written into every episode)', read_only=True)
+        declare(self, 'task', 'pick_cube', 'Task: episodes go to <data_root>/<task>/')
+        declare(self, 'data_root', 'data', 'Root folder of the Zarr episodes')
+        declare(self, 'image_codec', 'lz4', 'Image codec of new episodes (lz4 lossless, jpeg...)')
+        declare(self, 'match_timeout_s', 2.0, "Wait this long for a step's frames")
+        declare(self, 'buffer_seconds', 5.0, 'Seconds of camera frames kept for matching')
+        declare(self, 'fps', 30.0, 'Control rate recorded in the metadata')
+        declare(self, 'cameras', ['top', 'left', 'right'], 'Camera names', string_array=True)
+        declare(self, 'autostart', True, 'Configure and activate at start')
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._entities: list = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_configure(self, state):
+        p = self.get_parameter
+        self._root = Path(str(p('data_root').value)).expanduser().resolve()
+        self._task = str(p('task').value)
+        self._ecu = str(p('ecu_id').value)
+        self._codec = str(p('image_codec').value)
+        self._fps = float(p('fps').value)
+        self._timeout = float(p('match_timeout_s').value)
+        self._cameras = tuple(p('cameras').value)
+        try:
+            (self._root / self._task).mkdir(parents=True, exist_ok=True)
+            probe = self._root / self._task / f'.write-test-{os.getpid()}'
+            probe.write_bytes(b'ok')
+            probe.unlink()
+        except OSError as exc:
+            self.get_logger().error(
+                f'data_root {self._root} is not writable ({exc.strerror}): choose another '
+                'folder with data_root:=... or fix its permissions')
+            return FAILURE
+        capacity = max(10, int(float(p('buffer_seconds').value) * self._fps * 1.5))
+        self._frames = {c: FrameBuffer(capacity) for c in self._cameras}
+        self._pending: collections.deque[tuple[float, ActorStep]] = collections.deque()
+        self._ends: dict[int, tuple[str, int, float]] = {}
+        self._cond = threading.Condition()
+        self._episode: _Episode | None = None
+        self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
+        self._subs = [
+            *[self.create_subscription(Image, f'camera/{c}/image_raw',
+                                       lambda m, c=c: self._frames[c].add(m), qos.CAMERA)
+              for c in self._cameras],
+            self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS),
+            self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE),
+        ]
+        self.get_logger().info(f'configured: recording {self._task!r} into {self._root} '
+                               f'(codec {self._codec})')
+        return SUCCESS
+
+    def on_activate(self, state):
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name='recorder', daemon=True)
+        self._thread.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        self._stop_thread()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        self.safe_stop()
+        return SUCCESS
+
+    def safe_stop(self) -> None:
+        """Stop recording; an unfinished episode is discarded (never left half-visible)."""
+        self._stop_thread()
+        episode = getattr(self, '_episode', None)
+        if episode is not None:
+            episode.writer.abort()
+            self.get_logger().warning(
+                f'unfinished episode (actor episode {episode.actor_episode_id}, '
+                f'{episode.steps_seen} steps) discarded at shutdown')
+            self._episode = None
+
+    def _stop_thread(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            with self._cond:
+                self._cond.notify_all()
+            self._thread.join(timeout=10.0)
+            self._thread = None
+
+    # -- callbacks (never touch the disk) ----------------------------------------------------
+    def _on_step(self, msg: ActorStep) -> None:
+        with self._cond:
+            self._pending.append((time.monotonic(), msg))
+            self._cond.notify()
+
+    def _on_state(self, msg: ActorState) -> None:
+        outcome = TERMINAL.get(msg.phase)
+        if outcome is None and msg.event == 'EPISODE_CLOSED':
+            outcome = TERMINAL.get(msg.previous_phase)
+        if outcome is None or msg.episode_id == 0:
+            return
+        with self._cond:
+            if msg.episode_id not in self._ends:
+                self._ends[msg.episode_id] = (outcome, int(msg.steps), time.monotonic())
+                self._cond.notify()
+
+    # -- recorder thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                self._cond.wait(timeout=0.05)
+            try:
+                self._drain()
+                self._maybe_finalize()
+            except Exception as exc:  # noqa: BLE001 - keep recording, say what happened
+                self.get_logger().error(f'recorder error: {exc!r}')
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    return
+                received, step = self._pending[0]
+            episode = self._episode
+            if episode is not None and step.episode_id != episode.actor_episode_id:
+                if step.episode_id < episode.actor_episode_id:
+                    with self._cond:
+                        self._pending.popleft()  # a late step of an episode already closed
+                    continue
+                # the next episode has begun: the current one must be finalised first
+                self._maybe_finalize(
+                    force=time.monotonic() - received > FINALIZE_WAIT_S)
+                if self._episode is not None:
+                    return
+            images = self._match(step)
+            if images is None:
+                if time.monotonic() - received < self._timeout:
+                    return  # frames may still be on their way
+                with self._cond:
+                    self._pending.popleft()
+                self._count_drop(step, 'frames never arrived')
+                continue
+            with self._cond:
+                self._pending.popleft()
+            self._append(step, images)
+
+    def _match(self, step: ActorStep) -> dict[str, np.ndarray] | None:
+        images = {}
+        for name, stamp in zip(step.image_names, step.image_stamps):
+            if name not in self._frames:
+                continue
+            msg = self._frames[name].get(stamp_to_ns(stamp))
+            if msg is None:
+                return None
+            try:
+                images[name] = msg_to_image(msg)
+            except MessageError:
+                return None
+        if set(images) != set(self._cameras):
+            return None
+        return images
+
+    def _count_drop(self, step: ActorStep, why: str) -> None:
+        episode = self._ensure_episode(step, None)
+        if episode is not None:
+            episode.dropped += 1
+            episode.steps_seen += 1
+        self.get_logger().warning(f'step {step.step} of actor episode {step.episode_id} '
+                                  f'dropped: {why}', throttle_duration_sec=2.0)
+
+    def _ensure_episode(self, step: ActorStep, images) -> _Episode | None:
+        if self._episode is not None:
+            return self._episode
+        if images is None:
+            return None
+        first = next(iter(images.values()))
+        writer = BackgroundEpisodeWriter(
+            self._root, self._task, self._ecu, cameras=self._cameras,
+            image_shape=tuple(first.shape[:2]), state_dim=len(step.observation_state),
+            action_dim=len(step.action), fps=self._fps, codec=self._codec)
+        self._episode = _Episode(step.episode_id, writer)
+        return self._episode
+
+    def _append(self, step: ActorStep, images: dict[str, np.ndarray]) -> None:
+        try:
+            episode = self._ensure_episode(step, images)
+            episode.writer.append(StepRecord(
+                images=images,
+                state=np.asarray(step.observation_state, dtype=np.float32),
+                action=np.asarray(step.action, dtype=np.float32),
+                intervention=bool(step.is_intervention),
+                timestamp=stamp_to_ns(step.header.stamp) * 1e-9))
+            episode.steps_seen += 1
+            episode.model_version = int(step.model_version)
+        except Exception as exc:  # noqa: BLE001 - EpisodeError/StorageError: drop, say why
+            if self._episode is not None:
+                self._episode.dropped += 1
+                self._episode.steps_seen += 1
+            self.get_logger().error(f'step {step.step} not recorded: {exc}',
+                                    throttle_duration_sec=2.0)
+
+    def _maybe_finalize(self, force: bool = False) -> None:
+        episode = self._episode
+        if episode is None:
+            # an episode that ended before any of its steps could be matched: forget it
+            return
+        end = self._ends.get(episode.actor_episode_id)
+        if end is None and not force:
+            return
+        outcome, steps, t_end = end if end is not None else ('aborted', episode.steps_seen,
+                                                                time.monotonic())
+        if episode.steps_seen < steps and time.monotonic() - t_end < FINALIZE_WAIT_S \
+                and not force:
+            return  # some steps are still in flight
+        self._episode = None
+        self._ends.pop(episode.actor_episode_id, None)
+        recorded = episode.steps_seen - episode.dropped
+        if recorded == 0:
+            episode.writer.abort()
+            self.get_logger().error(f'actor episode {episode.actor_episode_id}: no step could '
+                                    'be recorded, nothing written')
+            return
+        try:
+            ref = episode.writer.finalize(outcome, episode.model_version, extra={
+                'actor_episode_id': episode.actor_episode_id,
+                'dropped_steps': episode.dropped + max(0, steps - episode.steps_seen)})
+        except Exception as exc:  # noqa: BLE001 - StorageError (disk full...): nothing visible
+            self.get_logger().error(f'episode of actor episode {episode.actor_episode_id} '
+                                    f'could not be saved: {exc}')
+            return
+        finalize_s = time.monotonic() - t_end
+        info = EpisodeInfo()
+        info.header.stamp = self.get_clock().now().to_msg()
+        info.ecu_id, info.task, info.index = self._ecu, self._task, int(ref.index)
+        info.outcome, info.steps = outcome, int(ref.steps)
+        info.intervention_steps = int(ref.intervention_steps)
+        info.model_version = int(episode.model_version)
+        info.actor_episode_id = int(episode.actor_episode_id)
+        info.path = str(ref.path)
+        info.dropped_steps = int(episode.dropped + max(0, steps - episode.steps_seen))
+        info.finalize_seconds = float(finalize_s)
+        self._pub_episode.publish(info)
+        self.get_logger().info(
+            f'episode {ref.index} saved: {outcome}, {ref.steps} steps '
+            f'({ref.intervention_steps} by human), {info.dropped_steps} dropped, visible '
+            f'{finalize_s:.2f} s after the end -> {ref.path}')
+
+
+def main(args=None) -> int:
+    return run_node(SchedulerNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""teleop: the human in the loop - operator signals and teleoperation commands.
+
+Sources (parameter `source`):
+  scripted  the simulation's scripted expert plays the human, HG-DAgger style: it watches the
+            policy's actions (actor/step) and takes over (INTERVENE) when they deviate from what
+            it would do beyond a threshold, or when the episode is about to run out of time; it
+            releases (RELEASE) once the robot is back on track, and declares SUCCESS / FAIL from
+            the simulator's task state. It also STARTs episodes (up to `episodes`, 0 = forever).
+  keyboard  a terminal operator: s=START i=INTERVENE r=RELEASE y=SUCCESS f=FAIL x=STOP
+            (teleop command: hold the current position).
+  leader    joint positions from a leader arm on `leader_topic` become the teleop command;
+            signals come from the keyboard when a terminal is attached.
+
+Topics (relative to the ECU namespace):
+  in  joint_states, task_state (scarls_interfaces/TaskState, scripted), actor/state, actor/step,
+      leader/joint_states (leader)
+  out operator/signal (scarls_interfaces/OperatorSignal, reliable depth 100)
+      teleop/command (sensor_msgs/JointState position targets, reliable depth 1)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+from rclpy.node import Node
+from scarls_interfaces.msg import ActorState, ActorStep, OperatorSignal, TaskState
+from sensor_msgs.msg import JointState
+
+from scarls.robot import JOINT_NAMES
+from scarls.ros import qos
+from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_positions
+from scarls.ros.node_utils import declare, run_node
+from scarls.teleop.gate import DecisionKind, GateConfig, InterventionGate
+
+SIGNALS = {'START': OperatorSignal.START, 'INTERVENE': OperatorSignal.INTERVENE,
+           'RELEASE': OperatorSignal.RELEASE, 'SUCCESS': OperatorSignal.SUCCESS,
+           'FAIL': OperatorSignal.FAIL, 'STOP': OperatorSignal.STOP}
+KEYS = {'s': 'START', 'i': 'INTERVENE', 'r': 'RELEASE', 'y': 'SUCCESS', 'f': 'FAIL', 'x': 'STOP'}
+ACTIVE = ('INFERENCE', 'HUMANINTERVENTION')
+TERMINAL = ('SUCCESS', 'FAIL', 'ABORTED')
+SIGNAL_RETRY_S = 1.0
+
+
+class TeleopNode(Node):
+    def __init__(self) -> None:
+        super().__init__('teleop')
+        declare(self, 'ecu_id', 'ecu0', 'ECU id', read_only=True)
+        declare(self, 'task', 'pick_cube', 'Task name', read_only=True)
+        declare(self, 'source', 'scripted', 'scripted | keyboard | leader', read_only=True)
+        declare(self, 'rate_hz', 30.0, 'Rate of the scripted expert / teleop commands')
+        declare(self, 'episodes', 0, 'Episodes the scripted operator starts (0 = forever)')
+        declare(self, 'max_steps', 300, 'Episode budget in control steps')
+        declare(self, 'deviation_threshold', 0.35, 'Policy-vs-expert deviation to take over')
+        declare(self, 'deviation_ticks', 3, 'Consecutive deviating ticks before taking over')
+        declare(self, 'release_threshold', 0.08, 'Expert correction below which it releases')
+        declare(self, 'min_takeover_ticks', 15, 'Minimum ticks of a takeover')
+        declare(self, 'fail_margin_steps', 60, 'Take over when this few steps remain')
+        declare(self, 'start_delay_s', 0.5, 'Pause in IDLE before the next START')
+        declare(self, 'image_height', 96, 'Sim camera height (must match the driver)')
+        declare(self, 'image_width', 128, 'Sim camera width (must match the driver)')
+        declare(self, 'leader_topic', 'leader/joint_states', 'Leader arm joint states (leader)')
+        self.source = str(self.get_parameter('source').value)
+        if self.source not in ('scripted', 'keyboard', 'leader'):
+            raise ValueError(f'unknown teleop source {self.source!r}: use scripted, keyboard '
+                             'or leader')
+        self._pub_signal = self.create_publisher(OperatorSignal, 'operator/signal', qos.EVENTS)
+        self._pub_cmd = self.create_publisher(JointState, 'teleop/command', qos.COMMAND)
+        self.create_subscription(JointState, 'joint_states', self._on_js, qos.JOINT_STATE)
+        self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE)
+        self._q: np.ndarray | None = None
+        self._phase = 'UNKNOWN'
+        self._phase_since = time.monotonic()
+        self._episode_id = 0
+        self._finished: set[int] = set()
+        self._awaiting: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+        if self.source == 'scripted':
+            self._setup_scripted()
+        elif self.source == 'leader':
+            topic = str(self.get_parameter('leader_topic').value)
+            self.create_subscription(JointState, topic, self._on_leader, qos.JOINT_STATE)
+        if self.source in ('keyboard', 'leader'):
+            self._start_keyboard()
+        self.get_logger().info(f'teleop source: {self.source}')
+
+    # -- common ----------------------------------------------------------------------------
+    def send(self, name: str, reason: str = '') -> None:
+        msg = OperatorSignal()
+        msg.stamp = self.get_clock().now().to_msg()
+        msg.signal = SIGNALS[name]
+        msg.source = self.source
+        msg.reason = reason
+        self._pub_signal.publish(msg)
+        self._awaiting = (name, time.monotonic())
+        self.get_logger().info(f'signal {name} ({reason})' if reason else f'signal {name}')
+
+    def _on_js(self, msg: JointState) -> None:
+        try:
+            self._q = msg_to_positions(msg, JOINT_NAMES)
+        except MessageError:
+            return
+
+    def _on_state(self, msg: ActorState) -> None:
+        with self._lock:
+            if msg.phase != self._phase:
+                self._phase = msg.phase
+                self._phase_since = time.monotonic()
+                self._awaiting = None
+                if msg.phase == 'INFERENCE' and msg.event == 'START' and self.source == 'scripted':
+                    self._gate.reset()
+            self._episode_id = msg.episode_id
+            if msg.phase in TERMINAL and msg.episode_id not in self._finished:
+                self._finished.add(msg.episode_id)
+                self.get_logger().info(f'episode {msg.episode_id} finished: {msg.phase} '
+                                       f'({msg.steps} steps, {msg.intervention_steps} by human)')
+
+    # -- scripted expert (HG-DAgger) -------------------------------------------------------
+    def _setup_scripted(self) -> None:
+        from scarls.sim import ScriptedExpert, SimConfig, TaskState as SimTaskState
+        p = self.get_parameter
+        self._sim_task_state = SimTaskState
+        self._expert = ScriptedExpert(SimConfig(
+            height=int(p('image_height').value), width=int(p('image_width').value),
+            task=str(p('task').value)))
+        self._gate = InterventionGate(GateConfig(
+            deviation_threshold=float(p('deviation_threshold').value),
+            deviation_ticks=int(p('deviation_ticks').value),
+            release_threshold=float(p('release_threshold').value),
+            min_takeover_ticks=int(p('min_takeover_ticks').value),
+            fail_margin_steps=int(p('fail_margin_steps').value),
+            max_steps=int(p('max_steps').value)))
+        self._episodes = int(p('episodes').value)
+        self._start_delay = float(p('start_delay_s').value)
+        self._task: TaskState | None = None
+        self._step: ActorStep | None = None
+        self._policy_action: np.ndarray | None = None
+        self.create_subscription(TaskState, 'task_state', self._on_task, qos.JOINT_STATE)
+        self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS)
+        self._done_logged = False
+        self.create_timer(1.0 / float(p('rate_hz').value), self._scripted_tick)
+
+    def _on_task(self, msg: TaskState) -> None:
+        self._task = msg
+
+    def _on_step(self, msg: ActorStep) -> None:
+        self._step = msg
+        if not msg.is_intervention:
+            self._policy_action = np.asarray(msg.action, dtype=np.float64)
+
+    def _scripted_tick(self) -> None:
+        with self._lock:
+            phase, since, awaiting = self._phase, self._phase_since, self._awaiting
+        now = time.monotonic()
+        if awaiting is not None and now - awaiting[1] < SIGNAL_RETRY_S:
+            return  # the actor has not reacted to our last signal yet
+        if phase == 'IDLE':
+            started = len(self._finished)
+            if self._episodes and started >= self._episodes:
+                if not self._done_logged:
+                    self._done_logged = True
+                    self.get_logger().info(f'{started} episodes done: not starting more')
+                return
+            if now - since >= self._start_delay:
+                self.send('START', f'episode {started + 1}')
+            return
+        if phase not in ACTIVE or self._q is None or self._task is None:
+            return
+        task = self._sim_task_state.from_vector(list(self._task.names), list(self._task.values))
+        expert = self._expert.action(self._q, task)
+        self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, expert,
+                                                 self.get_clock().now().to_msg()))
+        step = self._step
+        steps_done = step.step + 1 if step is not None and step.episode_id == self._episode_id \
+            else 0
+        intervening = phase == 'HUMANINTERVENTION'
+        policy_action = self._policy_action if self._policy_action is not None else self._q
+        decision = self._gate.update(
+            policy_action=policy_action, expert_action=expert, current_q=self._q,
+            step=steps_done, intervening=intervening, task_success=bool(self._task.success),
+            task_failed=bool(self._task.failed))
+        if decision.kind is not DecisionKind.NONE:
+            self.send(decision.kind.name, decision.reason)
+
+    # -- leader / keyboard -----------------------------------------------------------------
+    def _on_leader(self, msg: JointState) -> None:
+        try:
+            q = msg_to_positions(msg, JOINT_NAMES)
+        except MessageError as exc:
+            self.get_logger().warning(f'leader command dropped: {exc}', throttle_duration_sec=2.0)
+            return
+        self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, q, self.get_clock().now().to_msg()))
+
+    def _start_keyboard(self) -> None:
+        if not sys.stdin or not sys.stdin.isatty():
+            self.get_logger().warning('no terminal attached: keyboard signals are disabled')
+            return
+        if self.source == 'keyboard':
+            self.create_timer(0.1, self._hold_command)
+        self.get_logger().info('keys: ' + '  '.join(f'{k}={v}' for k, v in KEYS.items()))
+        threading.Thread(target=self._read_keys, name='keyboard', daemon=True).start()
+
+    def _hold_command(self) -> None:
+        if self._q is not None and self._phase == 'HUMANINTERVENTION':
+            self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, self._q,
+                                                     self.get_clock().now().to_msg()))
+
+    def _read_keys(self) -> None:
+        import termios
+        import tty
+        fd = sys.stdin.fileno()
+        old = termios.tcgetattr(fd)
+        try:
+            tty.setcbreak(fd)
+            while True:
+                key = sys.stdin.read(1)
+                if not key:
+                    return
+                name = KEYS.get(key.lower())
+                if name:
+                    self.send(name, 'keyboard')
+        finally:
+            termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+def main(args=None) -> int:
+    return run_node(TeleopNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

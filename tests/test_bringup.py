@@ -1,0 +1,136 @@
+"""The shared ECU description: both launchers (launch_ros file and `scarls ecu`) read it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scarls.bringup import (ECU_ARGUMENTS, BringupError, default_params_file, ecu_nodes,
+                            lifecycle_nodes)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ecu_nodes_default_description():
+    specs = ecu_nodes('ecu3', backend='sim', task='pick_cube', data_root='/tmp/x')
+    assert [s.name for s in specs] == ['driver', 'scheduler', 'actor', 'teleop']
+    assert {s.namespace for s in specs} == {'ecu3'}
+    assert [s.fqn for s in specs][0] == '/ecu3/driver'
+    assert specs[0].parameters['backend'] == 'sim'
+    assert specs[1].parameters['data_root'] == '/tmp/x'
+    assert all(s.parameters['ecu_id'] == 'ecu3' and s.parameters['task'] == 'pick_cube'
+               for s in specs)
+    assert [s.name for s in lifecycle_nodes(specs)] == ['driver', 'scheduler', 'actor']
+    for spec in specs:
+        assert importlib.util.find_spec(spec.module) is not None, spec.module
+
+
+def test_executables_are_console_scripts():
+    setup_py = (ROOT / 'setup.py').read_text()
+    nodes = re.search(r"NODES = \(([^)]*)\)", setup_py).group(1)
+    declared = set(re.findall(r"'(\w+)'", nodes))
+    assert {s.executable for s in ecu_nodes()} == declared
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'ecu_id': '0bad'}, 'not a valid ROS namespace'),
+    ({'ecu_id': 'ecu-1'}, 'not a valid ROS namespace'),
+    ({'backend': 'ur5'}, 'unknown backend'),
+    ({'teleop': 'joystick'}, 'unknown teleop source'),
+    ({'task': '../etc'}, 'plain folder name'),
+    ({'extra': {'planner': {}}}, 'unknown nodes'),
+])
+def test_ecu_nodes_rejects_bad_input(kwargs, message):
+    with pytest.raises(BringupError, match=message):
+        ecu_nodes(**kwargs)
+
+
+def test_overrides_and_ros_args():
+    specs = ecu_nodes(extra={'driver': {'image_height': 480, 'seed': 3},
+                             'actor': {'checkpoint': '', 'flag': True}})
+    driver = specs[0]
+    assert driver.parameters['image_height'] == 480
+    args = driver.ros_args('/p.yaml')
+    assert args[:5] == ['--ros-args', '-r', '__node:=driver', '-r', '__ns:=/ecu0']
+    assert '--params-file' in args and '/p.yaml' in args
+    assert 'image_height:=480' in args and "backend:='sim'" in args
+    actor_args = specs[2].ros_args(None)
+    assert "checkpoint:=''" in actor_args and 'flag:=true' in actor_args
+
+
+def test_params_file_covers_every_node():
+    params = yaml.safe_load(default_params_file().read_text())
+    for spec in ecu_nodes():
+        key = f'/**/{spec.name}'
+        assert key in params, key
+        assert 'ros__parameters' in params[key]
+
+
+class _Recorder:
+    """Stands in for launch / launch_ros classes (not installable here): records arguments."""
+
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+        _Recorder.made.append(self)
+
+
+def _fake_launch_modules(values: dict) -> dict:
+    class LaunchConfiguration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    classes = {name: type(name, (_Recorder,), {}) for name in (
+        'LaunchDescription', 'DeclareLaunchArgument', 'OpaqueFunction', 'LifecycleNode', 'Node')}
+    launch = types.ModuleType('launch')
+    launch.LaunchDescription = classes['LaunchDescription']
+    actions = types.ModuleType('launch.actions')
+    actions.DeclareLaunchArgument = classes['DeclareLaunchArgument']
+    actions.OpaqueFunction = classes['OpaqueFunction']
+    subs = types.ModuleType('launch.substitutions')
+    subs.LaunchConfiguration = LaunchConfiguration
+    launch_ros = types.ModuleType('launch_ros')
+    ros_actions = types.ModuleType('launch_ros.actions')
+    ros_actions.LifecycleNode = classes['LifecycleNode']
+    ros_actions.Node = classes['Node']
+    return {'launch': launch, 'launch.actions': actions, 'launch.substitutions': subs,
+            'launch_ros': launch_ros, 'launch_ros.actions': ros_actions}
+
+
+def test_launch_file_builds_the_same_nodes(monkeypatch):
+    for name, module in _fake_launch_modules({}).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('ecu_launch', ROOT / 'launch' / 'ecu.launch.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _Recorder.made = []
+    description = module.generate_launch_description()
+    entities = description.args[0]
+    declared = [e for e in entities if type(e).__name__ == 'DeclareLaunchArgument']
+    assert [(d.args[0], d.kwargs['default_value']) for d in declared] == \
+        [(a.name, a.default) for a in ECU_ARGUMENTS]
+    assert all(d.kwargs['description'] for d in declared)
+    opaque = [e for e in entities if type(e).__name__ == 'OpaqueFunction'][0]
+    context = {a.name: a.default for a in ECU_ARGUMENTS}
+    context.update(ecu_id='ecu7', backend='arx5', data_root='/data')
+    nodes = opaque.kwargs['function'](context)
+    expected = ecu_nodes('ecu7', backend='arx5', data_root='/data')
+    assert [n.kwargs['name'] for n in nodes] == [s.name for s in expected]
+    assert [n.kwargs['executable'] for n in nodes] == [s.executable for s in expected]
+    assert {n.kwargs['namespace'] for n in nodes} == {'ecu7'}
+    assert [type(n).__name__ for n in nodes] == ['LifecycleNode', 'LifecycleNode',
+                                                 'LifecycleNode', 'Node']
+    for node, s in zip(nodes, expected):
+        params_file, overrides = node.kwargs['parameters']
+        assert params_file == str(default_params_file())
+        assert overrides == s.parameters
