@@ -81,7 +81,7 @@ class EcuRun:
             else:
                 os.environ.pop(key, None)
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
         from scarls_interfaces.msg import ActorState, EpisodeInfo
 
         from scarls.ros import qos
@@ -146,7 +146,7 @@ class EcuRun:
                     error = (f'no progress for {opts.stall_timeout_s:.0f} s '
                              f'(actor phase {seen.phase}); see the node logs in {opts.log_dir}')
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, ExternalShutdownException):
             interrupted = True
             log.info('interrupted: stopping the ECU')
         finally:

@@ -359,7 +359,7 @@ class ActorNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    return run_node(ActorNode, args, threads=3)
+    return run_node(ActorNode, args)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,31 @@
+"""Checkpoint files: safetensors weights + a JSON header, verified on load (never pickle)."""
+
+from __future__ import annotations
+
+from scarls.checkpoints.format import (
+    FORMAT_VERSION,
+    HEADER_KEY,
+    CheckpointError,
+    CheckpointHeader,
+    CheckpointRejected,
+    dump_checkpoint,
+    file_sha256,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+    tensors_sha256,
+)
+
+__all__ = [
+    'FORMAT_VERSION',
+    'HEADER_KEY',
+    'CheckpointError',
+    'CheckpointHeader',
+    'CheckpointRejected',
+    'dump_checkpoint',
+    'file_sha256',
+    'load_checkpoint',
+    'read_header',
+    'save_checkpoint',
+    'tensors_sha256',
+]

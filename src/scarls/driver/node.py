@@ -25,10 +25,12 @@ import time
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import TaskState
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from scarls.driver.backends import make_backend
 from scarls.driver.safety import CommandRejected, EStop, SafetyFilter, Watchdog
@@ -54,6 +56,8 @@ class DriverNode(LifecycleNode):
         declare(self, 'arx5_right_interface', 'can1', 'CAN interface of the right arm')
         declare(self, 'bridge_state_topic', '/robot/joint_states', 'Bridged robot state topic')
         declare(self, 'bridge_command_topic', '/robot/joint_command', 'Bridged command topic')
+        declare(self, 'bridge_command_type', 'joint_state',
+                'Bridged command type: joint_state | joint_trajectory', read_only=True)
         declare(self, 'bridge_joint_names', [''], "Bridged robot's joint names, in our order",
                 string_array=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
@@ -61,20 +65,38 @@ class DriverNode(LifecycleNode):
         self._lock = threading.Lock()
         self._target: np.ndarray | None = None
         self._timer = None
-        self._entities: list = []
+        self._entities: dict[str, list] = {}
         self._warned_at: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
-    def on_configure(self, state):
+    def _backend_params(self) -> tuple[str, dict]:
+        """The chosen backend's own parameters, from this node's (documented) parameters."""
         p = {name: self.get_parameter(name).value for name in (
             'backend', 'task', 'image_height', 'image_width', 'seed', 'rate_hz', 'arx5_model',
             'arx5_left_interface', 'arx5_right_interface', 'bridge_state_topic',
-            'bridge_command_topic', 'bridge_joint_names')}
+            'bridge_command_topic', 'bridge_joint_names', 'bridge_command_type')}
+        name = p['backend']
+        if name == 'sim':
+            return name, {'height': p['image_height'], 'width': p['image_width'],
+                          'task': p['task'], 'seed': p['seed'], 'dt': 1.0 / p['rate_hz']}
+        if name == 'arx5':
+            return name, {'model': p['arx5_model'], 'left_interface': p['arx5_left_interface'],
+                          'right_interface': p['arx5_right_interface']}
+        if name == 'ros2_bridge':
+            return name, {'joint_names_theirs': [n for n in p['bridge_joint_names'] if n],
+                          'state_topic': p['bridge_state_topic'],
+                          'command_topic': p['bridge_command_topic'],
+                          'command_type': p['bridge_command_type']}
+        return name, {}
+
+    def on_configure(self, state):
+        name, params = self._backend_params()
+        p = {'backend': name, 'rate_hz': self.get_parameter('rate_hz').value}
         try:
-            self._backend = make_backend(p['backend'], p)
+            self._backend = make_backend(name, params)
             self._backend.connect()
         except Exception as exc:  # ConfigError / BackendError carry the what-to-do message
-            self.get_logger().error(f"backend '{p['backend']}' failed to configure: {exc}")
+            self.get_logger().error(f"backend '{name}' failed to configure: {exc}")
             self._backend = None
             return FAILURE
         rate = float(p['rate_hz'])
@@ -95,10 +117,10 @@ class DriverNode(LifecycleNode):
                                               callback_group=group)
         self._srv_estop = self.create_service(SetBool, '~/estop', self._on_estop,
                                               callback_group=group)
-        self._entities = [self._pub_js, *self._pub_cam.values(), self._pub_task, self._sub_cmd,
-                          self._srv_reset, self._srv_estop]
-        if p['backend'] == 'ros2_bridge':
-            self._setup_bridge(p)
+        self._entities = {'pub': [self._pub_js, *self._pub_cam.values(), self._pub_task],
+                          'sub': [self._sub_cmd], 'srv': [self._srv_reset, self._srv_estop]}
+        if name == 'ros2_bridge':
+            self._setup_bridge(params)
         self._timer_group = group
         self.get_logger().info(
             f"configured: backend={p['backend']} joints={len(self._names)} "
@@ -107,14 +129,15 @@ class DriverNode(LifecycleNode):
 
     def _setup_bridge(self, p) -> None:
         backend = self._backend
-        self._bridge_pub = self.create_publisher(JointState, p['bridge_command_topic'],
-                                                 qos.COMMAND)
+        msg_type = JointTrajectory if p['command_type'] == 'joint_trajectory' else JointState
+        self._bridge_pub = self.create_publisher(msg_type, p['command_topic'], qos.COMMAND)
         self._bridge_sub = self.create_subscription(
-            JointState, p['bridge_state_topic'],
+            JointState, p['state_topic'],
             lambda m: backend.on_state(list(m.name), list(m.position),
                                        m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
             qos.JOINT_STATE)
-        self._entities += [self._bridge_pub, self._bridge_sub]
+        self._entities['pub'].append(self._bridge_pub)
+        self._entities['sub'].append(self._bridge_sub)
 
     def on_activate(self, state):
         with self._lock:
@@ -149,15 +172,13 @@ class DriverNode(LifecycleNode):
             self._timer = None
 
     def _release(self) -> None:
-        for entity in self._entities:
-            for destroy in (self.destroy_publisher, self.destroy_subscription,
-                            self.destroy_service):
-                try:
-                    if destroy(entity):
-                        break
-                except Exception:  # noqa: BLE001 - wrong kind for this destroy function
-                    continue
-        self._entities = []
+        for pub in self._entities.get('pub', []):
+            self.destroy_publisher(pub)
+        for sub in self._entities.get('sub', []):
+            self.destroy_subscription(sub)
+        for srv in self._entities.get('srv', []):
+            self.destroy_service(srv)
+        self._entities = {}
         if self._backend is not None:
             try:
                 self._backend.disconnect()
@@ -259,9 +280,17 @@ class DriverNode(LifecycleNode):
             self._pub_task.publish(msg)
         if hasattr(backend, 'pending_command'):
             cmd = backend.pending_command()
-            if cmd is not None:
-                names, positions = cmd
-                self._bridge_pub.publish(joint_state_to_msg(names, positions, stamp))
+            if cmd is not None and cmd.command_type == 'joint_trajectory':
+                traj = JointTrajectory()
+                traj.header.stamp = stamp
+                traj.joint_names = list(cmd.names)
+                point = JointTrajectoryPoint()
+                point.positions = [float(x) for x in cmd.positions]
+                point.time_from_start = Duration(seconds=cmd.time_from_start).to_msg()
+                traj.points = [point]
+                self._bridge_pub.publish(traj)
+            elif cmd is not None:
+                self._bridge_pub.publish(joint_state_to_msg(cmd.names, cmd.positions, stamp))
 
 
 def main(args=None) -> int:

@@ -22,6 +22,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 CAMERA = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5,
     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# The recorder's side: a deep reader history so a busy moment never overwrites unread frames.
+CAMERA_RECORD = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=60,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 CAMERA_LATEST = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1,
     reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)

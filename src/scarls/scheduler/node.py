@@ -116,7 +116,7 @@ class SchedulerNode(LifecycleNode):
         self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
         self._subs = [
             *[self.create_subscription(Image, f'camera/{c}/image_raw',
-                                       lambda m, c=c: self._frames[c].add(m), qos.CAMERA)
+                                       lambda m, c=c: self._frames[c].add(m), qos.CAMERA_RECORD)
               for c in self._cameras],
             self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS),
             self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE),
@@ -255,7 +255,7 @@ class SchedulerNode(LifecycleNode):
     def _append(self, step: ActorStep, images: dict[str, np.ndarray]) -> None:
         try:
             episode = self._ensure_episode(step, images)
-            episode.writer.append(StepRecord(
+            accepted = episode.writer.append(StepRecord(
                 images=images,
                 state=np.asarray(step.observation_state, dtype=np.float32),
                 action=np.asarray(step.action, dtype=np.float32),
@@ -263,6 +263,10 @@ class SchedulerNode(LifecycleNode):
                 timestamp=stamp_to_ns(step.header.stamp) * 1e-9))
             episode.steps_seen += 1
             episode.model_version = int(step.model_version)
+            if not accepted:
+                episode.dropped += 1
+                self.get_logger().warning('writer queue full: step dropped (disk too slow?)',
+                                          throttle_duration_sec=2.0)
         except Exception as exc:  # noqa: BLE001 - EpisodeError/StorageError: drop, say why
             if self._episode is not None:
                 self._episode.dropped += 1
@@ -292,7 +296,7 @@ class SchedulerNode(LifecycleNode):
                                     'be recorded, nothing written')
             return
         try:
-            ref = episode.writer.finalize(outcome, episode.model_version, extra={
+            ref = episode.writer.finalize(outcome, int(episode.model_version), extra={
                 'actor_episode_id': episode.actor_episode_id,
                 'dropped_steps': episode.dropped + max(0, steps - episode.steps_seen)})
         except Exception as exc:  # noqa: BLE001 - StorageError (disk full...): nothing visible

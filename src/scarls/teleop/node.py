@@ -53,10 +53,16 @@ class TeleopNode(Node):
         declare(self, 'rate_hz', 30.0, 'Rate of the scripted expert / teleop commands')
         declare(self, 'episodes', 0, 'Episodes the scripted operator starts (0 = forever)')
         declare(self, 'max_steps', 300, 'Episode budget in control steps')
-        declare(self, 'deviation_threshold', 0.35, 'Policy-vs-expert deviation to take over')
+        declare(self, 'deviation_threshold', 0.3, 'Policy-vs-expert action deviation (rad) to '
+                'take over')
         declare(self, 'deviation_ticks', 3, 'Consecutive deviating ticks before taking over')
-        declare(self, 'release_threshold', 0.08, 'Expert correction below which it releases')
-        declare(self, 'min_takeover_ticks', 15, 'Minimum ticks of a takeover')
+        declare(self, 'release_threshold', 0.08, 'Expert correction below which it releases '
+                '(when stall_ticks is 0)')
+        declare(self, 'stall_ticks', 15, 'Take over when the policy makes less than '
+                'min_progress in this many ticks (0 = off)')
+        declare(self, 'min_progress', 0.05, 'Task progress expected per stall_ticks')
+        declare(self, 'release_progress', 0.5, 'Release once the expert made this much progress')
+        declare(self, 'min_takeover_ticks', 10, 'Minimum ticks of a takeover')
         declare(self, 'fail_margin_steps', 60, 'Take over when this few steps remain')
         declare(self, 'start_delay_s', 0.5, 'Pause in IDLE before the next START')
         declare(self, 'image_height', 96, 'Sim camera height (must match the driver)')
@@ -130,6 +136,9 @@ class TeleopNode(Node):
             deviation_ticks=int(p('deviation_ticks').value),
             release_threshold=float(p('release_threshold').value),
             min_takeover_ticks=int(p('min_takeover_ticks').value),
+            stall_ticks=int(p('stall_ticks').value),
+            min_progress=float(p('min_progress').value),
+            release_progress=float(p('release_progress').value),
             fail_margin_steps=int(p('fail_margin_steps').value),
             max_steps=int(p('max_steps').value)))
         self._episodes = int(p('episodes').value)
@@ -180,7 +189,7 @@ class TeleopNode(Node):
         decision = self._gate.update(
             policy_action=policy_action, expert_action=expert, current_q=self._q,
             step=steps_done, intervening=intervening, task_success=bool(self._task.success),
-            task_failed=bool(self._task.failed))
+            task_failed=bool(self._task.failed), progress=self._expert.progress(self._q, task))
         if decision.kind is not DecisionKind.NONE:
             self.send(decision.kind.name, decision.reason)
 

@@ -1,0 +1,218 @@
+"""Per-frame image codecs for episode camera arrays.
+
+Every camera array is stored with one frame per chunk, shape ``(1, H, W, 3)`` uint8.  The
+codec is chosen per dataset (per :class:`~scarls.episodes.writer.EpisodeWriter`) by name:
+
+``lz4`` (default)
+    Lossless and fast: zarr's built-in ``BloscCodec`` (blosc + lz4, bit-shuffled).
+    Readable by any zarr v3 implementation.
+``zstd``
+    Lossless, smaller and slower: ``BloscCodec`` with zstd.
+``jpeg``, ``webp``, ``jpegxl``, ``avif``
+    Lossy per-frame image compression via ``imagecodecs``, stored through the zarr v3
+    array-to-bytes codec :class:`ImageCodec` (registered under the name ``scarls.image``).
+    Reading these arrays with zarr requires importing :mod:`scarls.episodes` first so that the
+    codec is registered.  Only the codecs available in the installed ``imagecodecs`` build are
+    offered (see :func:`available_codecs`).
+
+Checksums: for lossless codecs the sha256 in the episode meta is over the frame bytes as
+given to the writer; for lossy codecs it is over the *decoded-as-stored* frames (the writer
+decodes each encoded frame once and hashes the result), so a reader can verify the stored
+data by decoding and hashing.  Verification of lossy arrays therefore assumes a decoder that
+reproduces the same pixels (libjpeg-turbo, libwebp, libjxl and libavif decoders are
+deterministic for a given library version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import imagecodecs
+import numcodecs
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.core.common import parse_named_configuration
+from zarr.registry import register_codec
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+
+__all__ = [
+    'CODEC_NAMES',
+    'IMAGE_CODEC_NAME',
+    'FrameCodec',
+    'ImageCodec',
+    'available_codecs',
+    'get_frame_codec',
+]
+
+IMAGE_CODEC_NAME = 'scarls.image'
+
+_BLOSC_CODECS: dict[str, int] = {'lz4': 5, 'zstd': 3}  # name -> default clevel
+_IMAGE_FORMATS: dict[str, tuple[str, int]] = {
+    # format -> (imagecodecs availability attribute, default quality level)
+    'jpeg': ('JPEG8', 90),
+    'webp': ('WEBP', 90),
+    'jpegxl': ('JPEGXL', 90),
+    'avif': ('AVIF', 80),
+}
+CODEC_NAMES: tuple[str, ...] = tuple(_BLOSC_CODECS) + tuple(_IMAGE_FORMATS)
+
+
+def _format_available(fmt: str) -> bool:
+    attr = _IMAGE_FORMATS[fmt][0]
+    return bool(getattr(getattr(imagecodecs, attr, None), 'available', False))
+
+
+def available_codecs() -> tuple[str, ...]:
+    """Return the codec names usable in this installation (lossless ones first)."""
+    return tuple(_BLOSC_CODECS) + tuple(f for f in _IMAGE_FORMATS if _format_available(f))
+
+
+def encode_image(fmt: str, frame: np.ndarray, level: int) -> bytes:
+    """Encode one ``(H, W, 3)`` uint8 frame with an image format."""
+    if fmt == 'jpeg':
+        return bytes(imagecodecs.jpeg8_encode(frame, level=level))
+    if fmt == 'webp':
+        return bytes(imagecodecs.webp_encode(frame, level=level, lossless=False, method=0))
+    if fmt == 'jpegxl':
+        return bytes(imagecodecs.jpegxl_encode(frame, level=level, effort=1))
+    if fmt == 'avif':
+        return bytes(imagecodecs.avif_encode(frame, level=level, speed=10))
+    raise ValueError(f'unknown image format {fmt!r}; expected one of {sorted(_IMAGE_FORMATS)}')
+
+
+def decode_image(fmt: str, data: bytes) -> np.ndarray:
+    """Decode one encoded frame back to a ``(H, W, 3)`` uint8 array."""
+    if fmt == 'jpeg':
+        out = imagecodecs.jpeg8_decode(data)
+    elif fmt == 'webp':
+        out = imagecodecs.webp_decode(data, hasalpha=False)
+    elif fmt == 'jpegxl':
+        out = imagecodecs.jpegxl_decode(data)
+    elif fmt == 'avif':
+        out = imagecodecs.avif_decode(data)
+    else:
+        raise ValueError(f'unknown image format {fmt!r}; expected one of {sorted(_IMAGE_FORMATS)}')
+    return np.asarray(out, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageCodec(ArrayBytesCodec):
+    """Zarr v3 array-to-bytes codec storing each ``(1, H, W, 3)`` uint8 chunk as one image.
+
+    Serialised in ``zarr.json`` as ``{"name": "scarls.image", "configuration":
+    {"format": "jpeg", "level": 90}}``.
+    """
+
+    is_fixed_size = False
+
+    format: str
+    level: int
+
+    def __init__(self, *, format: str = 'jpeg', level: int | None = None) -> None:  # noqa: A002
+        if format not in _IMAGE_FORMATS:
+            raise ValueError(
+                f'unknown image format {format!r}; expected one of {sorted(_IMAGE_FORMATS)}'
+            )
+        lvl = _IMAGE_FORMATS[format][1] if level is None else int(level)
+        object.__setattr__(self, 'format', format)
+        object.__setattr__(self, 'level', lvl)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        _, config = parse_named_configuration(data, IMAGE_CODEC_NAME)
+        return cls(**config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            'name': IMAGE_CODEC_NAME,
+            'configuration': {'format': self.format, 'level': self.level},
+        }
+
+    def validate(self, *, shape: Any, dtype: Any, chunk_grid: Any) -> None:
+        native = dtype.to_native_dtype()
+        if native != np.dtype(np.uint8):
+            raise ValueError(f'{IMAGE_CODEC_NAME} codec needs uint8 data, got {native}')
+        if len(shape) < 3 or shape[-1] != 3:
+            raise ValueError(f'{IMAGE_CODEC_NAME} codec needs (..., H, W, 3) arrays, got {shape}')
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        frame = decode_image(self.format, chunk_bytes.to_bytes())
+        arr = frame.reshape(chunk_spec.shape)
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
+        arr = np.ascontiguousarray(chunk_array.as_numpy_array())
+        frame = arr.reshape(arr.shape[-3:])
+        return chunk_spec.prototype.buffer.from_bytes(encode_image(self.format, frame, self.level))
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError(f'{IMAGE_CODEC_NAME} output size is data dependent')
+
+
+register_codec(IMAGE_CODEC_NAME, ImageCodec)
+
+
+@dataclass(frozen=True)
+class FrameCodec:
+    """A named per-frame codec: how to build the zarr array and how to encode one chunk.
+
+    ``encode`` produces exactly the bytes zarr stores for a ``(1, H, W, 3)`` chunk, so the
+    writer can put each frame into its own chunk file without going through zarr per frame.
+    """
+
+    name: str
+    lossless: bool
+    level: int
+
+    def zarr_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``zarr.create_array`` (serializer + compressors)."""
+        if self.lossless:
+            return {
+                'serializer': BytesCodec(),
+                'compressors': (
+                    BloscCodec(cname=self.name, clevel=self.level, shuffle='bitshuffle'),
+                ),
+            }
+        return {'serializer': ImageCodec(format=self.name, level=self.level), 'compressors': ()}
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        """Encode one contiguous ``(H, W, 3)`` uint8 frame into its stored chunk bytes."""
+        if self.lossless:
+            return bytes(_blosc(self.name, self.level).encode(frame))
+        return encode_image(self.name, frame, self.level)
+
+    def decode(self, data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """Decode stored chunk bytes to a ``(H, W, 3)`` uint8 frame."""
+        if self.lossless:
+            raw = _blosc(self.name, self.level).decode(data)
+            return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+        return decode_image(self.name, data).reshape(shape)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description stored in the episode meta (``image_codec``)."""
+        return {'name': self.name, 'lossless': self.lossless, 'level': self.level}
+
+
+def _blosc(cname: str, level: int) -> numcodecs.Blosc:
+    return numcodecs.Blosc(cname=cname, clevel=level, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+def get_frame_codec(name: str, level: int | None = None) -> FrameCodec:
+    """Return the :class:`FrameCodec` for ``name``; ``ValueError`` if unknown or unavailable."""
+    if name in _BLOSC_CODECS:
+        return FrameCodec(name, True, _BLOSC_CODECS[name] if level is None else int(level))
+    if name in _IMAGE_FORMATS:
+        if not _format_available(name):
+            raise ValueError(
+                f'image codec {name!r} is not available in this imagecodecs build; '
+                f'available: {available_codecs()}'
+            )
+        return FrameCodec(name, False, _IMAGE_FORMATS[name][1] if level is None else int(level))
+    raise ValueError(f'unknown image codec {name!r}; expected one of {available_codecs()}')

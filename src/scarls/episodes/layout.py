@@ -1,0 +1,289 @@
+"""On-disk layout of a task directory: names, listing, index reservation and crash cleanup.
+
+A task directory ``<root>/<task>/`` holds::
+
+    episode_<N>.zarr/            complete episode data (zarr v3 group)
+    episode_<N>_meta.json        its meta; written last, so it is the commit point
+    .episode_<N>.lock            symlink whose target is the writer's pid (index reservation)
+    .episode_<N>.zarr.tmp-<pid>  episode being written (hidden; ignored by readers)
+    .episode_<N>.zarr.orphan-<pid>  data of a writer that died between data and meta rename
+    .scarls-task.lock            flock file serialising reservation + cleanup between writers
+
+An episode is *visible* only when both ``episode_<N>.zarr`` and ``episode_<N>_meta.json`` exist.
+Writers reserve an index under an exclusive ``flock`` of ``.scarls-task.lock`` and by
+creating the ``.episode_<N>.lock`` symlink with ``O_EXCL`` semantics; the next index is one
+more than the largest index of any existing ``episode_<N>.zarr``, meta file or live
+reservation.  A reservation whose pid is dead is cleaned up by the next writer (its temp dir
+removed, a renamed-but-uncommitted data dir moved aside as an orphan), so a crashed writer
+neither leaves a visible gap nor gets overwritten.
+
+Liveness uses ``kill(pid, 0)``: this assumes a local file system shared by processes of one host,
+and that dead writers have been reaped by their parent (a zombie still counts as alive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scarls.episodes.errors import StorageError, storage_error
+
+__all__ = [
+    'EpisodeEntry',
+    'cleanup_task_dir',
+    'episode_dir_name',
+    'fsync_dir',
+    'fsync_file',
+    'list_episodes',
+    'lock_name',
+    'meta_name',
+    'next_index',
+    'pid_alive',
+    'task_lock',
+    'temp_dir_name',
+]
+
+log = logging.getLogger(__name__)
+
+TASK_LOCK_FILE = '.scarls-task.lock'
+_EPISODE_RE = re.compile(r'^episode_(\d+)\.zarr$')
+_META_RE = re.compile(r'^episode_(\d+)_meta\.json$')
+_LOCK_RE = re.compile(r'^\.episode_(\d+)\.lock$')
+_TEMP_RE = re.compile(r'^\.episode_(\d+)\.zarr\.tmp-(\d+)$')
+_META_TEMP_RE = re.compile(r'^\.episode_(\d+)_meta\.json\.tmp-(\d+)$')
+_TASK_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+
+
+def episode_dir_name(index: int) -> str:
+    return f'episode_{index}.zarr'
+
+
+def meta_name(index: int) -> str:
+    return f'episode_{index}_meta.json'
+
+
+def lock_name(index: int) -> str:
+    return f'.episode_{index}.lock'
+
+
+def temp_dir_name(index: int, pid: int) -> str:
+    return f'.episode_{index}.zarr.tmp-{pid}'
+
+
+def meta_temp_name(index: int, pid: int) -> str:
+    return f'.episode_{index}_meta.json.tmp-{pid}'
+
+
+def check_task_name(task: str) -> str:
+    """Return ``task`` if it is a safe single directory name, else raise ``ValueError``."""
+    if not isinstance(task, str) or not _TASK_RE.match(task) or task in {'.', '..'}:
+        raise ValueError(
+            f'invalid task name {task!r}: use letters, digits, "_", "-", "." '
+            '(no path separators, not starting with ".")'
+        )
+    return task
+
+
+def pid_alive(pid: int) -> bool:
+    """Return True if a process with ``pid`` exists (zombies count as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that entries created/renamed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def task_lock(task_dir: Path, timeout: float = 10.0):
+    """Hold an exclusive ``flock`` on the task directory's lock file (released on exit/death)."""
+    path = task_dir / TASK_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise storage_error(f'opening task lock {path}', exc) from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f'could not lock {path} within {timeout:.1f} s; another writer holds it '
+                        'for too long (stuck process?)'
+                    ) from None
+                time.sleep(0.005)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _read_lock_pid(path: Path) -> int | None:
+    try:
+        return int(os.readlink(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return -1  # unreadable / not ours: treat as dead so it gets cleaned
+
+
+def cleanup_task_dir(task_dir: Path) -> list[str]:
+    """Remove leftovers of dead writers in ``task_dir``; return what was done (also logged).
+
+    Must be called while holding :func:`task_lock`.  Only entries whose owning pid is dead are
+    touched.  A data dir renamed into place whose meta was never written is moved aside to
+    ``.episode_<N>.zarr.orphan-<pid>`` (kept for manual recovery), freeing its index.
+    """
+    actions: list[str] = []
+    try:
+        names = os.listdir(task_dir)
+    except FileNotFoundError:
+        return actions
+    name_set = set(names)
+    for name in names:
+        m = _LOCK_RE.match(name)
+        if not m:
+            continue
+        index = int(m.group(1))
+        pid = _read_lock_pid(task_dir / name)
+        if pid is None or pid_alive(pid):
+            continue
+        final = episode_dir_name(index)
+        if final in name_set and meta_name(index) not in name_set:
+            orphan = f'.episode_{index}.zarr.orphan-{pid}'
+            os.rename(task_dir / final, task_dir / orphan)
+            actions.append(f'moved uncommitted {final} of dead writer pid {pid} to {orphan}')
+            log.warning('%s: %s', task_dir, actions[-1])
+        os.unlink(task_dir / name)
+        actions.append(f'removed stale reservation {name} (pid {pid} is dead)')
+    for name in names:
+        m = _TEMP_RE.match(name) or _META_TEMP_RE.match(name)
+        if not m:
+            continue
+        pid = int(m.group(2))
+        if pid_alive(pid):
+            continue
+        path = task_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        actions.append(f'removed leftover {name} of dead writer pid {pid}')
+    for action in actions:
+        log.info('%s: %s', task_dir, action)
+    return actions
+
+
+def next_index(task_dir: Path) -> int:
+    """Smallest safe next index: 1 + max index of any data dir, meta file or live reservation."""
+    best = -1
+    for name in os.listdir(task_dir):
+        m = _EPISODE_RE.match(name) or _META_RE.match(name)
+        if m:
+            best = max(best, int(m.group(1)))
+            continue
+        m = _LOCK_RE.match(name)
+        if m:
+            pid = _read_lock_pid(task_dir / name)
+            if pid is not None and pid_alive(pid):
+                best = max(best, int(m.group(1)))
+    return best + 1
+
+
+def reserve_index(task_dir: Path, pid: int) -> int:
+    """Reserve and return a fresh episode index in ``task_dir`` (must hold :func:`task_lock`)."""
+    index = next_index(task_dir)
+    for _ in range(10_000):
+        if (
+            not (task_dir / episode_dir_name(index)).exists()
+            and not (task_dir / meta_name(index)).exists()
+        ):
+            try:
+                os.symlink(str(pid), task_dir / lock_name(index))
+                return index
+            except FileExistsError:
+                pass
+        index += 1
+    raise StorageError(f'could not reserve an episode index in {task_dir}')
+
+
+@dataclass(frozen=True)
+class EpisodeEntry:
+    """A complete (visible) episode found by :func:`list_episodes`."""
+
+    task: str
+    index: int
+    path: Path
+    meta_path: Path
+
+
+def list_episodes(root: str | os.PathLike[str], task: str | None = None) -> list[EpisodeEntry]:
+    """Return complete episodes under ``root`` (one task or all), sorted by (task, index).
+
+    Only episodes whose data dir and meta file both exist are returned; hidden temp/orphan dirs
+    are ignored.  A missing root or task directory yields an empty list.
+    """
+    root_path = Path(root)
+    if task is not None:
+        tasks = [check_task_name(task)]
+    else:
+        try:
+            tasks = sorted(
+                e.name for e in os.scandir(root_path) if e.is_dir() and _TASK_RE.match(e.name)
+            )
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise storage_error(f'listing {root_path}', exc) from exc
+    out: list[EpisodeEntry] = []
+    for t in tasks:
+        tdir = root_path / t
+        try:
+            names = set(os.listdir(tdir))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:
+                continue
+            raise storage_error(f'listing {tdir}', exc) from exc
+        for name in names:
+            m = _EPISODE_RE.match(name)
+            if m and meta_name(int(m.group(1))) in names:
+                idx = int(m.group(1))
+                out.append(EpisodeEntry(t, idx, tdir / name, tdir / meta_name(idx)))
+    out.sort(key=lambda e: (e.task, e.index))
+    return out

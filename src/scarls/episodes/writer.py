@@ -1,0 +1,704 @@
+"""Streaming episode writers.
+
+:class:`EpisodeWriter` records one episode step by step::
+
+    w = EpisodeWriter(root, 'pick_cube', 'ecu-01', image_shape=(480, 640), state_dim=14,
+                      action_dim=14)
+    w.append(StepRecord(images={'top': f0, 'left': f1, 'right': f2}, state=q, action=a,
+                        intervention=False, timestamp=t))
+    ref = w.finalize('success', model_version=3)   # or w.abort()
+
+Each camera frame is encoded and written into its own chunk file as it arrives (O(1) per step,
+arrays grown in blocks); low-dimensional data stays in memory and is written at finalize; all
+sha256 digests are updated incrementally.  The episode lives under a hidden temp name until
+:meth:`EpisodeWriter.finalize` makes it visible atomically (see :mod:`scarls.episodes.layout`).
+
+:class:`BackgroundEpisodeWriter` has the same API but persists steps on a worker thread behind
+a bounded queue: ``append`` validates the step, enqueues it and returns immediately (``False`` if
+the queue was full and the step was dropped).  Failures of the worker are counted and raised
+from ``finalize``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import numbers
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from scarls.episodes.codecs import FrameCodec, get_frame_codec
+from scarls.episodes.errors import EpisodeError, StorageError, storage_error
+from scarls.episodes.layout import (
+    check_task_name,
+    cleanup_task_dir,
+    episode_dir_name,
+    fsync_dir,
+    fsync_file,
+    lock_name,
+    meta_name,
+    meta_temp_name,
+    reserve_index,
+    task_lock,
+    temp_dir_name,
+)
+from scarls.episodes.schema import (
+    ACTION_PATH,
+    INTERVENTION_PATH,
+    LOWDIM_DTYPES,
+    OUTCOMES,
+    SCHEMA_VERSION,
+    STATE_PATH,
+    TIMESTAMP_PATH,
+    EpisodeMeta,
+    camera_path,
+)
+
+__all__ = [
+    'BackgroundEpisodeWriter',
+    'EpisodeRef',
+    'EpisodeWriter',
+    'StepRecord',
+    'WriterStats',
+]
+
+log = logging.getLogger(__name__)
+
+_LOWDIM_CHUNK_ROWS = 65_536
+
+
+@dataclass
+class StepRecord:
+    """One control tick.
+
+    ``images`` maps every camera name to a uint8 ``(H, W, 3)`` array; ``state``/``action`` are
+    1-D real vectors (stored as float32, must be finite); ``intervention`` is True when a human
+    was in control; ``timestamp`` is the tick's time in seconds and must strictly increase.
+    """
+
+    images: Mapping[str, np.ndarray]
+    state: np.ndarray | Sequence[float]
+    action: np.ndarray | Sequence[float]
+    intervention: bool
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """A finalized, visible episode."""
+
+    index: int
+    path: Path
+    meta_path: Path
+    steps: int
+    intervention_steps: int
+    seconds_to_finalize: float
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """Counters of a writer (``queue_depth``/``max_queue_depth`` are 0 for the sync writer)."""
+
+    accepted: int
+    written: int
+    dropped: int
+    failed: int
+    queue_depth: int
+    max_queue_depth: int
+
+
+@dataclass
+class _Prepared:
+    frames: list[np.ndarray]
+    state: np.ndarray
+    action: np.ndarray
+    intervention: bool
+    timestamp: float
+
+
+def _vector(value: Any, dim: int, what: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in 'fiu':
+        raise EpisodeError(f'{what} must be a real-valued vector, got dtype {arr.dtype}')
+    if arr.shape != (dim,):
+        raise EpisodeError(f'{what} must have shape ({dim},), got {arr.shape}')
+    with np.errstate(over='ignore', invalid='ignore'):
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        bad = np.flatnonzero(~np.isfinite(out)).tolist()
+        raise EpisodeError(f'{what} has non-finite values (NaN/inf, or beyond float32) at {bad}')
+    return out
+
+
+class EpisodeWriter:
+    """Write one episode of ``task`` under ``root`` (created if missing).
+
+    The constructor reserves the next episode index (cleaning leftovers of dead writers in the
+    task directory) and creates the hidden temp episode.  Not thread-safe: call from one thread
+    (use :class:`BackgroundEpisodeWriter` to move disk I/O off the caller's thread).
+    ``fsync=False`` skips per-chunk fsync (faster, not crash-durable; renames stay atomic).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        task: str,
+        ecu_id: str,
+        *,
+        cameras: Sequence[str] = ('top', 'left', 'right'),
+        image_shape: tuple[int, int],
+        state_dim: int,
+        action_dim: int,
+        fps: float = 30.0,
+        codec: str = 'lz4',
+        codec_level: int | None = None,
+        fsync: bool = True,
+        block_size: int = 256,
+    ) -> None:
+        check_task_name(task)
+        cams = tuple(cameras)
+        if not cams or len(set(cams)) != len(cams) or not all(isinstance(c, str) for c in cams):
+            raise ValueError(f'cameras must be unique non-empty names, got {cameras!r}')
+        for cam in cams:
+            check_task_name(cam)
+        if len(image_shape) != 2 or min(image_shape) <= 0:
+            raise ValueError(f'image_shape must be (H, W) with positive sizes, got {image_shape}')
+        if state_dim <= 0 or action_dim <= 0:
+            raise ValueError('state_dim and action_dim must be positive')
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f'fps must be positive, got {fps}')
+        if block_size <= 0:
+            raise ValueError('block_size must be positive')
+        self.task = task
+        self.ecu_id = str(ecu_id)
+        self.cameras = cams
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self.state_dim = int(state_dim)
+        self.action_dim = int(action_dim)
+        self.fps = float(fps)
+        self.codec: FrameCodec = get_frame_codec(codec, codec_level)
+        self._fsync = fsync
+        self._block = int(block_size)
+        self._pid = os.getpid()
+        self._state = 'open'
+        self._steps = 0
+        self._accepted = 0
+        self._failed = 0
+        self._dropped = 0
+        self._interventions = 0
+        self._last_ts = -math.inf
+        self._first_ts = math.nan
+        self._created = time.time()
+
+        self.task_dir = Path(root) / task
+        try:
+            self.task_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(f'creating task directory {self.task_dir}', exc) from exc
+        try:
+            with task_lock(self.task_dir):
+                cleanup_task_dir(self.task_dir)
+                self.index = reserve_index(self.task_dir, self._pid)
+                self.temp_path = self.task_dir / temp_dir_name(self.index, self._pid)
+                try:
+                    self.temp_path.mkdir()
+                except OSError:
+                    (self.task_dir / lock_name(self.index)).unlink(missing_ok=True)
+                    raise
+        except OSError as exc:
+            raise storage_error(f'reserving an episode in {self.task_dir}', exc) from exc
+        self.path = self.task_dir / episode_dir_name(self.index)
+        self.meta_path = self.task_dir / meta_name(self.index)
+        try:
+            self._create_arrays()
+        except OSError as exc:
+            self._discard()
+            raise storage_error(f'creating episode arrays in {self.temp_path}', exc) from exc
+        log.info('recording %s episode %d in %s', task, self.index, self.temp_path)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _create_arrays(self) -> None:
+        h, w = self.image_shape
+        self._capacity = self._block
+        self._group = zarr.open_group(LocalStore(self.temp_path), mode='w', zarr_format=3)
+        self._group.attrs.update({'schema_version': SCHEMA_VERSION, 'task': self.task})
+        obs = self._group.create_group('observation')
+        self._image_arrays: list[zarr.Array] = []
+        self._image_dirs: list[Path] = []
+        for cam in self.cameras:
+            arr = obs.create_array(
+                cam,
+                shape=(self._capacity, h, w, 3),
+                chunks=(1, h, w, 3),
+                dtype='uint8',
+                fill_value=0,
+                chunk_key_encoding={'name': 'default', 'separator': '.'},
+                dimension_names=('t', 'y', 'x', 'c'),
+                **self.codec.zarr_kwargs(),
+            )
+            self._image_arrays.append(arr)
+            self._image_dirs.append(self.temp_path / camera_path(cam))
+        self._hashes = {camera_path(c): hashlib.sha256() for c in self.cameras}
+        for key in LOWDIM_DTYPES:
+            self._hashes[key] = hashlib.sha256()
+        self._state_buf = np.zeros((self._capacity, self.state_dim), np.float32)
+        self._action_buf = np.zeros((self._capacity, self.action_dim), np.float32)
+        self._interv_buf = np.zeros((self._capacity,), np.bool_)
+        self._ts_buf = np.zeros((self._capacity,), np.float64)
+
+    # -- appending ---------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> int:
+        """Number of steps persisted so far."""
+        return self._steps
+
+    def stats(self) -> WriterStats:
+        return WriterStats(self._accepted, self._steps, self._dropped, self._failed, 0, 0)
+
+    def _check_open(self) -> None:
+        if self._state != 'open':
+            raise EpisodeError(
+                f'episode {self.index} of {self.task!r} is already {self._state}; '
+                'create a new writer for the next episode'
+            )
+
+    def _prepare(self, step: StepRecord, copy: bool = False) -> _Prepared:
+        """Validate ``step`` and return normalised arrays; raise EpisodeError if invalid."""
+        if not isinstance(step, StepRecord):
+            raise EpisodeError(f'expected a StepRecord, got {type(step).__name__}')
+        images = step.images
+        if not isinstance(images, Mapping):
+            raise EpisodeError('StepRecord.images must be a mapping camera name -> image')
+        if set(images) != set(self.cameras):
+            raise EpisodeError(
+                f'StepRecord.images has cameras {sorted(images)}, expected exactly '
+                f'{sorted(self.cameras)}'
+            )
+        expected = (*self.image_shape, 3)
+        frames = []
+        for cam in self.cameras:
+            img = images[cam]
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+                got = img.dtype if isinstance(img, np.ndarray) else type(img).__name__
+                raise EpisodeError(f'image {cam!r} must be a uint8 numpy array, got {got}')
+            if img.shape != expected:
+                raise EpisodeError(f'image {cam!r} must have shape {expected}, got {img.shape}')
+            frames.append(
+                np.array(img, order='C', copy=True) if copy else np.ascontiguousarray(img)
+            )
+        state = _vector(step.state, self.state_dim, 'state')
+        action = _vector(step.action, self.action_dim, 'action')
+        if not isinstance(step.intervention, (bool, np.bool_)):
+            raise EpisodeError(
+                f'intervention must be a bool, got {type(step.intervention).__name__}'
+            )
+        ts = step.timestamp
+        if isinstance(ts, bool) or not isinstance(ts, numbers.Real) or not math.isfinite(ts):
+            raise EpisodeError(f'timestamp must be a finite number of seconds, got {ts!r}')
+        ts = float(ts)
+        if ts <= self._last_ts:
+            raise EpisodeError(
+                f'timestamp {ts!r} is not after the previous step ({self._last_ts!r}); '
+                'timestamps must strictly increase'
+            )
+        return _Prepared(frames, state, action, bool(step.intervention), ts)
+
+    def append(self, step: StepRecord) -> bool:
+        """Validate and persist one step; returns True.
+
+        Raises :class:`EpisodeError` for an invalid step (nothing is written) and
+        :class:`StorageError` if the disk write fails (the step is not recorded).
+        """
+        self._check_open()
+        prepared = self._prepare(step)
+        self._last_ts = prepared.timestamp
+        self._accepted += 1
+        self._write(prepared)
+        return True
+
+    def _write(self, p: _Prepared) -> None:
+        i = self._steps
+        if i >= self._capacity:
+            self._grow()
+        payloads: list[bytes] = []
+        hashed: list[np.ndarray] = []
+        shape = (*self.image_shape, 3)
+        for frame in p.frames:
+            data = self.codec.encode(frame)
+            payloads.append(data)
+            hashed.append(frame if self.codec.lossless else self.codec.decode(data, shape))
+        written: list[Path] = []
+        try:
+            targets = zip(self._image_arrays, self._image_dirs, payloads, strict=True)
+            for arr, adir, data in targets:
+                fpath = adir / arr.metadata.encode_chunk_key((i, 0, 0, 0))
+                fd = os.open(fpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                written.append(fpath)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    if self._fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            self._failed += 1
+            for fpath in written:
+                with contextlib.suppress(OSError):
+                    fpath.unlink()
+            raise storage_error(
+                f'writing step {i} of episode {self.index} ({self.task})', exc
+            ) from exc
+        for cam, frame in zip(self.cameras, hashed, strict=True):
+            self._hashes[camera_path(cam)].update(frame.data)
+        self._state_buf[i] = p.state
+        self._action_buf[i] = p.action
+        self._interv_buf[i] = p.intervention
+        self._ts_buf[i] = p.timestamp
+        self._hashes[STATE_PATH].update(self._state_buf[i].data)
+        self._hashes[ACTION_PATH].update(self._action_buf[i].data)
+        self._hashes[INTERVENTION_PATH].update(self._interv_buf[i : i + 1].data)
+        self._hashes[TIMESTAMP_PATH].update(self._ts_buf[i : i + 1].data)
+        if i == 0:
+            self._first_ts = p.timestamp
+        self._interventions += int(p.intervention)
+        self._steps = i + 1
+
+    def _grow(self) -> None:
+        new_cap = self._capacity + self._block
+        h, w = self.image_shape
+        try:
+            for arr in self._image_arrays:
+                arr.resize((new_cap, h, w, 3))
+        except OSError as exc:
+            raise storage_error(f'growing arrays of episode {self.index}', exc) from exc
+        for name in ('_state_buf', '_action_buf', '_interv_buf', '_ts_buf'):
+            old = getattr(self, name)
+            new = np.zeros((new_cap, *old.shape[1:]), old.dtype)
+            new[: self._capacity] = old
+            setattr(self, name, new)
+        self._capacity = new_cap
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def finalize(
+        self,
+        outcome: str,
+        model_version: int | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> EpisodeRef:
+        """Trim, fsync and atomically publish the episode; return its :class:`EpisodeRef`.
+
+        ``outcome`` is 'success', 'fail' or 'aborted'; ``extra`` must be JSON-serialisable.
+        On :class:`StorageError` nothing becomes visible and the writer stays open, so the
+        caller can retry or call :meth:`abort`.
+        """
+        t0 = time.perf_counter()
+        self._check_open()
+        if outcome not in OUTCOMES:
+            raise EpisodeError(f'outcome must be one of {OUTCOMES}, got {outcome!r}')
+        if model_version is not None and (
+                isinstance(model_version, bool) or not isinstance(model_version, int)
+                or model_version < 0):
+            raise EpisodeError(f'model_version must be an int >= 0 or None, got {model_version!r}')
+        extra_dict = dict(extra or {})
+        try:
+            json.dumps(extra_dict, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise EpisodeError(f'extra must be JSON-serialisable (no NaN): {exc}') from exc
+        if self._steps == 0:
+            raise EpisodeError(
+                f'episode {self.index} of {self.task!r} has no steps; call abort() instead'
+            )
+        n = self._steps
+        h, w = self.image_shape
+        try:
+            for arr, adir in zip(self._image_arrays, self._image_dirs, strict=True):
+                # A failed write may have left a chunk at index n; drop it before trimming.
+                (adir / arr.metadata.encode_chunk_key((n, 0, 0, 0))).unlink(missing_ok=True)
+                if arr.shape[0] != n:
+                    arr.resize((n, h, w, 3))
+            lowdim = {
+                STATE_PATH: self._state_buf[:n],
+                ACTION_PATH: self._action_buf[:n],
+                INTERVENTION_PATH: self._interv_buf[:n],
+                TIMESTAMP_PATH: self._ts_buf[:n],
+            }
+            for key, data in lowdim.items():
+                if key in self._group:
+                    del self._group[key]
+                arr = self._group.create_array(
+                    key,
+                    shape=data.shape,
+                    dtype=data.dtype,
+                    chunks=(min(n, _LOWDIM_CHUNK_ROWS), *data.shape[1:]),
+                    fill_value=0,
+                )
+                arr[...] = data
+            self._sync_tree()
+        except OSError as exc:
+            raise storage_error(
+                f'finalizing episode {self.index} in {self.temp_path}', exc
+            ) from exc
+        meta = EpisodeMeta(
+            task=self.task,
+            episode_index=self.index,
+            ecu_id=self.ecu_id,
+            outcome=outcome,
+            steps=n,
+            fps=self.fps,
+            intervention_steps=self._interventions,
+            model_version=model_version,
+            start_time=float(self._first_ts),
+            end_time=float(self._ts_buf[n - 1]),
+            image_codec=self.codec.describe(),
+            cameras=list(self.cameras),
+            shapes={camera_path(c): [n, h, w, 3] for c in self.cameras}
+            | {k: list(v.shape) for k, v in lowdim.items()},
+            dtypes={camera_path(c): 'uint8' for c in self.cameras}
+            | {k: str(v.dtype) for k, v in lowdim.items()},
+            sha256={k: hsh.hexdigest() for k, hsh in self._hashes.items()},
+            dropped_steps=self._dropped,
+            created_unix=self._created,
+            extra=extra_dict,
+        )
+        self._publish(meta)
+        self._state = 'finalized'
+        dt = time.perf_counter() - t0
+        log.info(
+            'episode %d of %s visible at %s (%d steps, %.3f s to finalize)',
+            self.index,
+            self.task,
+            self.path,
+            n,
+            dt,
+        )
+        return EpisodeRef(self.index, self.path, self.meta_path, n, self._interventions, dt)
+
+    def _sync_tree(self) -> None:
+        if not self._fsync:
+            return
+        image_dirs = {str(d) for d in self._image_dirs}
+        for dirpath, _dirnames, filenames in os.walk(self.temp_path):
+            for fname in filenames:
+                # image chunks were fsynced when written
+                if dirpath not in image_dirs or fname == 'zarr.json':
+                    fsync_file(Path(dirpath) / fname)
+            fsync_dir(Path(dirpath))
+
+    def _publish(self, meta: EpisodeMeta) -> None:
+        if self.path.exists() or self.meta_path.exists():
+            raise StorageError(
+                f'{self.path} already exists although index {self.index} was reserved; '
+                'another process ignored the reservation protocol'
+            )
+        try:
+            os.rename(self.temp_path, self.path)
+        except OSError as exc:
+            raise storage_error(f'renaming {self.temp_path} to {self.path}', exc) from exc
+        tmp_meta = self.task_dir / meta_temp_name(self.index, self._pid)
+        try:
+            if self._fsync:
+                fsync_dir(self.task_dir)
+            with open(tmp_meta, 'w', encoding='utf-8') as fh:
+                fh.write(meta.to_json())
+                fh.flush()
+                if self._fsync:
+                    os.fsync(fh.fileno())
+            os.rename(tmp_meta, self.meta_path)
+            if self._fsync:
+                fsync_dir(self.task_dir)
+        except OSError as exc:
+            # Not committed: move the data back under its hidden name so abort() can clean up.
+            with contextlib.suppress(OSError):
+                tmp_meta.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.rename(self.path, self.temp_path)
+            raise storage_error(f'writing meta {self.meta_path}', exc) from exc
+        with contextlib.suppress(OSError):
+            (self.task_dir / lock_name(self.index)).unlink()
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.temp_path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.task_dir / lock_name(self.index)).unlink()
+
+    def abort(self) -> None:
+        """Discard the episode (nothing becomes visible). No-op if already finished."""
+        if self._state != 'open':
+            return
+        self._state = 'aborted'
+        self._discard()
+        log.info(
+            'aborted episode %d of %s (%d steps discarded)', self.index, self.task, self._steps
+        )
+
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()
+
+
+_STOP = object()
+
+
+class BackgroundEpisodeWriter:
+    """:class:`EpisodeWriter` whose disk I/O runs on a worker thread behind a bounded queue.
+
+    ``append`` validates the step on the caller's thread (raising :class:`EpisodeError`),
+    copies the frames (unless ``copy_frames=False``) and enqueues it without blocking; it returns
+    False and counts a drop when the queue is full.  Worker failures are counted and the first
+    one is raised from :meth:`finalize` as :class:`StorageError` (the episode then stays
+    unpublished; call :meth:`abort`).  Dropped steps are recorded as ``dropped_steps`` in meta.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        task: str,
+        ecu_id: str,
+        *,
+        queue_size: int = 64,
+        copy_frames: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if queue_size <= 0:
+            raise ValueError('queue_size must be positive')
+        self._inner = EpisodeWriter(root, task, ecu_id, **kwargs)
+        self._copy = copy_frames
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._max_depth = 0
+        self._error: BaseException | None = None
+        self._last_drop_log = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name=f'episode-writer-{task}-{self._inner.index}', daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def index(self) -> int:
+        return self._inner.index
+
+    @property
+    def path(self) -> Path:
+        return self._inner.path
+
+    @property
+    def temp_path(self) -> Path:
+        return self._inner.temp_path
+
+    @property
+    def steps(self) -> int:
+        """Number of steps persisted so far (excludes queued steps)."""
+        return self._inner.steps
+
+    def stats(self) -> WriterStats:
+        w = self._inner
+        return WriterStats(
+            w._accepted, w._steps, w._dropped, w._failed, self._queue.qsize(), self._max_depth
+        )
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                self._inner._write(item)
+            except Exception as exc:  # noqa: BLE001 - surfaced at finalize
+                if self._error is None:
+                    self._error = exc
+                    log.error('episode %d: failed to persist a step: %s', self.index, exc)
+                if not isinstance(exc, StorageError):
+                    self._inner._failed += 1
+
+    def append(self, step: StepRecord) -> bool:
+        """Validate and enqueue a step; False if it was dropped because the queue is full."""
+        w = self._inner
+        w._check_open()
+        prepared = w._prepare(step, copy=self._copy)
+        w._last_ts = prepared.timestamp
+        try:
+            self._queue.put_nowait(prepared)
+        except queue.Full:
+            w._dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log > 1.0:
+                self._last_drop_log = now
+                log.warning(
+                    'episode %d: writer queue full, %d steps dropped so far',
+                    self.index,
+                    w._dropped,
+                )
+            return False
+        w._accepted += 1
+        self._max_depth = max(self._max_depth, self._queue.qsize())
+        return True
+
+    def _stop_worker(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        if self._thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                pass
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            raise StorageError(
+                f'episode {self.index}: the writer thread did not drain its queue within '
+                f'{timeout:.1f} s (disk too slow?); call abort() or finalize() again'
+            )
+
+    def finalize(
+        self,
+        outcome: str,
+        model_version: int | None,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 60.0,
+    ) -> EpisodeRef:
+        """Wait (up to ``timeout`` s) for queued steps, then finalize like EpisodeWriter."""
+        self._inner._check_open()
+        if outcome not in OUTCOMES:
+            raise EpisodeError(f'outcome must be one of {OUTCOMES}, got {outcome!r}')
+        self._stop_worker(timeout)
+        if self._error is not None:
+            w = self._inner
+            raise StorageError(
+                f'episode {self.index}: {w._failed} step(s) failed to persist '
+                f'(first error: {self._error}); the episode was not published, call abort()'
+            ) from self._error
+        return self._inner.finalize(outcome, model_version, extra)
+
+    def abort(self, timeout: float = 10.0) -> None:
+        """Discard queued steps and the episode. No-op if already finished."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        with contextlib.suppress(StorageError):
+            self._stop_worker(timeout)
+        self._inner.abort()
+
+    def __enter__(self) -> BackgroundEpisodeWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()
