@@ -10,7 +10,7 @@ NODES = ('driver', 'actor', 'teleop', 'scheduler')
 setup(
     name=PACKAGE,
     version='0.1.0',
-    description='ScaRLS: a ROS 2 middleware that lets a fleet of robot arms learn while they work.',
+    description='ScaRLS: a ROS 2 middleware that lets a fleet of robot arms learn while working.',
     license='Apache-2.0',
     python_requires='>=3.10',
     package_dir={'': 'src'},

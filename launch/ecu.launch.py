@@ -6,13 +6,12 @@ themselves (parameter autostart, default true); set autostart:=false in the para
 them with `ros2 lifecycle set` or a lifecycle manager instead.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
-from scarls.bringup import ECU_ARGUMENTS, PACKAGE, default_params_file, ecu_nodes, \
-    lifecycle_nodes
+from launch import LaunchDescription
+from scarls.bringup import ECU_ARGUMENTS, PACKAGE, default_params_file, ecu_nodes, lifecycle_nodes
 
 
 def _nodes(context):

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scarls.bringup import (ECU_ARGUMENTS, BringupError, default_params_file, ecu_nodes,
-                            lifecycle_nodes)
+from scarls.bringup import (
+    ECU_ARGUMENTS,
+    BringupError,
+    default_params_file,
+    ecu_nodes,
+    lifecycle_nodes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +135,7 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
     assert {n.kwargs['namespace'] for n in nodes} == {'ecu7'}
     assert [type(n).__name__ for n in nodes] == ['LifecycleNode', 'LifecycleNode',
                                                  'LifecycleNode', 'Node']
-    for node, s in zip(nodes, expected):
+    for node, s in zip(nodes, expected, strict=True):
         params_file, overrides = node.kwargs['parameters']
         assert params_file == str(default_params_file())
         assert overrides == s.parameters

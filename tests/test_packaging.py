@@ -1,4 +1,4 @@
-"""Both ROS packages are found by colcon, and the ament_python package installs what launch needs."""
+"""colcon finds both ROS packages; the ament_python package installs what launch needs."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ import numpy
 
 PY_INCLUDE = sysconfig.get_paths()['include']
 NUMPY_INCLUDE = numpy.get_include()
-PATTERN_NUMPY = re.compile(r'/opt/python/cp311-cp311/lib/python3\.11/site-packages/numpy/[^;" ]*include')
+PATTERN_NUMPY = re.compile(
+    r'/opt/python/cp311-cp311/lib/python3\.11/site-packages/numpy/[^;" ]*include')
 PATTERN_PY = re.compile(r'/opt/python/cp311-cp311/include/python3\.11')
 
 

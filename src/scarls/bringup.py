@@ -33,7 +33,7 @@ ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('backend', 'sim', 'Robot backend of the driver: ' + ', '.join(BACKENDS)),
     LaunchArgument('task', 'pick_cube', 'Task name (the episode folder under data_root)'),
     LaunchArgument('data_root', 'data', 'Folder where the scheduler writes Zarr episodes'),
-    LaunchArgument('params_file', '', 'ROS parameters YAML (default: the package config/ecu.yaml)'),
+    LaunchArgument('params_file', '', 'ROS parameters YAML (default: config/ecu.yaml)'),
     LaunchArgument('teleop', 'scripted', 'Teleop source: ' + ', '.join(TELEOP_SOURCES)),
 )
 

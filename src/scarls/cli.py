@@ -12,8 +12,7 @@ import json
 import logging
 import os
 import sys
-import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from scarls import __version__
@@ -83,7 +82,7 @@ def cmd_ecu(args) -> int:
         log.error('error: --episodes 0 runs forever; give --minutes too')
         return 2
     data_root = Path(args.data_root).expanduser().resolve()
-    stamp = datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+    stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
     log_dir = Path(args.log_dir) if args.log_dir else data_root / 'logs' / stamp
     domain = args.domain_id
     if domain is None and os.environ.get('ROS_DOMAIN_ID', '').isdigit():

@@ -75,7 +75,8 @@ class EcuRun:
                  ' (localhost only)' if opts.localhost_only else '', opts.log_dir)
         # the monitor lives in this process: give it the same DDS environment
         for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
-                    'FASTRTPS_DEFAULT_PROFILES_FILE', 'RMW_IMPLEMENTATION'):
+                    'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
+                    'RMW_IMPLEMENTATION'):
             if key in env:
                 os.environ[key] = env[key]
             else:

@@ -1,10 +1,10 @@
 """Start and stop an ECU's nodes as separate processes (the launcher for machines without
 launch_ros), plus the ROS environment every scarls process gets. No rclpy here.
 
-Each node runs as `python -m <module> --ros-args ...` built from `bringup.NodeSpec`, with its output
-in `<log_dir>/<node>.log`. Stopping is graceful: SIGINT (nodes hold the robot and close files),
-then SIGTERM, then SIGKILL; after a SIGKILL, Fast DDS shared-memory files left in /dev/shm are
-cleaned so they do not pile up.
+Each node runs as `python -m <module> --ros-args ...` built from `bringup.NodeSpec`, with its
+output in `<log_dir>/<node>.log`. Stopping is graceful: SIGINT (nodes hold the robot and close
+files), then SIGTERM, then SIGKILL; after a SIGKILL, Fast DDS shared-memory files left in /dev/shm
+are cleaned so they do not pile up.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def ros_env(domain_id: int, *, localhost_only: bool = True, base: dict | None = 
     if localhost_only:
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     profile = CONFIG_DIR / 'fastdds_shm.xml'
-    if profile.is_file() and 'FASTRTPS_DEFAULT_PROFILES_FILE' not in env:
-        env['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(profile)
+    keys = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+    if profile.is_file() and not any(k in env for k in keys):
+        env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
     env['PYTHONUNBUFFERED'] = '1'
     env.setdefault('OMP_NUM_THREADS', '1')
     return env

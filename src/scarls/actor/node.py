@@ -29,16 +29,17 @@ from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, OperatorSignal
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker
 
 from scarls.actor.chunking import ChunkedController, PolicyInferenceError
 from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
 from scarls.policies import Observation, make_policy
-from scarls.ros import qos
-from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_image, \
-    msg_to_positions
-from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.robot import JOINT_NAMES
+from scarls.ros import qos
+from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_image, msg_to_positions
+from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.ros.viz import actor_state_marker
 
 SIGNAL_EVENTS = {
     OperatorSignal.START: Event.START,
@@ -106,6 +107,7 @@ class ActorNode(LifecycleNode):
         ]
         self._pub_cmd = self.create_publisher(JointState, 'joint_command', qos.COMMAND)
         self._pub_state = self.create_publisher(ActorState, 'actor/state', qos.STATE)
+        self._pub_viz = self.create_publisher(Marker, 'viz/actor_state', qos.STATE)
         self._pub_step = self.create_publisher(ActorStep, 'actor/step', qos.STEPS)
         self._reset_client = self.create_client(Trigger, 'driver/reset_pose',
                                                 callback_group=ReentrantCallbackGroup())
@@ -356,6 +358,7 @@ class ActorNode(LifecycleNode):
         msg.model_version = self._model_version
         msg.intervening = self.fsm.phase is Phase.HUMANINTERVENTION
         self._pub_state.publish(msg)
+        self._pub_viz.publish(actor_state_marker(msg))
 
 
 def main(args=None) -> int:

@@ -27,17 +27,21 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import TaskState
+from scarls_interfaces.msg import ActorState, TaskState
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import MarkerArray
 
 from scarls.driver.backends import make_backend
 from scarls.driver.safety import CommandRejected, EStop, SafetyFilter, Watchdog
+from scarls.robot import JOINT_NAMES
 from scarls.ros import qos
-from scarls.ros.conversions import (MessageError, image_to_msg, joint_state_to_msg,
-                                    msg_to_positions)
+from scarls.ros.conversions import MessageError, image_to_msg, joint_state_to_msg, msg_to_positions
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.ros.viz import VizError, robot_markers
+
+VIZ_RATE_HZ = 10.0
 
 
 class DriverNode(LifecycleNode):
@@ -112,13 +116,23 @@ class DriverNode(LifecycleNode):
         self._pub_task = self.create_publisher(TaskState, 'task_state', qos.JOINT_STATE)
         self._sub_cmd = self.create_subscription(JointState, 'joint_command', self._on_command,
                                                  qos.COMMAND)
+        # RViz: the arm drawn from the joint states (markers, ~10 Hz), coloured when a human
+        # is in control (from the actor's state)
+        self._pub_viz = self.create_publisher(MarkerArray, 'viz/robot', qos.JOINT_STATE)
+        self._intervening = False
+        self._sub_actor = self.create_subscription(
+            ActorState, 'actor/state',
+            lambda m: setattr(self, '_intervening', bool(m.intervening)), qos.STATE)
+        self._viz_every, self._viz_tick = max(1, round(rate / VIZ_RATE_HZ)), 0
         group = MutuallyExclusiveCallbackGroup()
         self._srv_reset = self.create_service(Trigger, '~/reset_pose', self._on_reset,
                                               callback_group=group)
         self._srv_estop = self.create_service(SetBool, '~/estop', self._on_estop,
                                               callback_group=group)
-        self._entities = {'pub': [self._pub_js, *self._pub_cam.values(), self._pub_task],
-                          'sub': [self._sub_cmd], 'srv': [self._srv_reset, self._srv_estop]}
+        self._entities = {'pub': [self._pub_js, *self._pub_cam.values(), self._pub_task,
+                                  self._pub_viz],
+                          'sub': [self._sub_cmd, self._sub_actor],
+                          'srv': [self._srv_reset, self._srv_estop]}
         if name == 'ros2_bridge':
             self._setup_bridge(params)
         self._timer_group = group
@@ -204,7 +218,7 @@ class DriverNode(LifecycleNode):
         try:
             target = msg_to_positions(msg, self._names)
         except MessageError as exc:
-            self._warn('bad_command', f'joint_command rejected: {exc}')
+            self._warn(f'bad_command:{exc}', f'joint_command rejected: {exc}')
             return
         with self._lock:
             self._target = target
@@ -278,6 +292,13 @@ class DriverNode(LifecycleNode):
             msg.names = list(task.names())
             msg.values = [float(v) for v in task.as_vector()]
             self._pub_task.publish(msg)
+        self._viz_tick += 1
+        if self._viz_tick % self._viz_every == 0 and self._names == JOINT_NAMES:
+            try:
+                self._pub_viz.publish(robot_markers(sample.positions, stamp,
+                                                    intervening=self._intervening, task=task))
+            except VizError as exc:
+                self._warn('viz', f'robot markers skipped: {exc}', 10.0)
         if hasattr(backend, 'pending_command'):
             cmd = backend.pending_command()
             if cmd is not None and cmd.command_type == 'joint_trajectory':

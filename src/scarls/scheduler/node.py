@@ -43,6 +43,7 @@ class _Episode:
     actor_episode_id: int
     writer: BackgroundEpisodeWriter
     started: float = field(default_factory=time.monotonic)
+    first_stamp_ns: int = 0
     steps_seen: int = 0
     dropped: int = 0
     model_version: int = 0
@@ -170,9 +171,13 @@ class SchedulerNode(LifecycleNode):
             outcome = TERMINAL.get(msg.previous_phase)
         if outcome is None or msg.episode_id == 0:
             return
+        stamp = stamp_to_ns(msg.header.stamp)
         with self._cond:
-            if msg.episode_id not in self._ends:
-                self._ends[msg.episode_id] = (outcome, int(msg.steps), time.monotonic())
+            # keep the newest end per episode id: ids restart with a new actor session, and a
+            # latched (transient local) history may replay ends of an earlier session
+            known = self._ends.get(msg.episode_id)
+            if known is None or stamp > known[3]:
+                self._ends[msg.episode_id] = (outcome, int(msg.steps), time.monotonic(), stamp)
                 self._cond.notify()
 
     # -- recorder thread -------------------------------------------------------------------
@@ -217,7 +222,7 @@ class SchedulerNode(LifecycleNode):
 
     def _match(self, step: ActorStep) -> dict[str, np.ndarray] | None:
         images = {}
-        for name, stamp in zip(step.image_names, step.image_stamps):
+        for name, stamp in zip(step.image_names, step.image_stamps, strict=False):
             if name not in self._frames:
                 continue
             msg = self._frames[name].get(stamp_to_ns(stamp))
@@ -249,7 +254,8 @@ class SchedulerNode(LifecycleNode):
             self._root, self._task, self._ecu, cameras=self._cameras,
             image_shape=tuple(first.shape[:2]), state_dim=len(step.observation_state),
             action_dim=len(step.action), fps=self._fps, codec=self._codec)
-        self._episode = _Episode(step.episode_id, writer)
+        self._episode = _Episode(step.episode_id, writer,
+                                 first_stamp_ns=stamp_to_ns(step.header.stamp))
         return self._episode
 
     def _append(self, step: ActorStep, images: dict[str, np.ndarray]) -> None:
@@ -280,10 +286,12 @@ class SchedulerNode(LifecycleNode):
             # an episode that ended before any of its steps could be matched: forget it
             return
         end = self._ends.get(episode.actor_episode_id)
+        if end is not None and end[3] < episode.first_stamp_ns:
+            end = None  # the end of an older episode with the same id (earlier session)
         if end is None and not force:
             return
-        outcome, steps, t_end = end if end is not None else ('aborted', episode.steps_seen,
-                                                                time.monotonic())
+        outcome, steps, t_end, _ = end if end is not None else (
+            'aborted', episode.steps_seen, time.monotonic(), 0)
         if episode.steps_seen < steps and time.monotonic() - t_end < FINALIZE_WAIT_S \
                 and not force:
             return  # some steps are still in flight

@@ -25,9 +25,9 @@ ones). Call :meth:`InterventionGate.reset` at the start of each episode.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
-import collections
 import math
 
 import numpy as np

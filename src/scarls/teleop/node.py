@@ -125,7 +125,8 @@ class TeleopNode(Node):
 
     # -- scripted expert (HG-DAgger) -------------------------------------------------------
     def _setup_scripted(self) -> None:
-        from scarls.sim import ScriptedExpert, SimConfig, TaskState as SimTaskState
+        from scarls.sim import ScriptedExpert, SimConfig
+        from scarls.sim import TaskState as SimTaskState
         p = self.get_parameter
         self._sim_task_state = SimTaskState
         self._expert = ScriptedExpert(SimConfig(

@@ -1,0 +1,159 @@
+"""The actor (with the sim driver) in separate processes, driven over DDS by the test playing the
+operator: FSM transitions, illegal/unknown signals, teleop execution, and checkpoint reload only
+at an episode boundary (a corrupt one is refused)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from rosutil import Probe, log_text, start_nodes
+from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, OperatorSignal
+from sensor_msgs.msg import JointState
+
+from scarls.bringup import ecu_nodes
+from scarls.checkpoints import file_sha256, save_checkpoint
+from scarls.policies import make_policy
+from scarls.robot import JOINT_NAMES
+from scarls.ros import qos
+from scarls.ros.conversions import joint_state_to_msg, msg_to_positions
+from scarls.sim.world import HOME
+
+pytestmark = pytest.mark.ros
+NS = 'acttest'
+
+
+class Operator:
+    def __init__(self, probe: Probe) -> None:
+        n = probe.node
+        self.probe = probe
+        self.states: list[ActorState] = []
+        self.steps: list[ActorStep] = []
+        self.q: np.ndarray | None = None
+        n.create_subscription(ActorState, 'actor/state', self.states.append, qos.STATE)
+        n.create_subscription(ActorStep, 'actor/step', self.steps.append, qos.STEPS)
+        n.create_subscription(JointState, 'joint_states',
+                              lambda m: setattr(self, 'q', msg_to_positions(m, JOINT_NAMES)),
+                              qos.JOINT_STATE)
+        self.signal_pub = n.create_publisher(OperatorSignal, 'operator/signal', qos.EVENTS)
+        self.teleop_pub = n.create_publisher(JointState, 'teleop/command', qos.COMMAND)
+        self.ckpt_pub = n.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.LATCHED)
+
+    @property
+    def phase(self) -> str:
+        return self.states[-1].phase if self.states else 'UNKNOWN'
+
+    def signal(self, value: int, wait_for: str | None = None) -> None:
+        msg = OperatorSignal(signal=value, source='test', reason='test')
+        self.signal_pub.publish(msg)
+        if wait_for:
+            self.probe.wait_for(lambda: self.phase == wait_for, 10, f'phase {wait_for}')
+
+    def teleop(self, q, seconds: float) -> None:
+        for _ in range(int(seconds * 30)):
+            self.teleop_pub.publish(joint_state_to_msg(
+                JOINT_NAMES, q, self.probe.node.get_clock().now().to_msg()))
+            self.probe.spin_for(1 / 30)
+
+
+@pytest.fixture
+def operator(ros, node_group):
+    specs = ecu_nodes(NS, extra={'driver': {'image_height': 24, 'image_width': 32}})
+    start_nodes(node_group, [s for s in specs if s.name in ('driver', 'actor')])
+    probe = Probe(NS)
+    op = Operator(probe)
+    probe.wait_for(lambda: op.phase == 'IDLE', 30, 'the actor to reach IDLE')
+    yield op
+    probe.close()
+
+
+def test_fsm_over_dds_with_illegal_and_unknown_signals(operator, node_group):
+    op = operator
+    op.signal(OperatorSignal.RELEASE)
+    op.signal(42)
+    op.probe.spin_for(0.5)
+    assert op.phase == 'IDLE'
+    op.signal(OperatorSignal.START, wait_for='INFERENCE')
+    op.signal(OperatorSignal.START)   # illegal while running
+    op.probe.spin_for(0.7)
+    assert op.phase == 'INFERENCE'
+    policy_steps = [s for s in op.steps if s.episode_id == op.states[-1].episode_id]
+    assert len(policy_steps) >= 10 and not any(s.is_intervention for s in policy_steps)
+
+    target = np.array(op.q, dtype=np.float64)
+    target[0] += 0.2
+    op.signal(OperatorSignal.INTERVENE, wait_for='HUMANINTERVENTION')
+    n0 = len(op.steps)
+    op.teleop(target, 1.0)
+    human = op.steps[n0 + 3:]
+    assert human and all(s.is_intervention for s in human)
+    np.testing.assert_allclose(np.array(human[-1].action), target, atol=1e-5)
+    op.signal(OperatorSignal.RELEASE, wait_for='INFERENCE')
+    op.signal(OperatorSignal.SUCCESS, wait_for='IDLE')
+    phases = [s.phase for s in op.states]
+    assert phases[-4:] == ['INFERENCE', 'SUCCESS', 'IDLE'][-3:] or 'SUCCESS' in phases
+    ended = [s for s in op.states if s.phase == 'SUCCESS'][-1]
+    assert ended.steps == len([s for s in op.steps if s.episode_id == ended.episode_id])
+    op.probe.spin_for(0.3)
+    np.testing.assert_allclose(op.q, HOME, atol=1e-6)   # pose reset after the episode
+    text = log_text(node_group, 'actor')
+    assert 'illegal event RELEASE in IDLE' in text
+    assert 'unknown operator signal 42' in text
+    assert 'illegal event START in INFERENCE' in text
+    assert not node_group.dead()
+
+
+def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_path):
+    torch.set_num_threads(1)
+    op = operator
+    good = tmp_path / 'v1.safetensors'
+    save_checkpoint(good, make_policy('mlp', seed=7), version=1)
+    op.signal(OperatorSignal.START, wait_for='INFERENCE')
+    op.probe.spin_for(0.3)
+    op.ckpt_pub.publish(CheckpointInfo(version=1, policy='mlp', sha256=file_sha256(good),
+                                       approved=True, uri=str(good)))
+    op.probe.spin_for(1.0)
+    episode1 = op.states[-1].episode_id
+    assert {s.model_version for s in op.steps if s.episode_id == episode1} == {0}
+    op.signal(OperatorSignal.FAIL, wait_for='IDLE')
+    op.signal(OperatorSignal.START, wait_for='INFERENCE')
+    op.probe.spin_for(0.5)
+    episode2 = op.states[-1].episode_id
+    assert {s.model_version for s in op.steps if s.episode_id == episode2} == {1}
+    assert {s.model_version for s in op.steps if s.episode_id == episode1} == {0}
+
+    # a corrupt checkpoint (pickle) and a sha256 mismatch are refused; v1 stays
+    bad = tmp_path / 'v2.safetensors'
+    torch.save({'w': torch.zeros(3)}, bad)
+    op.ckpt_pub.publish(CheckpointInfo(version=2, policy='mlp', approved=True, uri=str(bad)))
+    op.probe.spin_for(0.3)
+    op.signal(OperatorSignal.STOP, wait_for='IDLE')
+    op.ckpt_pub.publish(CheckpointInfo(version=3, policy='mlp', sha256='0' * 64, approved=True,
+                                       uri=str(good)))
+    op.probe.spin_for(0.3)
+    op.signal(OperatorSignal.START, wait_for='INFERENCE')
+    op.signal(OperatorSignal.STOP, wait_for='IDLE')
+    op.signal(OperatorSignal.START, wait_for='INFERENCE')
+    op.probe.spin_for(0.5)
+    last = op.states[-1].episode_id
+    assert {s.model_version for s in op.steps if s.episode_id == last} == {1}
+    text = log_text(node_group, 'actor')
+    assert 'checkpoint v2 refused' in text and 'checkpoint v3 refused' in text
+    assert not node_group.dead()
+
+
+def test_bad_initial_checkpoint_fails_configure(ros, node_group, tmp_path):
+    bad = tmp_path / 'bad.safetensors'
+    bad.write_bytes(b'\x80\x04not a safetensors file')
+    spec = [s for s in ecu_nodes(NS, extra={'actor': {'checkpoint': str(bad),
+                                                      'autostart': False}})
+            if s.name == 'actor'][0]
+    start_nodes(node_group, [spec])
+    probe = Probe(NS, 'probe_ckpt')
+    try:
+        from lifecycle_msgs.msg import Transition
+        assert probe.lifecycle('actor', Transition.TRANSITION_CONFIGURE) is False
+        assert 'policy could not be loaded' in log_text(node_group, 'actor')
+        assert not node_group.dead()
+    finally:
+        probe.close()

@@ -1,0 +1,126 @@
+"""The four ECU nodes as separate processes on an isolated ROS_DOMAIN_ID: one closed-loop episode
+with the scripted operator, checked on disk against what went over DDS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from rosutil import Probe, start_nodes
+from scarls_interfaces.msg import ActorStep, EpisodeInfo, OperatorSignal
+from sensor_msgs.msg import Image
+
+from scarls.bringup import ecu_nodes
+from scarls.episodes import EpisodeReader, list_episodes, validate_episode
+from scarls.ros import qos
+from scarls.ros.conversions import msg_to_image, stamp_to_ns
+
+pytestmark = pytest.mark.ros
+NS = 'ecutest'
+H, W = 48, 64
+
+
+def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
+    data_root = tmp_path / 'data'
+    image = {'image_height': H, 'image_width': W}
+    specs = ecu_nodes(NS, task='pick_cube', data_root=str(data_root), extra={
+        'driver': {**image, 'seed': 5},
+        'teleop': {**image, 'episodes': 1, 'max_steps': 150},
+    })
+    probe = Probe(NS)
+    steps: list[ActorStep] = []
+    frames: dict[str, dict[int, np.ndarray]] = {c: {} for c in ('top', 'left', 'right')}
+    signals: list[OperatorSignal] = []
+    episodes: list[EpisodeInfo] = []
+    n = probe.node
+    n.create_subscription(ActorStep, 'actor/step', steps.append, qos.STEPS)
+    n.create_subscription(OperatorSignal, 'operator/signal', signals.append, qos.EVENTS)
+    n.create_subscription(EpisodeInfo, 'scheduler/episode', episodes.append, qos.EVENTS)
+    for cam in frames:
+        n.create_subscription(
+            Image, f'camera/{cam}/image_raw',
+            lambda m, cam=cam: frames[cam].__setitem__(stamp_to_ns(m.header.stamp),
+                                                       msg_to_image(m).copy()),
+            qos.CAMERA_RECORD)
+    try:
+        probe.spin_for(1.0)  # let the probe's subscriptions be discovered first
+        start_nodes(node_group, specs)
+        probe.wait_for(lambda: episodes or node_group.dead(), 120, 'the saved episode')
+        assert not node_group.dead(), [d.tail() for d in node_group.dead()]
+        probe.spin_for(0.5)
+    finally:
+        probe.close()
+
+    info = episodes[0]
+    episode_steps = [s for s in steps if s.episode_id == info.actor_episode_id]
+    entries = list_episodes(data_root, 'pick_cube')
+    assert [e.index for e in entries] == [0] and info.index == 0
+    meta = validate_episode(entries[0].path)
+    reader = EpisodeReader(entries[0].path)
+    t = len(episode_steps)
+    assert t > 20 and info.steps == t == reader.steps == meta.steps, (t, info.steps)
+    assert info.dropped_steps == 0
+    assert meta.task == 'pick_cube' and meta.ecu_id == NS and meta.outcome == info.outcome
+    assert [s.step for s in episode_steps] == list(range(t))
+
+    # shapes and dtypes (Table I + intervention/timestamp)
+    for cam in ('top', 'left', 'right'):
+        arr = reader.images(cam)
+        assert arr.shape == (t, H, W, 3) and arr.dtype == np.uint8
+    state, action = np.asarray(reader.state[:]), np.asarray(reader.action[:])
+    assert state.shape == (t, 14) and state.dtype == np.float32
+    assert action.shape == (t, 14) and action.dtype == np.float32
+    inter = np.asarray(reader.intervention[:])
+    assert inter.dtype == np.bool_ and inter.shape == (t,)
+    assert np.asarray(reader.timestamp[:]).dtype == np.float64
+
+    # what the actor sent is what is stored
+    np.testing.assert_array_equal(action, np.array([s.action for s in episode_steps], np.float32))
+    np.testing.assert_array_equal(
+        state, np.array([s.observation_state for s in episode_steps], np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(reader.timestamp[:]),
+        np.array([stamp_to_ns(s.header.stamp) * 1e-9 for s in episode_steps]))
+
+    # the intervention flags match what the operator did
+    np.testing.assert_array_equal(inter, [s.is_intervention for s in episode_steps])
+    takeovers = int(np.sum(inter[1:] & ~inter[:-1]) + inter[0])
+    n_intervene = sum(s.signal == OperatorSignal.INTERVENE for s in signals)
+    assert takeovers >= 1, 'the untrained policy should have been taken over'
+    assert takeovers == n_intervene
+    assert meta.intervention_steps == int(inter.sum()) == info.intervention_steps
+
+    # the frames stored are the frames the actor used (looked up by the stamps it reported)
+    for cam_index, cam in enumerate(('top', 'left', 'right')):
+        stored = reader.images(cam)
+        for i, s in enumerate(episode_steps):
+            assert list(s.image_names)[cam_index] == cam
+            used = frames[cam].get(stamp_to_ns(s.image_stamps[cam_index]))
+            assert used is not None, f'probe missed frame of step {i}'
+            np.testing.assert_array_equal(np.asarray(stored[i]), used, err_msg=f'{cam} step {i}')
+    # consecutive steps saw moving frames, not one repeated image
+    assert len({stamp_to_ns(s.image_stamps[0]) for s in episode_steps}) > 0.9 * t
+
+
+def test_scarls_ecu_command_writes_summary(tmp_path, domain_id):
+    summary = tmp_path / 'summary.json'
+    cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--episodes', '2', '--data-root',
+           str(tmp_path / 'data'), '--summary', str(summary), '--height', '32', '--width', '40',
+           '--max-steps', '120', '--domain-id', str(domain_id), '--ecu-id', 'ecucli']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(summary.read_text())
+    assert data['ok'] is True and len(data['episodes']) == 2
+    for i, row in enumerate(data['episodes']):
+        assert set(row) >= {'index', 'task', 'outcome', 'steps', 'intervention_steps',
+                            'model_version', 'path'}
+        assert row['index'] == i and row['task'] == 'pick_cube'
+        assert row['outcome'] in ('success', 'fail') and row['steps'] > 0
+        assert row['model_version'] == 0
+        meta = validate_episode(row['path'])
+        assert meta.steps == row['steps'] and meta.intervention_steps == row['intervention_steps']
+    assert 'episode 2/2' in out.stderr + out.stdout
+    assert all(code == 0 for code in data['node_exit_codes'].values()), data['node_exit_codes']

@@ -1,0 +1,144 @@
+"""The scheduler in its own process, fed over DDS by the test (playing driver + actor): exact
+frame alignment by stamp, dropped steps counted, numbering across restarts, bad data roots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rosutil import Probe, log_text, start_nodes
+from scarls_interfaces.msg import ActorState, ActorStep, EpisodeInfo
+from sensor_msgs.msg import Image
+
+from scarls.bringup import ecu_nodes
+from scarls.episodes import EpisodeReader, validate_episode
+from scarls.ros import qos
+from scarls.ros.conversions import image_to_msg, ns_to_stamp
+
+pytestmark = pytest.mark.ros
+NS = 'schedtest'
+CAMS = ('top', 'left', 'right')
+H, W = 12, 16
+
+
+def _scheduler(data_root, **params):
+    spec = ecu_nodes(NS, data_root=str(data_root),
+                     extra={'scheduler': {'match_timeout_s': 0.5, **params}})[1]
+    assert spec.name == 'scheduler'
+    return spec
+
+
+class FakeRobot:
+    def __init__(self, probe: Probe) -> None:
+        n = probe.node
+        self.probe = probe
+        self.cams = {c: n.create_publisher(Image, f'camera/{c}/image_raw', qos.CAMERA)
+                     for c in CAMS}
+        self.steps = n.create_publisher(ActorStep, 'actor/step', qos.STEPS)
+        self.state = n.create_publisher(ActorState, 'actor/state', qos.STATE)
+        self.episodes: list[EpisodeInfo] = []
+        n.create_subscription(EpisodeInfo, 'scheduler/episode', self.episodes.append, qos.EVENTS)
+        self.t_ns = 1_000_000_000_000
+        self.rng = np.random.default_rng(0)
+
+    def connected(self) -> bool:
+        return all(p.get_subscription_count() for p in (*self.cams.values(), self.steps)) and \
+            self.state.get_subscription_count() and \
+            self.probe.node.count_publishers('scheduler/episode') > 0
+
+    def run_episode(self, episode_id: int, n_steps: int, *, missing=(), malformed=()):
+        """Publish frames + steps; returns the frames each kept step used."""
+        used = []
+        for i in range(n_steps):
+            self.t_ns += 33_333_333
+            stamp = ns_to_stamp(self.t_ns)
+            frames = {c: self.rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for c in CAMS}
+            for c in CAMS:
+                if i in missing:
+                    continue
+                msg = image_to_msg(frames[c], stamp, c)
+                if i in malformed and c == 'left':
+                    msg.encoding = 'mono8'
+                self.cams[c].publish(msg)
+            self.probe.spin_for(0.005)
+            step = ActorStep()
+            step.header.stamp = ns_to_stamp(self.t_ns + 1_000_000)
+            step.episode_id, step.step = episode_id, i
+            step.joint_state_stamp = stamp
+            step.image_names = list(CAMS)
+            step.image_stamps = [stamp] * 3
+            step.observation_state = [float(i)] * 14
+            step.action = [float(i) + 0.5] * 14
+            step.is_intervention = 5 <= i < 9
+            step.model_version = 3
+            self.steps.publish(step)
+            if i not in missing and i not in malformed:
+                used.append((i, frames))
+            self.probe.spin_for(0.02)
+        end = ActorState()
+        end.header.stamp = ns_to_stamp(self.t_ns + 2_000_000)
+        end.phase, end.previous_phase, end.event = 'SUCCESS', 'INFERENCE', 'SUCCESS'
+        end.episode_id, end.steps = episode_id, n_steps
+        self.state.publish(end)
+        return used
+
+
+def _check_episode(info, used, n_steps):
+    meta = validate_episode(info.path)
+    reader = EpisodeReader(info.path)
+    assert reader.steps == len(used) == info.steps
+    assert info.dropped_steps == n_steps - len(used) == meta.extra['dropped_steps']
+    assert meta.outcome == 'success' and meta.model_version == 3
+    for row, (i, frames) in enumerate(used):
+        for c in CAMS:
+            np.testing.assert_array_equal(np.asarray(reader.images(c)[row]), frames[c])
+        assert float(reader.state[row][0]) == float(i)
+        assert bool(reader.intervention[row]) == (5 <= i < 9)
+
+
+def test_alignment_drops_and_numbering_across_restart(ros, node_group, tmp_path):
+    data_root = tmp_path / 'data'
+    probe = Probe(NS)
+    try:
+        robot = FakeRobot(probe)
+        start_nodes(node_group, [_scheduler(data_root)])
+        probe.wait_for(robot.connected, 20, 'the scheduler to connect')
+        probe.spin_for(0.3)
+        used = robot.run_episode(1, 20, missing={7}, malformed={12})
+        probe.wait_for(lambda: robot.episodes, 20, 'episode 0')
+        info = robot.episodes[0]
+        assert info.index == 0 and info.actor_episode_id == 1 and info.outcome == 'success'
+        _check_episode(info, used, 20)
+        assert info.finalize_seconds < 5.0
+
+        used = robot.run_episode(2, 6)
+        probe.wait_for(lambda: len(robot.episodes) == 2, 20, 'episode 1')
+        assert robot.episodes[1].index == 1
+        _check_episode(robot.episodes[1], used, 6)
+
+        # restart the scheduler: numbering continues on disk
+        node_group.stop()
+        node_group.nodes.clear()
+        start_nodes(node_group, [_scheduler(data_root)])
+        probe.wait_for(robot.connected, 20, 'the restarted scheduler')
+        probe.spin_for(0.5)
+        used = robot.run_episode(1, 5)   # a new actor session counts from 1 again
+        probe.wait_for(lambda: len(robot.episodes) == 3, 20, 'episode 2')
+        assert robot.episodes[2].index == 2
+        _check_episode(robot.episodes[2], used, 5)
+    finally:
+        probe.close()
+
+
+def test_unwritable_data_root_fails_configure(ros, node_group, tmp_path):
+    blocker = tmp_path / 'not_a_dir'
+    blocker.write_text('a file where the data root should be')
+    probe = Probe(NS, 'probe_root')
+    try:
+        start_nodes(node_group, [_scheduler(blocker / 'data', autostart=False)])
+        from lifecycle_msgs.msg import Transition
+        assert probe.lifecycle('scheduler', Transition.TRANSITION_CONFIGURE) is False
+        assert probe.lifecycle_state('scheduler') == 'unconfigured'
+        assert 'is not writable' in log_text(node_group, 'scheduler')
+        assert not node_group.dead()
+    finally:
+        probe.close()
