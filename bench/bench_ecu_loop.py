@@ -224,6 +224,10 @@ def read_episodes(root: Path) -> list[dict]:
     for entry in list_episodes(root):
         reader = EpisodeReader(entry.path)
         t = np.asarray(reader.timestamp[:], dtype=np.float64)
+        periods = np.diff(t) * 1000.0
+        late = np.nonzero(periods > LATE_PERIOD_MS)[0]
+        inter = np.asarray(reader.intervention[:], dtype=bool)
+        span = round((t[-1] - t[0]) * 1000.0 / NOMINAL_PERIOD_MS) if len(t) > 1 else 0
         rows.append({
             'path': str(entry.path), 'steps': int(reader.steps),
             'outcome': reader.meta.outcome,
@@ -232,7 +236,12 @@ def read_episodes(root: Path) -> list[dict]:
                                                        reader.meta.dropped_steps)),
             'start_time': float(t[0]) if len(t) else None,
             'end_time': float(t[-1]) if len(t) else None,
-            'periods_ms': (np.diff(t) * 1000.0).tolist(),
+            # the actor's timer keeps its phase: a late tick is followed by a short period, a
+            # skipped tick leaves a slot of the 30 Hz grid without a step
+            'missed_ticks': max(0, int(span) - (len(t) - 1)),
+            'late_periods': [{'step': int(i + 1), 'period_ms': round(float(periods[i]), 1),
+                              'intervention': bool(inter[i + 1])} for i in late],
+            'periods_ms': periods.tolist(),
         })
     return rows
 
@@ -259,8 +268,7 @@ def loop_metrics(episodes: list[dict], summary: dict) -> dict:
         'period_ms_min': float(periods.min()) if periods.size else None,
         'late_fraction': float((periods > LATE_PERIOD_MS).mean()) if periods.size else None,
         'late_periods': int((periods > LATE_PERIOD_MS).sum()),
-        # a gap of >= 1.5 nominal periods means a tick (or its recorded step) is missing
-        'gaps': int((periods >= 1.5 * NOMINAL_PERIOD_MS).sum()),
+        'missed_ticks': sum(e['missed_ticks'] for e in episodes),
         'steps_per_s': intervals / duration if duration > 0 else None,
         'dropped_meta': sum(e['dropped_steps'] for e in episodes),
         'dropped_summary': summary_dropped,
@@ -332,15 +340,16 @@ def print_tables(config: dict, machine: dict, runs: list[dict], total: dict | No
     if total is not None:
         rows.append(('all', total['loop'], total['cpu']))
     print()
-    print('| run | episodes | steps | period p50 | p99 | max | > 40 ms | steps/s | dropped '
-          '| end -> visible p50 | max |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    print('| run | episodes | steps | period p50 | p99 | max | > 40 ms | missed ticks | steps/s '
+          '| dropped | end -> visible p50 | max |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
     for name, lp, _ in rows:
         print(f"| {name} | {lp['episodes']} | {lp['steps']} "
               f"| {_f(lp['period_ms_p50'], '.1f')} ms | {_f(lp['period_ms_p99'], '.1f')} ms "
               f"| {_f(lp['period_ms_max'], '.1f')} ms "
               f"| {_f(None if lp['late_fraction'] is None else 100 * lp['late_fraction'], '.1f')}"
-              f" % | {_f(lp['steps_per_s'], '.2f')} | {lp['dropped_summary']} "
+              f" % | {lp['missed_ticks']} | {_f(lp['steps_per_s'], '.2f')} "
+              f"| {lp['dropped_summary']} "
               f"| {_f(lp['finalize_s_p50'], '.3f')} s | {_f(lp['finalize_s_max'], '.3f')} s |")
     print()
     print('CPU, mean % of one core while recording (max of a 0.5 s sample in brackets):')
@@ -393,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
                 'episodes': [{k2: v for k2, v in e.items() if k2 != 'periods_ms'}
                              for e in episodes],
                 'command': ' '.join(raw['command']),
+                'samples': [{'t': round(x['t'], 3), 'machine': round(x['machine'], 1),
+                             'load1': x['load1'],
+                             'nodes': {n: round(v, 1) for n, v in x['nodes'].items()}}
+                            for x in raw['samples']],
                 '_periods': [p for e in episodes for p in e['periods_ms']],
                 '_samples': raw['samples'], '_window': window, '_summary': summary,
                 '_episodes': episodes,
@@ -414,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print_tables(config, machine, runs, total)
         for i, run in enumerate(runs):
+            late = [f"ep {e['path'].rsplit('episode_', 1)[-1].split('.')[0]} step {x['step']}: "
+                    f"{x['period_ms']} ms{' (human)' if x['intervention'] else ''}"
+                    for e in run['episodes'] for x in e['late_periods']]
+            if late:
+                print(f'\nperiods > {LATE_PERIOD_MS:.0f} ms, run {i + 1}: ' + '; '.join(late))
             if run['log_warnings']:
                 print(f'\nnode log warnings, run {i + 1} ({run["log_dir"]}):')
                 for node, items in run['log_warnings'].items():

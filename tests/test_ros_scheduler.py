@@ -40,10 +40,24 @@ class FakeRobot:
         self.t_ns = 1_000_000_000_000
         self.rng = np.random.default_rng(0)
 
-    def connected(self) -> bool:
-        return all(p.get_subscription_count() for p in (*self.cams.values(), self.steps)) and \
-            self.state.get_subscription_count() and \
-            self.probe.node.count_publishers('scheduler/episode') > 0
+    TOPICS = ('camera/top/image_raw', 'camera/left/image_raw', 'camera/right/image_raw',
+              'actor/step', 'actor/state')
+
+    def reader_gids(self) -> set:
+        node, ns = self.probe.node, '/' + NS
+        return {bytes(info.endpoint_gid) for topic in self.TOPICS
+                for info in node.get_subscriptions_info_by_topic(f'{ns}/{topic}')}
+
+    def connected(self, exclude: frozenset = frozenset()) -> bool:
+        """The scheduler's readers are all discovered (new ones only, after a restart: DDS
+        keeps a killed process's endpoints until their lease expires)."""
+        node, ns = self.probe.node, '/' + NS
+        for topic in self.TOPICS:
+            gids = {bytes(i.endpoint_gid) for i in node.get_subscriptions_info_by_topic(
+                f'{ns}/{topic}')}
+            if not gids - exclude:
+                return False
+        return node.count_publishers('scheduler/episode') > 0
 
     def run_episode(self, episode_id: int, n_steps: int, *, missing=(), malformed=()):
         """Publish frames + steps; returns the frames each kept step used."""
@@ -116,10 +130,11 @@ def test_alignment_drops_and_numbering_across_restart(ros, node_group, tmp_path)
         _check_episode(robot.episodes[1], used, 6)
 
         # restart the scheduler: numbering continues on disk
+        old_readers = frozenset(robot.reader_gids())
         node_group.stop()
         node_group.nodes.clear()
         start_nodes(node_group, [_scheduler(data_root)])
-        probe.wait_for(robot.connected, 20, 'the restarted scheduler')
+        probe.wait_for(lambda: robot.connected(old_readers), 20, 'the restarted scheduler')
         probe.spin_for(0.5)
         used = robot.run_episode(1, 5)   # a new actor session counts from 1 again
         probe.wait_for(lambda: len(robot.episodes) == 3, 20, 'episode 2')
@@ -140,5 +155,46 @@ def test_unwritable_data_root_fails_configure(ros, node_group, tmp_path):
         assert probe.lifecycle_state('scheduler') == 'unconfigured'
         assert 'is not writable' in log_text(node_group, 'scheduler')
         assert not node_group.dead()
+    finally:
+        probe.close()
+
+
+def test_sigkill_mid_episode_leaves_nothing_partial(ros, node_group, tmp_path):
+    import signal
+
+    from scarls.episodes import list_episodes
+    from scarls.launcher import clean_fastdds_shm
+
+    data_root = tmp_path / 'data'
+    probe = Probe(NS, 'probe_kill')
+    try:
+        robot = FakeRobot(probe)
+        start_nodes(node_group, [_scheduler(data_root)])
+        probe.wait_for(robot.connected, 20, 'the scheduler to connect')
+        probe.spin_for(0.3)
+        robot.run_episode(1, 8)
+        probe.wait_for(lambda: robot.episodes, 20, 'episode 0')
+        # an episode in flight (no end reported), then the recorder process is killed
+        robot.run_episode(2, 10)
+        old_readers = frozenset(robot.reader_gids())
+        task_dir = data_root / 'pick_cube'
+        probe.wait_for(lambda: any(p.name.startswith('.episode_1') for p in task_dir.iterdir()),
+                       10, 'the in-flight episode to be on disk')
+        victim = node_group.nodes[0].process
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        clean_fastdds_shm()
+        assert [e.index for e in list_episodes(data_root)] == [0]
+        # restart: the next episode takes index 1, the dead writer's leftovers are cleaned
+        node_group.nodes.clear()
+        start_nodes(node_group, [_scheduler(data_root)])
+        probe.wait_for(lambda: robot.connected(old_readers), 20, 'the restarted scheduler')
+        probe.spin_for(0.5)
+        used = robot.run_episode(3, 6)
+        probe.wait_for(lambda: len(robot.episodes) == 2, 20, 'the next episode')
+        assert robot.episodes[1].index == 1
+        _check_episode(robot.episodes[1], used, 6)
+        assert [e.index for e in list_episodes(data_root)] == [0, 1]
+        assert not [p for p in task_dir.iterdir() if '.tmp-' in p.name]
     finally:
         probe.close()

@@ -77,7 +77,7 @@ class ProcessGroup:
         cmd = [sys.executable, '-m', spec.module, *spec.ros_args(params_file)]
         tag = f'{spec.namespace}_{spec.name}' if spec.namespace else spec.name
         log_path = self.log_dir / f'{tag}.log'
-        out = open(log_path, 'wb')  # noqa: SIM115 - owned by the child; closed below
+        out = open(log_path, 'ab')  # noqa: SIM115 - owned by the child; closed below
         try:
             proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
