@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def machine_info() -> dict:
     model = ''
     try:
-        out = subprocess.run(['lscpu'], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(['lscpu'], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
         for line in out.splitlines():
             if line.startswith('Model name:'):
                 model = line.split(':', 1)[1].strip()
@@ -198,7 +200,7 @@ def run_ecu(args: argparse.Namespace, root: Path, seed: int) -> dict:
         while proc.poll() is None:
             if time.time() - t0 > timeout:
                 timed_out = True
-                proc.send_signal(2)  # SIGINT: scarls ecu stops its nodes cleanly
+                proc.send_signal(signal.SIGINT)  # scarls ecu stops its nodes cleanly
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
@@ -380,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for k in range(args.repeat):
             root = base / f'run_{k}' if args.repeat > 1 else base
+            if root.is_dir() and list_episodes(root):
+                print(f'error: {root} already holds episodes; give --keep an empty directory',
+                      file=sys.stderr)
+                return 2
             print(f'run {k + 1}/{args.repeat}: scarls ecu {args.height}x{args.width} '
                   f'{args.codec}, {args.episodes} episodes -> {root}', flush=True)
             raw = run_ecu(args, root, args.seed + k)
@@ -406,13 +412,13 @@ def main(argv: list[str] | None = None) -> int:
                              'load1': x['load1'],
                              'nodes': {n: round(v, 1) for n, v in x['nodes'].items()}}
                             for x in raw['samples']],
-                '_periods': [p for e in episodes for p in e['periods_ms']],
                 '_samples': raw['samples'], '_window': window, '_summary': summary,
                 '_episodes': episodes,
             }
             if raw['exit_code'] != 0 or not run['ok'] or loop['episodes'] < args.episodes:
                 ok = False
-                print(f"  run failed (exit {raw['exit_code']}, error {run['error']!r}); "
+                why = ' (timed out)' if raw['timed_out'] else ''
+                print(f"  run failed{why} (exit {raw['exit_code']}, error {run['error']!r}); "
                       f"last output lines:", file=sys.stderr)
                 lines = Path(raw['output']).read_text(errors='replace').splitlines()
                 print('\n'.join('    ' + s for s in lines[-15:]), file=sys.stderr)

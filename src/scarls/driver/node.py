@@ -106,7 +106,7 @@ class DriverNode(LifecycleNode):
         rate = float(p['rate_hz'])
         self._dt = 1.0 / rate
         self._names = tuple(self._backend.joint_names)
-        self._filter = SafetyFilter(self._backend.limits, self._dt)
+        self._filter = SafetyFilter(self._backend.limits, self._dt, joint_names=self._names)
         self._watchdog = Watchdog(float(self.get_parameter('watchdog_timeout_s').value))
         self._estop = EStop()
         self._cameras = tuple(self._backend.camera_names)
