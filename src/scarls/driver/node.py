@@ -34,7 +34,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import MarkerArray
 
 from scarls.driver.backends import make_backend
-from scarls.driver.safety import CommandRejected, EStop, SafetyFilter, Watchdog
+from scarls.driver.safety import BackendError, CommandRejected, EStop, SafetyFilter, Watchdog
 from scarls.robot import JOINT_NAMES
 from scarls.ros import qos
 from scarls.ros.conversions import MessageError, image_to_msg, joint_state_to_msg, msg_to_positions
@@ -250,6 +250,12 @@ class DriverNode(LifecycleNode):
         return response
 
     def _tick(self) -> None:
+        try:
+            self._control_tick()
+        except BackendError as exc:  # e.g. no state from a bridged robot yet: say so, go on
+            self._warn(f'backend:{exc}', f'robot backend: {exc}')
+
+    def _control_tick(self) -> None:
         backend = self._backend
         if backend is None:
             return
