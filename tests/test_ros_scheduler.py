@@ -43,15 +43,27 @@ class FakeRobot:
     TOPICS = ('camera/top/image_raw', 'camera/left/image_raw', 'camera/right/image_raw',
               'actor/step', 'actor/state')
 
+    def publishers(self) -> list:
+        return [*self.cams.values(), self.steps, self.state]
+
+    def matched(self) -> list[int]:
+        """Readers matched by each of our writers (stale ones of a killed process included)."""
+        return [p.get_subscription_count() for p in self.publishers()]
+
     def reader_gids(self) -> set:
         node, ns = self.probe.node, '/' + NS
         return {bytes(info.endpoint_gid) for topic in self.TOPICS
                 for info in node.get_subscriptions_info_by_topic(f'{ns}/{topic}')}
 
-    def connected(self, exclude: frozenset = frozenset()) -> bool:
-        """The scheduler's readers are all discovered (new ones only, after a restart: DDS
-        keeps a killed process's endpoints until their lease expires)."""
+    def connected(self, exclude: frozenset = frozenset(), matched_before=None) -> bool:
+        """The scheduler's readers are all discovered and matched by our writers (new ones
+        only, after a restart: DDS keeps a killed process's endpoints until their lease
+        expires)."""
         node, ns = self.probe.node, '/' + NS
+        if matched_before is not None and any(
+                now <= before for now, before in zip(self.matched(), matched_before,
+                                                     strict=True)):
+            return False
         for topic in self.TOPICS:
             gids = {bytes(i.endpoint_gid) for i in node.get_subscriptions_info_by_topic(
                 f'{ns}/{topic}')}
@@ -177,6 +189,7 @@ def test_sigkill_mid_episode_leaves_nothing_partial(ros, node_group, tmp_path):
         # an episode in flight (no end reported), then the recorder process is killed
         robot.run_episode(2, 10)
         old_readers = frozenset(robot.reader_gids())
+        old_matched = robot.matched()
         task_dir = data_root / 'pick_cube'
         probe.wait_for(lambda: any(p.name.startswith('.episode_1') for p in task_dir.iterdir()),
                        10, 'the in-flight episode to be on disk')
@@ -188,8 +201,10 @@ def test_sigkill_mid_episode_leaves_nothing_partial(ros, node_group, tmp_path):
         # restart: the next episode takes index 1, the dead writer's leftovers are cleaned
         node_group.nodes.clear()
         start_nodes(node_group, [_scheduler(data_root)])
-        probe.wait_for(lambda: robot.connected(old_readers), 20, 'the restarted scheduler')
-        probe.spin_for(0.5)
+        probe.wait_for(lambda: robot.connected(old_readers, old_matched), 30,
+                       'the restarted scheduler')
+        # matched is not yet delivering: give the transports of the new reader a moment
+        probe.spin_for(2.0)
         used = robot.run_episode(3, 6)
         probe.wait_for(lambda: len(robot.episodes) == 2, 20, 'the next episode')
         assert robot.episodes[1].index == 1

@@ -28,11 +28,13 @@ import numpy as np
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import ActorState, ActorStep, EpisodeInfo
 from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
 
 from scarls.episodes import BackgroundEpisodeWriter, StepRecord
 from scarls.ros import qos
 from scarls.ros.conversions import MessageError, msg_to_image, stamp_to_ns
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.scheduler.trigger import TrainTrigger, TriggerConfig
 
 TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
 FINALIZE_WAIT_S = 3.0
@@ -83,6 +85,9 @@ class SchedulerNode(LifecycleNode):
         declare(self, 'buffer_seconds', 5.0, 'Seconds of camera frames kept for matching')
         declare(self, 'fps', 30.0, 'Control rate recorded in the metadata')
         declare(self, 'cameras', ['top', 'left', 'right'], 'Camera names', string_array=True)
+        declare(self, 'train_interval_s', 10.0, 'T_interval: minimum seconds between triggers')
+        declare(self, 'min_train_steps', 10, 'Quality check: shortest episode worth training on')
+        declare(self, 'max_dropped_fraction', 0.05, 'Quality check: most dropped steps allowed')
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -115,6 +120,13 @@ class SchedulerNode(LifecycleNode):
         self._cond = threading.Condition()
         self._episode: _Episode | None = None
         self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
+        self._trigger = TrainTrigger(TriggerConfig(
+            min_interval_s=float(p('train_interval_s').value),
+            min_steps=int(p('min_train_steps').value),
+            max_dropped_fraction=float(p('max_dropped_fraction').value)))
+        self._trigger_lock = threading.Lock()
+        self._train_client = self.create_client(Trigger, 'learner/train')
+        self._train_future = None
         self._subs = [
             *[self.create_subscription(Image, f'camera/{c}/image_raw',
                                        lambda m, c=c: self._frames[c].add(m), qos.CAMERA_RECORD)
@@ -127,12 +139,14 @@ class SchedulerNode(LifecycleNode):
         return SUCCESS
 
     def on_activate(self, state):
+        self._trigger_timer = self.create_timer(1.0, self._poll_trigger)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name='recorder', daemon=True)
         self._thread.start()
         return super().on_activate(state)
 
     def on_deactivate(self, state):
+        self.destroy_timer(self._trigger_timer)
         self._stop_thread()
         return super().on_deactivate(state)
 
@@ -323,10 +337,38 @@ class SchedulerNode(LifecycleNode):
         info.dropped_steps = int(episode.dropped + max(0, steps - episode.steps_seen))
         info.finalize_seconds = float(finalize_s)
         self._pub_episode.publish(info)
+        with self._trigger_lock:
+            quality = self._trigger.on_episode(info.steps, info.dropped_steps, outcome)
+        if not quality.ok:
+            self.get_logger().warning(f'episode {ref.index} kept but not used to trigger '
+                                      f'training: {quality.reason}')
         self.get_logger().info(
             f'episode {ref.index} saved: {outcome}, {ref.steps} steps '
             f'({ref.intervention_steps} by human), {info.dropped_steps} dropped, visible '
             f'{finalize_s:.2f} s after the end -> {ref.path}')
+
+
+    # -- training trigger (Algorithm 2) ------------------------------------------------------
+    def _poll_trigger(self) -> None:
+        future = self._train_future
+        if future is not None:
+            if not future.done():
+                return
+            self._train_future = None
+            result = future.result()
+            if result is None or not result.success:
+                why = result.message if result is not None else 'no response'
+                self.get_logger().info(f'learner did not take the trigger ({why}): retrying')
+                with self._trigger_lock:
+                    self._trigger.retry_later(1)
+            else:
+                self.get_logger().info(f'training triggered: {result.message}')
+        if not self._train_client.service_is_ready():
+            return  # no learner on this ECU (yet): data stays pending
+        with self._trigger_lock:
+            fire = self._trigger.poll(time.monotonic())
+        if fire:
+            self._train_future = self._train_client.call_async(Trigger.Request())
 
 
 def main(args=None) -> int:
