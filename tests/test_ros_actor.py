@@ -1,6 +1,7 @@
 """The actor (with the sim driver) in separate processes, driven over DDS by the test playing the
-operator: FSM transitions, illegal/unknown signals, teleop execution, and checkpoint reload only
-at an episode boundary (a corrupt one is refused)."""
+operator (and the scheduler's checkpoint service): FSM transitions, illegal/unknown signals,
+teleop execution, and checkpoint fetch over the chunked service with reload only at an episode
+boundary (a pickle and a sha256 mismatch are refused)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 import torch
 from rosutil import Probe, log_text, start_nodes
 from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, OperatorSignal
+from scarls_interfaces.srv import GetCheckpointChunk
 from sensor_msgs.msg import JointState
 
 from scarls.bringup import ecu_nodes
 from scarls.checkpoints import file_sha256, save_checkpoint
+from scarls.checkpoints.transfer import ChunkServer
 from scarls.policies import make_policy
 from scarls.robot import JOINT_NAMES
 from scarls.ros import qos
@@ -37,7 +40,19 @@ class Operator:
                               qos.JOINT_STATE)
         self.signal_pub = n.create_publisher(OperatorSignal, 'operator/signal', qos.EVENTS)
         self.teleop_pub = n.create_publisher(JointState, 'teleop/command', qos.COMMAND)
-        self.ckpt_pub = n.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.LATCHED)
+        self.ckpt_pub = n.create_publisher(CheckpointInfo, 'scheduler/checkpoint', qos.LATCHED)
+        self.served: dict[int, str] = {}
+        self.requests = 0
+        server = ChunkServer(lambda v: self.served.get(v), max_chunk=4096)
+
+        def serve(request, response):
+            self.requests += 1
+            reply = server.handle(request.version, request.offset, request.length)
+            response.ok, response.error = reply.ok, reply.error
+            response.total_size, response.sha256 = reply.total_size, reply.sha256
+            response.data = reply.data
+            return response
+        n.create_service(GetCheckpointChunk, 'scheduler/get_checkpoint', serve)
 
     @property
     def phase(self) -> str:
@@ -108,11 +123,13 @@ def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_pat
     op = operator
     good = tmp_path / 'v1.safetensors'
     save_checkpoint(good, make_policy('mlp', seed=7), version=1)
+    op.served[1] = str(good)
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
     op.probe.spin_for(0.3)
     op.ckpt_pub.publish(CheckpointInfo(version=1, policy='mlp', sha256=file_sha256(good),
-                                       approved=True, uri=str(good)))
-    op.probe.spin_for(1.0)
+                                       approved=True, uri='v1'))
+    op.probe.spin_for(1.5)   # serves the chunks: the fetch completes during the episode
+    assert op.requests > good.stat().st_size // 4096, 'fetched in many small chunks'
     episode1 = op.states[-1].episode_id
     assert {s.model_version for s in op.steps if s.episode_id == episode1} == {0}
     op.signal(OperatorSignal.FAIL, wait_for='IDLE')
@@ -125,12 +142,14 @@ def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_pat
     # a corrupt checkpoint (pickle) and a sha256 mismatch are refused; v1 stays
     bad = tmp_path / 'v2.safetensors'
     torch.save({'w': torch.zeros(3)}, bad)
-    op.ckpt_pub.publish(CheckpointInfo(version=2, policy='mlp', approved=True, uri=str(bad)))
-    op.probe.spin_for(0.3)
+    op.served[2] = str(bad)
+    op.ckpt_pub.publish(CheckpointInfo(version=2, policy='mlp', approved=True, uri='v2'))
+    op.probe.spin_for(1.0)
     op.signal(OperatorSignal.STOP, wait_for='IDLE')
+    op.served[3] = str(good)
     op.ckpt_pub.publish(CheckpointInfo(version=3, policy='mlp', sha256='0' * 64, approved=True,
-                                       uri=str(good)))
-    op.probe.spin_for(0.3)
+                                       uri='v3'))
+    op.probe.spin_for(1.0)
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
     op.signal(OperatorSignal.STOP, wait_for='IDLE')
     op.signal(OperatorSignal.START, wait_for='INFERENCE')

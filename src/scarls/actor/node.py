@@ -9,12 +9,14 @@ latest teleop command is executed (held if it is stale).
 
 Topics (relative to the ECU namespace):
   in  joint_states, camera/{top,left,right}/image_raw (best effort, newest only), teleop/command,
-      operator/signal (scarls_interfaces/OperatorSignal), learner/checkpoint (CheckpointInfo)
+      operator/signal (scarls_interfaces/OperatorSignal), scheduler/checkpoint (CheckpointInfo:
+      the checkpoint to deploy; fetched in the background in verified chunks from
+      scheduler/get_checkpoint, swapped in at the next episode boundary)
   out joint_command (sensor_msgs/JointState position targets, reliable depth 1)
       actor/state (ActorState, transient local: every transition + 1 Hz)
       actor/step (ActorStep: one per tick of an episode - stamps of the observation used, the
       action sent, whether a human was in control, the model version)
-Clients: driver/reset_pose (std_srvs/Trigger).
+Clients: driver/reset_pose (std_srvs/Trigger), scheduler/get_checkpoint (GetCheckpointChunk).
 Parameters: rate_hz, policy, checkpoint, seed, refill_when_remaining, cameras, autostart.
 """
 
@@ -27,6 +29,7 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, OperatorSignal
+from scarls_interfaces.srv import GetCheckpointChunk
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
@@ -34,6 +37,7 @@ from visualization_msgs.msg import Marker
 from scarls.actor.chunking import ChunkedController, PolicyInferenceError
 from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
+from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
 from scarls.policies import Observation, make_policy
 from scarls.robot import JOINT_NAMES
 from scarls.ros import qos
@@ -50,6 +54,8 @@ SIGNAL_EVENTS = {
     OperatorSignal.STOP: Event.STOP,
 }
 RESET_TIMEOUT_S = 10.0
+CHUNK_CALL_TIMEOUT_S = 10.0
+MAX_CHECKPOINT_BYTES = 4 << 30
 TELEOP_STALE_S = 0.5
 
 
@@ -102,7 +108,7 @@ class ActorNode(LifecycleNode):
                                      callback_group=sensors),
             self.create_subscription(OperatorSignal, 'operator/signal', self._on_signal,
                                      qos.EVENTS, callback_group=self._control),
-            self.create_subscription(CheckpointInfo, 'learner/checkpoint', self._on_checkpoint,
+            self.create_subscription(CheckpointInfo, 'scheduler/checkpoint', self._on_checkpoint,
                                      qos.LATCHED, callback_group=sensors),
         ]
         self._pub_cmd = self.create_publisher(JointState, 'joint_command', qos.COMMAND)
@@ -111,6 +117,9 @@ class ActorNode(LifecycleNode):
         self._pub_step = self.create_publisher(ActorStep, 'actor/step', qos.STEPS)
         self._reset_client = self.create_client(Trigger, 'driver/reset_pose',
                                                 callback_group=ReentrantCallbackGroup())
+        self._chunk_client = self.create_client(GetCheckpointChunk, 'scheduler/get_checkpoint')
+        self._fetch_thread: threading.Thread | None = None
+        self._ready: tuple[object, int] | None = None   # (policy, version) fetched + verified
         self.get_logger().info(
             f'configured: policy={self._policy_name} v{self._model_version} '
             f'chunk={self._policy.chunk_size} cameras={list(self._cameras)}')
@@ -194,10 +203,59 @@ class ActorNode(LifecycleNode):
             self._warn('bad_teleop', f'teleop/command dropped: {exc}')
 
     def _on_checkpoint(self, msg: CheckpointInfo) -> None:
-        if msg.approved and msg.version > self._model_version:
-            self._pending_ckpt = msg
-            self.get_logger().info(f'checkpoint v{msg.version} announced: loads at the next '
-                                   'episode boundary')
+        if not msg.approved or msg.version <= self._model_version:
+            return
+        pending = self._pending_ckpt
+        if pending is not None and pending.version >= msg.version:
+            return
+        self._pending_ckpt = msg
+        self.get_logger().info(f'checkpoint v{msg.version} announced: fetching it; it loads at '
+                               'the next episode boundary')
+        if self._fetch_thread is None or not self._fetch_thread.is_alive():
+            self._fetch_thread = threading.Thread(target=self._fetch_loop, name='fetch',
+                                                  daemon=True)
+            self._fetch_thread.start()
+
+    # -- checkpoint fetch (worker thread; the executor keeps spinning) ----------------------
+    def _request_chunk(self, version: int, offset: int, length: int) -> ChunkReply:
+        if not self._chunk_client.wait_for_service(timeout_sec=CHUNK_CALL_TIMEOUT_S):
+            raise TransferError('scheduler/get_checkpoint is not available')
+        done = threading.Event()
+        request = GetCheckpointChunk.Request(version=version, offset=offset, length=length)
+        future = self._chunk_client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(CHUNK_CALL_TIMEOUT_S):
+            self._chunk_client.remove_pending_request(future)
+            raise TransferError(f'no reply to a chunk request within {CHUNK_CALL_TIMEOUT_S} s')
+        r = future.result()
+        return ChunkReply(ok=r.ok, error=r.error, total_size=r.total_size, sha256=r.sha256,
+                          data=bytes(r.data))
+
+    def _fetch_loop(self) -> None:
+        while True:
+            info = self._pending_ckpt
+            if info is None or (self._ready is not None and self._ready[1] >= info.version):
+                return
+            t0 = time.monotonic()
+            try:
+                data = ChunkFetcher(self._request_chunk, int(info.version),
+                                    expected_sha256=info.sha256 or None,
+                                    max_bytes=MAX_CHECKPOINT_BYTES).fetch()
+                policy, header = load_checkpoint(data, expected_sha256=info.sha256 or None)
+            except (TransferError, CheckpointRejected, ValueError) as exc:
+                self.get_logger().error(f'checkpoint v{info.version} refused, keeping '
+                                        f'v{self._model_version}: {exc}')
+                if self._pending_ckpt is info:
+                    self._pending_ckpt = None
+                    return
+                continue
+            policy.eval()
+            self._ready = (policy, int(header.version))
+            self.get_logger().info(
+                f'checkpoint v{header.version} fetched and verified ({len(data) / 1e6:.1f} MB in '
+                f'{time.monotonic() - t0:.2f} s)')
+            if self._pending_ckpt is info:
+                return
 
     def _on_signal(self, msg: OperatorSignal) -> None:
         event = SIGNAL_EVENTS.get(msg.signal)
@@ -233,17 +291,20 @@ class ActorNode(LifecycleNode):
         self._start_reset(after=Event.EPISODE_CLOSED)
 
     def _maybe_reload(self) -> None:
-        info, self._pending_ckpt = self._pending_ckpt, None
-        if info is None or info.version <= self._model_version:
+        """Swap in a fetched, verified checkpoint: only here, between episodes."""
+        ready, self._ready = self._ready, None
+        if ready is None:
+            if self._pending_ckpt is not None:
+                self.get_logger().info(f'checkpoint v{self._pending_ckpt.version} is still '
+                                       'being fetched: it loads at a later boundary')
             return
-        try:
-            policy, header = load_checkpoint(info.uri, expected_sha256=info.sha256 or None)
-        except (CheckpointRejected, OSError) as exc:
-            self.get_logger().error(f'checkpoint v{info.version} refused, keeping '
-                                    f'v{self._model_version}: {exc}')
+        policy, version = ready
+        if version <= self._model_version:
             return
-        self._set_policy(policy, int(header.version))
-        self.get_logger().info(f'reloaded checkpoint v{header.version} between episodes')
+        self._set_policy(policy, version)
+        if self._pending_ckpt is not None and self._pending_ckpt.version <= version:
+            self._pending_ckpt = None
+        self.get_logger().info(f'reloaded checkpoint v{version} between episodes')
 
     def _start_reset(self, after: Event, attempt: int = 1) -> None:
         """Ask the driver to reset the pose; `after` fires when it is done (never blocks)."""

@@ -29,3 +29,33 @@ __all__ = [
     'save_checkpoint',
     'tensors_sha256',
 ]
+
+from scarls.checkpoints.registry import (  # noqa: E402
+    APPROVED_KEY,
+    INDEX_NAME,
+    CheckpointRecord,
+    CheckpointRegistry,
+    RegistryError,
+    UnknownVersion,
+)
+from scarls.checkpoints.transfer import (  # noqa: E402
+    DEFAULT_MAX_CHUNK,
+    ChunkFetcher,
+    ChunkReply,
+    ChunkServer,
+    TransferError,
+)
+
+__all__ += [
+    'APPROVED_KEY',
+    'DEFAULT_MAX_CHUNK',
+    'INDEX_NAME',
+    'CheckpointRecord',
+    'CheckpointRegistry',
+    'ChunkFetcher',
+    'ChunkReply',
+    'ChunkServer',
+    'RegistryError',
+    'TransferError',
+    'UnknownVersion',
+]

@@ -8,11 +8,19 @@ under a temporary name, fsynced and renamed so an episode only ever appears comp
 publishes an EpisodeInfo. Steps whose frames never arrive within `match_timeout_s` are dropped and
 counted (never filled with other frames).
 
+It also triggers the learner (Algorithm 2: quality check + T_interval, service learner/train)
+and deploys: every approved checkpoint the learner announces is re-announced to the actor on
+scheduler/checkpoint and served in verified chunks by ~/get_checkpoint, so the robot computer needs
+no shared disk.
+
 Topics (relative to the ECU namespace):
-  in  camera/{top,left,right}/image_raw (reliable, depth 5), actor/step, actor/state
+  in  camera/{top,left,right}/image_raw (reliable, depth 5), actor/step, actor/state,
+      learner/checkpoint (CheckpointInfo, every candidate)
   out scheduler/episode (scarls_interfaces/EpisodeInfo, reliable depth 100)
+      scheduler/checkpoint (CheckpointInfo, transient local: the checkpoint to deploy)
+Services: ~/get_checkpoint (GetCheckpointChunk); client learner/train (std_srvs/Trigger).
 Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_seconds, cameras,
-autostart.
+train_interval_s, min_train_steps, max_dropped_fraction, autostart.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from pathlib import Path
 
 import numpy as np
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import ActorState, ActorStep, EpisodeInfo
+from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, EpisodeInfo
+from scarls_interfaces.srv import GetCheckpointChunk
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
+from scarls.checkpoints.transfer import ChunkServer
 from scarls.episodes import BackgroundEpisodeWriter, StepRecord
 from scarls.ros import qos
 from scarls.ros.conversions import MessageError, msg_to_image, stamp_to_ns
@@ -127,7 +137,17 @@ class SchedulerNode(LifecycleNode):
         self._trigger_lock = threading.Lock()
         self._train_client = self.create_client(Trigger, 'learner/train')
         self._train_future = None
+        # deployment: approved checkpoints, re-announced and served in chunks
+        self._approved: dict[int, str] = {}
+        self._deployed = 0
+        self._chunks = ChunkServer(lambda version: self._approved.get(version))
+        self._pub_ckpt = self.create_publisher(CheckpointInfo, 'scheduler/checkpoint',
+                                               qos.LATCHED)
+        self._srv_ckpt = self.create_service(GetCheckpointChunk, '~/get_checkpoint',
+                                             self._on_get_checkpoint)
         self._subs = [
+            self.create_subscription(CheckpointInfo, 'learner/checkpoint',
+                                     self._on_learner_checkpoint, qos.STATE),
             *[self.create_subscription(Image, f'camera/{c}/image_raw',
                                        lambda m, c=c: self._frames[c].add(m), qos.CAMERA_RECORD)
               for c in self._cameras],
@@ -347,6 +367,29 @@ class SchedulerNode(LifecycleNode):
             f'({ref.intervention_steps} by human), {info.dropped_steps} dropped, visible '
             f'{finalize_s:.2f} s after the end -> {ref.path}')
 
+
+    # -- deployment ----------------------------------------------------------------------------
+    def _on_learner_checkpoint(self, msg: CheckpointInfo) -> None:
+        if not msg.approved:
+            self.get_logger().info(f'checkpoint v{msg.version} not approved (metric '
+                                   f'{msg.metric:.4f}): not deployed')
+            return
+        if msg.version <= self._deployed:
+            return
+        self._approved[int(msg.version)] = msg.uri
+        self._deployed = int(msg.version)
+        self._pub_ckpt.publish(msg)
+        self.get_logger().info(f'deploying checkpoint v{msg.version} (metric {msg.metric:.4f}, '
+                               f'{msg.size_bytes / 1e6:.1f} MB): the actor loads it at the next '
+                               'episode boundary')
+
+    def _on_get_checkpoint(self, request, response):
+        reply = self._chunks.handle(int(request.version), int(request.offset),
+                                    int(request.length))
+        response.ok, response.error = bool(reply.ok), reply.error
+        response.total_size, response.sha256 = int(reply.total_size), reply.sha256
+        response.data = reply.data
+        return response
 
     # -- training trigger (Algorithm 2) ------------------------------------------------------
     def _poll_trigger(self) -> None:
