@@ -5,7 +5,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = 'scarls'
-NODES = ('driver', 'actor', 'teleop', 'scheduler')
+NODES = ('driver', 'actor', 'teleop', 'scheduler', 'learner')
 
 setup(
     name=PACKAGE,

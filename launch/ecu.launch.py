@@ -18,7 +18,8 @@ def _nodes(context):
     value = {arg.name: LaunchConfiguration(arg.name).perform(context) for arg in ECU_ARGUMENTS}
     params_file = value['params_file'] or str(default_params_file())
     specs = ecu_nodes(value['ecu_id'], backend=value['backend'], task=value['task'],
-                      data_root=value['data_root'], teleop=value['teleop'])
+                      data_root=value['data_root'], teleop=value['teleop'],
+                      learner=value['learner'].lower() in ('true', '1', 'yes'))
     managed = {s.name for s in lifecycle_nodes(specs)}
     actions = []
     for spec in specs:

@@ -32,6 +32,10 @@ def test_ecu_nodes_default_description():
     assert all(s.parameters['ecu_id'] == 'ecu3' and s.parameters['task'] == 'pick_cube'
                for s in specs)
     assert [s.name for s in lifecycle_nodes(specs)] == ['driver', 'scheduler', 'actor']
+    with_learner = ecu_nodes('ecu3', learner=True, data_root='/tmp/x')
+    assert with_learner[-1].name == 'learner' and with_learner[-1].parameters['data_root'] == \
+        '/tmp/x'
+    assert 'learner' in [s.name for s in lifecycle_nodes(with_learner)]
     for spec in specs:
         assert importlib.util.find_spec(spec.module) is not None, spec.module
 
@@ -40,7 +44,7 @@ def test_executables_are_console_scripts():
     setup_py = (ROOT / 'setup.py').read_text()
     nodes = re.search(r"NODES = \(([^)]*)\)", setup_py).group(1)
     declared = set(re.findall(r"'(\w+)'", nodes))
-    assert {s.executable for s in ecu_nodes()} == declared
+    assert {s.executable for s in ecu_nodes(learner=True)} == declared
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -71,7 +75,7 @@ def test_overrides_and_ros_args():
 
 def test_params_file_covers_every_node():
     params = yaml.safe_load(default_params_file().read_text())
-    for spec in ecu_nodes():
+    for spec in ecu_nodes(learner=True):
         key = f'/**/{spec.name}'
         assert key in params, key
         assert 'ros__parameters' in params[key]

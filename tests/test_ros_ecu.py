@@ -46,8 +46,16 @@ def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
                                                        msg_to_image(m).copy()),
             qos.CAMERA_RECORD)
     try:
-        probe.spin_for(1.0)  # let the probe's subscriptions be discovered first
-        start_nodes(node_group, specs)
+        # start everything but the operator; it starts the episode once the probe is matched
+        # with every publisher it checks (on a loaded machine discovery can take seconds)
+        start_nodes(node_group, [s for s in specs if s.name != 'teleop'])
+        topics = ('actor/step', 'operator/signal', 'scheduler/episode',
+                  *(f'camera/{c}/image_raw' for c in frames))
+        probe.wait_for(lambda: all(n.count_publishers(t) > 0 for t in topics
+                                   if t != 'operator/signal'), 60, 'the ECU publishers')
+        start_nodes(node_group, [s for s in specs if s.name == 'teleop'])
+        probe.wait_for(lambda: n.count_publishers('operator/signal') > 0, 60, 'the operator')
+        probe.spin_for(1.0)
         probe.wait_for(lambda: episodes or node_group.dead(), 120, 'the saved episode')
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
         probe.spin_for(0.5)

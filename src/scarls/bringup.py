@@ -35,6 +35,7 @@ ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('data_root', 'data', 'Folder where the scheduler writes Zarr episodes'),
     LaunchArgument('params_file', '', 'ROS parameters YAML (default: config/ecu.yaml)'),
     LaunchArgument('teleop', 'scripted', 'Teleop source: ' + ', '.join(TELEOP_SOURCES)),
+    LaunchArgument('learner', 'false', 'Run the online learner too (true/false)'),
 )
 
 
@@ -100,11 +101,13 @@ def default_params_file() -> Path:
 
 
 def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = 'sim', task: str = 'pick_cube',
-              data_root: str = 'data', teleop: str = 'scripted',
+              data_root: str = 'data', teleop: str = 'scripted', learner: bool = False,
               extra: dict[str, dict] | None = None) -> list[NodeSpec]:
     """The nodes of one ECU, in start order (driver first so the robot holds before others act).
 
-    `extra` maps node name -> parameter overrides (e.g. {'driver': {'image_height': 480}}).
+    `learner` adds the online learner (it needs offline demonstrations under
+    `<data_root>/offline`, see `scarls demos`). `extra` maps node name -> parameter overrides
+    (e.g. {'driver': {'image_height': 480}}).
     """
     validate_ecu_id(ecu_id)
     if backend not in BACKENDS:
@@ -122,6 +125,9 @@ def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = 'sim', task: str = 'pick_c
         NodeSpec('actor', 'scarls.actor.node', ecu_id, dict(common)),
         NodeSpec('teleop', 'scarls.teleop.node', ecu_id, {**common, 'source': teleop}),
     ]
+    if learner:
+        specs.append(NodeSpec('learner', 'scarls.learner.node', ecu_id,
+                              {**common, 'data_root': str(data_root)}))
     unknown = set(extra) - {s.name for s in specs}
     if unknown:
         raise BringupError(f'parameter overrides for unknown nodes: {sorted(unknown)}')
@@ -131,4 +137,4 @@ def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = 'sim', task: str = 'pick_c
 
 def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:
     """The managed (lifecycle) nodes among `specs`, which a launcher must configure + activate."""
-    return [s for s in specs if s.name in ('driver', 'actor', 'scheduler')]
+    return [s for s in specs if s.name in ('driver', 'actor', 'scheduler', 'learner')]

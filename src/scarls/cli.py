@@ -1,8 +1,10 @@
 """`scarls`: the command line of the project.
 
-  scarls ecu     run one simulated ECU (driver, actor, teleop, scheduler as separate ROS 2
-                 processes talking over DDS) for some episodes, print what happened, write a
-                 JSON summary.
+  scarls ecu     run one simulated ECU (driver, actor, teleop, scheduler - and with --learn
+                 the online learner - as separate ROS 2 processes talking over DDS) for some
+                 episodes or minutes, print what happened, write a JSON summary.
+  scarls demos   write scripted-expert demonstrations (the offline buffer the learner starts
+                 from) as ordinary Zarr episodes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,8 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     ecu.add_argument('--network', action='store_true',
                      help='discover beyond localhost (default: this host only)')
     ecu.add_argument('--log-dir', default=None, help='node logs (default <data-root>/logs/<time>)')
+    ecu.add_argument('--learn', action='store_true',
+                     help='run the online learner too (demonstrations are generated under '
+                     '<data-root>/offline first if there are none)')
+    ecu.add_argument('--demos', type=int, default=20,
+                     help='demonstrations to generate for --learn when none exist (default 20)')
+    ecu.add_argument('--train-interval', type=float, default=10.0,
+                     help='T_interval: minimum seconds between training rounds (default 10)')
     ecu.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     ecu.set_defaults(func=cmd_ecu)
+    demos = sub.add_parser('demos', help='write scripted-expert demonstrations',
+                           description='Write N scripted-expert demonstrations of a task as Zarr '
+                           'episodes (the offline buffer of the learner).')
+    demos.add_argument('-n', '--episodes', type=_positive_int, default=20)
+    demos.add_argument('--task', default='pick_cube')
+    demos.add_argument('--root', default='data/offline', help='default data/offline')
+    demos.add_argument('--height', type=int, default=96)
+    demos.add_argument('--width', type=int, default=128)
+    demos.add_argument('--seed', type=int, default=10_000)
+    demos.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    demos.set_defaults(func=cmd_demos)
     return parser
 
 
@@ -71,6 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     except BringupError as exc:
         log.error('error: %s', exc)
         return 2
+
+
+def _write_demos(root: Path, task: str, n: int, shape: tuple[int, int], seed: int) -> None:
+    from scarls.learner.demos import generate_demos
+    t0 = time.monotonic()
+    refs = generate_demos(root, task, n, seed=seed, image_shape=shape)
+    ok = sum(1 for r in refs if r.meta_path is not None)
+    log.info('%d demonstrations written to %s in %.1f s', ok, root / task, time.monotonic() - t0)
+
+
+def cmd_demos(args) -> int:
+    _write_demos(Path(args.root).expanduser().resolve(), args.task, args.episodes,
+                 (args.height, args.width), args.seed)
+    return 0
 
 
 def cmd_ecu(args) -> int:
@@ -88,14 +123,23 @@ def cmd_ecu(args) -> int:
     if domain is None and os.environ.get('ROS_DOMAIN_ID', '').isdigit():
         domain = int(os.environ['ROS_DOMAIN_ID'])
     image = {'image_height': args.height, 'image_width': args.width}
+    if args.learn:
+        from scarls.episodes import list_episodes
+        offline = data_root / 'offline'
+        if not list_episodes(offline, args.task):
+            log.info('no demonstrations under %s: writing %d with the scripted expert ...',
+                     offline, args.demos)
+            _write_demos(offline, args.task, args.demos, (args.height, args.width), 10_000)
+    extra = {'scheduler': {'image_codec': args.image_codec,
+                           'train_interval_s': args.train_interval}}
     specs = ecu_nodes(args.ecu_id, backend='sim', task=args.task, data_root=str(data_root),
-                      extra={
+                      learner=args.learn, extra={
                           'driver': {**image, 'seed': args.seed},
                           'actor': {'policy': args.policy, 'checkpoint': args.checkpoint,
                                     'seed': args.seed},
                           'teleop': {**image, 'episodes': args.episodes,
                                      'max_steps': args.max_steps},
-                          'scheduler': {'image_codec': args.image_codec},
+                          **extra,
                       })
     options = RunOptions(
         specs=specs, params_file=str(args.params_file or default_params_file()),

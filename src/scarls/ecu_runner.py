@@ -83,7 +83,7 @@ class EcuRun:
                 os.environ.pop(key, None)
         import rclpy
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from scarls_interfaces.msg import ActorState, EpisodeInfo
+        from scarls_interfaces.msg import ActorState, CheckpointInfo, EpisodeInfo
 
         from scarls.ros import qos
 
@@ -113,6 +113,21 @@ class EcuRun:
 
         node.create_subscription(EpisodeInfo, 'scheduler/episode', on_episode, qos.EVENTS)
         node.create_subscription(ActorState, 'actor/state', on_state, qos.STATE)
+        checkpoints: dict[int, dict] = {}
+
+        def on_checkpoint(msg) -> None:
+            if msg.version in checkpoints:
+                return
+            checkpoints[msg.version] = {'version': int(msg.version),
+                                        'metric': round(float(msg.metric), 6),
+                                        'approved': bool(msg.approved),
+                                        'parent': int(msg.parent),
+                                        'announced_s': round(time.monotonic() - t0, 2)}
+            seen.last_progress = time.monotonic()
+            log.info('checkpoint v%d: open-loop error %.4f, %s', msg.version, msg.metric,
+                     'approved -> deploying' if msg.approved else 'rejected (not deployed)')
+
+        node.create_subscription(CheckpointInfo, 'learner/checkpoint', on_checkpoint, qos.STATE)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         exit_codes: dict = {}
@@ -162,6 +177,24 @@ class EcuRun:
             log.warning('nodes exited with errors: %s', bad_exits)
         episodes = seen.episodes
         n = len(episodes)
+        for ckpt in checkpoints.values():
+            ckpt['deployed_at_episode'] = next(
+                (e.index for e in episodes if e.model_version == ckpt['version']), None)
+        by_version: dict[int, list[EpisodeRow]] = {}
+        for e in episodes:
+            by_version.setdefault(e.model_version, []).append(e)
+        per_version = [{
+            'model_version': v, 'episodes': len(rows),
+            'success_rate': sum(r.outcome == 'success' and r.intervention_steps == 0
+                                for r in rows) / len(rows),
+            'outcome_success_rate': sum(r.outcome == 'success' for r in rows) / len(rows),
+            'intervention_rate': sum(r.intervention_steps for r in rows)
+            / max(1, sum(r.steps for r in rows)),
+        } for v, rows in sorted(by_version.items())]
+        for row in per_version:
+            log.info('model v%d: %d episodes, %.0f %% succeeded without help, %.0f %% of steps '
+                     'by the human', row['model_version'], row['episodes'],
+                     100 * row['success_rate'], 100 * row['intervention_rate'])
         steps = sum(e.steps for e in episodes)
         human = sum(e.intervention_steps for e in episodes)
         successes = sum(e.outcome == 'success' for e in episodes)
@@ -174,6 +207,8 @@ class EcuRun:
             'error': error,
             'episodes': [vars(e) for e in episodes],
             'success_rate': successes / n if n else None,
+            'per_model_version': per_version,
+            'checkpoints': sorted(checkpoints.values(), key=lambda c: c['version']),
             'intervention_rate': human / steps if steps else None,
             'duration_s': round(time.monotonic() - t0, 3),
             'domain_id': domain,

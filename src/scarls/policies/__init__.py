@@ -12,6 +12,7 @@ with ``@register_policy('<name>')``, and import it below so it registers on impo
 
 from __future__ import annotations
 
+from scarls.policies.act import ACTConfig, ACTPolicy  # noqa: F401 (registers 'act')
 from scarls.policies.base import (
     ACTION_KEY,
     CAMERAS,
@@ -33,6 +34,7 @@ from scarls.policies.base import (
 )
 from scarls.policies.cnn import CNNConfig, CNNPolicy
 from scarls.policies.mlp import MLPConfig, MLPPolicy
+from scarls.policies.spatial import SpatialConfig, SpatialPolicy  # noqa: F401 - registers it
 
 # Future: from scarls.policies.act import ACTConfig, ACTPolicy
 

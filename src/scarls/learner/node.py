@@ -1,0 +1,192 @@
+"""learner: online post-training of the ECU's policy (lifecycle node), Algorithm 2's Model-Learner.
+
+On activation it loads the offline demonstrations, trains the first checkpoint from them
+(unless the registry already holds an approved one, which it resumes from) and then waits for
+the scheduler's triggers (~/train). Each triggered round runs on its own thread - rollouts never
+wait for training: load the episodes that appeared on disk, train `steps_per_round` steps on the
+online/offline mix, evaluate open-loop on held-out demonstrations, gate (threshold, not worse
+than deployed) and publish the candidate to the checkpoint registry and on learner/checkpoint
+(approved or not, for lineage). The scheduler deploys the approved ones.
+
+Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, transient local).
+Services: ~/train (std_srvs/Trigger: 'started' or 'busy').
+Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
+algorithm, steps_per_round, pretrain_steps, batch_size, lr, threshold, heldout_demos, seed,
+autostart.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import torch
+from rclpy.lifecycle import LifecycleNode
+from scarls_interfaces.msg import CheckpointInfo
+from std_srvs.srv import Trigger
+
+from scarls.checkpoints import load_checkpoint
+from scarls.checkpoints.registry import CheckpointRegistry
+from scarls.learner.config import MixingConfig, TrainerConfig
+from scarls.learner.online import METRIC, OnlineConfig, OnlineLearner, RoundResult
+from scarls.policies import make_policy
+from scarls.ros import qos
+from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+
+DEFAULT_POLICY_CONFIG = json.dumps({'cameras': ['top', 'left', 'right'], 'channels': [8],
+                                    'keypoints': 8, 'chunk_size': 10, 'hidden_dim': 256})
+
+
+class LearnerNode(LifecycleNode):
+    def __init__(self) -> None:
+        super().__init__('learner')
+        declare(self, 'ecu_id', 'ecu0', 'ECU id', read_only=True)
+        declare(self, 'task', 'pick_cube', 'Task to learn', read_only=True)
+        declare(self, 'data_root', 'data', 'Root of the online Zarr episodes', read_only=True)
+        declare(self, 'offline_root', '', 'Root of the offline demonstrations '
+                '(default <data_root>/offline)', read_only=True)
+        declare(self, 'checkpoint_dir', '', 'Checkpoint registry (default '
+                '<data_root>/checkpoints/<task>)', read_only=True)
+        declare(self, 'policy', 'spatial', 'Registered policy to train', read_only=True)
+        declare(self, 'policy_config', DEFAULT_POLICY_CONFIG, 'Policy config as JSON')
+        declare(self, 'algorithm', 'hg_dagger', 'hg_dagger | bc')
+        declare(self, 'steps_per_round', 300, 'Training steps per triggered round')
+        declare(self, 'pretrain_steps', 1500, 'Steps on the demonstrations before v1')
+        declare(self, 'batch_size', 32, 'Training batch size')
+        declare(self, 'lr', 1e-3, 'AdamW learning rate')
+        declare(self, 'threshold', 0.05, 'Gate: highest open-loop error that may deploy')
+        declare(self, 'heldout_demos', 2, 'Demonstrations kept for open-loop evaluation')
+        declare(self, 'seed', 0, 'Seed of the policy initialisation and sampling')
+        declare(self, 'autostart', True, 'Configure and activate at start')
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._busy = threading.Lock()
+
+    def on_configure(self, state):
+        p = lambda name: self.get_parameter(name).value  # noqa: E731
+        torch.set_num_threads(1)
+        self._task = str(p('task'))
+        self._data_root = Path(str(p('data_root'))).expanduser().resolve()
+        self._offline = Path(str(p('offline_root')) or self._data_root / 'offline')
+        ckpt_dir = Path(str(p('checkpoint_dir')) or self._data_root / 'checkpoints' / self._task)
+        try:
+            registry = CheckpointRegistry(ckpt_dir)
+            resume = registry.latest(approved_only=True)
+            if resume is not None:
+                policy, _ = load_checkpoint(resume.path, expected_sha256=resume.sha256)
+            else:
+                policy = make_policy(str(p('policy')), json.loads(str(p('policy_config'))),
+                                     seed=int(p('seed')))
+            config = OnlineConfig(
+                steps_per_round=int(p('steps_per_round')),
+                pretrain_steps=int(p('pretrain_steps')), algorithm=str(p('algorithm')),
+                threshold=float(p('threshold')), seed=int(p('seed')),
+                trainer=TrainerConfig(lr=float(p('lr')), batch_size=int(p('batch_size'))),
+                mixing=MixingConfig())
+            self._learner = OnlineLearner(policy, registry, config)
+            n = self._learner.load_offline(self._offline, self._task,
+                                           heldout=int(p('heldout_demos')))
+        except Exception as exc:  # config, registry, demos: say what is wrong, stay unconfigured
+            self.get_logger().error(f'learner cannot start: {exc}')
+            return FAILURE
+        if resume is not None:
+            self._learner.deployed_version = resume.version
+            self._learner.deployed_metric = resume.metrics.get(METRIC)
+        self._resume = resume
+        self._pub = self.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.STATE)
+        self._srv = self.create_service(Trigger, '~/train', self._on_train)
+        self.get_logger().info(
+            f'configured: {policy.name} policy, {self._learner.config.algorithm}, {n} '
+            f'demonstrations from {self._offline}, registry {ckpt_dir}'
+            + (f' (resuming from v{resume.version})' if resume is not None else ''))
+        return SUCCESS
+
+    def on_activate(self, state):
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name='training', daemon=True)
+        self._thread.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        self.safe_stop()
+        return super().on_deactivate(state)
+
+    def safe_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30.0)
+            self._thread = None
+
+    def _on_train(self, request, response):
+        if self._busy.locked():
+            response.success, response.message = False, 'busy: a round is running'
+        else:
+            self._wake.set()
+            response.success, response.message = True, 'round queued'
+        return response
+
+    def _announce(self, result: RoundResult) -> None:
+        rec = result.record
+        msg = CheckpointInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.version = int(result.version)
+        msg.parent = int(result.parent or 0)
+        msg.policy = self._learner.policy.name
+        msg.metric = float(result.metric)
+        msg.approved = bool(result.approved)
+        if rec is not None and rec.path is not None:
+            msg.sha256, msg.size_bytes, msg.uri = rec.sha256, int(rec.size), str(rec.path)
+        self._pub.publish(msg)
+
+    def _round(self, steps: int, what: str) -> None:
+        with self._busy:
+            added = self._learner.refresh_online(self._data_root, self._task)
+            t0 = time.monotonic()
+            result = self._learner.train_round(steps)
+            self.get_logger().info(
+                f'{what}: v{result.version} open-loop error {result.metric:.4f} -> '
+                f'{"APPROVED" if result.approved else "rejected"} ({result.reason}); '
+                f'{steps} steps, loss {result.train_loss:.4f}, {time.monotonic() - t0:.1f} s, '
+                f'+{added} new episodes ({result.online_episodes} online in use)')
+            self._announce(result)
+
+    def _run(self) -> None:
+        try:
+            if self._resume is None and self._learner.config.pretrain_steps > 0:
+                self._round(self._learner.config.pretrain_steps, 'pre-training on demos')
+            elif self._resume is not None:
+                self._announce_resume()
+            while not self._stop.is_set():
+                self._wake.wait(timeout=1.0)
+                if self._stop.is_set():
+                    return
+                if not self._wake.is_set():
+                    continue
+                self._wake.clear()
+                try:
+                    self._round(self._learner.config.steps_per_round, 'online round')
+                except Exception as exc:  # one failed round must not end learning
+                    self.get_logger().error(f'training round failed: {exc!r}')
+        except Exception as exc:  # keep the node alive and say what went wrong
+            self.get_logger().error(f'training stopped: {exc!r}')
+
+    def _announce_resume(self) -> None:
+        rec = self._resume
+        msg = CheckpointInfo(version=int(rec.version), policy=rec.policy or '',
+                             sha256=rec.sha256 or '', size_bytes=int(rec.size or 0),
+                             metric=float(rec.metrics.get(METRIC, 0.0)), approved=True,
+                             uri=str(rec.path))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._pub.publish(msg)
+
+
+def main(args=None) -> int:
+    return run_node(LearnerNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""The online learner of one ECU (Algorithm 2, Model-Learner): pure logic, no ROS.
+
+`OnlineLearner` keeps the training data in memory (offline demonstrations + the ECU's online
+episodes, loaded from the Zarr episodes on disk as they appear), trains the current policy in
+rounds, evaluates each candidate open-loop on held-out expert demonstrations, gates it
+(threshold and not worse than the deployed one) and publishes it to the checkpoint registry
+(approved or not, for lineage). The ROS node (`scarls.learner.node`) runs `train_round` on its
+own thread when the scheduler triggers it, so rollouts never wait for training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
+from scarls.episodes import EpisodeReader, list_episodes
+from scarls.learner.algorithms import make_algorithm
+from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
+from scarls.learner.evaluation import CheckpointGate, evaluate_open_loop, open_loop_batches
+from scarls.learner.mixing import MixingSampler
+from scarls.learner.rollout import policy_cameras
+from scarls.learner.trainer import EpisodeData, Trainer, build_batch, fit_normalization
+from scarls.policies import Policy
+
+log = logging.getLogger(__name__)
+METRIC = 'open_loop_error'
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """Settings of the online learner."""
+
+    #: Training steps per round (one round per scheduler trigger).
+    steps_per_round: int = 300
+    #: Training steps on the offline demonstrations before the first checkpoint.
+    pretrain_steps: int = 1500
+    #: 'hg_dagger' (expert-labelled steps only) or 'bc'.
+    algorithm: str = 'hg_dagger'
+    #: Gate: a candidate's open-loop error must be at most this (rad^2 per joint)...
+    threshold: float = 0.05
+    #: ... and not worse than the deployed one by more than this relative tolerance.
+    tolerance: float = 0.05
+    #: Evaluate on every `eval_stride`-th labelled frame of the held-out episodes.
+    eval_stride: int = 2
+    seed: int = 0
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+
+    def __post_init__(self) -> None:
+        if self.steps_per_round < 1 or self.pretrain_steps < 0:
+            raise LearnerError('steps_per_round must be >= 1 and pretrain_steps >= 0')
+        if not (self.threshold > 0):
+            raise LearnerError(f'threshold must be > 0, got {self.threshold}')
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    version: int
+    parent: int | None
+    metric: float
+    approved: bool
+    reason: str
+    train_loss: float
+    train_steps: int
+    train_seconds: float
+    eval_seconds: float
+    online_episodes: int
+    record: CheckpointRecord | None
+
+
+class OnlineLearner:
+    def __init__(self, policy: Policy, registry: CheckpointRegistry,
+                 config: OnlineConfig | None = None) -> None:
+        self.config = config or OnlineConfig()
+        self.policy = policy
+        self.registry = registry
+        self.cameras = policy_cameras(policy)
+        self.algorithm = make_algorithm(self.config.algorithm)
+        self.sampler = MixingSampler(self.config.mixing)
+        self.trainer = Trainer(policy, self.config.trainer)
+        self.gate = CheckpointGate(self.config.threshold, must_not_be_worse=True,
+                                   tolerance=self.config.tolerance)
+        self.rng = np.random.default_rng(self.config.seed)
+        self.episodes: dict[str, EpisodeData] = {}
+        self.labels: dict[str, np.ndarray] = {}
+        self.heldout: list[EpisodeData] = []
+        self.deployed_metric: float | None = None
+        self.deployed_version: int | None = None
+        self.rounds: list[RoundResult] = []
+        self._seen: set[str] = set()
+        self._drawn: list = []
+
+    # -- data ------------------------------------------------------------------------------
+    def _add(self, key: str, ep: EpisodeData) -> None:
+        weights = self.algorithm.step_weights(ep.intervention, ep.outcome, ep.source)
+        if not float(np.sum(weights)) > 0:
+            return   # nothing to learn from (e.g. no takeover in an online episode)
+        self.episodes[key] = ep
+        self.labels[key] = weights
+        self.sampler.add((ep.task, ep.source), key, ep.steps, weights)
+
+    def load_offline(self, root: str | Path, task: str, *, heldout: int = 2) -> int:
+        """Load demonstrations; the last `heldout` become the open-loop evaluation set."""
+        entries = list_episodes(root, task)
+        if not entries:
+            raise LearnerError(f'no demonstrations of {task!r} under {root}: generate them '
+                               'first (scarls demos)')
+        eval_entries = entries[-heldout:] if heldout and len(entries) > heldout else []
+        for entry in entries:
+            ep = EpisodeData.from_reader(EpisodeReader(entry.path), source='offline',
+                                         cameras=self.cameras)
+            if entry in eval_entries:
+                self.heldout.append(ep)
+            else:
+                self._add(f'offline/{entry.task}/{entry.index}', ep)
+            self._seen.add(str(entry.path))
+        fit_normalization(self.policy, list(self.episodes.values()))
+        return len(entries)
+
+    def refresh_online(self, root: str | Path, task: str) -> int:
+        """Load online episodes that appeared on disk since the last call; returns how many."""
+        added = 0
+        for entry in list_episodes(root, task):
+            path = str(entry.path)
+            if path in self._seen:
+                continue
+            self._seen.add(path)
+            try:
+                reader = EpisodeReader(entry.path)
+                intervention = np.asarray(reader.intervention[:], dtype=bool)
+                outcome = reader.meta.outcome
+                weights = self.algorithm.step_weights(intervention, outcome, 'online')
+                ep = EpisodeData.from_reader(reader, source='online', cameras=self.cameras,
+                                             keep=weights > 0)
+            except Exception as exc:  # a corrupt episode must not stop learning
+                log.warning('online episode %s skipped: %s', entry.path, exc)
+                continue
+            self._add(f'online/{entry.task}/{entry.index}', ep)
+            added += 1
+        return added
+
+    @property
+    def online_episodes(self) -> int:
+        return sum(1 for k in self.episodes if k.startswith('online/'))
+
+    # -- training --------------------------------------------------------------------------
+    def _batch(self) -> dict[str, torch.Tensor]:
+        drawn = self.sampler.draw(self.trainer.config.batch_size, self.rng)
+        self._drawn = drawn
+        return build_batch(self.episodes, [(s.episode, s.frame) for s in drawn],
+                           self.policy.chunk_size, cameras=self.cameras, labels=self.labels)
+
+    def _report(self, batch, result) -> None:
+        per: dict = {}
+        for s, loss in zip(self._drawn, result.per_sample, strict=True):
+            per.setdefault(s.buffer, []).append(float(loss))
+        for key, losses in per.items():
+            self.sampler.report_loss(key, float(np.mean(losses)))
+
+    def evaluate(self) -> float:
+        if not self.heldout:
+            raise LearnerError('no held-out demonstrations to evaluate on')
+        result = evaluate_open_loop(self.policy, open_loop_batches(
+            self.heldout, self.policy.chunk_size, cameras=self.cameras,
+            stride=self.config.eval_stride))
+        return float(result.mse)
+
+    def train_round(self, steps: int | None = None) -> RoundResult:
+        """Train, evaluate open-loop, gate and publish one candidate."""
+        if not self.episodes:
+            raise LearnerError('no training data yet')
+        steps = int(steps or self.config.steps_per_round)
+        stats = self.trainer.train_steps(self._batch, steps, on_step=self._report)
+        t0 = time.perf_counter()
+        metric = self.evaluate()
+        eval_s = time.perf_counter() - t0
+        decision = self.gate.decide(metric, self.deployed_metric)
+        parent = self.deployed_version
+        record = self.registry.publish(
+            self.policy, metrics={METRIC: metric if math.isfinite(metric) else 1e9,
+                                  'train_loss': float(stats.loss_mean)},
+            parent=parent, approved=decision.approved,
+            extra={'online_episodes': self.online_episodes, 'reason': decision.reason})
+        if decision.approved:
+            self.deployed_metric, self.deployed_version = metric, record.version
+            self.registry.mark_deployed(record.version)
+        result = RoundResult(record.version, parent, metric, decision.approved, decision.reason,
+                             float(stats.loss_mean), steps, float(stats.seconds), eval_s,
+                             self.online_episodes, record)
+        self.rounds.append(result)
+        log.info('round %d: v%d open-loop error %.4f %s (%s); %d steps in %.1f s',
+                 len(self.rounds), record.version, metric,
+                 'APPROVED' if decision.approved else 'rejected', decision.reason, steps,
+                 stats.seconds)
+        return result
