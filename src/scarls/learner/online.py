@@ -95,6 +95,7 @@ class OnlineLearner:
         self.deployed_version: int | None = None
         self.rounds: list[RoundResult] = []
         self._seen: set[str] = set()
+        self.last_load_seconds = 0.0
         self._drawn: list = []
 
     # -- data ------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class OnlineLearner:
 
     def refresh_online(self, root: str | Path, task: str) -> int:
         """Load online episodes that appeared on disk since the last call; returns how many."""
+        t0 = time.perf_counter()
         added = 0
         for entry in list_episodes(root, task):
             path = str(entry.path)
@@ -144,6 +146,7 @@ class OnlineLearner:
                 continue
             self._add(f'online/{entry.task}/{entry.index}', ep)
             added += 1
+        self.last_load_seconds = time.perf_counter() - t0
         return added
 
     @property
@@ -183,11 +186,17 @@ class OnlineLearner:
         eval_s = time.perf_counter() - t0
         decision = self.gate.decide(metric, self.deployed_metric)
         parent = self.deployed_version
+        # timings ride along with the metrics so the registry index keeps them (lineage)
         record = self.registry.publish(
             self.policy, metrics={METRIC: metric if math.isfinite(metric) else 1e9,
-                                  'train_loss': float(stats.loss_mean)},
-            parent=parent, approved=decision.approved,
-            extra={'online_episodes': self.online_episodes, 'reason': decision.reason})
+                                  'train_loss': float(stats.loss_mean),
+                                  'train_steps': float(steps),
+                                  'train_seconds': round(float(stats.seconds), 3),
+                                  'eval_seconds': round(eval_s, 3),
+                                  'load_seconds': round(self.last_load_seconds, 3),
+                                  'online_episodes': float(self.online_episodes),
+                                  'published_unix': time.time()},
+            parent=parent, approved=decision.approved, extra={'reason': decision.reason})
         if decision.approved:
             self.deployed_metric, self.deployed_version = metric, record.version
             self.registry.mark_deployed(record.version)
