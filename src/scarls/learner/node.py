@@ -93,8 +93,7 @@ class LearnerNode(LifecycleNode):
             self.get_logger().error(f'learner cannot start: {exc}')
             return FAILURE
         if resume is not None:
-            self._learner.deployed_version = resume.version
-            self._learner.deployed_metric = resume.metrics.get(METRIC)
+            self._learner.resume(resume.version, resume.metrics.get(METRIC))
         self._resume = resume
         self._pub = self.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.STATE)
         self._srv = self.create_service(Trigger, '~/train', self._on_train)

@@ -49,6 +49,9 @@ class OnlineConfig:
     tolerance: float = 0.05
     #: Evaluate on every `eval_stride`-th labelled frame of the held-out episodes.
     eval_stride: int = 2
+    #: Every `holdout_every`-th online episode joins the held-out set (its human-labelled steps
+    #: are the states the policy really visits); 0 = demonstrations only.
+    holdout_every: int = 5
     seed: int = 0
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
@@ -93,6 +96,8 @@ class OnlineLearner:
         self.heldout: list[EpisodeData] = []
         self.deployed_metric: float | None = None
         self.deployed_version: int | None = None
+        self._deployed_weights: dict[str, torch.Tensor] | None = None
+        self._online_seen = 0
         self.rounds: list[RoundResult] = []
         self._seen: set[str] = set()
         self.last_load_seconds = 0.0
@@ -144,7 +149,12 @@ class OnlineLearner:
             except Exception as exc:  # a corrupt episode must not stop learning
                 log.warning('online episode %s skipped: %s', entry.path, exc)
                 continue
-            self._add(f'online/{entry.task}/{entry.index}', ep)
+            self._online_seen += 1
+            every = self.config.holdout_every
+            if every and self._online_seen % every == 0 and ep.intervention.any():
+                self.heldout.append(ep)   # evaluation only, never trained on
+            else:
+                self._add(f'online/{entry.task}/{entry.index}', ep)
             added += 1
         self.last_load_seconds = time.perf_counter() - t0
         return added
@@ -152,6 +162,12 @@ class OnlineLearner:
     @property
     def online_episodes(self) -> int:
         return sum(1 for k in self.episodes if k.startswith('online/'))
+
+    def resume(self, version: int, metric: float | None) -> None:
+        """The current policy is the deployed checkpoint `version` (restart of the learner)."""
+        self.deployed_version, self.deployed_metric = version, metric
+        self._deployed_weights = {k: v.detach().clone()
+                                  for k, v in self.policy.state_dict().items()}
 
     # -- training --------------------------------------------------------------------------
     def _batch(self) -> dict[str, torch.Tensor]:
@@ -167,12 +183,21 @@ class OnlineLearner:
         for key, losses in per.items():
             self.sampler.report_loss(key, float(np.mean(losses)))
 
-    def evaluate(self) -> float:
+    def evaluate(self, weights: dict[str, torch.Tensor] | None = None) -> float:
+        """Open-loop error of the current policy (or of `weights`) on the held-out set."""
         if not self.heldout:
             raise LearnerError('no held-out demonstrations to evaluate on')
-        result = evaluate_open_loop(self.policy, open_loop_batches(
-            self.heldout, self.policy.chunk_size, cameras=self.cameras,
-            stride=self.config.eval_stride))
+        current = None
+        if weights is not None:
+            current = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+            self.policy.load_state_dict(weights)
+        try:
+            result = evaluate_open_loop(self.policy, open_loop_batches(
+                self.heldout, self.policy.chunk_size, cameras=self.cameras,
+                stride=self.config.eval_stride))
+        finally:
+            if current is not None:
+                self.policy.load_state_dict(current)
         return float(result.mse)
 
     def train_round(self, steps: int | None = None) -> RoundResult:
@@ -183,6 +208,10 @@ class OnlineLearner:
         stats = self.trainer.train_steps(self._batch, steps, on_step=self._report)
         t0 = time.perf_counter()
         metric = self.evaluate()
+        # the deployed model is re-measured on the same (growing) held-out set, so the
+        # comparison is like for like
+        if self._deployed_weights is not None:
+            self.deployed_metric = self.evaluate(self._deployed_weights)
         eval_s = time.perf_counter() - t0
         decision = self.gate.decide(metric, self.deployed_metric)
         parent = self.deployed_version
@@ -199,6 +228,8 @@ class OnlineLearner:
             parent=parent, approved=decision.approved, extra={'reason': decision.reason})
         if decision.approved:
             self.deployed_metric, self.deployed_version = metric, record.version
+            self._deployed_weights = {k: v.detach().clone()
+                                      for k, v in self.policy.state_dict().items()}
             self.registry.mark_deployed(record.version)
         result = RoundResult(record.version, parent, metric, decision.approved, decision.reason,
                              float(stats.loss_mean), steps, float(stats.seconds), eval_s,
