@@ -17,7 +17,8 @@ def two_buffers(alpha: float = 3.0, online_weight: float = 0.5, window: int = 4)
 
 def test_base_probabilities_without_losses():
     s = two_buffers(online_weight=0.25)
-    assert s.probabilities() == pytest.approx({('pick', 'offline'): 0.75, ('pick', 'online'): 0.25})
+    assert s.probabilities() == pytest.approx(
+        {('pick', 'offline'): 0.75, ('pick', 'online'): 0.25})
     assert not s.boosted('pick')
 
 

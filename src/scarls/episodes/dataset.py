@@ -1,0 +1,852 @@
+"""Fast random-access training dataset over the Zarr episodes of a data root.
+
+:class:`EpisodeDataset` indexes every (episode, frame) pair of the complete episodes under
+``<root>/<task>/`` with a flat index, in the order the episodes were discovered (sorted by
+``(task, index)`` at construction; episodes found later by :meth:`EpisodeDataset.refresh` are
+appended at the end, so existing flat indices never move).  One item is a dict of numpy arrays
+and Python scalars (the default ``torch`` collate turns them into tensors)::
+
+    'image.<cam>'   uint8   (H, W, 3)  one per requested camera
+    'state'         float32 (D_state,)
+    'action'        float32 (K, D_action)  actions of frames t .. t+K-1; past the episode end
+                                           the last action is repeated
+    'action_mask'   bool    (K,)       False on the padded rows
+    'intervention'  bool               human in control at frame t
+    'timestamp'     float              seconds
+    'episode'       int                position of the episode in :meth:`episode_keys`
+    'frame'         int                t
+    'task'          str
+    'outcome'       str                'success' | 'fail' | 'aborted'
+
+Reading strategy:
+
+* The low-dimensional arrays (state, action, intervention, timestamp) of an episode are read
+  once, when the episode is added, checked against the sha256 in its meta and kept in memory.
+* Camera frames are read per item.  When a camera array is stored the way
+  :class:`~scarls.episodes.writer.EpisodeWriter` stores it - one plain chunk file per frame,
+  codecs ``bytes + blosc`` or the ``scarls.image`` codec, no sharding - the frame's chunk file is
+  read with one ``pread`` and decoded directly (blosc with one thread, or the project's image
+  decoder), bypassing zarr's per-call machinery.  Any other layout (sharded or re-chunked
+  arrays, other codecs or chunk key encodings) is read through zarr (``io='zarr'`` forces this
+  path for every episode).
+
+Batches: ``dataset[list_of_indices]`` (:meth:`EpisodeDataset.get_batch`) returns the batch the
+default collate would build from the items - torch tensors, ``'task'``/``'outcome'`` as lists -
+but decodes the frames straight into the batch tensors (in a DataLoader worker: into shared
+memory), saving the per-item arrays and the collate copy.  :func:`make_loader` builds a
+``DataLoader`` that fetches batches this way.  ``decode_threads=N`` reads the frames of an item
+or batch on N threads (the file reads and decoders release the GIL); use it with
+``num_workers=0``, not in addition to worker processes.
+
+Worker safety: the dataset holds no open file handles between calls; its only per-process state
+(zarr arrays of the zarr path, the decode thread pool) is created lazily, dropped when pickled
+and discarded when first used in a forked process, so it works in ``DataLoader`` workers.
+
+Refreshing and DataLoader workers: a worker holds a copy of the dataset made when its
+``DataLoader`` iterator started.  Flat indices below that copy's length stay valid forever; an
+index beyond it raises ``IndexError`` in the worker, so recreate the iterator (the default,
+``persistent_workers=False``, does it every epoch) after :meth:`EpisodeDataset.refresh` added
+episodes, or index by ``(episode_key, frame)`` tuples, which workers resolve themselves by
+loading the episode on first use.
+
+Corrupt input: an episode whose meta or arrays are unreadable, inconsistent or fail the sha256
+check is skipped with a logged warning naming the file (see :meth:`EpisodeDataset.skipped`);
+a frame that cannot be read or decoded raises :class:`FrameReadError` naming the episode, frame,
+camera and file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import contextlib
+import ctypes
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numcodecs.blosc
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    get_worker_info,
+)
+from zarr.codecs import BloscCodec, BytesCodec
+
+from scarls.episodes.codecs import ImageCodec, decode_image
+from scarls.episodes.errors import SchemaError
+from scarls.episodes.layout import EpisodeEntry, list_episodes
+from scarls.episodes.reader import EpisodeReader, validate_episode
+from scarls.episodes.schema import (
+    ACTION_PATH,
+    INTERVENTION_PATH,
+    LOWDIM_DTYPES,
+    STATE_PATH,
+    TIMESTAMP_PATH,
+    EpisodeMeta,
+    camera_path,
+)
+
+__all__ = [
+    'EpisodeDataset',
+    'EpisodeInfo',
+    'FrameReadError',
+    'episode_key',
+    'make_loader',
+    'tune_malloc',
+]
+
+log = logging.getLogger(__name__)
+
+VERIFY_LEVELS = ('none', 'lowdim', 'full')
+IO_MODES = ('auto', 'zarr')
+_KEY_PROBE = 987654321
+_HAVE_IMAGECODECS_BLOSC = bool(getattr(getattr(imagecodecs, 'BLOSC', None), 'available', False))
+
+
+class FrameReadError(SchemaError):
+    """A camera frame of an indexed episode could not be read or decoded."""
+
+
+def episode_key(task: str, index: int) -> str:
+    """The dataset key of episode ``index`` of ``task``: ``'<task>/episode_<index>'``."""
+    return f'{task}/episode_{index}'
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    """Metadata of one indexed episode (arrays are read-only views of the in-memory cache)."""
+
+    key: str
+    position: int
+    task: str
+    index: int
+    path: Path
+    steps: int
+    outcome: str
+    model_version: int | None
+    intervention: np.ndarray
+    timestamp: np.ndarray
+    meta: EpisodeMeta
+
+    @property
+    def intervention_steps(self) -> int:
+        return self.meta.intervention_steps
+
+
+@dataclass(frozen=True)
+class _Camera:
+    name: str
+    direct: bool  # read the chunk file ourselves (else through zarr)
+    decoder: str  # 'blosc' or an image format name ('jpeg', ...); '' for the zarr path
+    shape: tuple[int, int, int]
+    prefix: str  # chunk file path = prefix + str(frame) + suffix
+    suffix: str
+
+
+@dataclass
+class _Episode:
+    key: str
+    position: int
+    task: str
+    index: int
+    path: Path
+    meta: EpisodeMeta
+    steps: int
+    state: np.ndarray  # (T, Ds) float32
+    action_padded: np.ndarray  # (T + K - 1, Da) float32, last row repeated
+    intervention: np.ndarray  # (T,) bool
+    timestamp: np.ndarray  # (T,) float64
+    cameras: tuple[_Camera, ...]
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    arr.setflags(write=False)
+    return arr
+
+
+def _read_file(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0)
+        while len(data) < size:  # short read (signals, network file systems)
+            more = os.pread(fd, size - len(data), len(data))
+            if not more:
+                break
+            data += more
+        return data
+    finally:
+        os.close(fd)
+
+
+def _decode_blosc(data: bytes, out: np.ndarray) -> None:
+    """Decode a blosc chunk into ``out`` (C-contiguous uint8) with one thread, no global state."""
+    if _HAVE_IMAGECODECS_BLOSC:
+        flat = out.reshape(-1)
+        res = imagecodecs.blosc_decode(data, numthreads=1, out=flat)
+        if res.nbytes != out.nbytes:
+            raise ValueError(f'decoded {res.nbytes} bytes, expected {out.nbytes}')
+        return
+    nbytes, _cbytes, _blocksize = numcodecs.blosc._cbuffer_sizes(data)
+    if nbytes != out.nbytes:
+        raise ValueError(f'blosc header says {nbytes} bytes, expected {out.nbytes}')
+    numcodecs.blosc.decompress(data, out)
+
+
+def _check_chunk_files(adir: Path, prefix: str, suffix: str, steps: int) -> None:
+    """Raise SchemaError unless every frame's chunk file exists (a missing one would read as 0)."""
+    nested = '/' in prefix + suffix  # nested chunk keys: stat each file
+    try:
+        names = set() if nested else set(os.listdir(adir))
+    except OSError as exc:
+        raise SchemaError(f'{adir}: cannot list chunk files: {exc}') from exc
+    for i in range(steps):
+        name = f'{prefix}{i}{suffix}'
+        if not ((adir / name).is_file() if nested else name in names):
+            raise SchemaError(f'{adir / name}: chunk file of frame {i} is missing')
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory if ``shared`` (as the default collate does)."""
+    if shared:
+        proto = torch.empty(0, dtype=dtype)
+        storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
+        return proto.new(storage).resize_(*shape)
+    return torch.empty(shape, dtype=dtype)
+
+
+class EpisodeDataset(Dataset):
+    """Random access by flat index over the frames of all complete episodes under ``root``.
+
+    Parameters
+    ----------
+    root:
+        Data root holding ``<task>/episode_<N>.zarr`` directories.
+    tasks:
+        A task name, a list of task names, or None for every task directory under ``root``.
+    chunk_size:
+        ``K``, the number of future actions per item.
+    cameras:
+        Cameras to load (each item gets ``'image.<cam>'``); an episode without one of them is
+        skipped with a warning.  May be empty (low-dimensional data only).
+    episode_filter:
+        Optional ``filter(meta: EpisodeMeta) -> bool``; episodes for which it returns False are
+        not indexed (evaluated once per episode).
+    verify:
+        ``'lowdim'`` (default) checks the sha256 of the low-dimensional arrays and the presence
+        of every frame's chunk file; ``'full'`` also decodes every frame and checks the image
+        sha256 (slow: it reads the whole episode); ``'none'`` only checks shapes and presence.
+    io:
+        ``'auto'`` reads chunk files directly where the layout allows, ``'zarr'`` always reads
+        frames through zarr (slower; for comparison and exotic stores).
+    on_new_episode:
+        Optional callback called with each newly indexed episode key (at construction and in
+        :meth:`refresh`), in index order; not called in DataLoader workers.
+    decode_threads:
+        Read the frames of one item/batch on this many threads (0 or 1: on the caller's
+        thread).  Helps with ``num_workers=0`` when a core is free.
+
+    ``episode_filter`` must be picklable if DataLoader workers are started with ``spawn``.
+
+    Not safe for concurrent :meth:`refresh` calls from several threads; reading items from
+    other threads while one thread refreshes is fine (new episodes only become visible once
+    fully added).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        tasks: str | Sequence[str] | None = None,
+        *,
+        chunk_size: int = 50,
+        cameras: Sequence[str] = ('top', 'left', 'right'),
+        episode_filter: Callable[[EpisodeMeta], bool] | None = None,
+        verify: str = 'lowdim',
+        io: str = 'auto',
+        on_new_episode: Callable[[str], Any] | None = None,
+        decode_threads: int = 0,
+    ) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f'chunk_size must be an int >= 1, got {chunk_size!r}')
+        if verify not in VERIFY_LEVELS:
+            raise ValueError(f'verify must be one of {VERIFY_LEVELS}, got {verify!r}')
+        if io not in IO_MODES:
+            raise ValueError(f'io must be one of {IO_MODES}, got {io!r}')
+        if isinstance(decode_threads, bool) or not isinstance(decode_threads, int) or not (
+            0 <= decode_threads <= 64
+        ):
+            raise ValueError(f'decode_threads must be an int in [0, 64], got {decode_threads!r}')
+        cams = (cameras,) if isinstance(cameras, str) else tuple(cameras)
+        if len(set(cams)) != len(cams) or not all(isinstance(c, str) and c for c in cams):
+            raise ValueError(f'cameras must be unique non-empty names, got {cameras!r}')
+        self.root = Path(root)
+        self.tasks: tuple[str, ...] | None = (
+            None if tasks is None else (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        )
+        self.chunk_size = chunk_size
+        self.cameras = cams
+        self.verify = verify
+        self.io = io
+        self._filter = episode_filter
+        self._on_new = on_new_episode
+        self._episodes: list[_Episode] = []
+        self._offsets: list[int] = [0]  # offsets[i] = flat index of episode i's first frame
+        self._by_key: dict[str, int] = {}
+        self._skipped: dict[str, str] = {}  # key -> reason (corrupt or inconsistent)
+        self._filtered: set[str] = set()
+        self._dims: tuple[int, int] | None = None  # (state_dim, action_dim) of the first episode
+        self.decode_threads = decode_threads
+        # per-process state, created lazily and never inherited (see _local)
+        self._pid = os.getpid()
+        self._zarr_cache: dict[str, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self.refresh()
+
+    # -- pickling / per-process state -------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state['_zarr_cache'] = {}
+        state['_pool'] = None
+        state['_on_new'] = None  # a main-process callback
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def _local(self) -> None:
+        """Drop per-process state inherited through fork (zarr objects, the thread pool)."""
+        if self._pid != os.getpid():
+            self._zarr_cache = {}
+            self._pool = None  # its threads do not exist in this process
+            self._pid = os.getpid()
+
+    def _zarr_array(self, ep: _Episode, cam: str) -> zarr.Array:
+        self._local()
+        key = f'{ep.key}:{cam}'
+        arr = self._zarr_cache.get(key)
+        if arr is None:
+            arr = EpisodeReader(ep.path).images(cam)
+            self._zarr_cache[key] = arr
+        return arr
+
+    def _run_jobs(self, jobs: list[tuple[_Episode, _Camera, int, np.ndarray | None]]) -> list:
+        """Read frames, on ``decode_threads`` threads if configured (the decoders drop the GIL)."""
+        if self.decode_threads < 2 or len(jobs) < 2:
+            return [self._frame(*job) for job in jobs]
+        self._local()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.decode_threads - 1, thread_name_prefix='scarls-decode'
+            )
+        n = min(self.decode_threads, len(jobs))
+        parts = [jobs[k::n] for k in range(n)]
+        # parts 1.. on the pool, part 0 on the calling thread
+        futures = [self._pool.submit(self._read_part, p) for p in parts[1:]]
+        try:
+            first = self._read_part(parts[0])
+        finally:
+            concurrent.futures.wait(futures)  # never leave threads writing into our buffers
+        results = [first] + [f.result() for f in futures]  # re-raises the first error
+        out: list = [None] * len(jobs)
+        for k, res in enumerate(results):
+            out[k::n] = res
+        return out
+
+    def _read_part(self, jobs: list[tuple[_Episode, _Camera, int, np.ndarray | None]]) -> list:
+        return [self._frame(*job) for job in jobs]
+
+    def close(self) -> None:
+        """Stop the decode threads (if any); the dataset stays usable (they restart lazily)."""
+        pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                pool.shutdown(wait=True)
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def _list(self) -> list[EpisodeEntry]:
+        if self.tasks is None:
+            return list_episodes(self.root)
+        out: list[EpisodeEntry] = []
+        for task in self.tasks:
+            out.extend(list_episodes(self.root, task))
+        out.sort(key=lambda e: (e.task, e.index))
+        return out
+
+    def refresh(self) -> int:
+        """Index complete episodes that appeared since the last call; return how many.
+
+        Costs one directory listing per task when nothing is new.  New episodes are appended
+        at the end of the flat index (sorted by task and index among themselves).
+        """
+        added = 0
+        for entry in self._list():
+            key = episode_key(entry.task, entry.index)
+            if key in self._by_key or key in self._skipped or key in self._filtered:
+                continue
+            if self._add(entry, key):
+                added += 1
+        return added
+
+    def _skip(self, key: str, reason: str) -> None:
+        self._skipped[key] = reason
+        log.warning('skipping episode %s: %s', key, reason)
+
+    def _add(self, entry: EpisodeEntry, key: str) -> bool:
+        try:
+            meta = EpisodeMeta.load(entry.meta_path)
+        except SchemaError as exc:
+            self._skip(key, str(exc))
+            return False
+        if self._filter is not None and not self._filter(meta):
+            self._filtered.add(key)
+            return False
+        try:
+            ep = self._load(entry, key, meta)
+        except SchemaError as exc:
+            self._skip(key, str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - any failure to read means a corrupt episode
+            self._skip(key, f'{entry.path}: unreadable: {type(exc).__name__}: {exc}')
+            return False
+        self._episodes.append(ep)
+        self._offsets.append(self._offsets[-1] + ep.steps)  # makes it visible to len()
+        self._by_key[key] = ep.position
+        if self._on_new is not None and get_worker_info() is None:
+            self._on_new(key)
+        return True
+
+    def _load(self, entry: EpisodeEntry, key: str, meta: EpisodeMeta) -> _Episode:
+        path = entry.path
+        missing = [c for c in self.cameras if c not in meta.cameras]
+        if missing:
+            raise SchemaError(
+                f'{path}: has cameras {meta.cameras}, the dataset needs {list(self.cameras)} '
+                f'(missing {missing})'
+            )
+        if meta.steps < 1:
+            raise SchemaError(f'{path}: episode has no steps')
+        if self.verify == 'full':
+            validate_episode(path, check_checksums=True)
+        reader = EpisodeReader(path)
+        t = meta.steps
+        low: dict[str, np.ndarray] = {}
+        arrays = {
+            STATE_PATH: reader.state,
+            ACTION_PATH: reader.action,
+            INTERVENTION_PATH: reader.intervention,
+            TIMESTAMP_PATH: reader.timestamp,
+        }
+        for name, dtype in LOWDIM_DTYPES.items():
+            arr = arrays[name]
+            try:
+                data = np.ascontiguousarray(np.asarray(arr[...]))
+            except Exception as exc:  # noqa: BLE001 - codec errors of corrupt chunks
+                raise SchemaError(f'{path / name}: array is unreadable: {exc}') from exc
+            if data.dtype != dtype or data.shape[:1] != (t,):
+                raise SchemaError(
+                    f'{path}: array {name!r} has dtype {data.dtype} shape {data.shape}, '
+                    f'expected {dtype} with {t} steps'
+                )
+            if self.verify != 'none':
+                digest = hashlib.sha256(data.data).hexdigest()
+                if digest != meta.sha256.get(name):
+                    raise SchemaError(
+                        f'{path / name}: sha256 mismatch (stored data differs from what was '
+                        'recorded; the episode is corrupt)'
+                    )
+            low[name] = data
+        state, action = low[STATE_PATH], low[ACTION_PATH]
+        if state.ndim != 2 or action.ndim != 2:
+            raise SchemaError(
+                f'{path}: state/action must be 2-D, got {state.shape} and {action.shape}'
+            )
+        dims = (state.shape[1], action.shape[1])
+        if self._dims is None:
+            self._dims = dims
+        elif dims != self._dims:
+            raise SchemaError(
+                f'{path}: state/action dims {dims} differ from the dataset\'s {self._dims}'
+            )
+        cams = tuple(self._camera(reader, path, c, t) for c in self.cameras)
+        k = self.chunk_size
+        padded = np.concatenate([action, np.repeat(action[-1:], k - 1, axis=0)], axis=0)
+        return _Episode(
+            key=key,
+            position=len(self._episodes),
+            task=entry.task,
+            index=entry.index,
+            path=path,
+            meta=meta,
+            steps=t,
+            state=_readonly(state),
+            action_padded=_readonly(padded),
+            intervention=_readonly(low[INTERVENTION_PATH]),
+            timestamp=_readonly(low[TIMESTAMP_PATH]),
+            cameras=cams,
+        )
+
+    def _camera(self, reader: EpisodeReader, path: Path, cam: str, steps: int) -> _Camera:
+        key = camera_path(cam)
+        arr = reader.images(cam)
+        md = arr.metadata
+        if (
+            arr.dtype != np.uint8
+            or arr.ndim != 4
+            or arr.shape[0] != steps
+            or arr.shape[3] != 3
+            or arr.chunks != (1, *arr.shape[1:])
+        ):
+            raise SchemaError(
+                f'{path / key}: expected uint8 (T={steps}, H, W, 3) with one frame per chunk, '
+                f'got {arr.dtype} {arr.shape} chunks {arr.chunks}'
+            )
+        shape = (int(arr.shape[1]), int(arr.shape[2]), 3)
+        probe = md.encode_chunk_key((_KEY_PROBE, 0, 0, 0))
+        prefix, _, suffix = probe.partition(str(_KEY_PROBE))
+        codecs = tuple(md.codecs)
+        decoder = ''
+        if (
+            len(codecs) == 2
+            and isinstance(codecs[0], BytesCodec)
+            and isinstance(codecs[1], BloscCodec)
+        ):
+            decoder = 'blosc'
+        elif len(codecs) == 1 and isinstance(codecs[0], ImageCodec):
+            decoder = codecs[0].format
+        adir = path / key
+        if adir.is_dir():
+            _check_chunk_files(adir, prefix, suffix, steps)
+        direct = self.io == 'auto' and bool(decoder) and adir.is_dir()
+        return _Camera(
+            name=cam,
+            direct=direct,
+            decoder=decoder if direct else '',
+            shape=shape,
+            prefix=os.path.join(str(adir), prefix),
+            suffix=suffix,
+        )
+
+    # -- index -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    def episode_keys(self) -> list[str]:
+        """Keys of the indexed episodes in index order (new episodes at the end)."""
+        return [ep.key for ep in self._episodes[: len(self._offsets) - 1]]
+
+    def episode_lengths(self) -> np.ndarray:
+        """Number of frames of each indexed episode (int64, same order as episode_keys())."""
+        return np.diff(np.asarray(self._offsets, dtype=np.int64))
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._offsets) - 1
+
+    def skipped(self) -> dict[str, str]:
+        """Episodes that were not indexed because they are corrupt/inconsistent: key -> reason."""
+        return dict(self._skipped)
+
+    def _episode(self, key: str | int) -> _Episode:
+        if isinstance(key, str):
+            pos = self._by_key.get(key)
+            if pos is None:
+                # e.g. a DataLoader worker copy made before the main process refreshed
+                self.refresh()
+                pos = self._by_key.get(key)
+            if pos is None:
+                reason = self._skipped.get(key)
+                extra = f' (skipped: {reason})' if reason else ''
+                raise KeyError(f'no episode {key!r} in the dataset at {self.root}{extra}')
+            return self._episodes[pos]
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            raise TypeError(f'episode must be a key (str) or a position (int), got {key!r}')
+        n = self.num_episodes
+        if not -n <= key < n:
+            raise IndexError(f'episode position {key} out of range for {n} episodes')
+        return self._episodes[int(key) % n]
+
+    def episode_info(self, key: str | int) -> EpisodeInfo:
+        """Metadata, outcome and intervention array of an episode (by key or position)."""
+        ep = self._episode(key)
+        return EpisodeInfo(
+            key=ep.key,
+            position=ep.position,
+            task=ep.task,
+            index=ep.index,
+            path=ep.path,
+            steps=ep.steps,
+            outcome=ep.meta.outcome,
+            model_version=ep.meta.model_version,
+            intervention=ep.intervention,
+            timestamp=ep.timestamp,
+            meta=ep.meta,
+        )
+
+    def episodes(self) -> list[EpisodeInfo]:
+        """:meth:`episode_info` of every indexed episode, in index order."""
+        return [self.episode_info(i) for i in range(self.num_episodes)]
+
+    def step_indices(self, key: str | int) -> range:
+        """Flat indices of an episode's frames (e.g. for a weighted episode sampler)."""
+        ep = self._episode(key)
+        start = self._offsets[ep.position]
+        return range(start, start + ep.steps)
+
+    def locate(self, i: int) -> tuple[str, int]:
+        """Map a flat index to ``(episode_key, frame)``."""
+        ep, t = self._locate(i)
+        return ep.key, t
+
+    def _locate(self, i: int) -> tuple[_Episode, int]:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f'index must be an int, got {type(i).__name__}')
+        offsets = self._offsets
+        n = offsets[-1]
+        if not -n <= i < n:
+            raise IndexError(
+                f'index {i} out of range for {n} frames (a DataLoader worker holds a copy made '
+                'when its iterator started; recreate the iterator after refresh() or index by '
+                '(episode_key, frame))'
+            )
+        i = int(i) % n
+        pos = bisect.bisect_right(offsets, i) - 1
+        return self._episodes[pos], i - offsets[pos]
+
+    # -- items -------------------------------------------------------------------------------
+
+    def __getitem__(self, i: int | tuple[str, int] | Sequence[int]) -> dict[str, Any]:
+        """One item for an int or an ``(episode_key, frame)`` tuple; a batch for a list/array."""
+        if isinstance(i, tuple):
+            return self.get(*i)
+        if isinstance(i, np.ndarray | torch.Tensor) and i.ndim == 0:
+            i = int(i)
+        elif isinstance(i, list | range | np.ndarray | torch.Tensor):
+            return self.get_batch(i)
+        ep, t = self._locate(i)
+        return self._item(ep, t)
+
+    def _resolve(self, i: Any) -> tuple[_Episode, int]:
+        if isinstance(i, tuple):
+            key, frame = i
+            ep = self._episode(key)
+            if not 0 <= frame < ep.steps:
+                raise IndexError(f'frame {frame} out of range for {ep.key} ({ep.steps} frames)')
+            return ep, int(frame)
+        return self._locate(int(i) if isinstance(i, torch.Tensor) else i)
+
+    def get_batch(
+        self, indices: Sequence[int] | np.ndarray | torch.Tensor, *, shared: bool | None = None
+    ) -> dict[str, Any]:
+        """A collated batch of torch tensors, the same as ``default_collate`` of the items.
+
+        Frames are decoded straight into the batch tensors, which saves the per-item arrays and
+        the copy of the default collate.  The image tensors are allocated in shared memory if
+        ``shared`` (default: only in a DataLoader worker, as the default collate does).  Use it
+        with a batch sampler and ``batch_size=None`` (see :func:`make_loader`).  Indices may be
+        flat ints or ``(episode_key, frame)`` tuples.
+        """
+        if isinstance(indices, torch.Tensor | np.ndarray):
+            indices = indices.tolist()
+        locs = [self._resolve(i) for i in indices]
+        if not locs:
+            raise ValueError('get_batch needs at least one index')
+        n = len(locs)
+        if shared is None:
+            shared = get_worker_info() is not None
+        batch: dict[str, Any] = {}
+        jobs: list[tuple[_Episode, _Camera, int, np.ndarray | None]] = []
+        for c, name in enumerate(self.cameras):
+            shape = locs[0][0].cameras[c].shape
+            for ep, _t in locs:
+                if ep.cameras[c].shape != shape:
+                    raise ValueError(
+                        f'camera {name!r}: {ep.key} has frames {ep.cameras[c].shape}, '
+                        f'{locs[0][0].key} has {shape}; one batch needs one resolution'
+                    )
+            out = _empty((n, *shape), torch.uint8, shared)
+            arr = out.numpy()
+            jobs.extend((ep, ep.cameras[c], t, arr[j]) for j, (ep, t) in enumerate(locs))
+            batch['image.' + name] = out
+        self._run_jobs(jobs)
+        k = self.chunk_size
+        steps = np.asarray([ep.steps for ep, _ in locs])
+        frames = np.asarray([t for _, t in locs], dtype=np.int64)
+        batch['state'] = torch.from_numpy(np.stack([ep.state[t] for ep, t in locs]))
+        batch['action'] = torch.from_numpy(
+            np.stack([ep.action_padded[t : t + k] for ep, t in locs])
+        )
+        batch['action_mask'] = torch.from_numpy(np.arange(k) < (steps - frames)[:, None])
+        batch['intervention'] = torch.from_numpy(
+            np.asarray([ep.intervention[t] for ep, t in locs], dtype=np.bool_)
+        )
+        batch['timestamp'] = torch.from_numpy(
+            np.asarray([ep.timestamp[t] for ep, t in locs], dtype=np.float64)
+        )
+        batch['episode'] = torch.as_tensor([ep.position for ep, _ in locs], dtype=torch.int64)
+        batch['frame'] = torch.from_numpy(frames)
+        batch['task'] = [ep.task for ep, _ in locs]
+        batch['outcome'] = [ep.meta.outcome for ep, _ in locs]
+        return batch
+
+    def get(self, key: str | int, frame: int) -> dict[str, Any]:
+        """The item of ``frame`` of an episode given by key (or position)."""
+        ep = self._episode(key)
+        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+            raise TypeError(f'frame must be an int, got {type(frame).__name__}')
+        if not 0 <= frame < ep.steps:
+            raise IndexError(f'frame {frame} out of range for {ep.key} ({ep.steps} frames)')
+        return self._item(ep, int(frame))
+
+    def _item(self, ep: _Episode, t: int) -> dict[str, Any]:
+        k = self.chunk_size
+        item: dict[str, Any] = {}
+        frames = self._run_jobs([(ep, cam, t, None) for cam in ep.cameras])
+        for cam, img in zip(ep.cameras, frames, strict=True):
+            item['image.' + cam.name] = img
+        item['state'] = ep.state[t].copy()
+        item['action'] = ep.action_padded[t : t + k].copy()
+        item['action_mask'] = np.arange(k) < (ep.steps - t)
+        item['intervention'] = bool(ep.intervention[t])
+        item['timestamp'] = float(ep.timestamp[t])
+        item['episode'] = ep.position
+        item['frame'] = t
+        item['task'] = ep.task
+        item['outcome'] = ep.meta.outcome
+        return item
+
+    def read_frame(self, key: str | int, camera: str, frame: int) -> np.ndarray:
+        """One camera frame ``(H, W, 3)`` uint8 of an episode."""
+        ep = self._episode(key)
+        for cam in ep.cameras:
+            if cam.name == camera:
+                if not 0 <= frame < ep.steps:
+                    raise IndexError(f'frame {frame} out of range for {ep.key}')
+                return self._frame(ep, cam, int(frame))
+        raise KeyError(f'camera {camera!r} is not loaded; cameras: {list(self.cameras)}')
+
+    def _frame(
+        self, ep: _Episode, cam: _Camera, t: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Read frame ``t`` of a camera (into ``out`` if given, a C-contiguous (H, W, 3))."""
+        if not cam.direct:
+            try:
+                img = np.asarray(self._zarr_array(ep, cam.name)[t])
+            except Exception as exc:  # noqa: BLE001 - codec/storage specific errors
+                raise FrameReadError(
+                    f'episode {ep.key} frame {t} camera {cam.name!r}: cannot read '
+                    f'{ep.path / camera_path(cam.name)} through zarr: {exc}'
+                ) from exc
+            if img.shape != cam.shape or img.dtype != np.uint8:
+                raise FrameReadError(
+                    f'episode {ep.key} frame {t} camera {cam.name!r}: zarr returned '
+                    f'{img.dtype} {img.shape}, expected uint8 {cam.shape}'
+                )
+            if out is None:
+                return img
+            out[...] = img
+            return out
+        fpath = f'{cam.prefix}{t}{cam.suffix}'
+        try:
+            data = _read_file(fpath)
+        except OSError as exc:
+            raise FrameReadError(
+                f'episode {ep.key} frame {t} camera {cam.name!r}: cannot read {fpath}: {exc}'
+            ) from exc
+        try:
+            if cam.decoder == 'blosc':
+                if out is None:
+                    out = np.empty(cam.shape, np.uint8)
+                _decode_blosc(data, out)
+                return out
+            img = decode_image(cam.decoder, data)
+            if img.shape != cam.shape:
+                raise ValueError(f'decoded shape {img.shape}, expected {cam.shape}')
+        except Exception as exc:  # noqa: BLE001 - decoders raise library-specific errors
+            raise FrameReadError(
+                f'episode {ep.key} frame {t} camera {cam.name!r}: cannot decode {fpath} '
+                f'({cam.decoder}, {len(data)} bytes): {exc}'
+            ) from exc
+        if out is None:
+            return img
+        out[...] = img
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f'EpisodeDataset({str(self.root)!r}, episodes={self.num_episodes}, '
+            f'frames={len(self)}, chunk_size={self.chunk_size}, cameras={list(self.cameras)})'
+        )
+
+
+def make_loader(
+    dataset: EpisodeDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    sampler: Sampler[int] | None = None,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+    **kwargs: Any,
+) -> DataLoader:
+    """A DataLoader that fetches whole batches with :meth:`EpisodeDataset.get_batch`.
+
+    Yields the same batches as ``DataLoader(dataset, batch_size, shuffle=...)`` with the default
+    collate, faster.  ``sampler`` (e.g. a ``WeightedRandomSampler`` over flat indices) replaces
+    the random/sequential order; other keyword arguments (``num_workers``, ``pin_memory``,
+    ``persistent_workers``, ...) go to the DataLoader.
+    """
+    if sampler is None:
+        sampler = (
+            RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        )
+    batches = BatchSampler(sampler, batch_size, drop_last)
+    return DataLoader(dataset, sampler=batches, batch_size=None, **kwargs)
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Opt-in, process-wide: let glibc reuse freed frame and batch buffers instead of unmapping.
+
+    A decoded 480x640 frame is 0.9 MB and a batch of 8 samples 22 MB.  By default glibc serves
+    such blocks with ``mmap`` or trims them off the heap when freed, so the next item or batch
+    page-faults fresh memory in again; on virtual machines with expensive page faults this costs
+    as much as decoding (see docs/bench_loader.md).  Raising ``M_MMAP_THRESHOLD`` and
+    ``M_TRIM_THRESHOLD`` with ``mallopt`` keeps up to ``trim_threshold`` bytes of freed memory for
+    reuse.  Call it once in the learner process before creating DataLoader iterators (forked
+    workers inherit it).  Returns False if ``mallopt`` is unavailable (not glibc) or refused.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
+    if not ok:
+        log.warning('mallopt refused mmap_threshold=%d trim_threshold=%d', mmap_threshold,
+                    trim_threshold)
+    return ok
