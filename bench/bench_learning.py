@@ -22,6 +22,7 @@ demonstrations only (no episodes collected).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -39,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 
+from scarls.checkpoints import save_checkpoint  # noqa: E402
 from scarls.episodes import EpisodeReader, EpisodeWriter  # noqa: E402
 from scarls.learner import (  # noqa: E402
     ECU_GATE_CONFIG,
@@ -67,9 +69,11 @@ log = logging.getLogger('bench_learning')
 TASK = 'pick_cube'
 #: Scene seeds: demos, held-out demos (open loop), online episodes and evaluation never overlap.
 DEMO_SEED, HELDOUT_SEED, ONLINE_SEED, EVAL_SEED = 10_000, 20_000, 30_000, 90_000
+#: Scenes of the final evaluation (after the budget), disjoint from the per-round ones.
+FINAL_EVAL_SEED = 95_000
 
 DEFAULT_POLICY_CONFIG: dict[str, Any] = {
-    'cameras': ['top', 'left', 'right'],
+    'cameras': ['top'],
     'channels': [8],
     'keypoints': 8,
     'chunk_size': 10,
@@ -93,17 +97,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--algorithm', default='hg_dagger', help='bc | hg_dagger')
     p.add_argument('--no-online', action='store_true',
                    help='control run: train on the demos only (no episodes collected)')
-    p.add_argument('--bc-steps', type=int, default=600, help='gradient steps before round 1')
-    p.add_argument('--round-steps', type=int, default=300, help='gradient steps per round')
+    p.add_argument('--bc-steps', type=int, default=1000, help='gradient steps before round 1')
+    p.add_argument('--round-steps', type=int, default=500, help='gradient steps per round')
     p.add_argument('--round-episodes', type=int, default=8, help='ECU episodes per round')
     p.add_argument('--max-rounds', type=int, default=1000, help='stop after this many rounds')
     p.add_argument('--eval-episodes', type=int, default=20, help='closed-loop eval episodes')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--ema', type=float, default=0.99,
+                   help='decay of the weight average that is evaluated and deployed (0 = off)')
     p.add_argument('--alpha', type=float, default=2.0, help='online boost of the mixing')
     p.add_argument('--online-weight', type=float, default=0.5,
                    help='base share of the online buffer')
     p.add_argument('--image-shape', type=int, nargs=2, default=(96, 128), metavar=('H', 'W'))
+    p.add_argument('--final-eval-episodes', type=int, default=100,
+                   help='after the budget: evaluate the BC policy and the final policy on this '
+                   'many scenes (0 = skip; not counted in --minutes)')
+    p.add_argument('--save', type=Path, help='save the final policy checkpoint here')
     p.add_argument('--data-root', type=Path, help='keep the episodes here (default: temp dir)')
     p.add_argument('--no-write', action='store_true',
                    help='keep online episodes in memory only (skip the Zarr writer)')
@@ -127,7 +137,8 @@ class Experiment:
         self.sampler = MixingSampler(
             MixingConfig(alpha=args.alpha, online_weight=args.online_weight)
         )
-        self.trainer = Trainer(self.policy, TrainerConfig(lr=args.lr, batch_size=args.batch_size))
+        self.trainer = Trainer(self.policy, TrainerConfig(lr=args.lr, batch_size=args.batch_size,
+                                                          ema_decay=args.ema))
         self.episodes: dict[str, EpisodeData] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.heldout: list[EpisodeData] = []
@@ -180,7 +191,7 @@ class Experiment:
         for _ in range(n):
             seed = self.online_seed
             self.online_seed += 1
-            out = run_hg_dagger_episode(self.policy, gate, expert, sim, seed=seed,
+            out = run_hg_dagger_episode(self.trainer.deployable(), gate, expert, sim, seed=seed,
                                         cameras=self.cameras or ('top',))
             res = out.result
             results.append(res)
@@ -241,7 +252,7 @@ class Experiment:
     def evaluate(self) -> dict[str, Any]:
         a = self.args
         t = time.perf_counter()
-        stats = evaluate_closed_loop(self.policy, a.eval_episodes, seed=EVAL_SEED,
+        stats = evaluate_closed_loop(self.trainer.deployable(), a.eval_episodes, seed=EVAL_SEED,
                                      image_shape=tuple(a.image_shape))
         out: dict[str, Any] = {
             'success_rate': stats.success_rate,
@@ -250,7 +261,7 @@ class Experiment:
             'eval_seconds': stats.seconds,
         }
         if self.heldout:
-            ol = evaluate_open_loop(self.policy, open_loop_batches(
+            ol = evaluate_open_loop(self.trainer.deployable(), open_loop_batches(
                 self.heldout, self.policy.chunk_size, cameras=self.cameras, stride=2))
             decision = self.gate.decide(ol.mse, self.deployed_metric)
             if decision.approved:
@@ -288,6 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         budget = args.minutes * 60.0
         ex.make_demos()
         ex.record(0, train=ex.train(args.bc_steps), ev=ex.evaluate())
+        bc_state = copy.deepcopy(ex.trainer.deployable().state_dict())
         rnd = 0
         while rnd < args.max_rounds:
             per_round = ex.elapsed() / max(rnd + 1, 1) if rnd == 0 else (
@@ -297,6 +309,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rnd += 1
             collected = {} if args.no_online else ex.collect(args.round_episodes)
             ex.record(rnd, col=collected, train=ex.train(args.round_steps), ev=ex.evaluate())
+        total = ex.elapsed()
+        final: dict[str, Any] = {}
+        if args.final_eval_episodes:
+            final_policy = ex.trainer.deployable()
+            bc_policy = copy.deepcopy(final_policy)
+            bc_policy.load_state_dict(bc_state)
+            for name, pol in (('bc', bc_policy), ('final', final_policy)):
+                st = evaluate_closed_loop(pol, args.final_eval_episodes, seed=FINAL_EVAL_SEED,
+                                          image_shape=tuple(args.image_shape))
+                final[name] = {'success_rate': st.success_rate, 'ci95': st.ci95,
+                               'n': st.n_episodes, 'mean_success_steps': st.mean_success_steps}
+                log.info('final evaluation (%d new scenes): %s policy %.0f %% (+-%.0f)',
+                         st.n_episodes, name, 100 * st.success_rate, 100 * st.ci95)
+        if args.save:
+            save_checkpoint(args.save, ex.trainer.deployable(), version=len(ex.rows),
+                            metrics={'success_rate': ex.rows[-1]['success_rate']})
         return {
             'args': {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             'policy': ex.policy.name,
@@ -305,7 +333,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             'trainer_config': dataclasses.asdict(ex.trainer.config),
             'rounds': ex.rows,
             'timing_seconds': ex.timing,
-            'total_seconds': ex.elapsed(),
+            'total_seconds': total,
+            'final_evaluation': final,
             'final_success_rate': ex.rows[-1]['success_rate'],
             'best_success_rate': max(r['success_rate'] for r in ex.rows),
             'machine': {'python': platform.python_version(), 'torch': torch.__version__,

@@ -104,6 +104,9 @@ class TrainerConfig(_Config):
     policy has one (``action_std`` buffer), so that small joints and the gripper weigh alike."""
     num_threads: int = 1
     """torch intra-op threads (1 on shared CPUs; 0 leaves the setting alone)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights with this decay per step (0 = off);
+    the average is what gets evaluated and deployed (:meth:`Trainer.deployable`)."""
 
     def __post_init__(self) -> None:
         self._positive('lr')
@@ -115,6 +118,8 @@ class TrainerConfig(_Config):
             self._fail('betas', 'must be two numbers in [0, 1)')
         self._int_at_least('batch_size', 1)
         self._int_at_least('num_threads', 0)
+        if not _is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
+            self._fail('ema_decay', 'must be in [0, 1)')
         if not isinstance(self.normalize_loss, bool):
             self._fail('normalize_loss', 'must be a bool')
 

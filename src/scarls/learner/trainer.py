@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -309,6 +310,32 @@ class Trainer:
             weight_decay=cfg.weight_decay,
         )
         self.total_steps = 0
+        self.ema_policy: Policy | None = None
+        if cfg.ema_decay > 0:
+            self.ema_policy = copy.deepcopy(policy)
+            self.ema_policy.requires_grad_(False)
+            self.ema_policy.eval()
+
+    def deployable(self) -> Policy:
+        """The policy to evaluate and deploy: the weight average if enabled, else the policy."""
+        return self.ema_policy if self.ema_policy is not None else self.policy
+
+    def sync_ema(self) -> None:
+        """Reset the weight average to the current weights (e.g. after loading a checkpoint or
+        changing the normalisation buffers)."""
+        if self.ema_policy is not None:
+            self.ema_policy.load_state_dict(self.policy.state_dict())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_policy is None:
+            return
+        # warm-up: average over the steps taken so far while fewer than 1 / (1 - decay)
+        decay = min(self.config.ema_decay, self.total_steps / (self.total_steps + 10.0))
+        for avg, cur in zip(self.ema_policy.parameters(), self.policy.parameters(), strict=True):
+            avg.lerp_(cur, 1.0 - decay)
+        for avg, cur in zip(self.ema_policy.buffers(), self.policy.buffers(), strict=True):
+            avg.copy_(cur)
 
     def _scale(self) -> torch.Tensor | None:
         if not self.config.normalize_loss:
@@ -337,6 +364,7 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip)
         self.optimizer.step()
         self.total_steps += 1
+        self._update_ema()
         return StepResult(float(loss.detach()), per_sample.numpy(), float(norm))
 
     def train_steps(
