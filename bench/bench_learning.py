@@ -1,6 +1,6 @@
 """Learning benchmark: BC on a few expert demos, then HG-DAgger rounds, on this CPU, no ROS.
 
-The experiment (see docs/learning.md for the recipe and results):
+The experiment (results of the full ECU loop are in docs/BENCHMARKS.md):
 
 1. ``--demos`` scripted-expert demonstrations are written as ordinary Zarr episodes and loaded
    into the offline buffer.

@@ -44,10 +44,14 @@ def test_predict_chunk_contract_and_normalisation():
     obs = _obs(np.random.default_rng(0))
     out = policy.predict_chunk(obs)
     assert out.shape == (6, 14) and out.dtype == np.float32
-    assert np.abs(out - obs.state).max() < 0.05  # untrained: stays near the current pose
+    arm = [i for i in range(14) if i not in (6, 13)]
+    # untrained: the arms stay near the current pose, the grippers (absolute) stay open
+    assert np.abs(out[:, arm] - obs.state[arm]).max() < 0.05
+    np.testing.assert_allclose(out[:, [6, 13]], 1.0, atol=0.05)
     policy.set_action_normalization(torch.full((6, 14), 0.2), torch.full((6, 14), 0.1))
     shifted = policy.predict_chunk(obs)
-    np.testing.assert_allclose(shifted - obs.state, 0.2, atol=0.02)
+    np.testing.assert_allclose(shifted[:, arm] - obs.state[arm], 0.2, atol=0.02)
+    np.testing.assert_allclose(shifted[:, [6, 13]], 0.2, atol=0.02)  # absolute targets
     with torch.no_grad():
         batch_out = policy(observation_to_batch(obs))[0].numpy()
     np.testing.assert_allclose(batch_out, shifted, atol=1e-6)
@@ -83,7 +87,8 @@ def test_backward_reaches_the_trunk():
 @pytest.mark.parametrize(
     'bad',
     [{'cameras': []}, {'pool': 0}, {'channels': []}, {'first_stride': 3},
-     {'first_kernel': 4}, {'keypoints': 0}, {'hidden_layers': 0}, {'action_dim': 20}],
+     {'first_kernel': 4}, {'keypoints': 0}, {'hidden_layers': 0}, {'action_dim': 20},
+     {'absolute_joints': [6, 6]}, {'absolute_joints': [14]}],
 )
 def test_config_validation(bad):
     with pytest.raises(PolicyConfigError):

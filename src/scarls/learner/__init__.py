@@ -1,6 +1,6 @@
 """The learner's pure core: data mixing, algorithms, training, evaluation, simulated rollouts.
 
-Nothing here imports ROS. See docs/learning.md for the recipe that learns on a CPU.
+Nothing here imports ROS. bench/bench_learning.py runs the learning experiment in the simulator.
 
 * :mod:`~scarls.learner.config` - frozen, validated configs (trainer, mixing, rollouts).
 * :mod:`~scarls.learner.algorithms` - ``bc`` / ``hg_dagger`` as per-step label weights.

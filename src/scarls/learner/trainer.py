@@ -408,7 +408,8 @@ def fit_normalization(
 
     Calls ``policy.set_normalization(mean, std)`` (state, over all steps) and, if the policy
     has it, ``policy.set_action_normalization(mean, std)`` with the (K, D) statistics of the
-    chunk deltas ``action[t + k] - state[t]`` over valid entries. ``labels`` maps the
+    chunk deltas ``action[t + k] - ref[t]`` over valid entries, where ``ref`` is
+    ``policy.delta_reference(state)`` if the policy defines it, else the state. ``labels`` maps the
     position of an episode in ``episodes`` to its label weights (only labelled steps count
     for the deltas). Standard deviations are floored at ``min_state_std`` /
     ``min_action_std`` (rad): a joint the demonstrations never move must not turn a small
@@ -435,11 +436,15 @@ def fit_normalization(
         for i, e in enumerate(eps):
             lab = None if labels is None else labels.get(i)
             t = e.steps
+            ref = e.state[:, :d].astype(np.float64)
+            if hasattr(policy, 'delta_reference'):
+                with torch.no_grad():
+                    ref = policy.delta_reference(torch.from_numpy(e.state)).double().numpy()
             for j in range(k):
                 n = t - j
                 if n <= 0:
                     continue
-                delta = e.action[j:, :d].astype(np.float64) - e.state[:n, :d]
+                delta = e.action[j:, :d].astype(np.float64) - ref[:n]
                 ok = np.ones(n, dtype=bool)
                 if lab is not None:
                     ok = (lab[:n] > 0) & (lab[j:] > 0)

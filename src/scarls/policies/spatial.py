@@ -7,7 +7,8 @@ the expected image coordinates ``(x, y)`` in [-1, 1] of every keypoint. The keyp
 cameras and the normalised joint state feed an MLP that predicts a chunk of *normalised*
 deltas from the current joint positions; ``action_mean`` / ``action_std`` (per chunk step and
 joint, set from data with :meth:`SpatialPolicy.set_action_normalization`) scale them back to
-radians, and the output is ``state + max_delta * tanh(delta / max_delta)``.
+radians, and the output is ``state + max_delta * tanh(delta / max_delta)``. The grippers
+(``absolute_joints``) are predicted as absolute targets instead (no soft bound).
 
 The trunk keeps full spatial resolution after an optional first stride, so a small object (a
 4 cm cube is 2-5 pixels at 96x128) stays localisable to a fraction of a pixel, at a few
@@ -40,6 +41,11 @@ class SpatialConfig(PolicyConfig):
     * ``first_kernel``: kernel size of the first conv (odd).
     * ``keypoints``: keypoints per camera (1x1 conv maps + spatial softmax).
     * ``hidden_dim`` / ``hidden_layers``: the MLP head.
+    * ``absolute_joints``: action indices predicted as absolute targets instead of deltas from
+      the state (default: the two grippers). A delta of ~0 holds a gripper wherever it is, so
+      small errors accumulate (a held cube slowly slips out); an absolute target pulls it back.
+    * ``absolute_init``: target of the absolute joints before action statistics are fitted
+      (1.0: grippers open, as in the home pose).
     """
 
     cameras: tuple[str, ...] = CAMERAS
@@ -51,6 +57,8 @@ class SpatialConfig(PolicyConfig):
     hidden_dim: int = 256
     hidden_layers: int = 2
     max_delta: float = 1.0
+    absolute_joints: tuple[int, ...] = (6, 13)
+    absolute_init: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +84,12 @@ class SpatialConfig(PolicyConfig):
             self.action_dim <= self.state_dim,
             'action_dim',
             f'must be <= state_dim ({self.state_dim}) since actions are deltas from the state',
+        )
+        self._check(
+            len(set(self.absolute_joints)) == len(self.absolute_joints)
+            and all(0 <= j < self.action_dim for j in self.absolute_joints),
+            'absolute_joints',
+            f'must be distinct action indices in [0, {self.action_dim})',
         )
 
 
@@ -105,6 +119,11 @@ class SpatialPolicy(Policy):
         self.register_buffer('state_std', torch.ones(cfg.state_dim))
         self.register_buffer('action_mean', torch.zeros(cfg.chunk_size, cfg.action_dim))
         self.register_buffer('action_std', torch.ones(cfg.chunk_size, cfg.action_dim))
+        relative = torch.ones(cfg.action_dim)
+        relative[list(cfg.absolute_joints)] = 0.0
+        self.register_buffer('relative_mask', relative, persistent=False)
+        with torch.no_grad():
+            self.action_mean[:, list(cfg.absolute_joints)] = cfg.absolute_init
         layers: list[nn.Module] = []
         ch_in = 3
         for i, ch in enumerate(cfg.channels):
@@ -123,6 +142,11 @@ class SpatialPolicy(Policy):
             head.weight.mul_(cfg.init_output_gain)
             head.bias.zero_()
         self.head = nn.Sequential(*mlp, head)
+
+    def delta_reference(self, state: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` reference the predicted deltas are added to: the current joints, except
+        0 for the ``absolute_joints``."""
+        return state[:, : self.config.action_dim] * self.relative_mask
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the state normalisation (stored in the checkpoint); std is floored at 1e-6."""
@@ -178,5 +202,6 @@ class SpatialPolicy(Policy):
         x = torch.cat([kp.flatten(1), inputs['state_norm']], dim=1)
         raw = self.head(x).view(-1, cfg.chunk_size, cfg.action_dim)
         delta = raw * self.action_std + self.action_mean
-        delta = cfg.max_delta * torch.tanh(delta / cfg.max_delta)
-        return inputs['state'][:, None, : cfg.action_dim] + delta
+        bounded = cfg.max_delta * torch.tanh(delta / cfg.max_delta)
+        delta = torch.where(self.relative_mask > 0, bounded, delta)
+        return self.delta_reference(inputs['state'])[:, None, :] + delta
