@@ -104,11 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--eval-episodes', type=int, default=20, help='closed-loop eval episodes')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--loss', default='mse', help='mse | l1 | huber (on the normalised error)')
     p.add_argument('--ema', type=float, default=0.99,
                    help='decay of the weight average that is evaluated and deployed (0 = off)')
     p.add_argument('--alpha', type=float, default=2.0, help='online boost of the mixing')
-    p.add_argument('--online-weight', type=float, default=0.5,
-                   help='base share of the online buffer')
+    p.add_argument('--online-weight', type=float, default=None,
+                   help='base share of the online buffer (default: its share of the labels)')
     p.add_argument('--image-shape', type=int, nargs=2, default=(96, 128), metavar=('H', 'W'))
     p.add_argument('--final-eval-episodes', type=int, default=100,
                    help='after the budget: evaluate the BC policy and the final policy on this '
@@ -137,8 +138,8 @@ class Experiment:
         self.sampler = MixingSampler(
             MixingConfig(alpha=args.alpha, online_weight=args.online_weight)
         )
-        self.trainer = Trainer(self.policy, TrainerConfig(lr=args.lr, batch_size=args.batch_size,
-                                                          ema_decay=args.ema))
+        self.trainer = Trainer(self.policy, TrainerConfig(
+            lr=args.lr, batch_size=args.batch_size, ema_decay=args.ema, loss=args.loss))
         self.episodes: dict[str, EpisodeData] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.heldout: list[EpisodeData] = []

@@ -38,6 +38,17 @@ def test_online_boosted_while_its_loss_is_higher():
     assert s.probabilities()[('pick', 'online')] == pytest.approx(0.5)
 
 
+def test_default_base_share_follows_the_labelled_steps():
+    s = MixingSampler(MixingConfig(alpha=2.0))  # online_weight=None
+    s.add(('pick', 'offline'), 'demo', 90)
+    s.add(('pick', 'online'), 'run', 20, [1.0] * 10 + [0.0] * 10)
+    assert s.probabilities()[('pick', 'online')] == pytest.approx(0.1)
+    s.report_loss(('pick', 'offline'), 0.1)
+    s.report_loss(('pick', 'online'), 0.3)
+    # boosted: 2 * 0.1 / (2 * 0.1 + 0.9)
+    assert s.probabilities()[('pick', 'online')] == pytest.approx(0.2 / 1.1)
+
+
 def test_sliding_window_mean():
     s = two_buffers(window=3)
     for loss in (1.0, 2.0, 3.0, 4.0):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 __all__ = [
+    'LOSSES',
     'LearnerConfigError',
     'LearnerError',
     'MixingConfig',
@@ -30,6 +31,9 @@ class LearnerConfigError(LearnerError, ValueError):
 
 
 _C = TypeVar('_C', bound='_Config')
+
+#: Per-entry losses :class:`TrainerConfig` accepts.
+LOSSES: tuple[str, ...] = ('mse', 'l1', 'huber')
 
 
 def _is_number(value: Any) -> bool:
@@ -102,6 +106,12 @@ class TrainerConfig(_Config):
     normalize_loss: bool = True
     """Divide each chunk entry's error by the policy's per-(step, joint) action scale when the
     policy has one (``action_std`` buffer), so that small joints and the gripper weigh alike."""
+    loss: str = 'mse'
+    """Per-entry loss on the (normalised) error: ``'mse'``, ``'l1'`` or ``'huber'``. The robust
+    ones bound the gradient of each entry, so a few online labels far from what the policy
+    predicts cannot dominate the batch."""
+    huber_delta: float = 1.0
+    """Where ``'huber'`` turns from quadratic to linear (in normalised units)."""
     num_threads: int = 1
     """torch intra-op threads (1 on shared CPUs; 0 leaves the setting alone)."""
     ema_decay: float = 0.0
@@ -118,6 +128,9 @@ class TrainerConfig(_Config):
             self._fail('betas', 'must be two numbers in [0, 1)')
         self._int_at_least('batch_size', 1)
         self._int_at_least('num_threads', 0)
+        if self.loss not in LOSSES:
+            self._fail('loss', f'must be one of {LOSSES}')
+        self._positive('huber_delta')
         if not _is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
             self._fail('ema_decay', 'must be in [0, 1)')
         if not isinstance(self.normalize_loss, bool):
@@ -131,8 +144,10 @@ class MixingConfig(_Config):
     alpha: float = 2.0
     """Boost (> 1) of the online buffer's weight while its windowed loss exceeds the offline
     buffer's windowed loss of the same task."""
-    online_weight: float = 0.5
-    """Base weight of a task's online buffer (the offline buffer has ``1 - online_weight``)."""
+    online_weight: float | None = None
+    """Base share of a task's online buffer (the offline buffer has ``1 - online_weight``);
+    None: its share of the task's labelled steps, so a few fresh episodes are not replayed
+    dozens of times per round."""
     window: int = 50
     """Number of most recent loss reports averaged per buffer (sliding window)."""
     balance_tasks: bool = True
@@ -141,8 +156,10 @@ class MixingConfig(_Config):
     def __post_init__(self) -> None:
         if not _is_number(self.alpha) or self.alpha < 1.0:
             self._fail('alpha', 'must be a finite number >= 1')
-        if not _is_number(self.online_weight) or not 0.0 < self.online_weight < 1.0:
-            self._fail('online_weight', 'must be in (0, 1)')
+        if self.online_weight is not None and (
+            not _is_number(self.online_weight) or not 0.0 < self.online_weight < 1.0
+        ):
+            self._fail('online_weight', 'must be None or in (0, 1)')
         self._int_at_least('window', 1)
         if not isinstance(self.balance_tasks, bool):
             self._fail('balance_tasks', 'must be a bool')

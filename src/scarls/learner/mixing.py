@@ -8,7 +8,8 @@ of its weights.
 Sampling a batch item: pick a task (uniformly over the tasks that have labelled steps when
 ``balance_tasks``, else in proportion to their labelled steps), then one of its buffers, then a
 step of that buffer in proportion to its weight. Within a task the online buffer has weight
-``online_weight`` and the offline one ``1 - online_weight``; each buffer keeps the mean of its
+``online_weight`` and the offline one ``1 - online_weight`` (by default ``online_weight`` is
+the online buffer's share of the task's labelled steps); each buffer keeps the mean of its
 last ``window`` reported training losses, and while the online loss is higher than the offline
 loss the online weight is multiplied by ``alpha`` (> 1): the learner spends more of its batch
 on the states where the current policy is still wrong (the distribution shift the ECUs report).
@@ -190,8 +191,11 @@ class MixingSampler:
             share = 1.0 / len(tasks) if cfg.balance_tasks else task_steps[task] / all_steps
             on_key, off_key = (task, 'online'), (task, 'offline')
             if on_key in totals and off_key in totals:
-                w_on = cfg.online_weight * (cfg.alpha if self.boosted(task) else 1.0)
-                w_off = 1.0 - cfg.online_weight
+                base = cfg.online_weight
+                if base is None:
+                    base = totals[on_key] / (totals[on_key] + totals[off_key])
+                w_on = base * (cfg.alpha if self.boosted(task) else 1.0)
+                w_off = 1.0 - base
                 p_on = w_on / (w_on + w_off)
                 out[on_key] = share * p_on
                 out[off_key] = share * (1.0 - p_on)

@@ -235,12 +235,15 @@ def masked_chunk_loss(
     target: torch.Tensor,
     mask: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    kind: str = 'mse',
+    huber_delta: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, per_sample)``: squared error averaged over joints and unmasked chunk entries.
+    """``(loss, per_sample)``: per-entry loss averaged over joints and unmasked chunk entries.
 
     ``pred``/``target`` (B, K, D); ``mask`` (B, K) bool (None = all valid); ``scale`` (K, D)
-    divides the error per entry (normalised loss). Samples without a valid entry get loss 0
-    and do not count in the batch mean.
+    divides the error per entry (normalised loss); ``kind`` is ``'mse'`` (squared error),
+    ``'l1'`` (absolute error) or ``'huber'`` (quadratic below ``huber_delta``, linear above).
+    Samples without a valid entry get loss 0 and do not count in the batch mean.
     """
     if pred.shape != target.shape or pred.ndim != 3:
         raise ValueError(f'pred {tuple(pred.shape)} and target {tuple(target.shape)} must be '
@@ -248,7 +251,17 @@ def masked_chunk_loss(
     err = pred - target.to(pred.dtype)
     if scale is not None:
         err = err / scale.to(err.dtype)
-    per_entry = err.pow(2).mean(dim=2)  # (B, K)
+    if kind == 'mse':
+        elem = err.pow(2)
+    elif kind == 'l1':
+        elem = err.abs()
+    elif kind == 'huber':
+        elem = torch.nn.functional.huber_loss(
+            err, torch.zeros_like(err), reduction='none', delta=huber_delta
+        )
+    else:
+        raise ValueError(f"loss kind must be 'mse', 'l1' or 'huber', got {kind!r}")
+    per_entry = elem.mean(dim=2)  # (B, K)
     if mask is None:
         m = torch.ones_like(per_entry)
     else:
@@ -353,7 +366,12 @@ class Trainer:
         self.policy.train()
         pred = self.policy(batch)
         loss, per_sample = masked_chunk_loss(
-            pred, batch[ACTION_KEY], batch.get(MASK_KEY), self._scale()
+            pred,
+            batch[ACTION_KEY],
+            batch.get(MASK_KEY),
+            self._scale(),
+            self.config.loss,
+            self.config.huber_delta,
         )
         if not torch.isfinite(loss):
             raise LearnerError(f'non-finite training loss {float(loss.detach())} at step '
