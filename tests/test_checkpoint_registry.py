@@ -110,7 +110,12 @@ def test_retention_keeps_best_deployed_and_last_n(tmp_path, policy):
     reg.mark_deployed(3)
     for err in (0.7, 0.8, 0.9):  # v4..v6
         pub(reg, policy, err)
-    assert [r.version for r in reg.records()] == [1, 3, 5, 6]
+    assert [r.version for r in reg.records() if r.has_weights] == [1, 3, 5, 6]
+    # the pruned versions stay as lineage records without weights
+    assert [r.version for r in reg.records()] == [1, 2, 3, 4, 5, 6]
+    assert reg.get(2).metrics == {'open_loop_error': 0.5} and reg.get(2).sha256 is None
+    with pytest.raises(RegistryError):
+        reg.rollback(2)
     assert files(tmp_path) == [
         'registry.json',
         'v000001.safetensors',
@@ -119,8 +124,14 @@ def test_retention_keeps_best_deployed_and_last_n(tmp_path, policy):
         'v000006.safetensors',
     ]
     pub(reg, policy, approved=False)  # v7: a rejected record counts as one of the last N
-    assert [r.version for r in reg.records()] == [1, 3, 6, 7]
+    assert [r.version for r in reg.records() if r.has_weights] == [1, 3, 6]
     assert reg.prune() == []
+    # the lineage is capped: the oldest records without weights go first
+    capped = CheckpointRegistry(tmp_path, keep_last=2, keep_records=4)
+    assert capped.prune() == []
+    assert [r.version for r in capped.records()] == [1, 3, 6, 7]
+    with pytest.raises(ValueError, match='keep_records'):
+        CheckpointRegistry(tmp_path, keep_last=3, keep_records=2)
 
 
 def test_corrupted_and_missing_files_are_reported_and_skipped(tmp_path, policy):
@@ -191,9 +202,16 @@ def test_recovery_on_open(tmp_path, policy):
     reg = CheckpointRegistry(tmp_path)
     assert [r.version for r in reg.records()] == [2] and reg.next_version == 3
     assert not (tmp_path / 'v000001.safetensors').exists()
+    # the same when the index kept v2's record without weights (a prune that kept lineage)
+    index = json.loads((tmp_path / 'registry.json').read_text())
+    index['records'][0].update(path=None, sha256=None, size=0)
+    (tmp_path / 'registry.json').write_text(json.dumps(index))
+    reg = CheckpointRegistry(tmp_path)
+    assert not reg.get(2).has_weights and not (tmp_path / 'v000002.safetensors').exists()
+    pub(reg, policy, 0.4)  # v3
     # no index at all: rebuilt from the files
     (tmp_path / 'registry.json').unlink()
-    assert [r.version for r in CheckpointRegistry(tmp_path).records()] == [2]
+    assert [r.version for r in CheckpointRegistry(tmp_path).records()] == [3]
     # unreadable index: refuse with a hint
     (tmp_path / 'registry.json').write_text('{not json')
     with pytest.raises(RegistryError, match='move it away'):

@@ -14,9 +14,12 @@ weights; rejected ones are recorded for lineage and stored without weights unles
 ``store_rejected_weights=True``. Each checkpoint header's ``extra`` gets the key
 ``'registry.approved'``, so the index can be rebuilt from the files.
 
-Retention (after each publish, or :meth:`CheckpointRegistry.prune`): keep the best approved
-checkpoint (``best_metric``), the deployed one and the last ``keep_last`` versions; delete the
-other files and their index entries. The deployed and the best checkpoints are never deleted.
+Retention (after each publish, or :meth:`CheckpointRegistry.prune`): keep the weights of the
+best approved checkpoint (``best_metric``), the deployed one and the last ``keep_last``
+versions; delete the other files. Their records stay in the index without weights (lineage:
+version, parent, metrics, approval, for the learning curve and the dashboard) until there are
+more than ``keep_records`` records, then the oldest weightless ones go. The deployed and the
+best checkpoints are never deleted.
 
 Integrity: :meth:`CheckpointRegistry.verify` re-hashes every stored file and reports missing
 or corrupted ones; :meth:`CheckpointRegistry.latest`, :meth:`CheckpointRegistry.best`,
@@ -26,8 +29,9 @@ files are re-read).
 
 Recovery on open: stale temporary files are removed; a checkpoint file newer than the index
 (the process stopped between writing the file and the index) is adopted from its header; a
-file the index no longer lists, at or below its highest version, is the remainder of an
-interrupted prune and is deleted. Without an index, one is rebuilt from the files' headers.
+file the index no longer lists (or lists without weights), at or below its highest version, is
+the remainder of an interrupted prune and is deleted. Without an index, one is rebuilt from the
+files' headers.
 
 One process writes a registry directory; within it the object is thread-safe (e.g. a chunk
 server answering while the learner publishes).
@@ -177,7 +181,9 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 class CheckpointRegistry:
     """Versioned checkpoints under ``root`` (see the module docstring).
 
-    ``keep_last``: how many of the newest versions retention keeps (>= 1).
+    ``keep_last``: how many of the newest versions retention keeps with weights (>= 1).
+    ``keep_records``: how many records (with or without weights) the index keeps for lineage
+    (>= ``keep_last``).
     ``store_rejected_weights``: also write files for candidates published with
     ``approved=False``. ``best_metric``/``lower_is_better``: what :meth:`best` ranks by
     by default, and which checkpoint retention keeps as "the best".
@@ -188,6 +194,7 @@ class CheckpointRegistry:
         root: str | os.PathLike[str],
         keep_last: int = 5,
         *,
+        keep_records: int = 1000,
         store_rejected_weights: bool = False,
         best_metric: str = 'open_loop_error',
         lower_is_better: bool = True,
@@ -196,7 +203,11 @@ class CheckpointRegistry:
             raise ValueError(f'keep_last must be an int >= 1, got {keep_last!r}')
         self._root = Path(root)
         self._index = self._root / INDEX_NAME
+        if not isinstance(keep_records, int) or isinstance(keep_records, bool) \
+                or keep_records < keep_last:
+            raise ValueError(f'keep_records must be an int >= keep_last, got {keep_records!r}')
         self.keep_last = keep_last
+        self.keep_records = keep_records
         self.store_rejected_weights = bool(store_rejected_weights)
         self.best_metric = best_metric
         self.lower_is_better = bool(lower_is_better)
@@ -229,7 +240,8 @@ class CheckpointRegistry:
                 on_disk[int(m.group(1))] = p
         changed = False
         indexed_max = self._max_version
-        for v in sorted(set(on_disk) - set(self._records)):
+        weightless = {v for v, r in self._records.items() if not r.has_weights}
+        for v in sorted((set(on_disk) - set(self._records)) | (set(on_disk) & weightless)):
             p = on_disk[v]
             if had_index and v <= indexed_max:
                 _log.warning('removing %s: left over from an interrupted prune', p)
@@ -576,7 +588,8 @@ class CheckpointRegistry:
             return target
 
     def prune(self) -> list[int]:
-        """Apply retention (see the module docstring); return the deleted versions."""
+        """Apply retention (see the module docstring); return the versions whose weights were
+        deleted."""
         with self._lock:
             ordered = sorted(self._records)
             keep = set(ordered[-self.keep_last :])
@@ -585,11 +598,19 @@ class CheckpointRegistry:
             best = self._best(self.best_metric, self.lower_is_better)
             if best is not None:
                 keep.add(best.version)
-            doomed = [v for v in ordered if v not in keep]
-            if not doomed:
+            doomed = [v for v in ordered if v not in keep and self._records[v].has_weights]
+            records = {
+                v: (dataclasses.replace(r, path=None, sha256=None, size=0) if v in doomed else r)
+                for v, r in self._records.items()
+            }
+            extra = len(records) - self.keep_records
+            if extra > 0:   # lineage cap: drop the oldest records without weights
+                for v in [v for v in ordered if v not in keep][:extra]:
+                    records.pop(v)
+            if not doomed and len(records) == len(self._records):
                 return []
             files = [self._records[v].path for v in doomed]
-            self._save_index({v: r for v, r in self._records.items() if v in keep})
+            self._save_index(records)
             for v, path in zip(doomed, files, strict=True):
                 self._hash_cache.pop(v, None)
                 if path is not None:
@@ -597,5 +618,6 @@ class CheckpointRegistry:
                         path.unlink(missing_ok=True)
                     except OSError as exc:
                         _log.warning('could not delete %s: %s', path, exc)
-            _log.info('retention deleted checkpoint versions %s', doomed)
+            if doomed:
+                _log.info('retention deleted the weights of checkpoint versions %s', doomed)
             return doomed

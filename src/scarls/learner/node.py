@@ -11,8 +11,8 @@ than deployed) and publish the candidate to the checkpoint registry and on learn
 Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, transient local).
 Services: ~/train (std_srvs/Trigger: 'started' or 'busy').
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
-algorithm, steps_per_round, pretrain_steps, batch_size, lr, threshold, heldout_demos, seed,
-autostart.
+algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
+seed, autostart.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from scarls.policies import make_policy
 from scarls.ros import qos
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 
-DEFAULT_POLICY_CONFIG = json.dumps({'cameras': ['top', 'left', 'right'], 'channels': [8],
+DEFAULT_POLICY_CONFIG = json.dumps({'cameras': ['top'], 'channels': [8],
                                     'keypoints': 8, 'chunk_size': 10, 'hidden_dim': 256})
 
 
@@ -52,10 +52,12 @@ class LearnerNode(LifecycleNode):
         declare(self, 'policy', 'spatial', 'Registered policy to train', read_only=True)
         declare(self, 'policy_config', DEFAULT_POLICY_CONFIG, 'Policy config as JSON')
         declare(self, 'algorithm', 'hg_dagger', 'hg_dagger | bc')
-        declare(self, 'steps_per_round', 300, 'Training steps per triggered round')
-        declare(self, 'pretrain_steps', 1500, 'Steps on the demonstrations before v1')
+        declare(self, 'steps_per_round', 500, 'Training steps per triggered round')
+        declare(self, 'pretrain_steps', 1000, 'Steps on the demonstrations before v1')
         declare(self, 'batch_size', 32, 'Training batch size')
-        declare(self, 'lr', 1e-3, 'AdamW learning rate')
+        declare(self, 'lr', 3e-3, 'AdamW learning rate')
+        declare(self, 'ema_decay', 0.99, 'Decay of the weight average that is evaluated and '
+                'deployed (0 = deploy the trained weights)')
         declare(self, 'threshold', 0.05, 'Gate: highest open-loop error that may deploy')
         declare(self, 'heldout_demos', 2, 'Demonstrations kept for open-loop evaluation')
         declare(self, 'seed', 0, 'Seed of the policy initialisation and sampling')
@@ -84,7 +86,8 @@ class LearnerNode(LifecycleNode):
                 steps_per_round=int(p('steps_per_round')),
                 pretrain_steps=int(p('pretrain_steps')), algorithm=str(p('algorithm')),
                 threshold=float(p('threshold')), seed=int(p('seed')),
-                trainer=TrainerConfig(lr=float(p('lr')), batch_size=int(p('batch_size'))),
+                trainer=TrainerConfig(lr=float(p('lr')), batch_size=int(p('batch_size')),
+                                      ema_decay=float(p('ema_decay'))),
                 mixing=MixingConfig())
             self._learner = OnlineLearner(policy, registry, config)
             n = self._learner.load_offline(self._offline, self._task,

@@ -128,6 +128,7 @@ class OnlineLearner:
                 self._add(f'offline/{entry.task}/{entry.index}', ep)
             self._seen.add(str(entry.path))
         fit_normalization(self.policy, list(self.episodes.values()))
+        self.trainer.sync_ema()   # the weight average starts from the normalised policy
         return len(entries)
 
     def refresh_online(self, root: str | Path, task: str) -> int:
@@ -166,6 +167,7 @@ class OnlineLearner:
     def resume(self, version: int, metric: float | None) -> None:
         """The current policy is the deployed checkpoint `version` (restart of the learner)."""
         self.deployed_version, self.deployed_metric = version, metric
+        self.trainer.sync_ema()
         self._deployed_weights = {k: v.detach().clone()
                                   for k, v in self.policy.state_dict().items()}
 
@@ -184,20 +186,22 @@ class OnlineLearner:
             self.sampler.report_loss(key, float(np.mean(losses)))
 
     def evaluate(self, weights: dict[str, torch.Tensor] | None = None) -> float:
-        """Open-loop error of the current policy (or of `weights`) on the held-out set."""
+        """Open-loop error of the deployable policy (the weight average when the trainer keeps
+        one, else the trained policy), or of `weights`, on the held-out set."""
         if not self.heldout:
             raise LearnerError('no held-out demonstrations to evaluate on')
+        model = self.trainer.deployable()
         current = None
         if weights is not None:
-            current = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-            self.policy.load_state_dict(weights)
+            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(weights)
         try:
-            result = evaluate_open_loop(self.policy, open_loop_batches(
-                self.heldout, self.policy.chunk_size, cameras=self.cameras,
+            result = evaluate_open_loop(model, open_loop_batches(
+                self.heldout, model.chunk_size, cameras=self.cameras,
                 stride=self.config.eval_stride))
         finally:
             if current is not None:
-                self.policy.load_state_dict(current)
+                model.load_state_dict(current)
         return float(result.mse)
 
     def train_round(self, steps: int | None = None) -> RoundResult:
@@ -215,9 +219,10 @@ class OnlineLearner:
         eval_s = time.perf_counter() - t0
         decision = self.gate.decide(metric, self.deployed_metric)
         parent = self.deployed_version
+        model = self.trainer.deployable()
         # timings ride along with the metrics so the registry index keeps them (lineage)
         record = self.registry.publish(
-            self.policy, metrics={METRIC: metric if math.isfinite(metric) else 1e9,
+            model, metrics={METRIC: metric if math.isfinite(metric) else 1e9,
                                   'train_loss': float(stats.loss_mean),
                                   'train_steps': float(steps),
                                   'train_seconds': round(float(stats.seconds), 3),
@@ -229,7 +234,7 @@ class OnlineLearner:
         if decision.approved:
             self.deployed_metric, self.deployed_version = metric, record.version
             self._deployed_weights = {k: v.detach().clone()
-                                      for k, v in self.policy.state_dict().items()}
+                                      for k, v in model.state_dict().items()}
             self.registry.mark_deployed(record.version)
         result = RoundResult(record.version, parent, metric, decision.approved, decision.reason,
                              float(stats.loss_mean), steps, float(stats.seconds), eval_s,

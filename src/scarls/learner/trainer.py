@@ -441,7 +441,7 @@ def fit_normalization(
         'state_mean': states.mean(0),
         'state_std': np.maximum(states.std(0), min_state_std),
     }
-    if hasattr(policy, 'set_normalization'):
+    if hasattr(policy, 'state_mean'):
         policy.set_normalization(
             torch.as_tensor(out['state_mean'], dtype=torch.float32),
             torch.as_tensor(out['state_std'], dtype=torch.float32),

@@ -55,7 +55,6 @@ from scarls.policies.base import (
     CAMERAS,
     Policy,
     PolicyConfig,
-    image_key,
     register_policy,
 )
 
@@ -310,12 +309,6 @@ class ACTPolicy(Policy):
             self.backbone.eval()
         return self
 
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set the state normalisation (stored in the checkpoint); std is floored at 1e-6."""
-        with torch.no_grad():
-            self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
-
     def load_backbone_weights(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Load ResNet-18 weights into the backbone (strict; ``fc.*`` and
         ``*.num_batches_tracked`` entries are ignored). Keys use the ResNet-18 layout, e.g.
@@ -335,17 +328,7 @@ class ACTPolicy(Policy):
 
     # -- contract ----------------------------------------------------------------------------
     def _image(self, batch: Mapping[str, torch.Tensor], cam: str, n: int) -> torch.Tensor:
-        key = image_key(cam)
-        if key not in batch:
-            raise KeyError(
-                f'act policy needs camera {cam!r} (batch key {key!r}); got keys {sorted(batch)}'
-            )
-        img = batch[key]
-        if img.dtype != torch.uint8 or img.ndim != 4 or img.shape[-1] != 3 or img.shape[0] != n:
-            raise ValueError(
-                f'{key} must be a uint8 tensor of shape ({n}, H, W, 3), '
-                f'got {img.dtype} {tuple(img.shape)}'
-            )
+        img = self._camera_image(batch, cam, n)
         x = img.to(self.state_mean.device).permute(0, 3, 1, 2).to(torch.float32) / 255.0
         size = tuple(self.config.image_size)
         if tuple(x.shape[-2:]) != size:

@@ -284,6 +284,32 @@ class Policy(nn.Module):
         return out[0].detach().cpu().numpy().astype(np.float32, copy=True)
 
     # -- helpers for subclasses --------------------------------------------------------
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the state normalisation (the ``state_mean``/``state_std`` buffers a subclass
+        registers, so it is stored in the checkpoint); std is floored at 1e-6."""
+        if not hasattr(self, 'state_mean') or not hasattr(self, 'state_std'):
+            raise NotImplementedError(f'{self.name} policy has no state normalisation')
+        with torch.no_grad():
+            self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
+    def _camera_image(self, batch: Mapping[str, torch.Tensor], cam: str, n: int) -> torch.Tensor:
+        """The ``(n, H, W, 3)`` uint8 image of camera ``cam``, with a clear error when it is
+        missing or malformed."""
+        key = image_key(cam)
+        if key not in batch:
+            raise KeyError(
+                f'{self.name} policy needs camera {cam!r} (batch key {key!r}); got keys '
+                f'{sorted(batch)}'
+            )
+        img = batch[key]
+        if img.dtype != torch.uint8 or img.ndim != 4 or img.shape[-1] != 3 or img.shape[0] != n:
+            raise ValueError(
+                f'{key} must be a uint8 tensor of shape ({n}, H, W, 3), '
+                f'got {img.dtype} {tuple(img.shape)}'
+            )
+        return img
+
     def _state(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if STATE_KEY not in batch:
             raise KeyError(f'batch has no {STATE_KEY!r} key (expected (B, state_dim) floats)')

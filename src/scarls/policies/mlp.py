@@ -65,12 +65,6 @@ class MLPPolicy(Policy):
         _small_init(head, cfg.init_output_gain)
         self.net = nn.Sequential(*layers, head)
 
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set the state normalisation (stored in the checkpoint); std is floored at 1e-6."""
-        with torch.no_grad():
-            self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
-
     def preprocess(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = self._state(batch)
         return {'state': state, 'state_norm': (state - self.state_mean) / self.state_std}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scarls.policies.base import CAMERAS, Policy, PolicyConfig, image_key, register_policy
+from scarls.policies.base import CAMERAS, Policy, PolicyConfig, register_policy
 
 __all__ = ['SpatialConfig', 'SpatialPolicy', 'spatial_softmax']
 
@@ -148,37 +148,16 @@ class SpatialPolicy(Policy):
         0 for the ``absolute_joints``."""
         return state[:, : self.config.action_dim] * self.relative_mask
 
-    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set the state normalisation (stored in the checkpoint); std is floored at 1e-6."""
-        with torch.no_grad():
-            self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
-
     def set_action_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Set the (K, D) delta normalisation (stored in the checkpoint); std floored at 1e-6."""
         with torch.no_grad():
             self.action_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
             self.action_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
-    def _image(self, batch: Mapping[str, torch.Tensor], cam: str, n: int) -> torch.Tensor:
-        key = image_key(cam)
-        if key not in batch:
-            raise KeyError(
-                f'spatial policy needs camera {cam!r} (batch key {key!r}); got keys '
-                f'{sorted(batch)}'
-            )
-        img = batch[key]
-        if img.dtype != torch.uint8 or img.ndim != 4 or img.shape[-1] != 3 or img.shape[0] != n:
-            raise ValueError(
-                f'{key} must be a uint8 tensor of shape ({n}, H, W, 3), '
-                f'got {img.dtype} {tuple(img.shape)}'
-            )
-        return img
-
     def preprocess(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = self._state(batch)
         n = state.shape[0]
-        images = torch.stack([self._image(batch, c, n) for c in self.config.cameras], dim=1)
+        images = torch.stack([self._camera_image(batch, c, n) for c in self.config.cameras], dim=1)
         # convert while channels-last (contiguous), then view as NCHW: 2-5x cheaper than
         # converting the permuted uint8 tensor.
         x = (images.flatten(0, 1).to(torch.float32) * (2.0 / 255.0) - 1.0).permute(0, 3, 1, 2)
