@@ -226,6 +226,9 @@ def decode_floor(ds: EpisodeDataset, indices, reps: int = 1) -> dict:
         for cam, data in blobs[j]:
             if cam.decoder == 'blosc':
                 _decode_blosc(data, np.empty(cam.shape, np.uint8))
+            elif cam.decoder == 'raw':   # no codec: a copy into a fresh array
+                np.copyto(np.empty(cam.shape, np.uint8),
+                          np.frombuffer(data, np.uint8).reshape(cam.shape))
             else:
                 decode_image(cam.decoder, data)
 
@@ -433,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--steps', type=int, default=100, help='steps per episode (default 100)')
     p.add_argument('--height', type=int, default=480)
     p.add_argument('--width', type=int, default=640)
-    p.add_argument('--codecs', default='lz4,jpeg', help='comma-separated codec names')
+    p.add_argument('--codecs', default='lz4,raw,jpeg', help='comma-separated codec names')
     p.add_argument('--chunk', type=int, default=50, help='action chunk length K (default 50)')
     p.add_argument('--distinct-frames', type=int, default=30,
                    help='pre-rendered frames per camera, cycled (default 30)')

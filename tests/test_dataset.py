@@ -118,7 +118,7 @@ def test_lz4_items_equal_what_was_written(tmp_path: Path) -> None:
         assert (item['episode'], item['task'], item['outcome']) == (0, 'pick', 'success')
 
 
-@pytest.mark.parametrize('codec', ['lz4', 'jpeg'])
+@pytest.mark.parametrize('codec', ['lz4', 'raw', 'jpeg'])
 def test_fast_path_equals_zarr_path_and_reader(tmp_path: Path, codec: str) -> None:
     rec = write_episode(tmp_path, 'pick', 5, codec=codec)
     fast = EpisodeDataset(tmp_path, chunk_size=3)
@@ -261,7 +261,7 @@ def test_get_batch_equals_default_collate(three) -> None:
         threaded.close()
 
 
-@pytest.mark.parametrize('codec', ['lz4', 'jpeg'])
+@pytest.mark.parametrize('codec', ['lz4', 'raw', 'jpeg'])
 def test_dataloader_workers_return_the_same_as_direct_access(tmp_path: Path, codec: str) -> None:
     write_episode(tmp_path, 'a', 5, seed=1, codec=codec)
     write_episode(tmp_path, 'a', 4, seed=2, codec=codec)
@@ -355,6 +355,16 @@ def test_undecodable_frame_raises_naming_episode_and_frame(tmp_path: Path) -> No
     with pytest.raises(FrameReadError, match='a/episode_0 frame 3 camera .top.: cannot decode'):
         ds[3]
     assert ds[0]['frame'] == 0  # other frames still read
+
+
+def test_truncated_raw_frame_raises_naming_the_file(tmp_path: Path) -> None:
+    rec = write_episode(tmp_path, 'a', 3, codec='raw')
+    ds = EpisodeDataset(tmp_path)
+    chunk = rec['path'] / 'observation' / 'left' / 'c.1.0.0.0'
+    chunk.write_bytes(chunk.read_bytes()[:-5])
+    with pytest.raises(FrameReadError, match=r"frame 1 camera 'left'.*c\.1\.0\.0\.0.*bytes"):
+        ds[1]
+    np.testing.assert_array_equal(ds[2]['image.left'], rec['images']['left'][2])
 
 
 def test_argument_validation_and_empty_root(tmp_path: Path) -> None:

@@ -24,9 +24,10 @@ Reading strategy:
   once, when the episode is added, checked against the sha256 in its meta and kept in memory.
 * Camera frames are read per item.  When a camera array is stored the way
   :class:`~scarls.episodes.writer.EpisodeWriter` stores it - one plain chunk file per frame,
-  codecs ``bytes + blosc`` or the ``scarls.image`` codec, no sharding - the frame's chunk file is
-  read with one ``pread`` and decoded directly (blosc with one thread, or the project's image
-  decoder), bypassing zarr's per-call machinery.  Any other layout (sharded or re-chunked
+  codecs ``bytes + blosc``, ``bytes`` alone (``raw``) or the ``scarls.image`` codec, no
+  sharding - the frame's chunk file is read with one ``pread`` and decoded directly (blosc with
+  one thread, or the project's image decoder; ``raw`` is read straight into the output array),
+  bypassing zarr's per-call machinery.  Any other layout (sharded or re-chunked
   arrays, other codecs or chunk key encodings) is read through zarr (``io='zarr'`` forces this
   path for every episode).
 
@@ -190,6 +191,24 @@ def _read_file(path: str) -> bytes:
                 break
             data += more
         return data
+    finally:
+        os.close(fd)
+
+
+def _read_into(path: str, out: np.ndarray) -> None:
+    """Read an uncompressed chunk file straight into ``out`` (C-contiguous uint8)."""
+    view = memoryview(out.reshape(-1))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size != out.nbytes:
+            raise ValueError(f'chunk file has {size} bytes, expected {out.nbytes}')
+        done = 0
+        while done < size:  # short reads (signals, network file systems)
+            n = os.preadv(fd, [view[done:]], done)
+            if n <= 0:
+                raise ValueError(f'chunk file ended after {done} of {size} bytes')
+            done += n
     finally:
         os.close(fd)
 
@@ -531,6 +550,8 @@ class EpisodeDataset(Dataset):
             decoder = 'blosc'
         elif len(codecs) == 1 and isinstance(codecs[0], ImageCodec):
             decoder = codecs[0].format
+        elif len(codecs) == 1 and isinstance(codecs[0], BytesCodec):
+            decoder = 'raw'
         adir = path / key
         if adir.is_dir():
             _check_chunk_files(adir, prefix, suffix, steps)
@@ -765,6 +786,16 @@ class EpisodeDataset(Dataset):
             out[...] = img
             return out
         fpath = f'{cam.prefix}{t}{cam.suffix}'
+        if cam.decoder == 'raw':
+            if out is None:
+                out = np.empty(cam.shape, np.uint8)
+            try:
+                _read_into(fpath, out)
+            except (OSError, ValueError) as exc:
+                raise FrameReadError(
+                    f'episode {ep.key} frame {t} camera {cam.name!r}: cannot read {fpath}: {exc}'
+                ) from exc
+            return out
         try:
             data = _read_file(fpath)
         except OSError as exc:
