@@ -20,6 +20,10 @@ log = logging.getLogger('scarls')
 STARTUP_TIMEOUT_S = 60.0
 
 
+CURVE_BLOCK = 10
+"""Episodes per point of the learning curve in the summary."""
+
+
 @dataclass
 class RunOptions:
     specs: list[NodeSpec]
@@ -51,6 +55,25 @@ class EpisodeRow:
                    int(msg.intervention_steps), int(msg.model_version), msg.path,
                    int(msg.dropped_steps), round(float(msg.finalize_seconds), 4),
                    int(msg.actor_episode_id))
+
+
+def learning_curve(episodes: list[EpisodeRow], block: int = CURVE_BLOCK) -> list[dict]:
+    """Consecutive blocks of ``block`` episodes (the last one may be shorter): the share that
+    succeeded without any takeover, the share of steps the human controlled, and the model
+    versions that acted - the learning curve of a run, less noisy than per version."""
+    out = []
+    for start in range(0, len(episodes), block):
+        rows = episodes[start:start + block]
+        versions = sorted({r.model_version for r in rows})
+        out.append({
+            'episodes': [rows[0].index, rows[-1].index],
+            'model_versions': [versions[0], versions[-1]],
+            'success_rate': sum(r.outcome == 'success' and r.intervention_steps == 0
+                                for r in rows) / len(rows),
+            'intervention_rate': sum(r.intervention_steps for r in rows)
+            / max(1, sum(r.steps for r in rows)),
+        })
+    return out
 
 
 @dataclass
@@ -195,6 +218,11 @@ class EcuRun:
             log.info('model v%d: %d episodes, %.0f %% succeeded without help, %.0f %% of steps '
                      'by the human', row['model_version'], row['episodes'],
                      100 * row['success_rate'], 100 * row['intervention_rate'])
+        curve = learning_curve(episodes)
+        if len(curve) > 1:
+            log.info('learning curve (blocks of %d episodes): %s', CURVE_BLOCK, '  '.join(
+                f"{100 * b['success_rate']:.0f}%/{100 * b['intervention_rate']:.0f}%"
+                for b in curve) + '  (succeeded without help / steps by the human)')
         steps = sum(e.steps for e in episodes)
         human = sum(e.intervention_steps for e in episodes)
         successes = sum(e.outcome == 'success' for e in episodes)
@@ -208,6 +236,7 @@ class EcuRun:
             'episodes': [vars(e) for e in episodes],
             'success_rate': successes / n if n else None,
             'per_model_version': per_version,
+            'curve': curve,
             'checkpoints': sorted(checkpoints.values(), key=lambda c: c['version']),
             'intervention_rate': human / steps if steps else None,
             'duration_s': round(time.monotonic() - t0, 3),

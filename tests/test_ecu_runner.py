@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+
+from scarls.ecu_runner import EpisodeRow, learning_curve
+
+
+def row(i: int, outcome: str, human: int, version: int, steps: int = 100) -> EpisodeRow:
+    return EpisodeRow(i, 'pick', outcome, steps, human, version, f'ep{i}', 0, 0.0, i)
+
+
+def test_learning_curve_blocks():
+    rows = [row(0, 'success', 50, 0), row(1, 'fail', 0, 0), row(2, 'success', 0, 1),
+            row(3, 'success', 0, 2, steps=300), row(4, 'success', 10, 3)]
+    curve = learning_curve(rows, block=2)
+    assert [b['episodes'] for b in curve] == [[0, 1], [2, 3], [4, 4]]
+    assert [b['model_versions'] for b in curve] == [[0, 0], [1, 2], [3, 3]]
+    # success only counts when nobody took over; a failure without takeover is no success
+    assert [b['success_rate'] for b in curve] == [0.0, 1.0, 0.0]
+    assert curve[0]['intervention_rate'] == pytest.approx(50 / 200)
+    assert curve[1]['intervention_rate'] == 0.0
+    assert learning_curve([]) == []
