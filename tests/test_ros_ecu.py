@@ -100,6 +100,11 @@ def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
     assert takeovers >= 1, 'the untrained policy should have been taken over'
     assert takeovers == n_intervene
     assert meta.intervention_steps == int(inter.sum()) == info.intervention_steps
+    # the human's labels are fresh: each step under takeover carries the expert's answer to that
+    # step's state, not the previous command again (a stale repeat is a false "hold" label)
+    steps_under_takeover = np.flatnonzero(inter[1:] & inter[:-1]) + 1
+    repeats = sum(np.array_equal(action[i], action[i - 1]) for i in steps_under_takeover)
+    assert repeats <= 0.2 * max(1, len(steps_under_takeover)), (repeats, len(steps_under_takeover))
 
     # the frames stored are the frames the actor used (looked up by the stamps it reported)
     for cam_index, cam in enumerate(('top', 'left', 'right')):

@@ -22,6 +22,7 @@ Parameters: rate_hz, policy, checkpoint, seed, refill_when_remaining, cameras, a
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -41,7 +42,13 @@ from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
 from scarls.policies import Observation, make_policy
 from scarls.robot import JOINT_NAMES
 from scarls.ros import qos
-from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_image, msg_to_positions
+from scarls.ros.conversions import (
+    MessageError,
+    joint_state_to_msg,
+    msg_to_image,
+    msg_to_positions,
+    stamp_to_ns,
+)
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.ros.viz import actor_state_marker
 
@@ -57,6 +64,7 @@ RESET_TIMEOUT_S = 10.0
 CHUNK_CALL_TIMEOUT_S = 10.0
 MAX_CHECKPOINT_BYTES = 4 << 30
 TELEOP_STALE_S = 0.5
+RECENT_OBSERVATIONS = 30   # joint states / frames per camera kept by stamp (1 s at 30 Hz)
 
 
 class ActorNode(LifecycleNode):
@@ -92,6 +100,10 @@ class ActorNode(LifecycleNode):
                 self.get_parameter('refill_when_remaining').value))
         self._latest_js: JointState | None = None
         self._latest_img: dict[str, Image] = {}
+        # recent joint states and frames by stamp: a takeover step is recorded with the
+        # observation the operator's command answered (its header stamp), not a newer one
+        self._recent_js: collections.OrderedDict[int, JointState] = collections.OrderedDict()
+        self._recent_img: dict[str, collections.OrderedDict[int, Image]] = {}
         self._latest_teleop: tuple[float, np.ndarray] | None = None
         self._pending_ckpt: CheckpointInfo | None = None
         self._tick_count = 0
@@ -187,6 +199,7 @@ class ActorNode(LifecycleNode):
             self._warn('bad_js', f'joint_states dropped: {exc}')
             return
         self._latest_js = msg
+        self._remember(self._recent_js, msg)
 
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
@@ -195,10 +208,18 @@ class ActorNode(LifecycleNode):
             self._warn('bad_img', f'camera/{camera} frame dropped: {exc}')
             return
         self._latest_img[camera] = msg
+        self._remember(self._recent_img.setdefault(camera, collections.OrderedDict()), msg)
+
+    @staticmethod
+    def _remember(recent: collections.OrderedDict, msg, keep: int = RECENT_OBSERVATIONS) -> None:
+        recent[stamp_to_ns(msg.header.stamp)] = msg
+        while len(recent) > keep:
+            recent.popitem(last=False)
 
     def _on_teleop(self, msg: JointState) -> None:
         try:
-            self._latest_teleop = (time.monotonic(), msg_to_positions(msg, JOINT_NAMES))
+            self._latest_teleop = (time.monotonic(), msg_to_positions(msg, JOINT_NAMES),
+                                   stamp_to_ns(msg.header.stamp))
         except MessageError as exc:
             self._warn('bad_teleop', f'teleop/command dropped: {exc}')
 
@@ -352,6 +373,21 @@ class ActorNode(LifecycleNode):
                           state=q.astype(np.float32))
         return js, images, q, obs
 
+    def _answered_observation(self, stamp_ns: int):
+        """The joint state and frames stamped ``stamp_ns`` if they are still remembered (the
+        scripted operator stamps its command with the state it answered; other operators stamp
+        with the current time, which matches nothing: the latest observation is recorded)."""
+        js = self._recent_js.get(stamp_ns)
+        if js is None:
+            return None
+        images = {}
+        for c in self._cameras:
+            img = self._recent_img.get(c, {}).get(stamp_ns)
+            if img is None:
+                return None
+            images[c] = img
+        return js, images, msg_to_positions(js, JOINT_NAMES)
+
     def _tick(self) -> None:
         with self._lock:
             phase = self.fsm.phase
@@ -371,6 +407,9 @@ class ActorNode(LifecycleNode):
                     action = q
                 else:
                     action = teleop[1]
+                    answered = self._answered_observation(teleop[2])
+                    if answered is not None:
+                        js, images, q = answered
             else:
                 try:
                     action = self._controller.tick(obs, self._tick_count)

@@ -13,6 +13,10 @@ policy in the loop). The sampler draws steps in proportion to these weights; ste
   the outcome.
 
 Add one with ``@register_algorithm('<name>')`` on a :class:`Algorithm` subclass.
+
+:func:`stale_human_steps` finds takeover steps whose command merely repeats the previous one
+(the operator's device had not answered the new state yet when the control tick ran): they are
+not the human's answer to that step's observation, so the learner does not use them as labels.
 """
 
 from __future__ import annotations
@@ -35,10 +39,27 @@ __all__ = [
     'available_algorithms',
     'make_algorithm',
     'register_algorithm',
+    'stale_human_steps',
 ]
 
 #: Where an episode comes from.
 SOURCES: tuple[str, ...] = ('offline', 'online')
+
+
+def stale_human_steps(intervention: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """``(T,)`` bool: steps under takeover (also the step before) whose action equals the
+    previous step's action exactly - a command re-sent for a newer state, i.e. a false "hold"
+    label. The first step of an episode is never stale."""
+    flags = np.asarray(intervention, dtype=bool)
+    act = np.asarray(action)
+    if flags.ndim != 1 or act.ndim != 2 or act.shape[0] != flags.shape[0]:
+        raise ValueError(f'intervention (T,) and action (T, D) must match, got {flags.shape} '
+                         f'and {act.shape}')
+    out = np.zeros(flags.shape, dtype=bool)
+    if flags.shape[0] > 1:
+        same = np.all(act[1:] == act[:-1], axis=1)
+        out[1:] = flags[1:] & flags[:-1] & same
+    return out
 
 
 class UnknownAlgorithm(LearnerError, KeyError):

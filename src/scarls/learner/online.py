@@ -21,7 +21,7 @@ import torch
 
 from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
 from scarls.episodes import EpisodeReader, list_episodes
-from scarls.learner.algorithms import make_algorithm
+from scarls.learner.algorithms import make_algorithm, stale_human_steps
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
 from scarls.learner.evaluation import CheckpointGate, evaluate_open_loop, open_loop_batches
 from scarls.learner.mixing import MixingSampler
@@ -98,14 +98,27 @@ class OnlineLearner:
         self.deployed_version: int | None = None
         self._deployed_weights: dict[str, torch.Tensor] | None = None
         self._online_seen = 0
+        self.stale_labels = 0
+        """Takeover steps not used as labels because their command was a stale repeat."""
         self.rounds: list[RoundResult] = []
         self._seen: set[str] = set()
         self.last_load_seconds = 0.0
         self._drawn: list = []
 
     # -- data ------------------------------------------------------------------------------
-    def _add(self, key: str, ep: EpisodeData) -> None:
-        weights = self.algorithm.step_weights(ep.intervention, ep.outcome, ep.source)
+    def _weights(self, intervention: np.ndarray, action: np.ndarray, outcome: str,
+                 source: str) -> np.ndarray:
+        weights = self.algorithm.step_weights(intervention, outcome, source)
+        if source == 'online':
+            stale = stale_human_steps(intervention, action)
+            if stale.any():
+                weights = np.where(stale, 0.0, weights).astype(np.float32)
+                self.stale_labels += int(stale.sum())
+        return weights
+
+    def _add(self, key: str, ep: EpisodeData, weights: np.ndarray | None = None) -> None:
+        if weights is None:
+            weights = self._weights(ep.intervention, ep.action, ep.outcome, ep.source)
         if not float(np.sum(weights)) > 0:
             return   # nothing to learn from (e.g. no takeover in an online episode)
         self.episodes[key] = ep
@@ -144,7 +157,8 @@ class OnlineLearner:
                 reader = EpisodeReader(entry.path)
                 intervention = np.asarray(reader.intervention[:], dtype=bool)
                 outcome = reader.meta.outcome
-                weights = self.algorithm.step_weights(intervention, outcome, 'online')
+                weights = self._weights(intervention, np.asarray(reader.action[:]), outcome,
+                                        'online')
                 ep = EpisodeData.from_reader(reader, source='online', cameras=self.cameras,
                                              keep=weights > 0)
             except Exception as exc:  # a corrupt episode must not stop learning
@@ -155,7 +169,7 @@ class OnlineLearner:
             if every and self._online_seen % every == 0 and ep.intervention.any():
                 self.heldout.append(ep)   # evaluation only, never trained on
             else:
-                self._add(f'online/{entry.task}/{entry.index}', ep)
+                self._add(f'online/{entry.task}/{entry.index}', ep, weights)
             added += 1
         self.last_load_seconds = time.perf_counter() - t0
         return added

@@ -108,6 +108,13 @@ class TeleopNode(Node):
             self._q = msg_to_positions(msg, JOINT_NAMES)
         except MessageError:
             return
+        self._q_stamp = msg.header.stamp
+        if self.source == 'scripted':
+            # one expert command per robot state, right when the state arrives: the actor's
+            # next tick then pairs this state with the expert's answer to it (a free-running
+            # timer beats against the driver's and the actor's clocks, so ticks would alternate
+            # between a stale command - a "hold" label - and a double step)
+            self._scripted_act()
 
     def _on_state(self, msg: ActorState) -> None:
         with self._lock:
@@ -176,12 +183,19 @@ class TeleopNode(Node):
             if now - since >= self._start_delay:
                 self.send('START', f'episode {started + 1}')
             return
+
+    def _scripted_act(self) -> None:
+        with self._lock:
+            phase, awaiting = self._phase, self._awaiting
+        if awaiting is not None and time.monotonic() - awaiting[1] < SIGNAL_RETRY_S:
+            return  # the actor has not reacted to our last signal yet
         if phase not in ACTIVE or self._q is None or self._task is None:
             return
         task = self._sim_task_state.from_vector(list(self._task.names), list(self._task.values))
         expert = self._expert.action(self._q, task)
-        self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, expert,
-                                                 self.get_clock().now().to_msg()))
+        # stamped with the state it answers, so the actor records this command with that
+        # observation (an HG-DAgger label is the expert's answer to what the policy saw)
+        self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, expert, self._q_stamp))
         step = self._step
         steps_done = step.step + 1 if step is not None and step.episode_id == self._episode_id \
             else 0
