@@ -64,3 +64,45 @@ def test_new_online_episodes_are_picked_up_and_some_held_out(tmp_path, demos):
     assert len(learner.heldout) == heldout_before + 1      # every 2nd online episode
     assert learner.online_episodes == 1
     assert np.isfinite(learner.evaluate())
+
+
+def test_stale_takeover_commands_are_not_labels_and_held_out_episodes_still_evaluate(
+        tmp_path, demos):
+    """Online episodes whose takeover steps repeat the previous command: those steps are not
+    trained on, the episode (trained or held out) still loads, trains and evaluates."""
+    import dataclasses
+
+    from scarls.episodes import EpisodeWriter
+    from scarls.learner.demos import DEMO_ECU_ID, record_expert_episode
+    from scarls.sim import DualArmSim, ScriptedExpert, SimConfig
+
+    sim = DualArmSim(SimConfig(height=SHAPE[0], width=SHAPE[1], task='pick_cube', seed=0))
+    expert = ScriptedExpert(sim.config)
+    online = tmp_path / 'online'
+    for scene in (700, 701):
+        records, outcome = record_expert_episode(sim, expert, scene,
+                                                 cameras=('top', 'left', 'right'))
+        # the policy ran the first 5 steps; afterwards every 3rd command is a stale repeat
+        fixed = []
+        for i, rec in enumerate(records):
+            rec = dataclasses.replace(rec, intervention=i >= 5)
+            if i >= 6 and i % 3 == 0:
+                rec = dataclasses.replace(rec, action=fixed[-1].action)
+            fixed.append(rec)
+        writer = EpisodeWriter(online, 'pick_cube', DEMO_ECU_ID, cameras=('top', 'left', 'right'),
+                               image_shape=SHAPE, state_dim=14, action_dim=14, fps=30.0,
+                               fsync=False)
+        for rec in fixed:
+            writer.append(rec)
+        writer.finalize(outcome, model_version=1)
+    learner = _learner(tmp_path, demos, threshold=100.0)
+    assert learner.refresh_online(online, 'pick_cube') == 2   # one trained on, one held out
+    key = next(k for k in learner.episodes if k.startswith('online/'))
+    labels = learner.labels[key]
+    steps = len(labels)
+    stale = [i for i in range(6, steps) if i % 3 == 0]
+    assert learner.stale_labels >= len(stale)   # counted over both episodes
+    assert labels[:5].sum() == 0 and all(labels[i] == 0 for i in stale)
+    assert sum(labels[i] > 0 for i in range(5, steps)) == steps - 5 - len(stale)
+    result = learner.train_round(20)
+    assert math.isfinite(result.metric)

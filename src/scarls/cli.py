@@ -5,6 +5,8 @@
                  episodes or minutes, print what happened, write a JSON summary.
   scarls demos   write scripted-expert demonstrations (the offline buffer the learner starts
                  from) as ordinary Zarr episodes.
+  scarls dataset info | stats | validate | delete | merge | repair | import-lerobot over a
+                 data root (see `scarls dataset -h`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     demos.add_argument('--seed', type=int, default=10_000)
     demos.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     demos.set_defaults(func=cmd_demos)
+    from scarls.dataset_cli import add_dataset_parser
+    add_dataset_parser(sub)
     return parser
 
 

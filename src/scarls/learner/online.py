@@ -159,8 +159,10 @@ class OnlineLearner:
                 outcome = reader.meta.outcome
                 weights = self._weights(intervention, np.asarray(reader.action[:]), outcome,
                                         'online')
+                # frames of every takeover step stay in memory: held-out episodes are
+                # evaluated on all of them
                 ep = EpisodeData.from_reader(reader, source='online', cameras=self.cameras,
-                                             keep=weights > 0)
+                                             keep=(weights > 0) | intervention)
             except Exception as exc:  # a corrupt episode must not stop learning
                 log.warning('online episode %s skipped: %s', entry.path, exc)
                 continue
