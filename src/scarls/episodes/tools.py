@@ -1,0 +1,1696 @@
+"""Dataset tools over a data root: info, stats, validate, repair, delete and merge.
+
+A data root holds task directories ``<root>/<task>/`` laid out as described in
+:mod:`scarls.episodes.layout`.  The functions here work on whole roots or single tasks and never
+import ``torch`` or ``rclpy``:
+
+* :func:`dataset_info` / :func:`dataset_stats` read the meta files only: episode and step
+  counts, outcomes, intervention rates, codecs, image shapes, sizes on disk (info), and the
+  leftovers of killed writers or interrupted operations.
+* :func:`validate_dataset` checks every episode against the schema and (``deep``) its sha256
+  checksums, plus numbering gaps, half episodes (data without meta or the reverse) and pending
+  operations.  One bad episode never stops it: every problem is reported with the file and
+  what is wrong.
+* :func:`delete_episodes` removes episodes and renumbers the later ones so that the indices
+  stay contiguous ``0..N-1``; :func:`repair` completes an interrupted delete, moves half
+  episodes aside and closes numbering gaps.
+* :func:`merge_datasets` appends verified copies of the episodes of other roots.
+* :func:`import_lerobot_v3` imports a LeRobot v3.0 dataset folder (parquet + mp4, read with
+  ``pyarrow`` and PyAV, imported lazily; not the ``lerobot`` package) as an offline buffer.
+
+Crash safety of delete (renumbering)
+------------------------------------
+The whole operation runs under the task's writer lock (:func:`~scarls.episodes.layout.task_lock`)
+so no writer can reserve an index meanwhile, and it is refused while a writer is recording in
+the task (a live reservation or temp dir).  Before touching anything it writes a journal
+``<task>/.scarls-renumber.json`` (temp file, fsync, rename) holding the full plan: first move
+each deleted episode (meta, then data) into ``<task>/.trash/<stamp>-<pid>/``, then rename each
+later episode ``r -> k`` in increasing order (data dir, then a rewritten meta with the new
+``episode_index`` written through a temp file, then the old meta removed).  Because targets
+are always lower than sources and processed in increasing order, a target name is always free.
+The journal's ``done`` counter is advanced after every step, and every step is idempotent and
+checks the files it expects, so a crash anywhere leaves:
+
+* every episode either visible under exactly one index (data and meta of the same episode) or
+  invisible and recorded in the journal (never two episodes under one name, never one
+  episode twice), so :func:`~scarls.episodes.layout.list_episodes` and the loaders keep working;
+* a journal that :func:`repair` (or ``scarls dataset repair``) rolls forward, and that
+  :func:`validate_dataset` reports.
+
+The journal is removed last; trash is kept unless ``purge=True``.
+
+Merge copies each source episode into a hidden staging dir (``.scarls-merge-<pid>``), checks the
+copy, and publishes it with the writer's own protocol (reserve the next index under the task
+lock, rename data into place, write meta last), so a killed merge leaves nothing visible that is
+incomplete and frees its index for the next writer.
+
+Renumbering changes which episode a path names: stop learners/loaders reading a task before
+deleting from it, and recreate :class:`~scarls.episodes.dataset.EpisodeDataset` objects after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scarls.episodes.errors import EpisodeFormatError, SchemaError
+from scarls.episodes.layout import (
+    check_task_name,
+    cleanup_task_dir,
+    episode_dir_name,
+    fsync_dir,
+    fsync_file,
+    lock_name,
+    meta_name,
+    meta_temp_name,
+    pid_alive,
+    reserve_index,
+    task_lock,
+)
+from scarls.episodes.reader import EpisodeReader, validate_episode
+from scarls.episodes.schema import EpisodeMeta, array_paths, camera_path
+
+__all__ = [
+    'JOURNAL_FILE',
+    'TRASH_DIR',
+    'ActiveWriterError',
+    'DatasetSummary',
+    'DatasetToolError',
+    'DeleteResult',
+    'ImportResult',
+    'MergeResult',
+    'PendingOperationError',
+    'Problem',
+    'RepairResult',
+    'TaskSummary',
+    'ValidationReport',
+    'check_episode',
+    'dataset_info',
+    'dataset_stats',
+    'delete_episodes',
+    'format_bytes',
+    'format_ranges',
+    'import_lerobot_v3',
+    'merge_datasets',
+    'repair',
+    'validate_dataset',
+]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = '.scarls-renumber.json'
+JOURNAL_FORMAT = 1
+TRASH_DIR = '.trash'
+STAGING_PREFIX = '.scarls-merge-'
+
+_DIR_RE = re.compile(r'^episode_(\d+)\.zarr$')
+_META_RE = re.compile(r'^episode_(\d+)_meta\.json$')
+_LOCK_RE = re.compile(r'^\.episode_(\d+)\.lock$')
+_TEMP_RE = re.compile(r'^\.episode_(\d+)\.zarr\.tmp-(\d+)$')
+_META_TEMP_RE = re.compile(r'^\.episode_(\d+)_meta\.json\.tmp-(\d+)$')
+_ORPHAN_RE = re.compile(r'^\.episode_(\d+)\.zarr\.orphan-(\d+)$')
+_STAGING_RE = re.compile(r'^' + re.escape(STAGING_PREFIX) + r'(\d+)$')
+_JOURNAL_TMP_RE = re.compile(r'^' + re.escape(JOURNAL_FILE) + r'\.tmp-(\d+)$')
+
+ProgressFn = Callable[[int, int, str], None]
+
+# Test seam: called with a label after every file-system action of a renumbering step.
+_step_hook: Callable[[str], None] | None = None
+
+
+def _fire(label: str) -> None:
+    if _step_hook is not None:
+        _step_hook(label)
+
+
+# -- errors and reports ---------------------------------------------------------------------
+
+
+class DatasetToolError(EpisodeFormatError):
+    """A dataset operation was refused or failed; the message says why and what to do."""
+
+
+class ActiveWriterError(DatasetToolError):
+    """A writer (recorder or merge) is active in the task directory."""
+
+
+class PendingOperationError(DatasetToolError):
+    """An interrupted delete/renumber is pending in the task directory (run :func:`repair`)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :func:`validate_dataset`.
+
+    ``severity`` is ``'error'`` (data unusable or layout broken), ``'warning'`` (loading works
+    but something needs attention) or ``'info'``; ``path`` is relative to the data root.
+    """
+
+    severity: str
+    task: str
+    path: str
+    message: str
+    index: int | None = None
+    repairable: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f'{self.severity.upper()} {self.path}: {self.message}'
+
+
+@dataclass
+class ValidationReport:
+    """Result of :func:`validate_dataset`."""
+
+    root: str
+    deep: bool
+    tasks: list[str] = field(default_factory=list)
+    episodes: int = 0
+    valid_episodes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == 'error']
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == 'warning']
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            'root': self.root,
+            'deep': self.deep,
+            'tasks': self.tasks,
+            'episodes': self.episodes,
+            'valid_episodes': self.valid_episodes,
+            'ok': self.ok,
+            'errors': len(self.errors),
+            'warnings': len(self.warnings),
+            'problems': [p.to_dict() for p in self.problems],
+        }
+
+
+@dataclass
+class TaskSummary:
+    """Counts of one task (or of a whole root in :attr:`DatasetSummary.totals`)."""
+
+    task: str
+    episodes: int = 0
+    steps: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    intervention_steps: int = 0
+    episodes_with_intervention: int = 0
+    dropped_steps: int = 0
+    seconds: float = 0.0
+    first_index: int | None = None
+    last_index: int | None = None
+    gaps: list[int] = field(default_factory=list)
+    codecs: dict[str, int] = field(default_factory=dict)
+    image_shapes: dict[str, list[str]] = field(default_factory=dict)
+    state_dims: list[int] = field(default_factory=list)
+    action_dims: list[int] = field(default_factory=list)
+    fps: list[float] = field(default_factory=list)
+    ecu_ids: dict[str, int] = field(default_factory=dict)
+    model_versions: dict[str, int] = field(default_factory=dict)
+    bytes: int | None = None
+    trash_bytes: int | None = None
+    unreadable: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    active_writers: list[str] = field(default_factory=list)
+
+    @property
+    def intervention_rate(self) -> float:
+        """Share of steps with a human in control."""
+        return self.intervention_steps / self.steps if self.steps else 0.0
+
+    @property
+    def episode_intervention_rate(self) -> float:
+        """Share of episodes with at least one takeover step."""
+        return self.episodes_with_intervention / self.episodes if self.episodes else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        done = self.outcomes.get('success', 0) + self.outcomes.get('fail', 0)
+        return self.outcomes.get('success', 0) / done if done else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out['intervention_rate'] = self.intervention_rate
+        out['episode_intervention_rate'] = self.episode_intervention_rate
+        out['success_rate'] = self.success_rate
+        return out
+
+
+@dataclass
+class DatasetSummary:
+    """Result of :func:`dataset_info` / :func:`dataset_stats`."""
+
+    root: str
+    tasks: list[TaskSummary]
+    totals: TaskSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            'root': self.root,
+            'tasks': [t.to_dict() for t in self.tasks],
+            'totals': self.totals.to_dict(),
+        }
+
+
+@dataclass
+class DeleteResult:
+    """Result of :func:`delete_episodes`: what was (or, for a dry run, would be) done."""
+
+    task: str
+    deleted: list[int]
+    renamed: list[tuple[int, int]]
+    episodes_after: int
+    trash: str | None
+    purged: bool
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RepairResult:
+    """Result of :func:`repair`: the actions taken and what could not be fixed."""
+
+    root: str
+    actions: list[str] = field(default_factory=list)
+    remaining: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.remaining
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'root': self.root, 'ok': self.ok, 'actions': self.actions,
+                'remaining': self.remaining}
+
+
+@dataclass
+class MergeResult:
+    """Result of :func:`merge_datasets`."""
+
+    root: str
+    copied: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'root': self.root, 'ok': self.ok, 'copied': self.copied,
+                'skipped': self.skipped, 'duplicates': self.duplicates}
+
+
+# -- scanning a task directory ----------------------------------------------------------------
+
+
+@dataclass
+class _TaskScan:
+    task: str
+    path: Path
+    zarr: set[int] = field(default_factory=set)
+    meta: set[int] = field(default_factory=set)
+    live_locks: dict[int, int] = field(default_factory=dict)
+    dead_locks: dict[int, int] = field(default_factory=dict)
+    live_temps: list[tuple[str, int]] = field(default_factory=list)
+    dead_temps: list[tuple[str, int]] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    live_staging: list[tuple[str, int]] = field(default_factory=list)
+    dead_staging: list[tuple[str, int]] = field(default_factory=list)
+    journal: bool = False
+    trash: bool = False
+
+    @property
+    def visible(self) -> list[int]:
+        return sorted(self.zarr & self.meta)
+
+    @property
+    def relevant(self) -> bool:
+        return bool(
+            self.zarr or self.meta or self.live_locks or self.dead_locks or self.live_temps
+            or self.dead_temps or self.orphans or self.live_staging or self.dead_staging
+            or self.journal or self.trash
+        )
+
+    def active(self) -> list[str]:
+        """Descriptions of writers/merges that are alive right now."""
+        out = [
+            f'episode {i} reserved by live pid {pid}'
+            for i, pid in sorted(self.live_locks.items())
+        ]
+        out += [f'{name} (live pid {pid})' for name, pid in self.live_temps]
+        out += [f'{name} (merge in progress, pid {pid})' for name, pid in self.live_staging]
+        return out
+
+    def leftovers(self) -> list[str]:
+        """Descriptions of what killed writers/operations left behind (nothing visible)."""
+        out = [f'{name} (temp of dead writer pid {pid})' for name, pid in self.dead_temps]
+        out += [
+            f'{lock_name(i)} (stale reservation of dead pid {pid})'
+            for i, pid in sorted(self.dead_locks.items())
+        ]
+        out += [f'{name} (uncommitted data of a dead writer, kept)' for name in self.orphans]
+        out += [f'{name} (staging of dead merge pid {pid})' for name, pid in self.dead_staging]
+        for i in sorted(self.zarr - self.meta):
+            if i not in self.live_locks:
+                out.append(f'{episode_dir_name(i)} (data without meta)')
+        for i in sorted(self.meta - self.zarr):
+            out.append(f'{meta_name(i)} (meta without data)')
+        if self.journal:
+            out.append(f'{JOURNAL_FILE} (interrupted delete/renumber; run repair)')
+        return out
+
+
+def _read_lock_pid(path: Path) -> int:
+    try:
+        return int(os.readlink(path))
+    except (OSError, ValueError):
+        return -1
+
+
+def _scan_task(task_dir: Path, task: str) -> _TaskScan:
+    scan = _TaskScan(task, task_dir)
+    try:
+        names = os.listdir(task_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return scan
+    for name in names:
+        if m := _DIR_RE.match(name):
+            scan.zarr.add(int(m.group(1)))
+        elif m := _META_RE.match(name):
+            scan.meta.add(int(m.group(1)))
+        elif m := _LOCK_RE.match(name):
+            pid = _read_lock_pid(task_dir / name)
+            target = scan.live_locks if pid_alive(pid) else scan.dead_locks
+            target[int(m.group(1))] = pid
+        elif (m := _TEMP_RE.match(name)) or (m := _META_TEMP_RE.match(name)):
+            pid = int(m.group(2))
+            (scan.live_temps if pid_alive(pid) else scan.dead_temps).append((name, pid))
+        elif m := _JOURNAL_TMP_RE.match(name):
+            pid = int(m.group(1))
+            (scan.live_temps if pid_alive(pid) else scan.dead_temps).append((name, pid))
+        elif _ORPHAN_RE.match(name):
+            scan.orphans.append(name)
+        elif m := _STAGING_RE.match(name):
+            pid = int(m.group(1))
+            (scan.live_staging if pid_alive(pid) else scan.dead_staging).append((name, pid))
+        elif name == JOURNAL_FILE:
+            scan.journal = True
+        elif name == TRASH_DIR:
+            scan.trash = True
+    for lst in (scan.live_temps, scan.dead_temps, scan.live_staging, scan.dead_staging):
+        lst.sort()
+    scan.orphans.sort()
+    return scan
+
+
+def _task_names(root: Path, task: str | None) -> list[str]:
+    if not root.exists():
+        raise DatasetToolError(f'{root}: data root does not exist')
+    if not root.is_dir():
+        raise DatasetToolError(f'{root}: data root is not a directory')
+    if task is not None:
+        return [check_task_name(task)]
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        raise DatasetToolError(f'{root}: data root does not exist') from None
+    except NotADirectoryError:
+        raise DatasetToolError(f'{root}: data root is not a directory') from None
+    out = []
+    for entry in entries:
+        if not entry.is_dir():
+            continue
+        try:
+            check_task_name(entry.name)
+        except ValueError:
+            continue
+        if _scan_task(Path(entry.path), entry.name).relevant:
+            out.append(entry.name)
+    return out
+
+
+def _gaps(indices: Iterable[int]) -> list[int]:
+    present = set(indices)
+    if not present:
+        return []
+    return [i for i in range(max(present) + 1) if i not in present]
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    stack = [path]
+    while stack:
+        p = stack.pop()
+        try:
+            with os.scandir(p) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    else:
+                        with contextlib.suppress(OSError):
+                            total += entry.stat(follow_symlinks=False).st_size
+        except NotADirectoryError:
+            with contextlib.suppress(OSError):
+                total += p.lstat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _strip(message: str, path: Path) -> str:
+    """Drop a leading ``'<path>: '`` from an error message (the report names the file)."""
+    prefix = f'{path}: '
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+# -- info / stats ------------------------------------------------------------------------------
+
+
+def _codec_label(codec: dict[str, Any]) -> str:
+    name = str(codec.get('name', '?'))
+    level = codec.get('level')
+    return f'{name} (level {level})' if level is not None else name
+
+
+def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
+    task_dir = root / task
+    scan = _scan_task(task_dir, task)
+    summary = TaskSummary(task)
+    outcomes: Counter[str] = Counter()
+    codecs: Counter[str] = Counter()
+    ecus: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    shapes: dict[str, set[str]] = {}
+    state_dims: set[int] = set()
+    action_dims: set[int] = set()
+    fps: set[float] = set()
+    indices = scan.visible
+    for index in indices:
+        meta_path = task_dir / meta_name(index)
+        try:
+            meta = EpisodeMeta.load(meta_path)
+        except SchemaError as exc:
+            summary.unreadable.append(f'{_rel(root, meta_path)}: {_strip(str(exc), meta_path)}')
+            continue
+        summary.episodes += 1
+        summary.steps += meta.steps
+        outcomes[meta.outcome] += 1
+        summary.intervention_steps += meta.intervention_steps
+        summary.episodes_with_intervention += int(meta.intervention_steps > 0)
+        summary.dropped_steps += meta.dropped_steps
+        summary.seconds += meta.steps / meta.fps
+        codecs[_codec_label(meta.image_codec)] += 1
+        ecus[meta.ecu_id] += 1
+        versions['none' if meta.model_version is None else str(meta.model_version)] += 1
+        fps.add(float(meta.fps))
+        for cam in meta.cameras:
+            shape = meta.shapes.get(camera_path(cam), [])
+            if len(shape) == 4:
+                shapes.setdefault(cam, set()).add(f'{shape[1]}x{shape[2]}')
+        st = meta.shapes.get('observation/obs_state', [])
+        ac = meta.shapes.get('action', [])
+        if len(st) == 2:
+            state_dims.add(st[1])
+        if len(ac) == 2:
+            action_dims.add(ac[1])
+    if indices:
+        summary.first_index, summary.last_index = indices[0], indices[-1]
+    summary.gaps = _gaps(set(indices) | (scan.zarr | scan.meta) | set(scan.live_locks))
+    summary.outcomes = {k: outcomes.get(k, 0) for k in ('success', 'fail', 'aborted')}
+    summary.codecs = dict(sorted(codecs.items()))
+    summary.ecu_ids = dict(sorted(ecus.items()))
+    summary.model_versions = dict(sorted(versions.items()))
+    summary.image_shapes = {cam: sorted(v) for cam, v in sorted(shapes.items())}
+    summary.state_dims = sorted(state_dims)
+    summary.action_dims = sorted(action_dims)
+    summary.fps = sorted(fps)
+    summary.leftovers = scan.leftovers()
+    summary.active_writers = scan.active()
+    if sizes:
+        summary.bytes = sum(
+            _tree_bytes(task_dir / episode_dir_name(i)) + _tree_bytes(task_dir / meta_name(i))
+            for i in indices
+        )
+        summary.trash_bytes = _tree_bytes(task_dir / TRASH_DIR) if scan.trash else 0
+    return summary
+
+
+def _totals(tasks: list[TaskSummary], sizes: bool) -> TaskSummary:
+    total = TaskSummary('*')
+    outcomes: Counter[str] = Counter()
+    codecs: Counter[str] = Counter()
+    ecus: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    shapes: dict[str, set[str]] = {}
+    for t in tasks:
+        total.episodes += t.episodes
+        total.steps += t.steps
+        total.intervention_steps += t.intervention_steps
+        total.episodes_with_intervention += t.episodes_with_intervention
+        total.dropped_steps += t.dropped_steps
+        total.seconds += t.seconds
+        outcomes.update(t.outcomes)
+        codecs.update(t.codecs)
+        ecus.update(t.ecu_ids)
+        versions.update(t.model_versions)
+        for cam, v in t.image_shapes.items():
+            shapes.setdefault(cam, set()).update(v)
+        total.state_dims = sorted(set(total.state_dims) | set(t.state_dims))
+        total.action_dims = sorted(set(total.action_dims) | set(t.action_dims))
+        total.fps = sorted(set(total.fps) | set(t.fps))
+        total.unreadable += [f'{t.task}: {u}' for u in t.unreadable]
+        total.leftovers += [f'{t.task}/{x}' for x in t.leftovers]
+        total.active_writers += [f'{t.task}: {x}' for x in t.active_writers]
+    total.outcomes = {k: outcomes.get(k, 0) for k in ('success', 'fail', 'aborted')}
+    total.codecs = dict(sorted(codecs.items()))
+    total.ecu_ids = dict(sorted(ecus.items()))
+    total.model_versions = dict(sorted(versions.items()))
+    total.image_shapes = {cam: sorted(v) for cam, v in sorted(shapes.items())}
+    if sizes:
+        total.bytes = sum(t.bytes or 0 for t in tasks)
+        total.trash_bytes = sum(t.trash_bytes or 0 for t in tasks)
+    return total
+
+
+def _summarize(root: str | os.PathLike[str], task: str | None, sizes: bool) -> DatasetSummary:
+    root_path = Path(root)
+    names = _task_names(root_path, task)
+    if task is not None and not (root_path / task).is_dir():
+        raise DatasetToolError(f'{root_path / task}: task directory does not exist')
+    tasks = [_summarize_task(root_path, t, sizes) for t in names]
+    return DatasetSummary(str(root_path), tasks, _totals(tasks, sizes))
+
+
+def dataset_info(root: str | os.PathLike[str], task: str | None = None) -> DatasetSummary:
+    """Tasks, episode/step counts, codecs, image shapes, sizes on disk and leftovers.
+
+    Reads the meta files only (never the arrays) and walks the episode directories for sizes.
+    Raises :class:`DatasetToolError` if ``root`` does not exist.
+    """
+    return _summarize(root, task, sizes=True)
+
+
+def dataset_stats(root: str | os.PathLike[str], task: str | None = None) -> DatasetSummary:
+    """Counts, outcomes, intervention rates and per-task totals (meta files only, no sizes)."""
+    return _summarize(root, task, sizes=False)
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def _chunk_files(adir: Path) -> list[Path]:
+    out = []
+    for dirpath, _dirs, files in os.walk(adir):
+        for name in files:
+            if name != 'zarr.json':
+                out.append(Path(dirpath) / name)
+    return sorted(out)
+
+
+def _modified_after(files: Iterable[Path], stamp_ns: int) -> list[Path]:
+    out = []
+    for f in files:
+        with contextlib.suppress(OSError):
+            if f.stat().st_mtime_ns > stamp_ns:
+                out.append(f)
+    return out
+
+
+def _mismatch_message(root: Path, path: Path, key: str, meta_path: Path, expected: str,
+                      got: str) -> tuple[str, str]:
+    """(file, message) for a checksum mismatch of array ``key``, naming suspect chunk files."""
+    adir = path / key
+    files = _chunk_files(adir)
+    try:
+        committed = meta_path.stat().st_mtime_ns
+    except OSError:
+        committed = 0
+    suspects = _modified_after(files, committed)
+    message = (
+        f'sha256 mismatch for array {key!r}: the stored data differs from what was recorded '
+        f'(meta {expected[:12]}..., data {got[:12]}...)'
+    )
+    if len(suspects) == 1:
+        note = 'this chunk file was modified after the episode was committed'
+        return _rel(root, suspects[0]), f'{message}; {note}'
+    if suspects:
+        names = ', '.join(s.name for s in suspects[:5]) + (' ...' if len(suspects) > 5 else '')
+        return _rel(root, adir), message + f'; chunk files modified after the commit: {names}'
+    if len(files) == 1:
+        return _rel(root, files[0]), message
+    return _rel(root, adir), message + f' (one of its {len(files)} chunk files)'
+
+
+def check_episode(
+    root: str | os.PathLike[str], task: str, index: int, deep: bool = True
+) -> list[Problem]:
+    """Check episode ``index`` of ``task``; return its problems (empty if it is valid).
+
+    Checks the meta against the schema, every array's dtype/shape/chunk files against the meta,
+    and (``deep``) the sha256 of every array, decoding every frame.  A frame that cannot be
+    decoded is reported with its chunk file; a checksum mismatch names the array and, where it
+    can tell, the chunk file(s) modified after the episode was committed.  Never raises
+    :class:`SchemaError`.
+    """
+    root_path = Path(root)
+    task_dir = root_path / task
+    path = task_dir / episode_dir_name(index)
+    meta_path = task_dir / meta_name(index)
+    rel = _rel(root_path, path)
+
+    def problem(severity: str, file: str, message: str) -> Problem:
+        return Problem(severity, task, file, message, index)
+
+    try:
+        meta = EpisodeMeta.load(meta_path)
+    except SchemaError as exc:
+        return [problem('error', _rel(root_path, meta_path), _strip(str(exc), meta_path))]
+    problems: list[Problem] = []
+    if meta.episode_index != index:
+        problems.append(Problem(
+            'warning', task, _rel(root_path, meta_path),
+            f'meta says episode_index {meta.episode_index} but the file is episode {index} '
+            '(repair rewrites it)', index, repairable=True))
+    if meta.task != task:
+        problems.append(problem(
+            'warning', _rel(root_path, meta_path),
+            f'meta says task {meta.task!r} but the episode is in the task directory {task!r}'))
+    try:
+        validate_episode(path, check_checksums=False)
+    except SchemaError as exc:
+        problems.append(problem('error', rel, _strip(str(exc), path)))
+        return problems
+    except Exception as exc:  # noqa: BLE001 - any zarr failure means a corrupt episode
+        problems.append(problem('error', rel, f'unreadable: {type(exc).__name__}: {exc}'))
+        return problems
+    if not deep:
+        return problems
+    try:
+        reader = EpisodeReader(path)
+    except SchemaError as exc:  # pragma: no cover - validated just above
+        problems.append(problem('error', rel, _strip(str(exc), path)))
+        return problems
+    for key in array_paths(meta.cameras):
+        arr = reader._arrays[key]
+        digest = hashlib.sha256()
+        bad_frames: list[Problem] = []
+        if arr.ndim == 4:
+            for i in range(meta.steps):
+                try:
+                    frame = np.ascontiguousarray(np.asarray(arr[i]))
+                except Exception as exc:  # noqa: BLE001 - codec specific errors
+                    chunk = path / key / arr.metadata.encode_chunk_key((i, 0, 0, 0))
+                    bad_frames.append(problem(
+                        'error', _rel(root_path, chunk),
+                        f'frame {i} of {key!r} cannot be decoded: {type(exc).__name__}: {exc}'))
+                    continue
+                digest.update(frame.data)
+            if bad_frames:
+                problems.extend(bad_frames[:5])
+                if len(bad_frames) > 5:
+                    problems.append(problem(
+                        'error', _rel(root_path, path / key),
+                        f'{len(bad_frames) - 5} more frames of {key!r} cannot be decoded'))
+                continue
+        else:
+            try:
+                data = np.ascontiguousarray(np.asarray(arr[...]))
+            except Exception as exc:  # noqa: BLE001
+                problems.append(problem(
+                    'error', _rel(root_path, path / key),
+                    f'array {key!r} cannot be decoded: {type(exc).__name__}: {exc}'))
+                continue
+            digest.update(data.data)
+        got = digest.hexdigest()
+        expected = meta.sha256.get(key, '')
+        if got != expected:
+            file, message = _mismatch_message(root_path, path, key, meta_path, expected, got)
+            problems.append(problem('error', file, message))
+    return problems
+
+
+def _load_journal(task_dir: Path) -> dict[str, Any]:
+    path = task_dir / JOURNAL_FILE
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PendingOperationError(f'{path}: cannot read the journal: {exc}') from exc
+    steps = data.get('steps') if isinstance(data, dict) else None
+    if (
+        not isinstance(data, dict)
+        or data.get('format') != JOURNAL_FORMAT
+        or not isinstance(steps, list)
+        or not isinstance(data.get('done'), int)
+        or not isinstance(data.get('trash'), str)
+    ):
+        raise PendingOperationError(f'{path}: not a journal this version understands')
+    return data
+
+
+def _structure_problems(root: Path, scan: _TaskScan) -> list[Problem]:
+    task, task_dir = scan.task, scan.path
+    out: list[Problem] = []
+
+    def add(severity: str, path: Path, message: str, index: int | None = None,
+            repairable: bool = True) -> None:
+        out.append(Problem(severity, task, _rel(root, path), message, index, repairable))
+
+    if scan.journal:
+        try:
+            journal = _load_journal(task_dir)
+            add('error', task_dir / JOURNAL_FILE,
+                f'an interrupted {journal.get("op", "delete")} is pending '
+                f'({journal["done"]}/{len(journal["steps"])} steps done); run repair to '
+                'complete it')
+        except PendingOperationError as exc:
+            add('error', task_dir / JOURNAL_FILE, _strip(str(exc), task_dir / JOURNAL_FILE),
+                repairable=False)
+    for i in sorted(scan.zarr - scan.meta):
+        if i in scan.live_locks:
+            continue  # being published right now
+        add('error', task_dir / episode_dir_name(i),
+            'episode data without its meta file (not loadable; repair moves it to the trash)', i)
+    for i in sorted(scan.meta - scan.zarr):
+        add('error', task_dir / meta_name(i),
+            'meta file without episode data (not loadable; repair moves it to the trash)', i)
+    gaps = _gaps(scan.zarr | scan.meta | set(scan.live_locks))
+    if gaps:
+        add('error', task_dir,
+            f'episode numbering has gaps: {format_ranges(gaps)} missing (repair renumbers)')
+    for name, pid in scan.dead_temps:
+        add('warning', task_dir / name,
+            f'leftover of a killed writer (pid {pid}); the next writer or repair removes it')
+    for i, pid in sorted(scan.dead_locks.items()):
+        add('warning', task_dir / lock_name(i),
+            f'stale reservation of dead pid {pid}; the next writer or repair removes it', i)
+    for name in scan.orphans:
+        add('warning', task_dir / name,
+            'uncommitted data of a killed writer, kept for manual recovery (not loadable)',
+            repairable=False)
+    for name, pid in scan.dead_staging:
+        add('warning', task_dir / name,
+            f'staging directory of a killed merge (pid {pid}); repair removes it')
+    for desc in scan.active():
+        add('info', task_dir, f'writer active: {desc}', repairable=False)
+    if scan.trash:
+        size = _tree_bytes(task_dir / TRASH_DIR)
+        add('info', task_dir / TRASH_DIR,
+            f'deleted episodes kept in the trash ({format_bytes(size)}); remove it to free '
+            'space',
+            repairable=False)
+    return out
+
+
+def format_bytes(n: int | None) -> str:
+    """``1234567`` -> ``'1.2 MB'`` (decimal units); ``None`` -> ``'-'``."""
+    if n is None:
+        return '-'
+    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if n >= scale:
+            return f'{n / scale:.1f} {unit}'
+    return f'{n} B'
+
+
+def format_ranges(values: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``'0-2, 5, 7-8'``."""
+    parts: list[str] = []
+    start = prev = None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            parts.append(f'{start}' if start == prev else f'{start}-{prev}')
+            start = prev = v
+    if start is not None:
+        parts.append(f'{start}' if start == prev else f'{start}-{prev}')
+    return ', '.join(parts)
+
+
+def validate_dataset(
+    root: str | os.PathLike[str],
+    task: str | None = None,
+    deep: bool = True,
+    progress: ProgressFn | None = None,
+) -> ValidationReport:
+    """Check every episode under ``root`` (or one task); never raises for a bad episode.
+
+    Reports corrupt or malformed episodes (with the file and what is wrong), checksum
+    mismatches (``deep``), numbering gaps, half episodes, pending interrupted operations and
+    leftovers of killed writers.  ``progress(done, total, label)`` is called after each episode.
+    Raises :class:`DatasetToolError` only if ``root`` does not exist.
+    """
+    root_path = Path(root)
+    report = ValidationReport(str(root_path), deep)
+    names = _task_names(root_path, task)
+    report.tasks = names
+    scans = [_scan_task(root_path / t, t) for t in names]
+    if task is not None and not (root_path / task).is_dir():
+        report.problems.append(Problem('error', task, task, 'task directory does not exist'))
+    total = sum(len(s.visible) for s in scans)
+    done = 0
+    for scan in scans:
+        report.problems.extend(_structure_problems(root_path, scan))
+        for index in scan.visible:
+            problems = check_episode(root_path, scan.task, index, deep)
+            report.episodes += 1
+            if not any(p.severity == 'error' for p in problems):
+                report.valid_episodes += 1
+            report.problems.extend(problems)
+            done += 1
+            if progress is not None:
+                progress(done, total, f'{scan.task}/{episode_dir_name(index)}')
+    return report
+
+
+# -- atomic small-file helpers ---------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, tmp: Path, data: Any, fsync: bool) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False)
+    with open(tmp, 'w', encoding='utf-8') as fh:
+        fh.write(text)
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+    os.rename(tmp, path)
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def _write_journal(task_dir: Path, journal: dict[str, Any], fsync: bool) -> None:
+    tmp = task_dir / f'{JOURNAL_FILE}.tmp-{os.getpid()}'
+    _write_json_atomic(task_dir / JOURNAL_FILE, tmp, journal, fsync)
+
+
+def _write_meta(task_dir: Path, index: int, data: dict[str, Any], fsync: bool) -> None:
+    """Atomically write ``episode_<index>_meta.json`` with ``data`` (episode_index set)."""
+    data = dict(data, episode_index=index)
+    _write_json_atomic(task_dir / meta_name(index), task_dir / meta_temp_name(index, os.getpid()),
+                       data, fsync)
+
+
+def _rewrite_meta(task_dir: Path, src: Path, index: int, fsync: bool) -> None:
+    """Write ``episode_<index>_meta.json`` from the meta at ``src`` with a new episode_index."""
+    _write_meta(task_dir, index, json.loads(src.read_text(encoding='utf-8')), fsync)
+
+
+# -- renumbering (delete / compact) ------------------------------------------------------------
+
+
+def _do_trash_step(task_dir: Path, trash: Path, index: int, fsync: bool) -> list[str]:
+    notes: list[str] = []
+    trash.mkdir(parents=True, exist_ok=True)
+    for name in (meta_name(index), episode_dir_name(index)):  # meta first: uncommit, then data
+        src, dst = task_dir / name, trash / name
+        if os.path.lexists(dst):
+            # already moved; a file now at ``src`` is a newer episode (a writer reused the
+            # freed index while this step was done but not yet recorded): leave it alone
+            continue
+        if os.path.lexists(src):
+            os.rename(src, dst)
+            if fsync:
+                fsync_dir(task_dir)
+            _fire(f'trash:{name}')
+        else:
+            notes.append(f'{name} was neither in place nor in the trash (removed by someone else)')
+    return notes
+
+
+def _do_rename_step(task_dir: Path, old: int, new: int, fsync: bool) -> None:
+    z_old, z_new = task_dir / episode_dir_name(old), task_dir / episode_dir_name(new)
+    m_old, m_new = task_dir / meta_name(old), task_dir / meta_name(new)
+    if not m_new.exists():
+        if z_old.exists() and not z_new.exists():
+            os.rename(z_old, z_new)
+            if fsync:
+                fsync_dir(task_dir)
+            _fire(f'rename-data:{old}->{new}')
+        elif not (z_new.exists() and not z_old.exists()):
+            raise PendingOperationError(
+                f'{task_dir}: cannot move episode {old} to {new}: expected {z_old.name} and no '
+                f'{z_new.name}, found {"both" if z_old.exists() else "neither"}; resolve by hand'
+            )
+        if not m_old.exists():
+            raise PendingOperationError(
+                f'{m_old}: meta of episode {old} is missing while moving it to {new}; '
+                'resolve by hand'
+            )
+        _rewrite_meta(task_dir, m_old, new, fsync)
+        _fire(f'rename-meta:{old}->{new}')
+    elif not z_new.exists():
+        raise PendingOperationError(
+            f'{m_new}: exists without {z_new.name} while moving episode {old}; resolve by hand'
+        )
+    if m_old.exists() and _same_content(m_old, m_new):
+        # (a meta of other content at the old name belongs to an episode a writer published
+        # at the freed index after this step was done but before it was recorded: keep it)
+        m_old.unlink()
+        if fsync:
+            fsync_dir(task_dir)
+        _fire(f'unlink-meta:{old}')
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    """True if two meta files describe the same data (same per-array sha256 table)."""
+    try:
+        ta = json.loads(a.read_text(encoding='utf-8')).get('sha256')
+        tb = json.loads(b.read_text(encoding='utf-8')).get('sha256')
+    except (OSError, ValueError, AttributeError):
+        return False
+    return ta is not None and ta == tb
+
+
+def _run_journal(task_dir: Path, journal: dict[str, Any], fsync: bool) -> list[str]:
+    """Roll the journal forward from its ``done`` step; remove it when complete."""
+    notes: list[str] = []
+    trash = task_dir / journal['trash']
+    steps = journal['steps']
+    for n in range(journal['done'], len(steps)):
+        step = steps[n]
+        if step['kind'] == 'trash':
+            notes += _do_trash_step(task_dir, trash, int(step['index']), fsync)
+        elif step['kind'] == 'rename':
+            _do_rename_step(task_dir, int(step['from']), int(step['to']), fsync)
+        else:
+            raise PendingOperationError(f'{task_dir / JOURNAL_FILE}: unknown step {step!r}')
+        journal['done'] = n + 1
+        _write_journal(task_dir, journal, fsync)
+        _fire(f'journal:{n + 1}')
+    (task_dir / JOURNAL_FILE).unlink()
+    if fsync:
+        fsync_dir(task_dir)
+    _fire('journal-removed')
+    return notes
+
+
+def _new_trash_name(task_dir: Path, label: str) -> str:
+    """A fresh ``.trash/<utc stamp>-<pid>-<label>[-n]`` name (relative to the task dir)."""
+    stamp = time.strftime('%Y%m%dT%H%M%S', time.gmtime())
+    base = f'{TRASH_DIR}/{stamp}-{os.getpid()}-{label}'
+    name, n = base, 1
+    while os.path.lexists(task_dir / name):
+        n += 1
+        name = f'{base}-{n}'
+    return name
+
+
+def _plan(visible: Sequence[int], delete: set[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    deleted = sorted(i for i in visible if i in delete)
+    remaining = [i for i in visible if i not in delete]
+    renames = [(old, new) for new, old in enumerate(remaining) if old != new]
+    return deleted, renames
+
+
+def _check_no_active(scan: _TaskScan, what: str) -> None:
+    active = scan.active()
+    if active:
+        raise ActiveWriterError(
+            f'{scan.path}: refusing to {what} while a writer is active ({"; ".join(active)}); '
+            'stop recording/merging into this task and retry'
+        )
+
+
+def _check_no_pending(task_dir: Path) -> None:
+    if (task_dir / JOURNAL_FILE).exists():
+        raise PendingOperationError(
+            f'{task_dir / JOURNAL_FILE}: an interrupted delete/renumber is pending; run '
+            '`scarls dataset repair` first'
+        )
+
+
+def _renumber(
+    root: Path, task: str, delete: set[int], *, op: str, purge: bool, dry_run: bool,
+    fsync: bool, lock_timeout: float,
+) -> DeleteResult:
+    task_dir = root / check_task_name(task)
+    if not task_dir.is_dir():
+        raise DatasetToolError(f'{task_dir}: task directory does not exist')
+    trash_rel: str | None = None
+    with task_lock(task_dir, lock_timeout):
+        _check_no_pending(task_dir)
+        if not dry_run:
+            cleanup_task_dir(task_dir)  # dead writers' leftovers (nothing visible changes)
+        scan = _scan_task(task_dir, task)
+        _check_no_active(scan, op)
+        halves = sorted(scan.zarr ^ scan.meta)
+        if halves:
+            raise DatasetToolError(
+                f'{task_dir}: episodes {format_ranges(halves)} have data without meta or meta '
+                'without data; run `scarls dataset repair` first'
+            )
+        visible = scan.visible
+        unknown = sorted(delete - set(visible))
+        if unknown:
+            raise DatasetToolError(
+                f'{task_dir}: no episode {format_ranges(unknown)} (episodes: '
+                f'{format_ranges(visible) or "none"})'
+            )
+        deleted, renames = _plan(visible, delete)
+        result = DeleteResult(task, deleted, renames, len(visible) - len(deleted), None, False,
+                              dry_run)
+        if dry_run or (not deleted and not renames):
+            return result
+        trash_rel = _new_trash_name(task_dir, op)
+        journal = {
+            'format': JOURNAL_FORMAT,
+            'op': op,
+            'task': task,
+            'pid': os.getpid(),
+            'created_unix': time.time(),
+            'trash': trash_rel,
+            'steps': [{'kind': 'trash', 'index': i} for i in deleted]
+            + [{'kind': 'rename', 'from': a, 'to': b} for a, b in renames],
+            'done': 0,
+        }
+        _write_journal(task_dir, journal, fsync)
+        _fire('journal-written')
+        for note in _run_journal(task_dir, journal, fsync):
+            log.warning('%s: %s', task_dir, note)
+        result.trash = trash_rel if deleted else None
+    log.info('%s: %s %s, renumbered %d episode(s)', task_dir, op,
+             format_ranges(deleted) or 'nothing', len(renames))
+    if purge and deleted:
+        shutil.rmtree(task_dir / trash_rel, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (task_dir / TRASH_DIR).rmdir()  # only if empty
+        result.purged = True
+    return result
+
+
+def delete_episodes(
+    root: str | os.PathLike[str],
+    task: str,
+    indices: Iterable[int],
+    *,
+    purge: bool = False,
+    dry_run: bool = False,
+    fsync: bool = True,
+    lock_timeout: float = 10.0,
+) -> DeleteResult:
+    """Delete episodes of ``task`` and renumber the later ones to keep ``0..N-1`` contiguous.
+
+    Deleted episodes are moved to ``<root>/<task>/.trash/<stamp>-<pid>/`` (removed for good
+    with ``purge=True``).  Crash-safe through a journal (see the module docstring); refused with
+    :class:`ActiveWriterError` while a writer is recording in the task, with
+    :class:`PendingOperationError` while an interrupted operation is pending, and with
+    :class:`DatasetToolError` for unknown indices or half episodes.  Existing gaps are closed
+    too.  The writer lock is held for the whole operation (about one rename and one small meta
+    write per renumbered episode): writers starting meanwhile wait for it.
+    """
+    wanted = set()
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
+            raise DatasetToolError(f'episode indices must be ints >= 0, got {i!r}')
+        wanted.add(int(i))
+    return _renumber(Path(root), task, wanted, op='delete', purge=purge, dry_run=dry_run,
+                     fsync=fsync, lock_timeout=lock_timeout)
+
+
+# -- repair ------------------------------------------------------------------------------------
+
+
+def repair(
+    root: str | os.PathLike[str],
+    task: str | None = None,
+    *,
+    fsync: bool = True,
+    lock_timeout: float = 10.0,
+) -> RepairResult:
+    """Bring task directories back to a clean, contiguous layout; report what remains.
+
+    Per task: completes an interrupted delete/renumber from its journal; removes leftovers of
+    killed writers and merges; moves half episodes (data without meta or meta without data) to
+    the trash; rewrites metas whose ``episode_index`` disagrees with their file name; closes
+    numbering gaps by renumbering (only when no writer is active).  Corrupt episodes are left in
+    place (the loaders skip them; see :func:`validate_dataset`, delete them explicitly).
+    """
+    root_path = Path(root)
+    result = RepairResult(str(root_path))
+    for name in _task_names(root_path, task):
+        task_dir = root_path / name
+        if not task_dir.is_dir():
+            result.remaining.append(f'{name}: task directory does not exist')
+            continue
+        try:
+            _repair_task(root_path, name, result, fsync, lock_timeout)
+        except (DatasetToolError, OSError) as exc:
+            result.remaining.append(f'{name}: {exc}')
+    return result
+
+
+def _repair_task(root: Path, task: str, result: RepairResult, fsync: bool,
+                 lock_timeout: float) -> None:
+    task_dir = root / task
+    actions = result.actions
+
+    def act(message: str) -> None:
+        actions.append(f'{task}: {message}')
+        log.info('%s: %s', task_dir, message)
+
+    with task_lock(task_dir, lock_timeout):
+        if (task_dir / JOURNAL_FILE).exists():
+            journal = _load_journal(task_dir)
+            done, total = journal['done'], len(journal['steps'])
+            for note in _run_journal(task_dir, journal, fsync):
+                act(note)
+            act(f'completed the interrupted {journal.get("op", "delete")} '
+                f'(steps {done + 1}-{total} of {total})')
+        for action in cleanup_task_dir(task_dir):
+            act(action)
+        scan = _scan_task(task_dir, task)
+        for name, pid in scan.dead_temps:  # e.g. journal temp files of a killed operation
+            with contextlib.suppress(OSError):
+                (task_dir / name).unlink()
+                act(f'removed leftover {name} of dead pid {pid}')
+        for name, pid in scan.dead_staging:
+            shutil.rmtree(task_dir / name, ignore_errors=True)
+            act(f'removed staging directory {name} of dead merge pid {pid}')
+        halves = sorted(i for i in scan.zarr ^ scan.meta if i not in scan.live_locks)
+        if halves:
+            trash = task_dir / _new_trash_name(task_dir, 'repair')
+            trash.mkdir(parents=True, exist_ok=True)
+            for i in halves:
+                for name in (episode_dir_name(i), meta_name(i)):
+                    if os.path.lexists(task_dir / name):
+                        os.rename(task_dir / name, trash / name)
+                        act(f'moved half episode {name} to {_rel(task_dir, trash)}')
+            if fsync:
+                fsync_dir(task_dir)
+        scan = _scan_task(task_dir, task)
+        for index in scan.visible:
+            meta_path = task_dir / meta_name(index)
+            try:
+                data = json.loads(meta_path.read_text(encoding='utf-8'))
+            except (OSError, ValueError):
+                continue  # reported by validate
+            if isinstance(data, dict) and data.get('episode_index') != index:
+                _rewrite_meta(task_dir, meta_path, index, fsync)
+                act(f'rewrote episode_index of {meta_name(index)} '
+                    f'({data.get("episode_index")} -> {index})')
+        gaps = _gaps(scan.zarr | scan.meta | set(scan.live_locks))
+    if gaps:
+        if scan.active():
+            result.remaining.append(
+                f'{task}: numbering gaps {format_ranges(gaps)} remain because a writer is active '
+                f'({"; ".join(scan.active())}); run repair again when it is done'
+            )
+            return
+        res = _renumber(root, task, set(), op='compact', purge=False, dry_run=False,
+                        fsync=fsync, lock_timeout=lock_timeout)
+        act(f'closed numbering gaps {format_ranges(gaps)} '
+            f'({len(res.renamed)} episode(s) renumbered)')
+
+
+# -- merge -------------------------------------------------------------------------------------
+
+
+def _fingerprint(meta_data: dict[str, Any]) -> str:
+    """Identity of an episode's content: the digest of its per-array sha256 table."""
+    table = meta_data.get('sha256', {})
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
+
+
+def _dst_fingerprints(task_dir: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for index in _scan_task(task_dir, task_dir.name).visible:
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads((task_dir / meta_name(index)).read_text(encoding='utf-8'))
+            if isinstance(data, dict):
+                out.setdefault(_fingerprint(data), index)
+    return out
+
+
+def _file_table(path: Path) -> dict[str, int]:
+    table = {}
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            p = Path(dirpath) / name
+            table[str(p.relative_to(path))] = p.stat().st_size
+    return table
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            fsync_file(Path(dirpath) / name)
+        fsync_dir(Path(dirpath))
+
+
+def merge_datasets(
+    dst_root: str | os.PathLike[str],
+    src_roots: Sequence[str | os.PathLike[str]],
+    task: str | None = None,
+    *,
+    verify: bool = True,
+    skip_duplicates: bool = True,
+    fsync: bool = True,
+    lock_timeout: float = 10.0,
+    progress: ProgressFn | None = None,
+) -> MergeResult:
+    """Append copies of the episodes of ``src_roots`` (one task or all) to ``dst_root``.
+
+    Every source episode is validated first (``verify``: including its sha256 checksums); a bad
+    one is skipped with the file and what is wrong, and the rest are copied.  Episodes whose
+    content is already in the destination task (same checksums) are skipped as duplicates
+    unless ``skip_duplicates=False``, so re-running an interrupted merge copies only what is
+    missing.  Copies get the next free indices of the destination task (after its last
+    episode), their meta records the new ``episode_index`` and ``extra['merged_from']``.
+    Never overwrites; works while writers record into the destination (same reservation
+    protocol).  Raises :class:`DatasetToolError` for a missing source root, a source equal to the
+    destination, or a pending interrupted operation in a destination task.
+    """
+    dst = Path(dst_root)
+    result = MergeResult(str(dst))
+    dst_resolved = dst.resolve()
+    sources: list[tuple[Path, str, int]] = []
+    for src in src_roots:
+        src_path = Path(src)
+        if src_path.resolve() == dst_resolved:
+            raise DatasetToolError(f'{src_path}: a source cannot be the destination root')
+        for name in _task_names(src_path, task):
+            for index in _scan_task(src_path / name, name).visible:
+                sources.append((src_path, name, index))
+    fingerprints: dict[str, dict[str, int]] = {}
+    for n, (src_path, name, index) in enumerate(sources, 1):
+        label = f'{src_path}/{name}/{episode_dir_name(index)}'
+        entry = {'source': str(src_path), 'task': name, 'index': index}
+        problems = [p for p in check_episode(src_path, name, index, deep=verify)
+                    if p.severity == 'error']
+        if problems:
+            reason = '; '.join(f'{src_path / p.path}: {p.message}' for p in problems)
+            result.skipped.append({**entry, 'reason': reason})
+            log.info('merge: skipping %s: %s', label, reason)
+        else:
+            task_dir = dst / name
+            task_dir.mkdir(parents=True, exist_ok=True)
+            if name not in fingerprints:
+                _check_no_pending(task_dir)
+                fingerprints[name] = _dst_fingerprints(task_dir) if skip_duplicates else {}
+            src_meta = json.loads(
+                (src_path / name / meta_name(index)).read_text(encoding='utf-8'))
+            fp = _fingerprint(src_meta)
+            if skip_duplicates and fp in fingerprints[name]:
+                result.duplicates.append({**entry, 'existing_index': fingerprints[name][fp]})
+            else:
+                try:
+                    new_index = _copy_episode(src_path, name, index, dst, src_meta, fsync,
+                                              lock_timeout)
+                except (EpisodeFormatError, OSError, ValueError) as exc:
+                    result.skipped.append({**entry, 'reason': f'copy failed: {exc}'})
+                    log.info('merge: copying %s failed: %s', label, exc)
+                else:
+                    fingerprints[name][fp] = new_index
+                    result.copied.append({**entry, 'dst_task': name, 'dst_index': new_index})
+        if progress is not None:
+            progress(n, len(sources), label)
+    return result
+
+
+def _copy_episode(src_root: Path, task: str, index: int, dst_root: Path,
+                  src_meta: dict[str, Any], fsync: bool, lock_timeout: float) -> int:
+    src_dir = src_root / task / episode_dir_name(index)
+    task_dir = dst_root / task
+    staging = task_dir / f'{STAGING_PREFIX}{os.getpid()}'
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    staged = staging / 'episode.zarr'
+    try:
+        shutil.copytree(src_dir, staged, symlinks=False)
+        if _file_table(staged) != _file_table(src_dir):
+            raise DatasetToolError(f'{staged}: the copy differs from {src_dir} (files or sizes)')
+        if fsync:
+            _fsync_tree(staged)
+        meta = EpisodeMeta.from_dict(src_meta, source=str(src_root / task / meta_name(index)))
+        with task_lock(task_dir, lock_timeout):
+            _check_no_pending(task_dir)
+            cleanup_task_dir(task_dir)
+            new = reserve_index(task_dir, os.getpid())
+            final = task_dir / episode_dir_name(new)
+            try:
+                os.rename(staged, final)
+                if fsync:
+                    fsync_dir(task_dir)
+
+                extra = dict(meta.extra)
+                extra['merged_from'] = {'source': src_root.name, 'task': task, 'index': index}
+                _write_meta(task_dir, new, dict(src_meta, extra=extra), fsync)
+            except BaseException:
+                if final.exists() and not (task_dir / meta_name(new)).exists():
+                    with contextlib.suppress(OSError):
+                        os.rename(final, staged)
+                raise
+            finally:
+                with contextlib.suppress(OSError):
+                    (task_dir / lock_name(new)).unlink()
+        return new
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- LeRobot v3 import -------------------------------------------------------------------------
+
+_INTERVENTION_KEYS = ('intervention', 'is_intervention', 'complementary_info.is_intervention')
+
+
+@dataclass
+class ImportResult:
+    """Result of :func:`import_lerobot_v3`."""
+
+    root: str
+    task: str
+    imported: list[dict[str, Any]] = field(default_factory=list)
+    already_present: list[int] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'root': self.root, 'task': self.task, 'ok': self.ok, 'imported': self.imported,
+                'already_present': self.already_present, 'failed': self.failed}
+
+
+def _lerobot_modules() -> tuple[Any, Any]:
+    try:
+        import av
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DatasetToolError(
+            f'importing LeRobot datasets needs pyarrow and av (PyAV): {exc}'
+        ) from exc
+    return pq, av
+
+
+def _column_2d(table: Any, key: str) -> np.ndarray:
+    """A numeric (list) column of a pyarrow table as a ``(rows, dim)`` float array."""
+    col = table.column(key).combine_chunks()
+    n = len(col)
+    if hasattr(col, 'flatten'):
+        values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+        if n and values.size % n:
+            raise DatasetToolError(f'column {key!r} has rows of different lengths')
+        return values.reshape(n, -1) if n else values.reshape(0, 0)
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(n, 1)
+
+
+def _video_frames(av: Any, path: Path, from_ts: float, times: np.ndarray,
+                  fps: float) -> Generator[np.ndarray, None, None]:
+    """Frames of a video at ``from_ts + times`` (nearest within half a frame), streamed."""
+    tol = 0.5 / fps
+    try:
+        container = av.open(str(path))
+    except Exception as exc:  # noqa: BLE001 - av raises its own error family
+        raise DatasetToolError(f'{path}: cannot open video: {exc}') from exc
+    with container:
+        stream = container.streams.video[0]
+        start = from_ts + float(times[0]) - tol
+        if start > 0:
+            container.seek(int(start / stream.time_base), stream=stream)
+        frames = container.decode(stream)
+        for t in times:
+            target = from_ts + float(t)
+            for frame in frames:
+                ft = frame.time
+                if ft is None or ft < target - tol:
+                    continue
+                if ft > target + tol:
+                    raise DatasetToolError(
+                        f'{path}: no frame at {target:.3f} s (next frame at {ft:.3f} s)'
+                    )
+                yield frame.to_ndarray(format='rgb24')
+                break
+            else:
+                raise DatasetToolError(f'{path}: the video ends before {target:.3f} s')
+
+
+def _image_frames(table: Any, key: str) -> Generator[np.ndarray, None, None]:
+    import imagecodecs
+    for value in table.column(key).to_pylist():
+        data = value.get('bytes') if isinstance(value, dict) else value
+        if not data:
+            raise DatasetToolError(f'image column {key!r} holds no embedded image bytes')
+        img = np.asarray(imagecodecs.imread(data))
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        yield np.ascontiguousarray(img[..., :3].astype(np.uint8))
+
+
+def _fit(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if img.shape[:2] == shape:
+        return img
+    import cv2
+    return cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def _imported_keys(task_dir: Path) -> set[tuple[str, int]]:
+    out: set[tuple[str, int]] = set()
+    for index in _scan_task(task_dir, task_dir.name).visible:
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            data = json.loads((task_dir / meta_name(index)).read_text(encoding='utf-8'))
+            src = data['extra']['lerobot']
+            out.add((str(src['dataset']), int(src['episode_index'])))
+    return out
+
+
+class _LeRobotV3:
+    """Reader of one LeRobot v3.0 dataset folder (open formats only)."""
+
+    def __init__(self, folder: Path, cameras: Sequence[str] | None,
+                 image_shape: tuple[int, int] | None) -> None:
+        self.pq, self.av = _lerobot_modules()
+        self.src = folder
+        info_path = folder / 'meta' / 'info.json'
+        try:
+            info = json.loads(info_path.read_text(encoding='utf-8'))
+        except (OSError, ValueError) as exc:
+            raise DatasetToolError(f'{info_path}: cannot read: {exc}') from exc
+        version = str(info.get('codebase_version', ''))
+        if not version.startswith('v3'):
+            raise DatasetToolError(
+                f'{folder}: codebase_version {version!r} is not a LeRobot v3 dataset (convert '
+                'it with the LeRobot v2.1 -> v3.0 conversion first)'
+            )
+        self.info = info
+        self.features: dict[str, Any] = info.get('features', {})
+        for key in ('observation.state', 'action'):
+            if key not in self.features:
+                raise DatasetToolError(f'{info_path}: feature {key!r} is missing')
+        self.visual = {k.rsplit('.', 1)[-1]: k for k, f in self.features.items()
+                       if f.get('dtype') in ('video', 'image')}
+        self.cameras = list(cameras) if cameras else list(self.visual)
+        if not self.cameras:
+            raise DatasetToolError(f'{folder}: the dataset has no camera (video/image) feature')
+        for cam in self.cameras:
+            if cam not in self.visual:
+                raise DatasetToolError(
+                    f'{folder}: no camera {cam!r}; cameras: {sorted(self.visual)}')
+            check_task_name(cam)
+        self.fps = float(info.get('fps', 0) or 0)
+        if not self.fps > 0:
+            raise DatasetToolError(f'{info_path}: no positive fps')
+        self.image_shape = image_shape or self._feature_hw(self.visual[self.cameras[0]])
+        self.state_dim = int(np.prod(self.features['observation.state'].get('shape', [1])))
+        self.action_dim = int(np.prod(self.features['action'].get('shape', [1])))
+        self.data_tpl = str(info.get('data_path')
+                            or 'data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet')
+        self.video_tpl = str(info.get('video_path') or '')
+        self.name = folder.resolve().name
+        self.robot = str(info.get('robot_type') or 'robot')
+        self._data: tuple[Path, Any] | None = None  # one data file kept in memory
+
+    def _feature_hw(self, key: str) -> tuple[int, int]:
+        feat = self.features[key]
+        shape = [int(x) for x in feat.get('shape', [])]
+        names = [str(x) for x in (feat.get('names') or [])]
+        if len(shape) != 3:
+            raise DatasetToolError(f'{self.src}: camera feature {key!r} has no 3-D shape')
+        if names[:1] in (['c'], ['channels']) or (shape[0] in (1, 3) and shape[2] not in (1, 3)):
+            return shape[1], shape[2]
+        return shape[0], shape[1]
+
+    def episodes(self) -> list[dict[str, Any]]:
+        files = sorted((self.src / 'meta' / 'episodes').glob('chunk-*/file-*.parquet'))
+        if not files:
+            raise DatasetToolError(f'{self.src}: no meta/episodes/chunk-*/file-*.parquet')
+        rows: list[dict[str, Any]] = []
+        for f in files:
+            try:
+                rows += self.pq.read_table(f).to_pylist()
+            except Exception as exc:  # noqa: BLE001 - pyarrow error family
+                raise DatasetToolError(f'{f}: cannot read parquet: {exc}') from exc
+        return sorted(rows, key=lambda r: int(r['episode_index']))
+
+    def _table(self, row: dict[str, Any]) -> tuple[Path, Any]:
+        path = self.src / self.data_tpl.format(chunk_index=int(row['data/chunk_index']),
+                                               file_index=int(row['data/file_index']))
+        if self._data is None or self._data[0] != path:
+            try:
+                self._data = (path, self.pq.read_table(path))
+            except Exception as exc:  # noqa: BLE001 - pyarrow error family
+                raise DatasetToolError(f'{path}: cannot read parquet: {exc}') from exc
+        return self._data
+
+    def write_episode(self, row: dict[str, Any], root: Path, task: str, outcome: str,
+                      codec: str, fsync: bool) -> Any:
+        """Write one LeRobot episode with the episode writer; return its EpisodeRef."""
+        import pyarrow.compute as pc
+
+        from scarls.episodes.writer import EpisodeWriter, StepRecord
+
+        ep = int(row['episode_index'])
+        path, table = self._table(row)
+        table = table.filter(pc.equal(table.column('episode_index'), ep))
+        if 'frame_index' in table.column_names:
+            order = np.argsort(table.column('frame_index').to_numpy(), kind='stable')
+            table = table.take(order)
+        steps = table.num_rows
+        if steps == 0:
+            raise DatasetToolError(f'{path}: no rows of episode {ep}')
+        if row.get('length') is not None and int(row['length']) != steps:
+            raise DatasetToolError(
+                f'{path}: episode {ep} has {steps} rows, meta/episodes says {row["length"]}')
+        state = _column_2d(table, 'observation.state')
+        action = _column_2d(table, 'action')
+        if state.shape[1] != self.state_dim or action.shape[1] != self.action_dim:
+            raise DatasetToolError(
+                f'{path}: episode {ep} has state/action dims {state.shape[1]}/{action.shape[1]}, '
+                f'meta/info.json says {self.state_dim}/{self.action_dim}')
+        names = table.column_names
+        times = (np.asarray(table.column('timestamp').to_numpy(), dtype=np.float64)
+                 if 'timestamp' in names else np.arange(steps) / self.fps)
+        interv = np.zeros(steps, bool)
+        for key in _INTERVENTION_KEYS:
+            if key in names:
+                interv = _column_2d(table, key)[:, 0] > 0.5
+                break
+        if 'next.success' in names:
+            outcome = 'success' if (_column_2d(table, 'next.success') > 0.5).any() else 'fail'
+        elif 'next.reward' in names:
+            outcome = 'success' if _column_2d(table, 'next.reward')[-1, 0] > 0 else 'fail'
+        streams = []
+        for cam in self.cameras:
+            key = self.visual[cam]
+            if self.features[key].get('dtype') == 'video':
+                vpath = self.src / self.video_tpl.format(
+                    video_key=key, chunk_index=int(row[f'videos/{key}/chunk_index']),
+                    file_index=int(row[f'videos/{key}/file_index']))
+                start = float(row[f'videos/{key}/from_timestamp'])
+                streams.append(_video_frames(self.av, vpath, start, times, self.fps))
+            else:
+                streams.append(_image_frames(table, key))
+        writer = EpisodeWriter(root, task, f'lerobot-{self.robot}', cameras=self.cameras,
+                               image_shape=self.image_shape, state_dim=self.state_dim,
+                               action_dim=self.action_dim, fps=self.fps, codec=codec,
+                               fsync=fsync)
+        try:
+            for i in range(steps):
+                images = {}
+                for cam, stream in zip(self.cameras, streams, strict=True):
+                    frame = next(stream, None)
+                    if frame is None:
+                        raise DatasetToolError(f'camera {cam!r}: fewer frames than steps')
+                    images[cam] = _fit(frame, self.image_shape)
+                writer.append(StepRecord(images, state[i], action[i], bool(interv[i]),
+                                         float(times[i])))
+            tasks = [str(t) for t in (row.get('tasks') or [])]
+            return writer.finalize(outcome, None, {
+                'source': 'offline',
+                'lerobot': {'dataset': self.name, 'episode_index': ep, 'tasks': tasks},
+            })
+        finally:
+            writer.abort()  # no-op after finalize
+            for stream in streams:
+                stream.close()
+
+
+def import_lerobot_v3(
+    folder: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    task: str,
+    *,
+    cameras: Sequence[str] | None = None,
+    image_shape: tuple[int, int] | None = None,
+    episodes: Iterable[int] | None = None,
+    outcome: str = 'success',
+    codec: str = 'lz4',
+    fsync: bool = True,
+    progress: ProgressFn | None = None,
+) -> ImportResult:
+    """Import a LeRobot v3.0 dataset folder as episodes of ``task`` under ``root``.
+
+    Reads the open formats only (``meta/info.json``, parquet through ``pyarrow``, mp4 through
+    PyAV), not the ``lerobot`` package.  Mapping: ``observation.state`` -> state, ``action`` ->
+    action, each ``video``/``image`` feature ``observation.images.<cam>`` -> camera ``<cam>``
+    (``cameras`` selects and orders them; frames are resized to ``image_shape``, default: the
+    first camera's size), ``timestamp`` -> timestamp (video frames are matched to it within half
+    a frame); intervention from a boolean ``intervention`` / ``is_intervention`` /
+    ``complementary_info.is_intervention`` column if present; the outcome from ``next.success``
+    (any True) or the last ``next.reward`` (> 0) if present, else ``outcome``.  Each episode is
+    written with the ordinary writer (crash-safe, appended after the last episode) and its
+    meta's ``extra['lerobot']`` records the source, so importing again skips what is already
+    there.  An episode that cannot be read is reported in ``failed`` with the file and the
+    problem; the others are imported.
+    """
+    check_task_name(task)
+    source = _LeRobotV3(Path(folder), cameras, image_shape)
+    rows = source.episodes()
+    if episodes is not None:
+        wanted = {int(i) for i in episodes}
+        rows = [r for r in rows if int(r['episode_index']) in wanted]
+    root_path = Path(root)
+    result = ImportResult(str(root_path), task)
+    done = _imported_keys(root_path / task)
+    for n, row in enumerate(rows, 1):
+        ep = int(row['episode_index'])
+        if (source.name, ep) in done:
+            result.already_present.append(ep)
+        else:
+            try:
+                ref = source.write_episode(row, root_path, task, outcome, codec, fsync)
+            except (EpisodeFormatError, OSError, ValueError, KeyError) as exc:
+                result.failed.append({'episode_index': ep, 'reason': str(exc)})
+                log.info('LeRobot import: episode %d of %s failed: %s', ep, folder, exc)
+            else:
+                result.imported.append({'episode_index': ep, 'index': ref.index,
+                                        'steps': ref.steps})
+        if progress is not None:
+            progress(n, len(rows), f'episode {ep}')
+    return result
