@@ -106,3 +106,21 @@ def test_stale_takeover_commands_are_not_labels_and_held_out_episodes_still_eval
     assert sum(labels[i] > 0 for i in range(5, steps)) == steps - 5 - len(stale)
     result = learner.train_round(20)
     assert math.isfinite(result.metric)
+
+
+def test_fleet_round_of_one_goes_through_the_selector(tmp_path, demos):
+    from scarls.fleet import CheckpointSelector, FleetConfig, FleetReducer, Rendezvous
+
+    learner = _learner(tmp_path, demos, threshold=100.0)
+    solo = Rendezvous('127.0.0.1', 1, rank=0, world_size=1)
+    passing = FleetReducer(FleetConfig(threshold=100.0), 'ecu0', rendezvous=solo)
+    result = learner.train_round(20, passing, CheckpointSelector(100.0))
+    assert result.fleet.status == 'alone' and result.approved and 'selector' in result.reason
+    assert result.record.metrics['fleet_round'] == 0.0
+    assert result.record.metrics['local_open_loop_error'] == pytest.approx(result.local_metric)
+    assert learner.deployed_version == result.version
+    # an error above the fleet's bar: the round is skipped and nothing is deployed
+    strict = FleetReducer(FleetConfig(threshold=1e-12), 'ecu0', rendezvous=solo)
+    skipped = learner.train_round(20, strict, CheckpointSelector(100.0))
+    assert skipped.fleet.status == 'skipped' and not skipped.approved
+    assert 'skipped' in skipped.reason and learner.deployed_version == result.version

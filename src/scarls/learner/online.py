@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,10 @@ class RoundResult:
     eval_seconds: float
     online_episodes: int
     record: CheckpointRecord | None
+    fleet: Any = None
+    """The fleet round (:class:`scarls.fleet.RoundResult`) when the round was synchronised."""
+    local_metric: float | None = None
+    """This ECU's own open-loop error before the fleet round (None without a fleet)."""
 
 
 class OnlineLearner:
@@ -220,8 +225,18 @@ class OnlineLearner:
                 model.load_state_dict(current)
         return float(result.mse)
 
-    def train_round(self, steps: int | None = None) -> RoundResult:
-        """Train, evaluate open-loop, gate and publish one candidate."""
+    def train_round(self, steps: int | None = None, reducer: Any = None,
+                    selector: Any = None) -> RoundResult:
+        """Train, evaluate open-loop, gate and publish one candidate.
+
+        With a fleet (``reducer``: :class:`scarls.fleet.FleetReducer`, ``selector``:
+        :class:`scarls.fleet.CheckpointSelector`) the candidate then takes part in the fleet's
+        round: ``'reduced'``/``'alone'`` - the synchronised parameters replace the local ones
+        (training continues from them) and only the selector's second open-loop test decides
+        the deploy; ``'skipped'`` (this ECU's error fails the threshold) - nothing is deployed;
+        ``'missed'``/``'failed'`` - the fleet could not be reached in time: the local candidate
+        goes through the local gate as without a fleet.
+        """
         if not self.episodes:
             raise LearnerError('no training data yet')
         steps = int(steps or self.config.steps_per_round)
@@ -234,8 +249,30 @@ class OnlineLearner:
             self.deployed_metric = self.evaluate(self._deployed_weights)
         eval_s = time.perf_counter() - t0
         decision = self.gate.decide(metric, self.deployed_metric)
+        approved, reason = decision.approved, decision.reason
         parent = self.deployed_version
         model = self.trainer.deployable()
+        fleet, local_metric, extra_metrics = None, None, {}
+        if reducer is not None:
+            fleet = reducer.reduce(model, metric)
+            local_metric = metric
+            extra_metrics = {'fleet_round': float(fleet.round),
+                             'fleet_participants': float(len(fleet.participants)),
+                             'local_open_loop_error': metric if math.isfinite(metric) else 1e9}
+            if fleet.status in ('reduced', 'alone'):
+                if model is not self.policy:   # training goes on from the fleet's weights
+                    self.policy.load_state_dict(model.state_dict())
+                selection = selector.select(model, self.heldout,
+                                            reference_metric=self.deployed_metric)
+                metric = float(selection.metric)
+                approved = bool(selection.approved)
+                reason = (f'fleet round {fleet.round} {fleet.status} '
+                          f'({len(fleet.participants)} ECUs); selector: {selection.reason}')
+            elif fleet.status == 'skipped':
+                approved = False
+                reason = f'fleet round {fleet.round} skipped: {fleet.reason}'
+            else:
+                reason = f'fleet round {fleet.round} {fleet.status} ({fleet.reason}); ' + reason
         # timings ride along with the metrics so the registry index keeps them (lineage)
         record = self.registry.publish(
             model, metrics={METRIC: metric if math.isfinite(metric) else 1e9,
@@ -245,19 +282,18 @@ class OnlineLearner:
                                   'eval_seconds': round(eval_s, 3),
                                   'load_seconds': round(self.last_load_seconds, 3),
                                   'online_episodes': float(self.online_episodes),
-                                  'published_unix': time.time()},
-            parent=parent, approved=decision.approved, extra={'reason': decision.reason})
-        if decision.approved:
+                                  'published_unix': time.time(), **extra_metrics},
+            parent=parent, approved=approved, extra={'reason': reason})
+        if approved:
             self.deployed_metric, self.deployed_version = metric, record.version
             self._deployed_weights = {k: v.detach().clone()
                                       for k, v in model.state_dict().items()}
             self.registry.mark_deployed(record.version)
-        result = RoundResult(record.version, parent, metric, decision.approved, decision.reason,
+        result = RoundResult(record.version, parent, metric, approved, reason,
                              float(stats.loss_mean), steps, float(stats.seconds), eval_s,
-                             self.online_episodes, record)
+                             self.online_episodes, record, fleet, local_metric)
         self.rounds.append(result)
         log.info('round %d: v%d open-loop error %.4f %s (%s); %d steps in %.1f s',
                  len(self.rounds), record.version, metric,
-                 'APPROVED' if decision.approved else 'rejected', decision.reason, steps,
-                 stats.seconds)
+                 'APPROVED' if approved else 'rejected', reason, steps, stats.seconds)
         return result

@@ -1,0 +1,62 @@
+"""The fleet: ECUs that learn one policy by a metric-weighted all-reduce of their parameters.
+
+Nothing here imports ROS; importing the package imports neither torch nor the learner (the
+names below load their module on first use).
+
+* :mod:`~scarls.fleet.weights` - open-loop errors -> reduction weights (normalised inverse
+  error over the ECUs that pass the threshold). Pure Python.
+* :mod:`~scarls.fleet.allreduce` - :class:`FleetReducer`: one round of rendezvous (TCPStore,
+  torchrun variables), membership with deadlines, and the all-reduce of the trainable
+  parameters over torch.distributed (Gloo / NCCL); :func:`serve_rendezvous` hosts the store.
+* :mod:`~scarls.fleet.selector` - :class:`CheckpointSelector`: the second open-loop test of
+  the synchronised model before it is published.
+
+Per round, on every ECU's learner::
+
+    result = reducer.reduce(policy, metric=local_eval.mse)
+    if result.status in ('reduced', 'alone'):
+        selection = selector.select(policy, heldout, reference_metric=deployed_metric)
+        if selection.approved:
+            ...  # publish the checkpoint
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from scarls.fleet.weights import DEFAULT_EPS, passes_threshold, reduction_weights
+
+_LAZY = {
+    'BACKENDS': 'allreduce',
+    'STATUSES': 'allreduce',
+    'FleetConfig': 'allreduce',
+    'FleetConfigError': 'allreduce',
+    'FleetError': 'allreduce',
+    'FleetReducer': 'allreduce',
+    'Rendezvous': 'allreduce',
+    'RendezvousHost': 'allreduce',
+    'RoundResult': 'allreduce',
+    'flatten_trainable': 'allreduce',
+    'parameter_signature': 'allreduce',
+    'serve_rendezvous': 'allreduce',
+    'state_bytes': 'allreduce',
+    'trainable_parameters': 'allreduce',
+    'CheckpointSelector': 'selector',
+    'Selection': 'selector',
+}
+
+__all__ = ['DEFAULT_EPS', 'passes_threshold', 'reduction_weights', *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,133 @@
+"""The checkpoint selector: a second open-loop test of the fleet-averaged parameters.
+
+Averaging parameters can produce a model worse than any of its parts (the ECUs' models drifted
+apart, a bad weight slipped through), so the synchronised model is evaluated again on held-out
+episodes before anything is published. :class:`CheckpointSelector` runs
+:func:`scarls.learner.evaluation.evaluate_open_loop` on them and applies the same rule as the
+learner's :class:`~scarls.learner.evaluation.CheckpointGate`: the error (rad^2, lower is better)
+must be finite and at most ``threshold`` and, when a reference error is given (the deployed
+model's on the same episodes, or this ECU's own pre-reduction error), not worse than it by more
+than the relative ``tolerance``. Pure: it takes a policy and episodes, and never changes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+
+from scarls.learner.evaluation import (
+    CheckpointGate,
+    OpenLoopResult,
+    evaluate_open_loop,
+    open_loop_batches,
+)
+from scarls.learner.rollout import policy_cameras
+from scarls.learner.trainer import EpisodeData
+from scarls.policies import Policy
+
+__all__ = ['CheckpointSelector', 'Selection']
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Whether the synchronised model may be published, and why."""
+
+    approved: bool
+    """True: publish the synchronised model."""
+    reason: str
+    """Human-readable justification."""
+    result: OpenLoopResult
+    """The second open-loop test."""
+    reference_metric: float | None = None
+    """The error the candidate was compared with (None: threshold only)."""
+    seconds: float = 0.0
+    """Time spent evaluating."""
+
+    @property
+    def metric(self) -> float:
+        """The candidate's open-loop error (rad^2)."""
+        return self.result.mse
+
+
+class CheckpointSelector:
+    """Re-evaluate a synchronised policy on held-out episodes and decide (module docstring).
+
+    ``stride`` and ``batch_size`` are passed to
+    :func:`~scarls.learner.evaluation.open_loop_batches`; ``min_frames`` rejects a verdict
+    drawn from too few labelled frames.
+    """
+
+    def __init__(
+        self,
+        threshold: float,
+        *,
+        tolerance: float = 0.0,
+        stride: int = 1,
+        batch_size: int = 64,
+        min_frames: int = 1,
+    ) -> None:
+        self.gate = CheckpointGate(threshold, must_not_be_worse=True, tolerance=tolerance)
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            raise ValueError(f'stride must be an int >= 1, got {stride!r}')
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f'batch_size must be an int >= 1, got {batch_size!r}')
+        if not isinstance(min_frames, int) or isinstance(min_frames, bool) or min_frames < 1:
+            raise ValueError(f'min_frames must be an int >= 1, got {min_frames!r}')
+        self.stride = stride
+        self.batch_size = batch_size
+        self.min_frames = min_frames
+
+    @property
+    def threshold(self) -> float:
+        """Highest error that may be published (rad^2)."""
+        return self.gate.threshold
+
+    def evaluate(
+        self,
+        policy: Policy,
+        episodes: Mapping[Hashable, EpisodeData] | Sequence[EpisodeData],
+        labels: Mapping[Hashable, np.ndarray] | None = None,
+    ) -> OpenLoopResult:
+        """Open-loop error of ``policy`` on ``episodes`` (expert-labelled steps, or ``labels``)."""
+        batches = open_loop_batches(
+            episodes,
+            policy.config.chunk_size,
+            cameras=policy_cameras(policy),
+            labels=labels,
+            batch_size=self.batch_size,
+            stride=self.stride,
+        )
+        return evaluate_open_loop(policy, batches)
+
+    def select(
+        self,
+        policy: Policy,
+        episodes: Mapping[Hashable, EpisodeData] | Sequence[EpisodeData],
+        *,
+        reference_metric: float | None = None,
+        labels: Mapping[Hashable, np.ndarray] | None = None,
+    ) -> Selection:
+        """Evaluate ``policy`` on ``episodes`` and decide whether it may be published.
+
+        ``reference_metric``: the error not to be worse than (measured on the same episodes);
+        None or NaN compares with the threshold only.
+        """
+        t0 = time.perf_counter()
+        result = self.evaluate(policy, episodes, labels)
+        seconds = time.perf_counter() - t0
+        ref = None if reference_metric is None else float(reference_metric)
+        if result.frames < self.min_frames:
+            return Selection(
+                False,
+                f'only {result.frames} held-out labelled frames (need {self.min_frames})',
+                result,
+                ref,
+                seconds,
+            )
+        usable_ref = ref if ref is not None and math.isfinite(ref) else None
+        decision = self.gate.decide(result.mse, usable_ref)
+        return Selection(decision.approved, decision.reason, result, ref, seconds)
