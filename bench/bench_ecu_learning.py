@@ -30,10 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'src'))
 
+from scarls.bringup import default_params_file  # noqa: E402
 from scarls.episodes import EpisodeReader  # noqa: E402
 
 FETCH_RE = re.compile(r'checkpoint v(\d+) fetched and verified \(([\d.]+) MB in ([\d.]+) s\)')
@@ -52,12 +54,25 @@ def main(argv=None) -> int:
     ap.add_argument('--keep', default=None, help='data root to keep (default: a temp dir)')
     ap.add_argument('--json', default=None)
     ap.add_argument('--extra', default='', help='more `scarls ecu` arguments')
+    ap.add_argument('--eval-checkpoints', type=int, default=8, metavar='N',
+                    help='after the run, measure the task success of the policy alone (no '
+                    'human) for about N of the deployed checkpoints, spread over the run, in '
+                    'the simulator (0 = skip)')
+    ap.add_argument('--eval-episodes', type=int, default=40,
+                    help='scenes per checkpoint for --eval-checkpoints (default 40)')
     args = ap.parse_args(argv)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix='scarls_learn_'))
+    root.mkdir(parents=True, exist_ok=True)
     summary_path = root / 'summary.json'
+    # the ECU's parameters, but the registry keeps every checkpoint's weights for the curve
+    params = yaml.safe_load(default_params_file().read_text())
+    params['/**/learner']['ros__parameters']['keep_checkpoints'] = 10_000
+    params_path = root / 'bench_params.yaml'
+    params_path.write_text(yaml.safe_dump(params))
     cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--learn', '--episodes', '0', '--minutes',
            str(args.minutes), '--data-root', str(root), '--summary', str(summary_path),
-           '--height', str(args.height), '--width', str(args.width), *args.extra.split()]
+           '--height', str(args.height), '--width', str(args.width), '--params-file',
+           str(params_path), *args.extra.split()]
     load0 = os.getloadavg()
     t0 = time.time()
     subprocess.run(cmd, check=False)
@@ -112,13 +127,50 @@ def main(argv=None) -> int:
                    'rollout_s': t_roll, 'train_s': t_train, 'sync_s': t_sync},
         'checkpoints': summary.get('checkpoints', []),
         'per_model_version': summary.get('per_model_version', []),
+        'curve': summary.get('curve', []),
     }
     tot = result['totals']
     tot['ratio'] = tot['sequential_s'] / tot['async_s'] if tot['async_s'] else float('nan')
+    if args.eval_checkpoints > 0:
+        result['closed_loop'] = eval_checkpoints(root, summary, args)
     print_report(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + '\n')
     return 0
+
+
+def eval_checkpoints(root: Path, summary: dict, args) -> list[dict]:
+    """Task success of the policy alone (no takeover) for deployed checkpoints spread over the
+    run, on the same unseen scenes, with the actor's chunking in a synchronous simulator."""
+    import torch
+
+    from scarls.checkpoints import load_checkpoint
+    from scarls.checkpoints.registry import CheckpointRegistry
+    from scarls.learner.rollout import evaluate_closed_loop
+
+    torch.set_num_threads(1)
+    registry = CheckpointRegistry(root / 'checkpoints' / 'pick_cube', keep_last=10_000)
+    deployed = [c for c in summary.get('checkpoints', [])
+                if c.get('deployed_at_episode') is not None]
+    stored = [c for c in deployed if c['version'] in registry
+              and registry.get(c['version']).has_weights]
+    if not stored:
+        return []
+    picks = sorted({stored[round(i * (len(stored) - 1) / max(1, args.eval_checkpoints - 1))]
+                    ['version'] for i in range(min(args.eval_checkpoints, len(stored)))})
+    out = []
+    for v in picks:
+        rec = registry.get(v)
+        policy, _ = load_checkpoint(rec.path, expected_sha256=rec.sha256)
+        stats = evaluate_closed_loop(policy, args.eval_episodes, seed=900_000,
+                                     image_shape=(args.height, args.width))
+        ep = next(c['deployed_at_episode'] for c in deployed if c['version'] == v)
+        out.append({'version': v, 'deployed_at_episode': ep,
+                    'online_episodes_trained': rec.metrics.get('online_episodes', 0.0),
+                    'success_rate': stats.success_rate, 'episodes': stats.n_episodes})
+        print(f'closed loop v{v} (deployed at episode {ep}): '
+              f'{100 * stats.success_rate:.0f} % of {stats.n_episodes} scenes', flush=True)
+    return out
 
 
 def t_roll_wall(episodes) -> float:
@@ -155,6 +207,21 @@ def print_report(r: dict) -> None:
     print(f"\nSync. (sequential): {tot['sequential_s']:.0f} s = rollout {tot['rollout_s']:.0f} + "
           f"train {tot['train_s']:.0f} + sync {tot['sync_s']:.1f};  Async. (measured): "
           f"{tot['async_s']:.0f} s;  ratio {tot['ratio']:.2f}x")
+    if r.get('curve'):
+        print('\n| episodes | model versions | success without help | steps by the human |')
+        print('|---|---|---|---|')
+        for b in r['curve']:
+            print(f"| {b['episodes'][0]}-{b['episodes'][1]} | v{b['model_versions'][0]}-"
+                  f"v{b['model_versions'][1]} | {100 * b['success_rate']:.0f} % | "
+                  f"{100 * b['intervention_rate']:.0f} % |")
+    if r.get('closed_loop'):
+        print('\n| checkpoint | deployed at episode | online episodes trained on | '
+              'success alone (sim, unseen scenes) |')
+        print('|---|---|---|---|')
+        for c in r['closed_loop']:
+            print(f"| v{c['version']} | {c['deployed_at_episode']} | "
+                  f"{c['online_episodes_trained']:.0f} | {100 * c['success_rate']:.0f} % "
+                  f"({c['episodes']}) |")
     print('\n| model version | episodes | success without help | steps by the human |')
     print('|---|---|---|---|')
     for v in r['per_model_version']:

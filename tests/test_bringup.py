@@ -13,9 +13,11 @@ import yaml
 
 from scarls.bringup import (
     ECU_ARGUMENTS,
+    FLEET_ARGUMENTS,
     BringupError,
     default_params_file,
     ecu_nodes,
+    fleet_nodes,
     lifecycle_nodes,
 )
 
@@ -100,12 +102,14 @@ def _fake_launch_modules(values: dict) -> dict:
             return context[self.name]
 
     classes = {name: type(name, (_Recorder,), {}) for name in (
-        'LaunchDescription', 'DeclareLaunchArgument', 'OpaqueFunction', 'LifecycleNode', 'Node')}
+        'LaunchDescription', 'DeclareLaunchArgument', 'OpaqueFunction', 'LifecycleNode', 'Node',
+        'ExecuteProcess')}
     launch = types.ModuleType('launch')
     launch.LaunchDescription = classes['LaunchDescription']
     actions = types.ModuleType('launch.actions')
     actions.DeclareLaunchArgument = classes['DeclareLaunchArgument']
     actions.OpaqueFunction = classes['OpaqueFunction']
+    actions.ExecuteProcess = classes['ExecuteProcess']
     subs = types.ModuleType('launch.substitutions')
     subs.LaunchConfiguration = LaunchConfiguration
     launch_ros = types.ModuleType('launch_ros')
@@ -143,3 +147,43 @@ def test_launch_file_builds_the_same_nodes(monkeypatch):
         params_file, overrides = node.kwargs['parameters']
         assert params_file == str(default_params_file())
         assert overrides == s.parameters
+
+
+def test_fleet_launch_file_builds_the_fleet_description(monkeypatch):
+    for name, module in _fake_launch_modules({}).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('fleet_launch',
+                                                  ROOT / 'launch' / 'fleet.launch.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    entities = description.args[0]
+    declared = [e for e in entities if type(e).__name__ == 'DeclareLaunchArgument']
+    assert [d.args[0] for d in declared] == [a.name for a in FLEET_ARGUMENTS]
+    opaque = [e for e in entities if type(e).__name__ == 'OpaqueFunction'][0]
+    context = {a.name: a.default for a in FLEET_ARGUMENTS}
+    context.update(ecus='3', data_root='/fleet', rendezvous_port='29600')
+    actions = opaque.kwargs['function'](context)
+    rendezvous, nodes = actions[0], actions[1:]
+    assert type(rendezvous).__name__ == 'ExecuteProcess'
+    assert rendezvous.kwargs['cmd'][-4:] == ['--addr', '127.0.0.1', '--port', '29600']
+    expected = fleet_nodes(3, data_root='/fleet', rendezvous_port=29600)
+    assert [(n.kwargs['namespace'], n.kwargs['name']) for n in nodes] == \
+        [(s.namespace, s.name) for s in expected]
+    assert {n.kwargs['namespace'] for n in nodes} == {'ecu0', 'ecu1', 'ecu2'}
+    learners = [n for n in nodes if n.kwargs['name'] == 'learner']
+    ranks = [n.kwargs['parameters'][1]['fleet_rank'] for n in learners]
+    assert ranks == [0, 1, 2]
+    for n in learners:
+        p = n.kwargs['parameters'][1]
+        assert p['fleet'] is True and p['fleet_world_size'] == 3 and p['fleet_port'] == 29600
+        assert p['offline_root'] == '/fleet/offline'
+    drivers = [n.kwargs['parameters'][1] for n in nodes if n.kwargs['name'] == 'driver']
+    assert [d['seed'] for d in drivers] == [0, 1000, 2000]   # each ECU its own scenes
+    schedulers = [n.kwargs['parameters'][1] for n in nodes if n.kwargs['name'] == 'scheduler']
+    assert [d['data_root'] for d in schedulers] == ['/fleet/ecu0', '/fleet/ecu1', '/fleet/ecu2']
+
+
+def test_fleet_nodes_rejects_an_empty_fleet():
+    with pytest.raises(BringupError, match='at least 1 ECU'):
+        fleet_nodes(0)

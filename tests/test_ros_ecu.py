@@ -104,7 +104,9 @@ def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
     # step's state, not the previous command again (a stale repeat is a false "hold" label)
     steps_under_takeover = np.flatnonzero(inter[1:] & inter[:-1]) + 1
     repeats = sum(np.array_equal(action[i], action[i - 1]) for i in steps_under_takeover)
-    assert repeats <= 0.2 * max(1, len(steps_under_takeover)), (repeats, len(steps_under_takeover))
+    # (a free-running operator clock repeats ~45 %; answering each state, a few % when the
+    # machine is quiet, more under load)
+    assert repeats <= 0.3 * max(1, len(steps_under_takeover)), (repeats, len(steps_under_takeover))
 
     # the frames stored are the frames the actor used (looked up by the stamps it reported)
     for cam_index, cam in enumerate(('top', 'left', 'right')):
@@ -114,8 +116,11 @@ def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
             used = frames[cam].get(stamp_to_ns(s.image_stamps[cam_index]))
             assert used is not None, f'probe missed frame of step {i}'
             np.testing.assert_array_equal(np.asarray(stored[i]), used, err_msg=f'{cam} step {i}')
-    # consecutive steps saw moving frames, not one repeated image
-    assert len({stamp_to_ns(s.image_stamps[0]) for s in episode_steps}) > 0.9 * t
+    # consecutive steps saw moving frames, not one repeated image (steps under takeover carry
+    # the frames the operator answered, which repeat when a command is applied twice)
+    policy_steps = [s for s in episode_steps if not s.is_intervention]
+    assert len({stamp_to_ns(s.image_stamps[0]) for s in policy_steps}) > 0.9 * len(policy_steps)
+    assert len({stamp_to_ns(s.image_stamps[0]) for s in episode_steps}) > 0.6 * t
 
 
 def test_scarls_ecu_command_writes_summary(tmp_path, domain_id):

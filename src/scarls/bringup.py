@@ -37,6 +37,16 @@ ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('teleop', 'scripted', 'Teleop source: ' + ', '.join(TELEOP_SOURCES)),
     LaunchArgument('learner', 'false', 'Run the online learner too (true/false)'),
 )
+FLEET_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument('ecus', '2', 'Number of simulated ECUs (namespaces ecu0..ecu<N-1>)'),
+    LaunchArgument('task', 'pick_cube', 'Task name (the episode folder under each ECU root)'),
+    LaunchArgument('data_root', 'data/fleet', 'Fleet root: <data_root>/ecu<i>, '
+                   '<data_root>/offline (demonstrations, see scarls demos)'),
+    LaunchArgument('params_file', '', 'ROS parameters YAML (default: config/ecu.yaml)'),
+    LaunchArgument('rendezvous_addr', '127.0.0.1', 'Address of the rendezvous store'),
+    LaunchArgument('rendezvous_port', '29500', 'Port of the rendezvous store'),
+    LaunchArgument('seed', '0', 'ECU i draws its scenes from seed + 1000 i'),
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,36 @@ def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = 'sim', task: str = 'pick_c
         raise BringupError(f'parameter overrides for unknown nodes: {sorted(unknown)}')
     return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})})
             for s in specs]
+
+
+FLEET_SEED_STRIDE = 1000
+"""ECU ``i`` of a fleet draws its scenes from ``seed + i * FLEET_SEED_STRIDE`` (its own task
+variation: the fleet sees more of the state space than one robot)."""
+
+
+def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_cube',
+                rendezvous_addr: str = '127.0.0.1', rendezvous_port: int = 29500,
+                seed: int = 0, extra: dict[str, dict] | None = None) -> list[NodeSpec]:
+    """The nodes of a fleet of simulated ECUs ``ecu0 .. ecu<N-1>``: each a complete ECU with its
+    own namespace, data folder ``<data_root>/ecu<i>`` and scene seed, and a learner that joins
+    the fleet's all-reduce (rank ``i`` of ``ecus`` at the rendezvous). All learners read the
+    same demonstrations, ``<data_root>/offline``, so they start from the same normalisation.
+    """
+    if not isinstance(ecus, int) or isinstance(ecus, bool) or ecus < 1:
+        raise BringupError(f'a fleet needs at least 1 ECU, got {ecus!r}')
+    extra = extra or {}
+    specs: list[NodeSpec] = []
+    for i in range(ecus):
+        per = {name: dict(values) for name, values in extra.items()}
+        per['driver'] = {**per.get('driver', {}), 'seed': seed + i * FLEET_SEED_STRIDE}
+        per['actor'] = {**per.get('actor', {}), 'seed': seed}
+        per['learner'] = {**per.get('learner', {}), 'seed': seed, 'fleet': True,
+                          'offline_root': str(Path(data_root) / 'offline'),
+                          'fleet_addr': rendezvous_addr, 'fleet_port': int(rendezvous_port),
+                          'fleet_rank': i, 'fleet_world_size': ecus}
+        specs += ecu_nodes(f'ecu{i}', task=task, data_root=str(Path(data_root) / f'ecu{i}'),
+                           learner=True, extra=per)
+    return specs
 
 
 def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:

@@ -5,6 +5,8 @@
                  episodes or minutes, print what happened, write a JSON summary.
   scarls demos   write scripted-expert demonstrations (the offline buffer the learner starts
                  from) as ordinary Zarr episodes.
+  scarls fleet   run N simulated ECUs that learn one policy (weighted all-reduce of their
+                 parameters after each local round, a selector before every deploy).
   scarls dataset info | stats | validate | delete | merge | repair | import-lerobot over a
                  data root (see `scarls dataset -h`).
 """
@@ -21,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from scarls import __version__
-from scarls.bringup import BringupError, default_params_file, ecu_nodes
+from scarls.bringup import BringupError, default_params_file, ecu_nodes, fleet_nodes
 
 log = logging.getLogger('scarls')
 
@@ -82,6 +84,43 @@ def build_parser() -> argparse.ArgumentParser:
     demos.add_argument('--seed', type=int, default=10_000)
     demos.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     demos.set_defaults(func=cmd_demos)
+    fleet = sub.add_parser(
+        'fleet', help='run N simulated ECUs that learn one policy together',
+        description='Run N complete simulated ECUs (driver, scheduler, actor, teleop, learner '
+        'each, one ROS namespace and data folder per ECU, each on its own scenes) on this '
+        'machine. After every local training round the learners average their parameters '
+        'weighted by their open-loop errors (torch.distributed all-reduce; this process hosts '
+        'the rendezvous store and nothing else) and deploy the result only if it passes the '
+        'checkpoint selector.')
+    fleet.add_argument('--ecus', type=_positive_int, default=2, help='number of ECUs (default 2)')
+    fleet.add_argument('--minutes', type=float, default=10.0, help='run time (default 10)')
+    fleet.add_argument('--episodes', type=int, default=0,
+                       help='stop once every ECU saved this many episodes (0 = run --minutes)')
+    fleet.add_argument('--data-root', default='data/fleet',
+                       help='root of the fleet (default ./data/fleet): <root>/ecu<i>/, '
+                       '<root>/offline/')
+    fleet.add_argument('--summary', default=None, help='write a JSON summary to this file')
+    fleet.add_argument('--task', default='pick_cube')
+    fleet.add_argument('--height', type=int, default=96)
+    fleet.add_argument('--width', type=int, default=128)
+    fleet.add_argument('--max-steps', type=int, default=300, help='episode budget in steps')
+    fleet.add_argument('--seed', type=int, default=0,
+                       help='ECU i uses scene seed SEED + 1000 i (default 0)')
+    fleet.add_argument('--demos', type=int, default=20,
+                       help='demonstrations to generate when <root>/offline has none')
+    fleet.add_argument('--train-interval', type=float, default=10.0,
+                       help='least seconds between training rounds of one ECU (default 10)')
+    fleet.add_argument('--deadline', type=float, default=30.0,
+                       help='longest wait of a learner for the others in a round (default 30 s)')
+    fleet.add_argument('--rendezvous', default='127.0.0.1:0', metavar='ADDR:PORT',
+                       help='where to host the rendezvous store (default 127.0.0.1, free port)')
+    fleet.add_argument('--params-file', default=None, help='ROS parameters YAML')
+    fleet.add_argument('--domain-id', type=int, default=None)
+    fleet.add_argument('--network', action='store_true',
+                       help='allow DDS discovery beyond this host')
+    fleet.add_argument('--log-dir', default=None)
+    fleet.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    fleet.set_defaults(func=cmd_fleet)
     from scarls.dataset_cli import add_dataset_parser
     add_dataset_parser(sub)
     return parser
@@ -154,13 +193,75 @@ def cmd_ecu(args) -> int:
     summary.update({'task': args.task, 'ecu_id': args.ecu_id, 'data_root': str(data_root),
                     'image_shape': [args.height, args.width], 'seed': args.seed,
                     'started': stamp})
-    if args.summary:
-        path = Path(args.summary)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + '.tmp')
-        tmp.write_text(json.dumps(summary, indent=2) + '\n')
-        tmp.replace(path)
-        log.info('summary written to %s', path)
+    _write_summary(summary, args.summary)
+    return 0 if summary['ok'] else 1
+
+
+def _write_summary(summary: dict, path_arg: str | None) -> None:
+    if not path_arg:
+        return
+    path = Path(path_arg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + '.tmp')
+    tmp.write_text(json.dumps(summary, indent=2) + '\n')
+    tmp.replace(path)
+    log.info('summary written to %s', path)
+
+
+def cmd_fleet(args) -> int:
+    from scarls.ecu_runner import EcuRun, RunOptions
+    from scarls.episodes import list_episodes
+    from scarls.fleet import serve_rendezvous
+
+    if args.episodes < 0 or (args.episodes == 0 and not args.minutes):
+        log.error('error: give --minutes or --episodes > 0')
+        return 2
+    addr, _, port = args.rendezvous.rpartition(':')
+    if not addr or not port.isdigit():
+        log.error('error: --rendezvous must be ADDR:PORT (port 0 = any free port)')
+        return 2
+    data_root = Path(args.data_root).expanduser().resolve()
+    stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
+    log_dir = Path(args.log_dir) if args.log_dir else data_root / 'logs' / stamp
+    offline = data_root / 'offline'
+    if not list_episodes(offline, args.task):
+        log.info('no demonstrations under %s: writing %d with the scripted expert ...', offline,
+                 args.demos)
+        _write_demos(offline, args.task, args.demos, (args.height, args.width), 10_000)
+    domain = args.domain_id
+    if domain is None and os.environ.get('ROS_DOMAIN_ID', '').isdigit():
+        domain = int(os.environ['ROS_DOMAIN_ID'])
+    host = serve_rendezvous(addr, int(port))
+    log.info('rendezvous store on %s:%d (MASTER_ADDR/MASTER_PORT of the learners)', host.addr,
+             host.port)
+    image = {'image_height': args.height, 'image_width': args.width}
+    try:
+        specs = fleet_nodes(args.ecus, data_root=str(data_root), task=args.task,
+                            rendezvous_addr=host.addr, rendezvous_port=host.port,
+                            seed=args.seed, extra={
+                                'driver': dict(image),
+                                'teleop': {**image, 'episodes': args.episodes,
+                                           'max_steps': args.max_steps},
+                                'scheduler': {'train_interval_s': args.train_interval},
+                                'learner': {'fleet_deadline_s': args.deadline},
+                            })
+        run = EcuRun(RunOptions(
+            specs=specs, params_file=str(args.params_file or default_params_file()),
+            episodes=args.episodes, minutes=args.minutes, domain_id=domain,
+            localhost_only=not args.network, log_dir=log_dir))
+        summary = run.run()
+    finally:
+        host.close()
+    summary.update({'task': args.task, 'ecus_started': args.ecus, 'data_root': str(data_root),
+                    'image_shape': [args.height, args.width], 'seed': args.seed,
+                    'started': stamp})
+    for r in summary.get('rounds', []):
+        log.info('round %d: participants %s, weights %s, selector %s, versions %s',
+                 r['round'], r['participants'],
+                 {k: round(v, 3) for k, v in r['weights'].items()},
+                 {None: '-', True: 'passed', False: 'rejected'}[r['selector_passed']],
+                 r['version'])
+    _write_summary(summary, args.summary)
     return 0 if summary['ok'] else 1
 
 

@@ -79,12 +79,82 @@ def learning_curve(episodes: list[EpisodeRow], block: int = CURVE_BLOCK) -> list
 @dataclass
 class _Seen:
     episodes: list[EpisodeRow] = field(default_factory=list)
+    checkpoints: dict[int, dict] = field(default_factory=dict)
     phase: str = 'UNKNOWN'
     phase_changed: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)
 
 
+def ecu_report(seen: _Seen, prefix: str = '') -> dict:
+    """The per-ECU part of a run summary (episodes, learning curve, checkpoints); logs it."""
+    episodes = seen.episodes
+    n = len(episodes)
+    for ckpt in seen.checkpoints.values():
+        ckpt['deployed_at_episode'] = next(
+            (e.index for e in episodes if e.model_version == ckpt['version']), None)
+    by_version: dict[int, list[EpisodeRow]] = {}
+    for e in episodes:
+        by_version.setdefault(e.model_version, []).append(e)
+    per_version = [{
+        'model_version': v, 'episodes': len(rows),
+        'success_rate': sum(r.outcome == 'success' and r.intervention_steps == 0
+                            for r in rows) / len(rows),
+        'outcome_success_rate': sum(r.outcome == 'success' for r in rows) / len(rows),
+        'intervention_rate': sum(r.intervention_steps for r in rows)
+        / max(1, sum(r.steps for r in rows)),
+    } for v, rows in sorted(by_version.items())]
+    for row in per_version:
+        log.info('%smodel v%d: %d episodes, %.0f %% succeeded without help, %.0f %% of steps '
+                 'by the human', prefix, row['model_version'], row['episodes'],
+                 100 * row['success_rate'], 100 * row['intervention_rate'])
+    curve = learning_curve(episodes)
+    if len(curve) > 1:
+        log.info('%slearning curve (blocks of %d episodes): %s', prefix, CURVE_BLOCK, '  '.join(
+            f"{100 * b['success_rate']:.0f}%/{100 * b['intervention_rate']:.0f}%"
+            for b in curve) + '  (succeeded without help / steps by the human)')
+    steps = sum(e.steps for e in episodes)
+    human = sum(e.intervention_steps for e in episodes)
+    successes = sum(e.outcome == 'success' for e in episodes)
+    log.info('%sdone: %d episodes, %d successes, %d steps (%.0f %% by human)', prefix, n,
+             successes, steps, 100.0 * human / steps if steps else 0.0)
+    return {
+        'episodes': [vars(e) for e in episodes],
+        'success_rate': successes / n if n else None,
+        'per_model_version': per_version,
+        'curve': curve,
+        'checkpoints': sorted(seen.checkpoints.values(), key=lambda c: c['version']),
+        'intervention_rate': human / steps if steps else None,
+    }
+
+
+def merge_rounds(rounds: list[dict]) -> list[dict]:
+    """FleetRound reports of all ECUs -> one entry per fleet round (see ``scarls fleet``)."""
+    by_round: dict[int, dict] = {}
+    for r in sorted(rounds, key=lambda r: (r['round'], r['ecu_id'])):
+        entry = by_round.setdefault(r['round'], {
+            'round': r['round'], 'participants': [], 'metrics': {}, 'weights': {},
+            'selector_passed': None, 'version': {}, 'status': {}, 'seconds': {}})
+        if r['participants'] and not entry['participants']:
+            entry['participants'] = list(r['participants'])
+        for ecu, metric in r['metrics'].items():
+            entry['metrics'].setdefault(ecu, metric)
+        for ecu, weight in r['weights'].items():
+            if weight > 0:
+                entry['weights'].setdefault(ecu, weight)
+        entry['status'][r['ecu_id']] = r['status']
+        entry['seconds'][r['ecu_id']] = r['seconds']
+        if r['status'] in ('reduced', 'alone'):
+            passed = bool(r['selector_passed'])
+            entry['selector_passed'] = passed if entry['selector_passed'] is None \
+                else entry['selector_passed'] and passed
+            if r['approved']:
+                entry['version'][r['ecu_id']] = r['version']
+    return [by_round[k] for k in sorted(by_round)]
+
+
 class EcuRun:
+    """Run the nodes of one ECU, or of several (a fleet: one namespace per ECU)."""
+
     def __init__(self, options: RunOptions) -> None:
         self.options = options
 
@@ -92,9 +162,12 @@ class EcuRun:
         opts = self.options
         domain = opts.domain_id if opts.domain_id is not None else pick_domain_id()
         env = ros_env(domain, localhost_only=opts.localhost_only)
-        namespace = opts.specs[0].namespace
-        log.info('scarls ecu: %s nodes in namespace /%s, ROS_DOMAIN_ID=%d%s; logs in %s',
-                 ', '.join(s.name for s in opts.specs), namespace, domain,
+        namespaces = list(dict.fromkeys(s.namespace for s in opts.specs))
+        fleet = len(namespaces) > 1
+        log.info('scarls %s: %s nodes in namespace%s %s, ROS_DOMAIN_ID=%d%s; logs in %s',
+                 'fleet' if fleet else 'ecu',
+                 ', '.join(dict.fromkeys(s.name for s in opts.specs)), 'es' if fleet else '',
+                 ', '.join(f'/{ns}' for ns in namespaces), domain,
                  ' (localhost only)' if opts.localhost_only else '', opts.log_dir)
         # the monitor lives in this process: give it the same DDS environment
         for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
@@ -106,51 +179,83 @@ class EcuRun:
                 os.environ.pop(key, None)
         import rclpy
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from scarls_interfaces.msg import ActorState, CheckpointInfo, EpisodeInfo
+        from scarls_interfaces.msg import ActorState, CheckpointInfo, EpisodeInfo, FleetRound
 
         from scarls.ros import qos
 
-        seen = _Seen()
+        seen = {ns: _Seen() for ns in namespaces}
+        rounds: list[dict] = []
         t0 = time.monotonic()
         error = None
         interrupted = False
         rclpy.init(args=[])
         group = ProcessGroup(env, opts.log_dir)
-        node = rclpy.create_node('ecu_monitor', namespace=namespace)
+        node = rclpy.create_node('ecu_monitor', namespace='' if fleet else namespaces[0])
 
-        def on_episode(msg) -> None:
-            row = EpisodeRow.from_msg(msg)
-            seen.episodes.append(row)
-            seen.last_progress = time.monotonic()
-            total = f'/{opts.episodes}' if opts.episodes else ''
-            log.info('episode %d%s  %-7s  %3d steps (%3d by human)  model v%d  %s  '
-                     '(visible %.2f s after the end%s)', len(seen.episodes), total, row.outcome,
-                     row.steps, row.intervention_steps, row.model_version, row.path,
-                     row.finalize_seconds,
-                     f', {row.dropped_steps} steps dropped' if row.dropped_steps else '')
+        def subscribe(ns: str) -> None:
+            me = seen[ns]
+            pre = f'[{ns}] ' if fleet else ''
+            topic = (lambda name: f'/{ns}/{name}') if fleet else (lambda name: name)
 
-        def on_state(msg) -> None:
-            if msg.phase != seen.phase:
-                seen.phase = msg.phase
-                seen.phase_changed = seen.last_progress = time.monotonic()
+            def on_episode(msg) -> None:
+                row = EpisodeRow.from_msg(msg)
+                me.episodes.append(row)
+                me.last_progress = time.monotonic()
+                total = f'/{opts.episodes}' if opts.episodes else ''
+                log.info('%sepisode %d%s  %-7s  %3d steps (%3d by human)  model v%d  %s  '
+                         '(visible %.2f s after the end%s)', pre, len(me.episodes), total,
+                         row.outcome, row.steps, row.intervention_steps, row.model_version,
+                         row.path, row.finalize_seconds,
+                         f', {row.dropped_steps} steps dropped' if row.dropped_steps else '')
 
-        node.create_subscription(EpisodeInfo, 'scheduler/episode', on_episode, qos.EVENTS)
-        node.create_subscription(ActorState, 'actor/state', on_state, qos.STATE)
-        checkpoints: dict[int, dict] = {}
+            def on_state(msg) -> None:
+                if msg.phase != me.phase:
+                    me.phase = msg.phase
+                    me.phase_changed = me.last_progress = time.monotonic()
 
-        def on_checkpoint(msg) -> None:
-            if msg.version in checkpoints:
-                return
-            checkpoints[msg.version] = {'version': int(msg.version),
-                                        'metric': round(float(msg.metric), 6),
-                                        'approved': bool(msg.approved),
-                                        'parent': int(msg.parent),
-                                        'announced_s': round(time.monotonic() - t0, 2)}
-            seen.last_progress = time.monotonic()
-            log.info('checkpoint v%d: open-loop error %.4f, %s', msg.version, msg.metric,
-                     'approved -> deploying' if msg.approved else 'rejected (not deployed)')
+            def on_checkpoint(msg) -> None:
+                if msg.version in me.checkpoints:
+                    return
+                me.checkpoints[msg.version] = {
+                    'version': int(msg.version), 'metric': round(float(msg.metric), 6),
+                    'approved': bool(msg.approved), 'parent': int(msg.parent),
+                    'announced_s': round(time.monotonic() - t0, 2)}
+                me.last_progress = time.monotonic()
+                log.info('%scheckpoint v%d: open-loop error %.4f, %s', pre, msg.version,
+                         msg.metric,
+                         'approved -> deploying' if msg.approved else 'rejected (not deployed)')
 
-        node.create_subscription(CheckpointInfo, 'learner/checkpoint', on_checkpoint, qos.STATE)
+            def on_round(msg) -> None:
+                metrics = {k: (float(v) if v == v else None)
+                           for k, v in zip(msg.member_ids, msg.member_metrics, strict=False)}
+                rounds.append({
+                    'ecu_id': msg.ecu_id or ns, 'round': int(msg.round), 'status': msg.status,
+                    'reason': msg.reason, 'participants': list(msg.participants),
+                    'metrics': metrics,
+                    'weights': dict(zip(msg.member_ids, map(float, msg.member_weights),
+                                        strict=False)),
+                    'selector_passed': bool(msg.selector_passed), 'version': int(msg.version),
+                    'approved': bool(msg.approved),
+                    'seconds': round(float(msg.wait_seconds + msg.reduce_seconds), 3),
+                    'at_s': round(time.monotonic() - t0, 2)})
+                log.info('%sfleet round %d: %s, participants %s, weights %s%s', pre, msg.round,
+                         msg.status, list(msg.participants),
+                         {k: round(float(w), 3) for k, w in zip(msg.member_ids,
+                                                                msg.member_weights,
+                                                                strict=False) if w > 0},
+                         f' -> v{msg.version} ' + ('approved' if msg.approved else 'rejected')
+                         if msg.status in ('reduced', 'alone') else f' ({msg.reason})')
+
+            node.create_subscription(EpisodeInfo, topic('scheduler/episode'), on_episode,
+                                     qos.EVENTS)
+            node.create_subscription(ActorState, topic('actor/state'), on_state, qos.STATE)
+            node.create_subscription(CheckpointInfo, topic('learner/checkpoint'), on_checkpoint,
+                                     qos.STATE)
+            node.create_subscription(FleetRound, topic('learner/fleet_round'), on_round,
+                                     qos.EVENTS)
+
+        for ns in namespaces:
+            subscribe(ns)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         exit_codes: dict = {}
@@ -158,17 +263,22 @@ class EcuRun:
             for spec in opts.specs:
                 group.start(spec, opts.params_file)
             deadline = t0 + opts.minutes * 60.0 if opts.minutes else None
-            ready = False
+            ready: set[str] = set()
             while True:
                 executor.spin_once(timeout_sec=0.1)
                 now = time.monotonic()
-                if not ready and seen.phase not in ('UNKNOWN', 'INIT'):
-                    ready = True
-                    log.info('ECU up in %.1f s (actor %s)', now - t0, seen.phase)
-                if not ready and now - t0 > STARTUP_TIMEOUT_S:
-                    error = f'the ECU did not come up within {STARTUP_TIMEOUT_S:.0f} s'
+                for ns, me in seen.items():
+                    if ns not in ready and me.phase not in ('UNKNOWN', 'INIT'):
+                        ready.add(ns)
+                        log.info('%s up in %.1f s (actor %s)', f'ECU {ns}' if fleet else 'ECU',
+                                 now - t0, me.phase)
+                if len(ready) < len(seen) and now - t0 > STARTUP_TIMEOUT_S * len(seen):
+                    late = sorted(set(seen) - ready)
+                    error = f'ECU(s) {late} did not come up within ' \
+                        f'{STARTUP_TIMEOUT_S * len(seen):.0f} s'
                     break
-                if opts.episodes and len(seen.episodes) >= opts.episodes:
+                if opts.episodes and all(len(me.episodes) >= opts.episodes
+                                         for me in seen.values()):
                     break
                 if deadline is not None and now >= deadline:
                     log.info('time is up (%.1f min)', opts.minutes)
@@ -181,13 +291,17 @@ class EcuRun:
                     for d in dead:
                         log.error('--- last lines of %s ---\n%s', d.log_path, d.tail())
                     break
-                if now - seen.last_progress > opts.stall_timeout_s:
+                stalled = [ns for ns, me in seen.items()
+                           if now - me.last_progress > opts.stall_timeout_s]
+                if stalled:
+                    me = seen[stalled[0]]
                     error = (f'no progress for {opts.stall_timeout_s:.0f} s '
-                             f'(actor phase {seen.phase}); see the node logs in {opts.log_dir}')
+                             f'({stalled[0]}: actor phase {me.phase}); see the node logs in '
+                             f'{opts.log_dir}')
                     break
         except (KeyboardInterrupt, ExternalShutdownException):
             interrupted = True
-            log.info('interrupted: stopping the ECU')
+            log.info('interrupted: stopping the %s', 'fleet' if fleet else 'ECU')
         finally:
             exit_codes = group.stop()
             executor.shutdown()
@@ -198,49 +312,24 @@ class EcuRun:
         bad_exits = {k: v for k, v in exit_codes.items() if v not in (0, None)}
         if bad_exits:
             log.warning('nodes exited with errors: %s', bad_exits)
-        episodes = seen.episodes
-        n = len(episodes)
-        for ckpt in checkpoints.values():
-            ckpt['deployed_at_episode'] = next(
-                (e.index for e in episodes if e.model_version == ckpt['version']), None)
-        by_version: dict[int, list[EpisodeRow]] = {}
-        for e in episodes:
-            by_version.setdefault(e.model_version, []).append(e)
-        per_version = [{
-            'model_version': v, 'episodes': len(rows),
-            'success_rate': sum(r.outcome == 'success' and r.intervention_steps == 0
-                                for r in rows) / len(rows),
-            'outcome_success_rate': sum(r.outcome == 'success' for r in rows) / len(rows),
-            'intervention_rate': sum(r.intervention_steps for r in rows)
-            / max(1, sum(r.steps for r in rows)),
-        } for v, rows in sorted(by_version.items())]
-        for row in per_version:
-            log.info('model v%d: %d episodes, %.0f %% succeeded without help, %.0f %% of steps '
-                     'by the human', row['model_version'], row['episodes'],
-                     100 * row['success_rate'], 100 * row['intervention_rate'])
-        curve = learning_curve(episodes)
-        if len(curve) > 1:
-            log.info('learning curve (blocks of %d episodes): %s', CURVE_BLOCK, '  '.join(
-                f"{100 * b['success_rate']:.0f}%/{100 * b['intervention_rate']:.0f}%"
-                for b in curve) + '  (succeeded without help / steps by the human)')
-        steps = sum(e.steps for e in episodes)
-        human = sum(e.intervention_steps for e in episodes)
-        successes = sum(e.outcome == 'success' for e in episodes)
-        log.info('done: %d episodes, %d successes, %d steps (%.0f %% by human) in %.1f s',
-                 n, successes, steps, 100.0 * human / steps if steps else 0.0,
-                 time.monotonic() - t0)
-        return {
-            'ok': error is None and not interrupted and not bad_exits and (
-                not opts.episodes or n >= opts.episodes or opts.minutes is not None),
+        reports = {ns: ecu_report(me, f'[{ns}] ' if fleet else '') for ns, me in seen.items()}
+        enough = all(not opts.episodes or len(me.episodes) >= opts.episodes
+                     or opts.minutes is not None for me in seen.values())
+        out = {
+            'ok': error is None and not interrupted and not bad_exits and enough,
             'error': error,
-            'episodes': [vars(e) for e in episodes],
-            'success_rate': successes / n if n else None,
-            'per_model_version': per_version,
-            'curve': curve,
-            'checkpoints': sorted(checkpoints.values(), key=lambda c: c['version']),
-            'intervention_rate': human / steps if steps else None,
+        }
+        if fleet:
+            out['ecus'] = reports
+            out['rounds'] = merge_rounds(rounds)
+            out['round_reports'] = rounds
+        else:
+            out.update(reports[namespaces[0]])
+        log.info('finished in %.1f s', time.monotonic() - t0)
+        out.update({
             'duration_s': round(time.monotonic() - t0, 3),
             'domain_id': domain,
             'node_exit_codes': exit_codes,
             'log_dir': str(opts.log_dir),
-        }
+        })
+        return out

@@ -12,19 +12,21 @@ Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, tran
 Services: ~/train (std_srvs/Trigger: 'started' or 'busy').
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
+keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port, fleet_rank, fleet_world_size,
 seed, autostart.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
 
 import torch
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import CheckpointInfo
+from scarls_interfaces.msg import CheckpointInfo, FleetRound
 from std_srvs.srv import Trigger
 
 from scarls.checkpoints import load_checkpoint
@@ -60,6 +62,17 @@ class LearnerNode(LifecycleNode):
                 'deployed (0 = deploy the trained weights)')
         declare(self, 'threshold', 0.05, 'Gate: highest open-loop error that may deploy')
         declare(self, 'heldout_demos', 2, 'Demonstrations kept for open-loop evaluation')
+        declare(self, 'fleet', False, 'Take part in the fleet all-reduce (rendezvous from '
+                'MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)', read_only=True)
+        declare(self, 'fleet_deadline_s', 30.0, 'Longest wait for the other ECUs in a fleet '
+                'round', read_only=True)
+        declare(self, 'fleet_addr', '', 'Rendezvous host (default: MASTER_ADDR)', read_only=True)
+        declare(self, 'fleet_port', 0, 'Rendezvous port (default: MASTER_PORT)', read_only=True)
+        declare(self, 'fleet_rank', -1, 'This ECU in the fleet (default: RANK)', read_only=True)
+        declare(self, 'fleet_world_size', 0, 'ECUs in the fleet (default: WORLD_SIZE)',
+                read_only=True)
+        declare(self, 'keep_checkpoints', 5, 'Newest checkpoints whose weights the registry '
+                'keeps (plus the best and the deployed one)', read_only=True)
         declare(self, 'seed', 0, 'Seed of the policy initialisation and sampling')
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._thread: threading.Thread | None = None
@@ -75,7 +88,7 @@ class LearnerNode(LifecycleNode):
         self._offline = Path(str(p('offline_root')) or self._data_root / 'offline')
         ckpt_dir = Path(str(p('checkpoint_dir')) or self._data_root / 'checkpoints' / self._task)
         try:
-            registry = CheckpointRegistry(ckpt_dir)
+            registry = CheckpointRegistry(ckpt_dir, keep_last=int(p('keep_checkpoints')))
             resume = registry.latest(approved_only=True)
             if resume is not None:
                 policy, _ = load_checkpoint(resume.path, expected_sha256=resume.sha256)
@@ -92,6 +105,19 @@ class LearnerNode(LifecycleNode):
             self._learner = OnlineLearner(policy, registry, config)
             n = self._learner.load_offline(self._offline, self._task,
                                            heldout=int(p('heldout_demos')))
+            self._reducer = self._selector = None
+            if bool(p('fleet')):
+                from scarls.fleet import CheckpointSelector, FleetConfig, FleetReducer, Rendezvous
+                rendezvous = Rendezvous.from_env(
+                    addr=str(p('fleet_addr')) or None, port=int(p('fleet_port')) or None,
+                    rank=int(p('fleet_rank')) if int(p('fleet_rank')) >= 0 else None,
+                    world_size=int(p('fleet_world_size')) or None)
+                self._reducer = FleetReducer(
+                    FleetConfig(threshold=float(p('threshold')),
+                                deadline_s=float(p('fleet_deadline_s'))),
+                    str(p('ecu_id')), rendezvous=rendezvous)
+                self._selector = CheckpointSelector(float(p('threshold')),
+                                                    tolerance=config.tolerance)
         except Exception as exc:  # config, registry, demos: say what is wrong, stay unconfigured
             self.get_logger().error(f'learner cannot start: {exc}')
             return FAILURE
@@ -99,10 +125,13 @@ class LearnerNode(LifecycleNode):
             self._learner.resume(resume.version, resume.metrics.get(METRIC))
         self._resume = resume
         self._pub = self.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.STATE)
+        self._pub_fleet = self.create_publisher(FleetRound, 'learner/fleet_round', qos.EVENTS)
         self._srv = self.create_service(Trigger, '~/train', self._on_train)
         self.get_logger().info(
             f'configured: {policy.name} policy, {self._learner.config.algorithm}, {n} '
             f'demonstrations from {self._offline}, registry {ckpt_dir}'
+            + (f', fleet rank {self._reducer.rank} of {self._reducer.world_size}'
+               if self._reducer is not None else '')
             + (f' (resuming from v{resume.version})' if resume is not None else ''))
         return SUCCESS
 
@@ -148,7 +177,9 @@ class LearnerNode(LifecycleNode):
         with self._busy:
             added = self._learner.refresh_online(self._data_root, self._task)
             t0 = time.monotonic()
-            result = self._learner.train_round(steps)
+            result = self._learner.train_round(steps, self._reducer, self._selector)
+            if result.fleet is not None:
+                self._announce_fleet(result)
             self.get_logger().info(
                 f'{what}: v{result.version} open-loop error {result.metric:.4f} -> '
                 f'{"APPROVED" if result.approved else "rejected"} ({result.reason}); '
@@ -175,6 +206,27 @@ class LearnerNode(LifecycleNode):
                     self.get_logger().error(f'training round failed: {exc!r}')
         except Exception as exc:  # keep the node alive and say what went wrong
             self.get_logger().error(f'training stopped: {exc!r}')
+
+    def _announce_fleet(self, result: RoundResult) -> None:
+        f = result.fleet
+        msg = FleetRound()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.ecu_id, msg.round, msg.status, msg.reason = f.ecu_id, int(f.round), f.status, f.reason
+        msg.participants = list(f.participants)
+        msg.member_ids = list(f.metrics)
+        msg.member_metrics = [float(v) for v in f.metrics.values()]
+        msg.member_weights = [float(f.weights.get(k, 0.0)) for k in f.metrics]
+        msg.local_metric = float(result.local_metric if result.local_metric is not None
+                                 else math.nan)
+        msg.selector_passed = f.status in ('reduced', 'alone') and bool(result.approved)
+        msg.version, msg.metric = int(result.version), float(result.metric)
+        msg.approved = bool(result.approved)
+        msg.payload_bytes, msg.state_bytes = int(f.payload_bytes), int(f.state_bytes)
+        msg.wait_seconds, msg.reduce_seconds = float(f.wait_seconds), float(f.reduce_seconds)
+        self._pub_fleet.publish(msg)
+        self.get_logger().info(
+            f'fleet round {f.round}: {f.status} ({f.reason}); participants '
+            f'{list(f.participants)}, weights { {k: round(v, 3) for k, v in f.weights.items()} }')
 
     def _announce_resume(self) -> None:
         rec = self._resume

@@ -1,0 +1,70 @@
+"""Two complete simulated ECUs learn one policy: `scarls fleet` in real processes.
+
+Ten ROS 2 node processes (two namespaces) plus the rendezvous store in the launcher; the two
+learners pre-train, average their parameters over torch.distributed (gloo on loopback) after
+each round, and both ECUs deploy the same synchronised model to their actors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from scarls.bringup import default_params_file
+from scarls.checkpoints import load_checkpoint
+from scarls.checkpoints.registry import CheckpointRegistry
+from scarls.fleet import trainable_parameters
+
+pytestmark = pytest.mark.ros
+
+
+def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
+    params = yaml.safe_load(default_params_file().read_text())
+    params['/**/learner']['ros__parameters'].update(
+        pretrain_steps=40, steps_per_round=20, batch_size=8, heldout_demos=1, threshold=100.0)
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    summary_path = tmp_path / 'fleet.json'
+    root = tmp_path / 'fleet'
+    cmd = [sys.executable, '-m', 'scarls.cli', 'fleet', '--ecus', '2', '--episodes', '4',
+           '--minutes', '4', '--data-root', str(root), '--summary', str(summary_path),
+           '--height', '32', '--width', '40', '--max-steps', '120', '--demos', '4',
+           '--train-interval', '0', '--deadline', '20', '--params-file', str(params_file),
+           '--domain-id', str(domain_id)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    summary = json.loads(summary_path.read_text())
+    assert set(summary['ecus']) == {'ecu0', 'ecu1'}
+    for ecu, report in summary['ecus'].items():
+        assert len(report['episodes']) >= 4, ecu
+        assert all(e['path'].startswith(str(root / ecu)) for e in report['episodes'])
+    rounds = summary['rounds']
+    both = [r for r in rounds if sorted(r['participants']) == ['ecu0', 'ecu1']]
+    assert both, rounds
+    for r in both:
+        assert set(r['weights']) == {'ecu0', 'ecu1'}
+        assert sum(r['weights'].values()) == pytest.approx(1.0)
+        assert set(r['metrics']) >= {'ecu0', 'ecu1'}
+    # a round both ECUs approved: the two published checkpoints hold the same parameters, and
+    # each ECU's actor ran episodes on it
+    synced = [r for r in both if r['selector_passed'] and set(r['version']) == {'ecu0', 'ecu1'}]
+    assert synced, rounds
+    r = synced[0]
+    weights = {}
+    for ecu, version in r['version'].items():
+        registry = CheckpointRegistry(root / ecu / 'checkpoints' / 'pick_cube', keep_last=100)
+        record = registry.get(version)
+        assert record.metrics['fleet_round'] == r['round']
+        policy, _ = load_checkpoint(record.path, expected_sha256=record.sha256)
+        weights[ecu] = dict(trainable_parameters(policy))
+    for name, value in weights['ecu0'].items():
+        torch.testing.assert_close(value, weights['ecu1'][name], msg=name)
+    deployed = [r for r in synced if all(
+        any(e['model_version'] == r['version'][ecu] for e in summary['ecus'][ecu]['episodes'])
+        for ecu in ('ecu0', 'ecu1'))]
+    assert deployed, 'no synchronised version ran on both actors'
+    assert 'fleet round' in out.stderr + out.stdout
