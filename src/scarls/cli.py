@@ -7,6 +7,8 @@
                  from) as ordinary Zarr episodes.
   scarls fleet   run N simulated ECUs that learn one policy (weighted all-reduce of their
                  parameters after each local round, a selector before every deploy).
+  scarls status  the ECUs of a ROS domain at a glance (phase, episodes, rates, versions,
+                 fleet rounds) from their heartbeats.
   scarls dataset info | stats | validate | delete | merge | repair | import-lerobot over a
                  data root (see `scarls dataset -h`).
 """
@@ -121,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument('--log-dir', default=None)
     fleet.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     fleet.set_defaults(func=cmd_fleet)
+    status = sub.add_parser('status', help='the ECUs of a ROS domain at a glance',
+                            description='Listen to the ECUs\' heartbeats (/fleet/status) and '
+                            'fleet rounds (/fleet/rounds) and print one line per ECU.')
+    status.add_argument('--domain-id', type=int, default=None,
+                        help='ROS_DOMAIN_ID of the fleet (default: the environment\'s)')
+    status.add_argument('--network', action='store_true',
+                        help='also discover ECUs on other hosts')
+    status.add_argument('--seconds', type=float, default=3.0, help='listen this long (3)')
+    status.add_argument('--watch', action='store_true', help='refresh every second until Ctrl-C')
+    status.add_argument('--json', action='store_true', help='print JSON')
+    status.set_defaults(func=cmd_status)
     from scarls.dataset_cli import add_dataset_parser
     add_dataset_parser(sub)
     return parser
@@ -206,6 +219,21 @@ def _write_summary(summary: dict, path_arg: str | None) -> None:
     tmp.write_text(json.dumps(summary, indent=2) + '\n')
     tmp.replace(path)
     log.info('summary written to %s', path)
+
+
+def cmd_status(args) -> int:
+    from scarls.launcher import ros_env
+    from scarls.status import collect
+
+    domain = args.domain_id
+    if domain is None:
+        domain = int(os.environ.get('ROS_DOMAIN_ID', '0') or 0)
+    env = ros_env(domain, localhost_only=not args.network)
+    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
+                'FASTDDS_DEFAULT_PROFILES_FILE', 'RMW_IMPLEMENTATION'):
+        if key in env:
+            os.environ[key] = env[key]
+    return collect(args.seconds, watch=args.watch, as_json=args.json)
 
 
 def cmd_fleet(args) -> int:

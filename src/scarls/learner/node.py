@@ -8,7 +8,8 @@ online/offline mix, evaluate open-loop on held-out demonstrations, gate (thresho
 than deployed) and publish the candidate to the checkpoint registry and on learner/checkpoint
 (approved or not, for lineage). The scheduler deploys the approved ones.
 
-Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, transient local).
+Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, transient local);
+fleet mode: learner/fleet_round and /fleet/rounds (FleetRound, one per round).
 Services: ~/train (std_srvs/Trigger: 'started' or 'busy').
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
@@ -126,6 +127,8 @@ class LearnerNode(LifecycleNode):
         self._resume = resume
         self._pub = self.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.STATE)
         self._pub_fleet = self.create_publisher(FleetRound, 'learner/fleet_round', qos.EVENTS)
+        # the same reports on one global topic: a fleet view sees every ECU's rounds
+        self._pub_rounds = self.create_publisher(FleetRound, '/fleet/rounds', qos.EVENTS)
         self._srv = self.create_service(Trigger, '~/train', self._on_train)
         self.get_logger().info(
             f'configured: {policy.name} policy, {self._learner.config.algorithm}, {n} '
@@ -224,6 +227,7 @@ class LearnerNode(LifecycleNode):
         msg.payload_bytes, msg.state_bytes = int(f.payload_bytes), int(f.state_bytes)
         msg.wait_seconds, msg.reduce_seconds = float(f.wait_seconds), float(f.reduce_seconds)
         self._pub_fleet.publish(msg)
+        self._pub_rounds.publish(msg)
         self.get_logger().info(
             f'fleet round {f.round}: {f.status} ({f.reason}); participants '
             f'{list(f.participants)}, weights { {k: round(v, 3) for k, v in f.weights.items()} }')

@@ -18,6 +18,7 @@ Topics (relative to the ECU namespace):
       learner/checkpoint (CheckpointInfo, every candidate)
   out scheduler/episode (scarls_interfaces/EpisodeInfo, reliable depth 100)
       scheduler/checkpoint (CheckpointInfo, transient local: the checkpoint to deploy)
+      /fleet/status (EcuStatus, 1 Hz heartbeat: phase, episodes, recent rates, versions)
 Services: ~/get_checkpoint (GetCheckpointChunk); client learner/train (std_srvs/Trigger).
 Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_seconds, cameras,
 train_interval_s, min_train_steps, max_dropped_fraction, autostart.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, EpisodeInfo
+from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, EcuStatus, EpisodeInfo
 from scarls_interfaces.srv import GetCheckpointChunk
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
@@ -47,6 +48,8 @@ from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.scheduler.trigger import TrainTrigger, TriggerConfig
 
 TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
+STATUS_TOPIC = '/fleet/status'   # global: every ECU of the domain, whatever its namespace
+STATUS_WINDOW = 20               # episodes behind the recent rates of the heartbeat
 FINALIZE_WAIT_S = 3.0
 
 
@@ -130,11 +133,16 @@ class SchedulerNode(LifecycleNode):
         self._cond = threading.Condition()
         self._episode: _Episode | None = None
         self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
+        self._pub_status = self.create_publisher(EcuStatus, STATUS_TOPIC, qos.EVENTS)
+        self._recent: collections.deque[EpisodeInfo] = collections.deque(maxlen=STATUS_WINDOW)
+        self._saved = self._saved_alone = 0
+        self._phase = 'UNKNOWN'
         self._trigger = TrainTrigger(TriggerConfig(
             min_interval_s=float(p('train_interval_s').value),
             min_steps=int(p('min_train_steps').value),
             max_dropped_fraction=float(p('max_dropped_fraction').value)))
         self._trigger_lock = threading.Lock()
+        self._status_lock = threading.Lock()
         self._train_client = self.create_client(Trigger, 'learner/train')
         self._train_future = None
         # deployment: approved checkpoints, re-announced and served in chunks
@@ -160,6 +168,7 @@ class SchedulerNode(LifecycleNode):
 
     def on_activate(self, state):
         self._trigger_timer = self.create_timer(1.0, self._poll_trigger)
+        self._status_timer = self.create_timer(1.0, self._publish_status)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name='recorder', daemon=True)
         self._thread.start()
@@ -167,6 +176,7 @@ class SchedulerNode(LifecycleNode):
 
     def on_deactivate(self, state):
         self.destroy_timer(self._trigger_timer)
+        self.destroy_timer(self._status_timer)
         self._stop_thread()
         return super().on_deactivate(state)
 
@@ -200,6 +210,7 @@ class SchedulerNode(LifecycleNode):
             self._cond.notify()
 
     def _on_state(self, msg: ActorState) -> None:
+        self._phase = msg.phase
         outcome = TERMINAL.get(msg.phase)
         if outcome is None and msg.event == 'EPISODE_CLOSED':
             outcome = TERMINAL.get(msg.previous_phase)
@@ -357,6 +368,10 @@ class SchedulerNode(LifecycleNode):
         info.dropped_steps = int(episode.dropped + max(0, steps - episode.steps_seen))
         info.finalize_seconds = float(finalize_s)
         self._pub_episode.publish(info)
+        with self._status_lock:
+            self._recent.append(info)
+            self._saved += 1
+            self._saved_alone += int(outcome == 'success' and info.intervention_steps == 0)
         with self._trigger_lock:
             quality = self._trigger.on_episode(info.steps, info.dropped_steps, outcome)
         if not quality.ok:
@@ -367,6 +382,23 @@ class SchedulerNode(LifecycleNode):
             f'({ref.intervention_steps} by human), {info.dropped_steps} dropped, visible '
             f'{finalize_s:.2f} s after the end -> {ref.path}')
 
+
+    # -- fleet status ----------------------------------------------------------------------------
+    def _publish_status(self) -> None:
+        msg = EcuStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.ecu_id, msg.task, msg.phase = self._ecu, self._task, self._phase
+        with self._status_lock:
+            recent = list(self._recent)
+            msg.episodes, msg.successes_without_help = self._saved, self._saved_alone
+        if recent:
+            msg.recent_success_rate = sum(
+                e.outcome == 'success' and e.intervention_steps == 0 for e in recent) / len(recent)
+            msg.recent_intervention_rate = sum(e.intervention_steps for e in recent) / max(
+                1, sum(e.steps for e in recent))
+            msg.model_version = int(recent[-1].model_version)
+        msg.deployed_version = int(self._deployed)
+        self._pub_status.publish(msg)
 
     # -- deployment ----------------------------------------------------------------------------
     def _on_learner_checkpoint(self, msg: CheckpointInfo) -> None:
