@@ -13,8 +13,8 @@ fleet mode: learner/fleet_round and /fleet/rounds (FleetRound, one per round).
 Services: ~/train (std_srvs/Trigger: 'started' or 'busy').
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
-keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port, fleet_rank, fleet_world_size,
-seed, autostart.
+bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port, fleet_rank,
+fleet_world_size, seed, autostart.
 """
 
 from __future__ import annotations
@@ -28,15 +28,20 @@ from pathlib import Path
 import torch
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import CheckpointInfo, FleetRound
+from scarls_interfaces.srv import GetCheckpointChunk
 from std_srvs.srv import Trigger
 
-from scarls.checkpoints import load_checkpoint
+from scarls.checkpoints import CheckpointRejected, load_checkpoint
 from scarls.checkpoints.registry import CheckpointRegistry
-from scarls.learner.config import MixingConfig, TrainerConfig
+from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
+from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
 from scarls.learner.online import METRIC, OnlineConfig, OnlineLearner, RoundResult
 from scarls.policies import make_policy
 from scarls.ros import qos
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+
+PEER_WAIT_S = 60.0      # wait this long for the peer's deployed checkpoint to be announced
+PEER_TIMEOUT_S = 10.0   # per chunk request to the peer
 
 DEFAULT_POLICY_CONFIG = json.dumps({'cameras': ['top'], 'channels': [8],
                                     'keypoints': 8, 'chunk_size': 10, 'hidden_dim': 256})
@@ -71,6 +76,10 @@ class LearnerNode(LifecycleNode):
         declare(self, 'fleet_port', 0, 'Rendezvous port (default: MASTER_PORT)', read_only=True)
         declare(self, 'fleet_rank', -1, 'This ECU in the fleet (default: RANK)', read_only=True)
         declare(self, 'fleet_world_size', 0, 'ECUs in the fleet (default: WORLD_SIZE)',
+                read_only=True)
+        declare(self, 'bootstrap_from', '', 'Peer ECU id: with no checkpoint of its own, start '
+                'from the checkpoint that peer deploys (fetched over its scheduler/'
+                'get_checkpoint service, sha256-verified) instead of pre-training',
                 read_only=True)
         declare(self, 'keep_checkpoints', 5, 'Newest checkpoints whose weights the registry '
                 'keeps (plus the best and the deployed one)', read_only=True)
@@ -130,6 +139,13 @@ class LearnerNode(LifecycleNode):
         # the same reports on one global topic: a fleet view sees every ECU's rounds
         self._pub_rounds = self.create_publisher(FleetRound, '/fleet/rounds', qos.EVENTS)
         self._srv = self.create_service(Trigger, '~/train', self._on_train)
+        self._peer = str(p('bootstrap_from')).strip('/')
+        self._peer_info: CheckpointInfo | None = None
+        if self._peer and resume is None:
+            self.create_subscription(CheckpointInfo, f'/{self._peer}/scheduler/checkpoint',
+                                     self._on_peer_checkpoint, qos.LATCHED)
+            self._peer_client = self.create_client(GetCheckpointChunk,
+                                                   f'/{self._peer}/scheduler/get_checkpoint')
         self.get_logger().info(
             f'configured: {policy.name} policy, {self._learner.config.algorithm}, {n} '
             f'demonstrations from {self._offline}, registry {ckpt_dir}'
@@ -190,9 +206,57 @@ class LearnerNode(LifecycleNode):
                 f'+{added} new episodes ({result.online_episodes} online in use)')
             self._announce(result)
 
+    # -- start from a peer's checkpoint (training thread; the executor keeps spinning) ------
+    def _on_peer_checkpoint(self, msg: CheckpointInfo) -> None:
+        if msg.approved and (self._peer_info is None or msg.version > self._peer_info.version):
+            self._peer_info = msg
+
+    def _request_peer_chunk(self, version: int, offset: int, length: int) -> ChunkReply:
+        if not self._peer_client.wait_for_service(timeout_sec=PEER_TIMEOUT_S):
+            raise TransferError(f'/{self._peer}/scheduler/get_checkpoint is not available')
+        done = threading.Event()
+        future = self._peer_client.call_async(
+            GetCheckpointChunk.Request(version=version, offset=offset, length=length))
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(PEER_TIMEOUT_S):
+            self._peer_client.remove_pending_request(future)
+            raise TransferError(f'no reply from {self._peer} within {PEER_TIMEOUT_S} s')
+        r = future.result()
+        return ChunkReply(ok=r.ok, error=r.error, total_size=r.total_size, sha256=r.sha256,
+                          data=bytes(r.data))
+
+    def _bootstrap_from_peer(self) -> bool:
+        t0 = time.monotonic()
+        while self._peer_info is None and time.monotonic() - t0 < PEER_WAIT_S:
+            if self._stop.wait(0.2):
+                return False
+        info = self._peer_info
+        if info is None:
+            self.get_logger().warning(f'no checkpoint deployed by {self._peer} within '
+                                      f'{PEER_WAIT_S:.0f} s: pre-training instead')
+            return False
+        try:
+            data = ChunkFetcher(self._request_peer_chunk, int(info.version),
+                                expected_sha256=info.sha256 or None).fetch()
+            policy, _ = load_checkpoint(data, expected_sha256=info.sha256 or None)
+            with self._busy:
+                result = self._learner.adopt(policy, f'{self._peer} v{info.version}')
+        except (TransferError, CheckpointRejected, LearnerError, ValueError) as exc:
+            self.get_logger().error(f'cannot start from {self._peer} v{info.version}: {exc}; '
+                                    'pre-training instead')
+            return False
+        self.get_logger().info(
+            f'started from {self._peer} v{info.version} ({len(data) / 1e6:.1f} MB fetched and '
+            f'verified in {time.monotonic() - t0:.1f} s): v{result.version} open-loop error '
+            f'{result.metric:.4f} -> {"APPROVED" if result.approved else "rejected"}')
+        self._announce(result)
+        return result.approved
+
     def _run(self) -> None:
         try:
-            if self._resume is None and self._learner.config.pretrain_steps > 0:
+            if self._resume is None and self._peer and self._bootstrap_from_peer():
+                pass
+            elif self._resume is None and self._learner.config.pretrain_steps > 0:
                 self._round(self._learner.config.pretrain_steps, 'pre-training on demos')
             elif self._resume is not None:
                 self._announce_resume()

@@ -192,6 +192,40 @@ class OnlineLearner:
         self._deployed_weights = {k: v.detach().clone()
                                   for k, v in self.policy.state_dict().items()}
 
+    def adopt(self, policy: Policy, source: str) -> RoundResult:
+        """Start from another ECU's model (e.g. the fleet's deployed checkpoint fetched from a
+        peer): its weights replace the current ones, it is measured on the held-out set, gated
+        like a candidate (threshold only: nothing is deployed yet) and published."""
+        own, theirs = self.policy.state_dict(), policy.state_dict()
+        if set(own) != set(theirs) or any(own[k].shape != theirs[k].shape for k in own):
+            raise LearnerError(f'the model from {source} ({policy.name}) does not fit this '
+                               f'learner\'s {self.policy.name} policy and its configuration')
+        self.policy.load_state_dict(theirs)
+        self.trainer.sync_ema()
+        t0 = time.perf_counter()
+        metric = self.evaluate()
+        eval_s = time.perf_counter() - t0
+        decision = self.gate.decide(metric, self.deployed_metric)
+        model = self.trainer.deployable()
+        reason = f'adopted from {source}: {decision.reason}'
+        record = self.registry.publish(
+            model, metrics={METRIC: metric if math.isfinite(metric) else 1e9,
+                            'train_steps': 0.0, 'eval_seconds': round(eval_s, 3),
+                            'published_unix': time.time()},
+            parent=self.deployed_version, approved=decision.approved,
+            extra={'reason': reason, 'source': source})
+        if decision.approved:
+            self.deployed_metric, self.deployed_version = metric, record.version
+            self._deployed_weights = {k: v.detach().clone()
+                                      for k, v in model.state_dict().items()}
+            self.registry.mark_deployed(record.version)
+        result = RoundResult(record.version, None, metric, decision.approved, reason, math.nan,
+                             0, 0.0, eval_s, self.online_episodes, record)
+        self.rounds.append(result)
+        log.info('adopted v%d from %s: open-loop error %.4f %s', record.version, source, metric,
+                 'APPROVED' if decision.approved else 'rejected')
+        return result
+
     # -- training --------------------------------------------------------------------------
     def _batch(self) -> dict[str, torch.Tensor]:
         drawn = self.sampler.draw(self.trainer.config.batch_size, self.rng)
