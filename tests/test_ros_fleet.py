@@ -26,6 +26,8 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     params = yaml.safe_load(default_params_file().read_text())
     params['/**/learner']['ros__parameters'].update(
         pretrain_steps=40, steps_per_round=20, batch_size=8, heldout_demos=1, threshold=100.0)
+    # twelve processes on a small machine drop frames: still train on those episodes
+    params['/**/scheduler']['ros__parameters']['max_dropped_fraction'] = 0.95
     params_file = tmp_path / 'params.yaml'
     params_file.write_text(yaml.safe_dump(params))
     summary_path = tmp_path / 'fleet.json'
@@ -68,3 +70,64 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
         for ecu in ('ecu0', 'ecu1'))]
     assert deployed, 'no synchronised version ran on both actors'
     assert 'fleet round' in out.stderr + out.stdout
+
+
+def test_a_killed_learner_does_not_block_the_fleet_and_rejoins(tmp_path, domain_id):
+    """SIGKILL ecu1's learner after the first synchronised round: ecu0 keeps training and
+    deploying without waiting past the deadline, the runner restarts the learner, and it
+    resumes from its registry and joins a later round again - no fleet restart."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    params = yaml.safe_load(default_params_file().read_text())
+    params['/**/learner']['ros__parameters'].update(
+        pretrain_steps=40, steps_per_round=20, batch_size=8, heldout_demos=1, threshold=100.0)
+    # twelve processes on a small machine drop frames: still train on those episodes
+    params['/**/scheduler']['ros__parameters']['max_dropped_fraction'] = 0.95
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    summary_path = tmp_path / 'fleet.json'
+    root = tmp_path / 'fleet'
+    cmd = [sys.executable, '-m', 'scarls.cli', 'fleet', '--ecus', '2', '--minutes', '3',
+           '--data-root', str(root), '--summary', str(summary_path), '--height', '32',
+           '--width', '40', '--max-steps', '120', '--demos', '4', '--train-interval', '0',
+           '--deadline', '5', '--params-file', str(params_file), '--domain-id', str(domain_id)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and killed_at is None:
+            time.sleep(1.0)
+            logs = list(root.glob('logs/*/ecu1_learner.log'))
+            if logs and 'fleet round 1:' in logs[0].read_text(errors='replace'):
+                for p in psutil.process_iter(['pid', 'cmdline']):
+                    line = ' '.join(p.info['cmdline'] or [])
+                    if 'scarls.learner.node' in line and str(root / 'ecu1') in line:
+                        os.kill(p.info['pid'], signal.SIGKILL)
+                        killed_at = time.monotonic()
+        assert killed_at is not None, 'no synchronised round to interrupt'
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-6000:]
+    summary = json.loads(summary_path.read_text())
+    assert [r['node'] for r in summary['restarts']] == ['/ecu1/learner']
+    reports = summary['round_reports']
+    killed_s = summary['restarts'][0]['at_s']
+    ecu0_after = [r for r in reports if r['ecu_id'] == 'ecu0' and r['at_s'] > killed_s]
+    # ecu0 went on alone (never waiting past the deadline for the dead learner) ...
+    alone = [r for r in ecu0_after if r['participants'] == ['ecu0']]
+    assert alone, ecu0_after
+    assert all(r['seconds'] < 5 + 10 for r in ecu0_after)
+    # ... and the restarted learner joined a later round with it
+    rejoined = [r for r in reports if r['ecu_id'] == 'ecu1' and r['at_s'] > killed_s
+                and sorted(r['participants']) == ['ecu0', 'ecu1']]
+    assert rejoined, (killed_s, summary['duration_s'],
+                      [(r['ecu_id'], r['round'], r['status'], r['participants'], r['at_s'])
+                       for r in reports])
+    assert 'restarting it' in out

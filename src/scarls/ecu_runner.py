@@ -34,6 +34,10 @@ class RunOptions:
     localhost_only: bool
     log_dir: Path
     stall_timeout_s: float = 120.0
+    restart: tuple[str, ...] = ()
+    """Node names restarted when they die (a fleet restarts learners: the ECU keeps acting
+    with its deployed model and the learner rejoins a later round); others end the run."""
+    max_restarts: int = 3
 
 
 @dataclass
@@ -259,11 +263,13 @@ class EcuRun:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         exit_codes: dict = {}
+        restart_log: list[dict] = []
         try:
             for spec in opts.specs:
                 group.start(spec, opts.params_file)
             deadline = t0 + opts.minutes * 60.0 if opts.minutes else None
             ready: set[str] = set()
+            restarts: dict[str, int] = {}
             while True:
                 executor.spin_once(timeout_sec=0.1)
                 now = time.monotonic()
@@ -284,6 +290,17 @@ class EcuRun:
                     log.info('time is up (%.1f min)', opts.minutes)
                     break
                 dead = group.dead()
+                for d in list(dead):
+                    if d.spec.name in opts.restart and restarts.get(d.spec.fqn, 0) < \
+                            opts.max_restarts:
+                        restarts[d.spec.fqn] = restarts.get(d.spec.fqn, 0) + 1
+                        log.warning('%s died (exit %s): restarting it (%d of %d)', d.spec.fqn,
+                                    d.process.returncode, restarts[d.spec.fqn],
+                                    opts.max_restarts)
+                        restart_log.append({'node': d.spec.fqn, 'exit': d.process.returncode,
+                                            'at_s': round(now - t0, 2)})
+                        group.restart(d, opts.params_file)
+                        dead.remove(d)
                 if dead:
                     names = ', '.join(f'{d.spec.fqn} (exit {d.process.returncode})'
                                       for d in dead)
@@ -330,6 +347,7 @@ class EcuRun:
             'duration_s': round(time.monotonic() - t0, 3),
             'domain_id': domain,
             'node_exit_codes': exit_codes,
+            'restarts': restart_log,
             'log_dir': str(opts.log_dir),
         })
         return out

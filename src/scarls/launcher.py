@@ -93,6 +93,15 @@ class ProcessGroup:
     def dead(self) -> list[RunningNode]:
         return [n for n in self.nodes if n.process.poll() is not None]
 
+    def restart(self, node: RunningNode, params_file: str | None) -> RunningNode:
+        """Start a dead node's spec again (its log continues); Fast DDS shared memory of the
+        dead process is cleaned first."""
+        if node.process.poll() is None:
+            raise LaunchError(f'{node.spec.fqn} is still running')
+        self.nodes.remove(node)
+        clean_fastdds_shm()
+        return self.start(node.spec, params_file)
+
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
         """Stop all nodes (last started first); returns exit codes by fully qualified name."""
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0),

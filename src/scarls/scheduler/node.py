@@ -48,6 +48,7 @@ from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.scheduler.trigger import TrainTrigger, TriggerConfig
 
 TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
+TRAIN_CALL_TIMEOUT_S = 10.0     # a learner/train call unanswered this long is retried
 STATUS_TOPIC = '/fleet/status'   # global: every ECU of the domain, whatever its namespace
 STATUS_WINDOW = 20               # episodes behind the recent rates of the heartbeat
 FINALIZE_WAIT_S = 3.0
@@ -428,6 +429,15 @@ class SchedulerNode(LifecycleNode):
         future = self._train_future
         if future is not None:
             if not future.done():
+                if time.monotonic() - self._train_called < TRAIN_CALL_TIMEOUT_S:
+                    return
+                # the learner died or hangs with our call in flight: forget it, try again
+                self._train_client.remove_pending_request(future)
+                self._train_future = None
+                self.get_logger().warning(f'no answer from learner/train within '
+                                          f'{TRAIN_CALL_TIMEOUT_S:.0f} s: retrying')
+                with self._trigger_lock:
+                    self._trigger.retry_later(1)
                 return
             self._train_future = None
             result = future.result()
@@ -443,6 +453,7 @@ class SchedulerNode(LifecycleNode):
         with self._trigger_lock:
             fire = self._trigger.poll(time.monotonic())
         if fire:
+            self._train_called = time.monotonic()
             self._train_future = self._train_client.call_async(Trigger.Request())
 
 
