@@ -152,8 +152,9 @@ class FleetConfig:
     """Timeout of the all-reduce itself (must exceed its duration on the fleet's network)."""
     store_timeout_s: float = 10.0
     """Timeout of connecting to the rendezvous store and of a single store operation."""
-    poll_s: float = 0.01
-    """Store polling period while waiting (the extra latency of a round's close)."""
+    poll_s: float = 0.05
+    """Store polling period while waiting (the extra latency of a round's close; every waiting
+    ECU sends the store 1 / poll_s requests per second)."""
     backend: str = 'auto'
     """``'auto'`` (NCCL for CUDA parameters when available, else Gloo), ``'gloo'``, ``'nccl'``."""
     host_store: bool = False
