@@ -366,6 +366,24 @@ def test_store_restart_changes_the_epoch_and_the_ecu_rejoins():
         host.close()
 
 
+def test_cancel_releases_a_waiting_ecu_at_once():
+    import threading
+    import time
+
+    host = serve_rendezvous('127.0.0.1', 0)
+    cfg = FleetConfig(deadline_s=30.0, store_timeout_s=2.0, poll_s=0.005)
+    red = FleetReducer(cfg, 'a', rendezvous=Rendezvous('127.0.0.1', host.port, 0, 2))
+    try:
+        threading.Timer(0.5, red.cancel).start()
+        t0 = time.monotonic()
+        result = red.reduce(_Net(0), 0.01)   # rank 1 never comes: would wait 30 s
+        assert result.status == 'failed' and 'cancelled' in result.reason
+        assert time.monotonic() - t0 < 0.5 + SLACK_S
+    finally:
+        red.close()
+        host.close()
+
+
 # -- real processes -----------------------------------------------------------------------------
 
 

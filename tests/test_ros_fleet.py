@@ -51,11 +51,16 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
         assert set(r['weights']) == {'ecu0', 'ecu1'}
         assert sum(r['weights'].values()) == pytest.approx(1.0)
         assert set(r['metrics']) >= {'ecu0', 'ecu1'}
-    # a round both ECUs approved: the two published checkpoints hold the same parameters, and
-    # each ECU's actor ran episodes on it
+    # parameters really travelled (the evaluated and deployed weight average, whose own
+    # parameters are frozen, is reduced with the policy's trainable mask)
+    reduced = [x for x in summary['round_reports'] if x['status'] == 'reduced']
+    assert reduced and all(x['payload_bytes'] > 100_000 for x in reduced), reduced
+    # a round both ECUs approved after training on different data (different local errors):
+    # the two published checkpoints hold the same parameters, and each ECU's actor ran on it
     synced = [r for r in both if r['selector_passed'] and set(r['version']) == {'ecu0', 'ecu1'}]
     assert synced, rounds
-    r = synced[0]
+    differed = [r for r in synced if r['metrics']['ecu0'] != r['metrics']['ecu1']]
+    r = (differed or synced)[0]
     weights = {}
     for ecu, version in r['version'].items():
         registry = CheckpointRegistry(root / ecu / 'checkpoints' / 'pick_cube', keep_last=100)

@@ -239,7 +239,7 @@ class EcuRun:
                     'weights': dict(zip(msg.member_ids, map(float, msg.member_weights),
                                         strict=False)),
                     'selector_passed': bool(msg.selector_passed), 'version': int(msg.version),
-                    'approved': bool(msg.approved),
+                    'approved': bool(msg.approved), 'payload_bytes': int(msg.payload_bytes),
                     'seconds': round(float(msg.wait_seconds + msg.reduce_seconds), 3),
                     'at_s': round(time.monotonic() - t0, 2)})
                 log.info('%sfleet round %d: %s, participants %s, weights %s%s', pre, msg.round,

@@ -79,6 +79,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -484,6 +485,7 @@ class FleetReducer:
         self._next_round: int | None = None
         self._local_round = 0
         self._gloo_host: str | None = None
+        self._cancel = threading.Event()
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -542,6 +544,11 @@ class FleetReducer:
             result.seconds,
         )
         return result
+
+    def cancel(self) -> None:
+        """Make a :meth:`reduce` that waits for the fleet return ``'failed'`` at once, and
+        every later call too (the ECU is stopping)."""
+        self._cancel.set()
 
     def close(self) -> None:
         """Drop the store connection (and stop hosting the store if this ECU hosts it)."""
@@ -709,6 +716,8 @@ class FleetReducer:
                 reduce_seconds=time.monotonic() - t_red,
                 **common,
             )
+        except _CancelledError:
+            return done('failed', 'cancelled: this ECU is stopping')
         except _COMM_ERRORS as e:
             self._store = None  # reconnect (and re-read the epoch) on the next call
             return self._result(
@@ -776,12 +785,14 @@ class FleetReducer:
         if mark is not None:
             store.set(mark, '1')
         while True:
+            if self._cancel.is_set():
+                raise _CancelledError
             if store.check([key]):
                 return json.loads(store.get(key))
             if store.check(flags) or time.monotonic() >= until:
                 present = [k for k, f in zip(ranks, flags, strict=True) if store.check([f])]
                 return json.loads(store.compare_set(key, '', json.dumps(present)))
-            time.sleep(self.config.poll_s)
+            self._cancel.wait(self.config.poll_s)
 
     def _read_posts(
         self, store: dist.TCPStore, r: int, members: Sequence[int]
@@ -863,6 +874,10 @@ class FleetReducer:
                 raise _RoundFailedError('the reduced parameters are not finite')
         for buf, ps in buffers:
             _write_back(buf, ps)
+
+
+class _CancelledError(Exception):
+    """FleetReducer.cancel() was called while waiting."""
 
 
 class _RoundFailedError(RuntimeError):

@@ -166,6 +166,8 @@ class LearnerNode(LifecycleNode):
 
     def safe_stop(self) -> None:
         self._stop.set()
+        if getattr(self, '_reducer', None) is not None:
+            self._reducer.cancel()   # do not wait out a fleet round's deadline
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30.0)

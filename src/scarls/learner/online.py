@@ -288,7 +288,18 @@ class OnlineLearner:
         model = self.trainer.deployable()
         fleet, local_metric, extra_metrics = None, None, {}
         if reducer is not None:
-            fleet = reducer.reduce(model, metric)
+            if model is not self.policy:
+                # the weight average is what was evaluated and what deploys, so it is what the
+                # fleet averages; its parameters are frozen (no gradients), so mark the ones the
+                # policy trains for the reduction
+                trains = dict(self.policy.named_parameters())
+                for name, p in model.named_parameters():
+                    p.requires_grad_(trains[name].requires_grad)
+            try:
+                fleet = reducer.reduce(model, metric)
+            finally:
+                if model is not self.policy:
+                    model.requires_grad_(False)
             local_metric = metric
             extra_metrics = {'fleet_round': float(fleet.round),
                              'fleet_participants': float(len(fleet.participants)),
