@@ -40,6 +40,8 @@ def ros_env(domain_id: int, *, localhost_only: bool = True, base: dict | None = 
     env.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
     if localhost_only:
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    elif env.get('ROS_AUTOMATIC_DISCOVERY_RANGE') in ('LOCALHOST', 'OFF'):
+        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'SUBNET'   # asked for the network: get it
     profile = CONFIG_DIR / 'fastdds_shm.xml'
     keys = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
     if profile.is_file() and not any(k in env for k in keys):
