@@ -149,7 +149,8 @@ def eval_checkpoints(root: Path, summary: dict, args) -> list[dict]:
     from scarls.learner.rollout import evaluate_closed_loop
 
     torch.set_num_threads(1)
-    registry = CheckpointRegistry(root / 'checkpoints' / 'pick_cube', keep_last=10_000)
+    registry = CheckpointRegistry(root / 'checkpoints' / 'pick_cube', keep_last=10_000,
+                                  keep_records=10_000)
     deployed = [c for c in summary.get('checkpoints', [])
                 if c.get('deployed_at_episode') is not None]
     stored = [c for c in deployed if c['version'] in registry

@@ -98,7 +98,8 @@ class LearnerNode(LifecycleNode):
         self._offline = Path(str(p('offline_root')) or self._data_root / 'offline')
         ckpt_dir = Path(str(p('checkpoint_dir')) or self._data_root / 'checkpoints' / self._task)
         try:
-            registry = CheckpointRegistry(ckpt_dir, keep_last=int(p('keep_checkpoints')))
+            keep = int(p('keep_checkpoints'))
+            registry = CheckpointRegistry(ckpt_dir, keep_last=keep, keep_records=max(1000, keep))
             resume = registry.latest(approved_only=True)
             if resume is not None:
                 policy, _ = load_checkpoint(resume.path, expected_sha256=resume.sha256)

@@ -42,6 +42,7 @@ KEYS = {'s': 'START', 'i': 'INTERVENE', 'r': 'RELEASE', 'y': 'SUCCESS', 'f': 'FA
 ACTIVE = ('INFERENCE', 'HUMANINTERVENTION')
 TERMINAL = ('SUCCESS', 'FAIL', 'ABORTED')
 SIGNAL_RETRY_S = 1.0
+LEADER_RESYNC_RAD = 0.15   # the scripted leader restarts from the robot when this far ahead
 
 
 class TeleopNode(Node):
@@ -77,6 +78,7 @@ class TeleopNode(Node):
         self.create_subscription(JointState, 'joint_states', self._on_js, qos.JOINT_STATE)
         self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE)
         self._q: np.ndarray | None = None
+        self._leader: np.ndarray | None = None
         self._phase = 'UNKNOWN'
         self._phase_since = time.monotonic()
         self._episode_id = 0
@@ -192,7 +194,18 @@ class TeleopNode(Node):
         if phase not in ACTIVE or self._q is None or self._task is None:
             return
         task = self._sim_task_state.from_vector(list(self._task.names), list(self._task.values))
-        expert = self._expert.action(self._q, task)
+        if phase == 'HUMANINTERVENTION':
+            # like a leader arm: the operator integrates its own commands (the robot follows a
+            # tick or two behind; answering the lagging measured state would re-send the same
+            # step and make the takeover zigzag), re-synchronised when the robot falls behind
+            lead = self._leader
+            if lead is None or float(np.max(np.abs(lead - self._q))) > LEADER_RESYNC_RAD:
+                lead = self._q
+            expert = self._expert.action(lead, task)
+            self._leader = expert
+        else:
+            self._leader = None
+            expert = self._expert.action(self._q, task)
         # stamped with the state it answers, so the actor records this command with that
         # observation (an HG-DAgger label is the expert's answer to what the policy saw)
         self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, expert, self._q_stamp))
