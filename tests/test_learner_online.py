@@ -124,3 +124,13 @@ def test_fleet_round_of_one_goes_through_the_selector(tmp_path, demos):
     skipped = learner.train_round(20, strict, CheckpointSelector(100.0))
     assert skipped.fleet.status == 'skipped' and not skipped.approved
     assert 'skipped' in skipped.reason and learner.deployed_version == result.version
+
+
+def test_a_stopping_learner_abandons_its_round_without_publishing(tmp_path, demos):
+    from scarls.learner.online import LearnerStopped
+
+    learner = _learner(tmp_path, demos, threshold=100.0)
+    learner.stop_event.set()
+    with pytest.raises(LearnerStopped):
+        learner.train_round(1000)
+    assert len(learner.registry) == 0 and learner.trainer.total_steps <= 1

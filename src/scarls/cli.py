@@ -276,7 +276,8 @@ def cmd_fleet(args) -> int:
         run = EcuRun(RunOptions(
             specs=specs, params_file=str(args.params_file or default_params_file()),
             episodes=args.episodes, minutes=args.minutes, domain_id=domain,
-            localhost_only=not args.network, log_dir=log_dir, restart=('learner',)))
+            localhost_only=not args.network, log_dir=log_dir, restart=('learner',),
+            fleet=True))
         summary = run.run()
     finally:
         host.close()

@@ -38,6 +38,8 @@ class RunOptions:
     """Node names restarted when they die (a fleet restarts learners: the ECU keeps acting
     with its deployed model and the learner rejoins a later round); others end the run."""
     max_restarts: int = 3
+    fleet: bool = False
+    """Report as a fleet (per-ECU sections, rounds) even with one ECU."""
 
 
 @dataclass
@@ -167,7 +169,7 @@ class EcuRun:
         domain = opts.domain_id if opts.domain_id is not None else pick_domain_id()
         env = ros_env(domain, localhost_only=opts.localhost_only)
         namespaces = list(dict.fromkeys(s.namespace for s in opts.specs))
-        fleet = len(namespaces) > 1
+        fleet = opts.fleet or len(namespaces) > 1
         log.info('scarls %s: %s nodes in namespace%s %s, ROS_DOMAIN_ID=%d%s; logs in %s',
                  'fleet' if fleet else 'ecu',
                  ', '.join(dict.fromkeys(s.name for s in opts.specs)), 'es' if fleet else '',

@@ -35,7 +35,13 @@ from scarls.checkpoints import CheckpointRejected, load_checkpoint
 from scarls.checkpoints.registry import CheckpointRegistry
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
-from scarls.learner.online import METRIC, OnlineConfig, OnlineLearner, RoundResult
+from scarls.learner.online import (
+    METRIC,
+    LearnerStopped,
+    OnlineConfig,
+    OnlineLearner,
+    RoundResult,
+)
 from scarls.policies import make_policy
 from scarls.ros import qos
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
@@ -167,6 +173,8 @@ class LearnerNode(LifecycleNode):
 
     def safe_stop(self) -> None:
         self._stop.set()
+        if getattr(self, '_learner', None) is not None:
+            self._learner.stop_event.set()   # a running round stops at its next step
         if getattr(self, '_reducer', None) is not None:
             self._reducer.cancel()   # do not wait out a fleet round's deadline
         self._wake.set()
@@ -272,8 +280,12 @@ class LearnerNode(LifecycleNode):
                 self._wake.clear()
                 try:
                     self._round(self._learner.config.steps_per_round, 'online round')
+                except LearnerStopped:
+                    return
                 except Exception as exc:  # one failed round must not end learning
                     self.get_logger().error(f'training round failed: {exc!r}')
+        except LearnerStopped:
+            return
         except Exception as exc:  # keep the node alive and say what went wrong
             self.get_logger().error(f'training stopped: {exc!r}')
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,10 @@ class RoundResult:
     """This ECU's own open-loop error before the fleet round (None without a fleet)."""
 
 
+class LearnerStopped(LearnerError):
+    """A round was abandoned because :attr:`OnlineLearner.stop_event` was set."""
+
+
 class OnlineLearner:
     def __init__(self, policy: Policy, registry: CheckpointRegistry,
                  config: OnlineConfig | None = None) -> None:
@@ -103,6 +108,8 @@ class OnlineLearner:
         self.deployed_version: int | None = None
         self._deployed_weights: dict[str, torch.Tensor] | None = None
         self._online_seen = 0
+        self.stop_event = threading.Event()
+        """Set it to abandon a running round at its next training step (nothing is published)."""
         self.stale_labels = 0
         """Takeover steps not used as labels because their command was a stale repeat."""
         self.rounds: list[RoundResult] = []
@@ -234,6 +241,8 @@ class OnlineLearner:
                            self.policy.chunk_size, cameras=self.cameras, labels=self.labels)
 
     def _report(self, batch, result) -> None:
+        if self.stop_event.is_set():
+            raise LearnerStopped('the learner is stopping: round abandoned')
         per: dict = {}
         for s, loss in zip(self._drawn, result.per_sample, strict=True):
             per.setdefault(s.buffer, []).append(float(loss))
