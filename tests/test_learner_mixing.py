@@ -9,7 +9,8 @@ from scarls.learner import LearnerConfigError, LearnerError, MixingConfig, Mixin
 
 
 def two_buffers(alpha: float = 3.0, online_weight: float = 0.5, window: int = 4):
-    s = MixingSampler(MixingConfig(alpha=alpha, online_weight=online_weight, window=window))
+    s = MixingSampler(MixingConfig(alpha=alpha, online_weight=online_weight, window=window,
+                                   max_online_share=1.0))
     s.add(('pick', 'offline'), 'demo0', 10)
     s.add(('pick', 'online'), 'run0', 5, [0, 1, 1, 0, 0])
     return s
@@ -130,3 +131,12 @@ def test_validation():
     with pytest.raises(LearnerConfigError, match='unknown'):
         MixingConfig.from_dict({'beta': 1})
     assert MixingConfig.from_dict({'alpha': 4}).alpha == 4
+
+
+def test_online_share_is_capped_after_the_boost():
+    s = MixingSampler(MixingConfig(alpha=3.0, online_weight=0.5, max_online_share=0.3))
+    s.add(('pick', 'offline'), 'demo', 10)
+    s.add(('pick', 'online'), 'run', 10)
+    assert s.probabilities()[('pick', 'online')] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match='max_online_share'):
+        MixingConfig(max_online_share=0.0)

@@ -28,9 +28,8 @@ How DDS and the all-reduce get across:
 The learners pre-train with different learning rates, so their local models differ before fleet
 round 0 and equal parameters after it show that the all-reduce took place. The ECUs run for a
 fixed time rather than a number of episodes (episodes run on the wall clock, while the learners'
-start-up slows down with the machine's load), and they do not train online: a learner waiting in
-a round for a peer that has already stopped only returns at ``fleet_deadline_s``, later than the
-launcher's grace period after SIGINT, and would be killed at the end of the run.
+start-up slows down with the machine's load), and they do not train online, which keeps the run
+short and its end deterministic (one fleet round, round 0, after pre-training).
 
 Checked: both ECUs exit 0; a probe node in namespace B receives ``/ecu0/actor/state`` from host
 A; no Fast DDS shared memory is in use; both learners' registries hold fleet round 0 with two

@@ -148,6 +148,10 @@ class MixingConfig(_Config):
     """Base share of a task's online buffer (the offline buffer has ``1 - online_weight``);
     None: its share of the task's labelled steps, so a few fresh episodes are not replayed
     dozens of times per round."""
+    max_online_share: float = 0.3
+    """Cap of the online buffer's share of a task's samples after the boost. Measured: online
+    takeover labels at 25 % of the batch left closed-loop success unchanged, at 50-85 % they
+    lowered it (docs/BENCHMARKS.md); 1.0 = no cap."""
     window: int = 50
     """Number of most recent loss reports averaged per buffer (sliding window)."""
     balance_tasks: bool = True
@@ -160,6 +164,8 @@ class MixingConfig(_Config):
             not _is_number(self.online_weight) or not 0.0 < self.online_weight < 1.0
         ):
             self._fail('online_weight', 'must be None or in (0, 1)')
+        if not _is_number(self.max_online_share) or not 0.0 < self.max_online_share <= 1.0:
+            self._fail('max_online_share', 'must be in (0, 1]')
         self._int_at_least('window', 1)
         if not isinstance(self.balance_tasks, bool):
             self._fail('balance_tasks', 'must be a bool')

@@ -12,7 +12,8 @@ step of that buffer in proportion to its weight. Within a task the online buffer
 the online buffer's share of the task's labelled steps); each buffer keeps the mean of its
 last ``window`` reported training losses, and while the online loss is higher than the offline
 loss the online weight is multiplied by ``alpha`` (> 1): the learner spends more of its batch
-on the states where the current policy is still wrong (the distribution shift the ECUs report).
+on the states where the current policy is still wrong (the distribution shift the ECUs report),
+up to ``max_online_share`` of the task's samples.
 
 Deterministic: the same calls with the same seeded ``numpy.random.Generator`` give the same
 samples.
@@ -196,7 +197,7 @@ class MixingSampler:
                     base = totals[on_key] / (totals[on_key] + totals[off_key])
                 w_on = base * (cfg.alpha if self.boosted(task) else 1.0)
                 w_off = 1.0 - base
-                p_on = w_on / (w_on + w_off)
+                p_on = min(w_on / (w_on + w_off), cfg.max_online_share)
                 out[on_key] = share * p_on
                 out[off_key] = share * (1.0 - p_on)
             else:
