@@ -258,7 +258,7 @@ class EcuRun:
             node.create_subscription(CheckpointInfo, topic('learner/checkpoint'), on_checkpoint,
                                      qos.STATE)
             node.create_subscription(FleetRound, topic('learner/fleet_round'), on_round,
-                                     qos.EVENTS)
+                                     qos.ROUNDS)
 
         for ns in namespaces:
             subscribe(ns)

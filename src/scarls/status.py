@@ -91,7 +91,7 @@ def collect(seconds: float, watch: bool = False, as_json: bool = False) -> int:
     rclpy.init(args=[])
     node = rclpy.create_node('scarls_status')
     node.create_subscription(EcuStatus, '/fleet/status', on_status, qos.EVENTS)
-    node.create_subscription(FleetRound, '/fleet/rounds', on_round, qos.EVENTS)
+    node.create_subscription(FleetRound, '/fleet/rounds', on_round, qos.ROUNDS)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     t_end = time.monotonic() + seconds

@@ -142,9 +142,9 @@ class LearnerNode(LifecycleNode):
             self._learner.resume(resume.version, resume.metrics.get(METRIC))
         self._resume = resume
         self._pub = self.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.STATE)
-        self._pub_fleet = self.create_publisher(FleetRound, 'learner/fleet_round', qos.EVENTS)
+        self._pub_fleet = self.create_publisher(FleetRound, 'learner/fleet_round', qos.ROUNDS)
         # the same reports on one global topic: a fleet view sees every ECU's rounds
-        self._pub_rounds = self.create_publisher(FleetRound, '/fleet/rounds', qos.EVENTS)
+        self._pub_rounds = self.create_publisher(FleetRound, '/fleet/rounds', qos.ROUNDS)
         self._srv = self.create_service(Trigger, '~/train', self._on_train)
         self._peer = str(p('bootstrap_from')).strip('/')
         self._peer_info: CheckpointInfo | None = None

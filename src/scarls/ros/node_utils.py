@@ -86,11 +86,17 @@ def run_node(node_cls, args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # the last line of defence: log, stop safely, exit non-zero
-        if node is not None:
+        if node is not None and not rclpy.ok():
+            # SIGINT shut the context down while a callback was publishing: that callback's
+            # error ("publisher's context is invalid", or pybind's conversion error) is part
+            # of a normal stop, not a failure
+            sys.stderr.write(f'stopping: a callback ended with {exc!r} after shutdown\n')
+        elif node is not None:
             node.get_logger().fatal(f'unhandled error: {exc!r}')
+            code = 1
         else:
             sys.stderr.write(f'node failed to start: {exc!r}\n')
-        code = 1
+            code = 1
     finally:
         if node is not None:
             try:
