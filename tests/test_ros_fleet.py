@@ -22,7 +22,8 @@ from scarls.fleet import trainable_parameters
 pytestmark = pytest.mark.ros
 
 
-def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
+def small_fleet_params(tmp_path):
+    """config/ecu.yaml with tiny training rounds, written to tmp_path; returns its path."""
     params = yaml.safe_load(default_params_file().read_text())
     params['/**/learner']['ros__parameters'].update(
         pretrain_steps=40, steps_per_round=20, batch_size=8, heldout_demos=1, threshold=100.0)
@@ -30,6 +31,11 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     params['/**/scheduler']['ros__parameters']['max_dropped_fraction'] = 0.95
     params_file = tmp_path / 'params.yaml'
     params_file.write_text(yaml.safe_dump(params))
+    return params_file
+
+
+def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
+    params_file = small_fleet_params(tmp_path)
     summary_path = tmp_path / 'fleet.json'
     root = tmp_path / 'fleet'
     cmd = [sys.executable, '-m', 'scarls.cli', 'fleet', '--ecus', '2', '--episodes', '4',
@@ -87,13 +93,7 @@ def test_a_killed_learner_does_not_block_the_fleet_and_rejoins(tmp_path, domain_
 
     import psutil
 
-    params = yaml.safe_load(default_params_file().read_text())
-    params['/**/learner']['ros__parameters'].update(
-        pretrain_steps=40, steps_per_round=20, batch_size=8, heldout_demos=1, threshold=100.0)
-    # twelve processes on a small machine drop frames: still train on those episodes
-    params['/**/scheduler']['ros__parameters']['max_dropped_fraction'] = 0.95
-    params_file = tmp_path / 'params.yaml'
-    params_file.write_text(yaml.safe_dump(params))
+    params_file = small_fleet_params(tmp_path)
     summary_path = tmp_path / 'fleet.json'
     root = tmp_path / 'fleet'
     cmd = [sys.executable, '-m', 'scarls.cli', 'fleet', '--ecus', '2', '--minutes', '3',

@@ -49,7 +49,13 @@ from scarls.ros.conversions import (
     msg_to_positions,
     stamp_to_ns,
 )
-from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.ros.node_utils import (
+    FAILURE,
+    SUCCESS,
+    declare,
+    request_checkpoint_chunk,
+    run_node,
+)
 from scarls.ros.viz import actor_state_marker
 
 SIGNAL_EVENTS = {
@@ -239,18 +245,8 @@ class ActorNode(LifecycleNode):
 
     # -- checkpoint fetch (worker thread; the executor keeps spinning) ----------------------
     def _request_chunk(self, version: int, offset: int, length: int) -> ChunkReply:
-        if not self._chunk_client.wait_for_service(timeout_sec=CHUNK_CALL_TIMEOUT_S):
-            raise TransferError('scheduler/get_checkpoint is not available')
-        done = threading.Event()
-        request = GetCheckpointChunk.Request(version=version, offset=offset, length=length)
-        future = self._chunk_client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(CHUNK_CALL_TIMEOUT_S):
-            self._chunk_client.remove_pending_request(future)
-            raise TransferError(f'no reply to a chunk request within {CHUNK_CALL_TIMEOUT_S} s')
-        r = future.result()
-        return ChunkReply(ok=r.ok, error=r.error, total_size=r.total_size, sha256=r.sha256,
-                          data=bytes(r.data))
+        return request_checkpoint_chunk(self._chunk_client, version, offset, length,
+                                        CHUNK_CALL_TIMEOUT_S)
 
     def _fetch_loop(self) -> None:
         while True:

@@ -44,7 +44,13 @@ from scarls.learner.online import (
 )
 from scarls.policies import make_policy
 from scarls.ros import qos
-from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.ros.node_utils import (
+    FAILURE,
+    SUCCESS,
+    declare,
+    request_checkpoint_chunk,
+    run_node,
+)
 
 PEER_WAIT_S = 60.0      # wait this long for the peer's deployed checkpoint to be announced
 PEER_TIMEOUT_S = 10.0   # per chunk request to the peer
@@ -225,18 +231,8 @@ class LearnerNode(LifecycleNode):
             self._peer_info = msg
 
     def _request_peer_chunk(self, version: int, offset: int, length: int) -> ChunkReply:
-        if not self._peer_client.wait_for_service(timeout_sec=PEER_TIMEOUT_S):
-            raise TransferError(f'/{self._peer}/scheduler/get_checkpoint is not available')
-        done = threading.Event()
-        future = self._peer_client.call_async(
-            GetCheckpointChunk.Request(version=version, offset=offset, length=length))
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(PEER_TIMEOUT_S):
-            self._peer_client.remove_pending_request(future)
-            raise TransferError(f'no reply from {self._peer} within {PEER_TIMEOUT_S} s')
-        r = future.result()
-        return ChunkReply(ok=r.ok, error=r.error, total_size=r.total_size, sha256=r.sha256,
-                          data=bytes(r.data))
+        return request_checkpoint_chunk(self._peer_client, version, offset, length,
+                                        PEER_TIMEOUT_S)
 
     def _bootstrap_from_peer(self) -> bool:
         t0 = time.monotonic()

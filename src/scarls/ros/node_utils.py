@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import rclpy
@@ -107,3 +108,27 @@ def run_node(node_cls, args=None) -> int:
                 node.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+def request_checkpoint_chunk(client, version: int, offset: int, length: int,
+                             timeout_s: float):
+    """One ``GetCheckpointChunk`` call from a worker thread while the node's executor keeps
+    spinning (the reply arrives through it): a ``ChunkReply`` for
+    :class:`~scarls.checkpoints.transfer.ChunkFetcher`. ``TransferError`` when the service is
+    not there or does not answer within ``timeout_s``."""
+    from scarls_interfaces.srv import GetCheckpointChunk
+
+    from scarls.checkpoints.transfer import ChunkReply, TransferError
+
+    if not client.wait_for_service(timeout_sec=timeout_s):
+        raise TransferError(f'{client.srv_name} is not available')
+    done = threading.Event()
+    future = client.call_async(
+        GetCheckpointChunk.Request(version=version, offset=offset, length=length))
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout_s):
+        client.remove_pending_request(future)
+        raise TransferError(f'no reply from {client.srv_name} within {timeout_s} s')
+    r = future.result()
+    return ChunkReply(ok=r.ok, error=r.error, total_size=r.total_size, sha256=r.sha256,
+                      data=bytes(r.data))
