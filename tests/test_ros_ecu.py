@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+import yaml
 from rosutil import Probe, start_nodes
 from scarls_interfaces.msg import ActorStep, EpisodeInfo, OperatorSignal
 from sensor_msgs.msg import Image
 
-from scarls.bringup import ecu_nodes
+from scarls.bringup import default_params_file, ecu_nodes
 from scarls.episodes import EpisodeReader, list_episodes, validate_episode
 from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image, stamp_to_ns
@@ -142,3 +144,27 @@ def test_scarls_ecu_command_writes_summary(tmp_path, domain_id):
         assert meta.steps == row['steps'] and meta.intervention_steps == row['intervention_steps']
     assert 'episode 2/2' in out.stderr + out.stdout
     assert all(code == 0 for code in data['node_exit_codes'].values()), data['node_exit_codes']
+
+
+def test_run_stops_early_when_the_learner_cannot_start(tmp_path, domain_id):
+    """A learner whose configuration fails stays alive unconfigured (a lifecycle node can be
+    configured again); the run must not act for its whole time without learning: it ends
+    with an error naming the learner and why, well before --minutes."""
+    params = yaml.safe_load(default_params_file().read_text())
+    params['/**/learner']['ros__parameters']['policy'] = 'no_such_policy'
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    summary = tmp_path / 'summary.json'
+    cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--learn', '--episodes', '0',
+           '--minutes', '5', '--demos', '3', '--data-root', str(tmp_path / 'data'),
+           '--summary', str(summary), '--height', '32', '--width', '40',
+           '--params-file', str(params_file), '--domain-id', str(domain_id),
+           '--ecu-id', 'ecubad']
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert time.monotonic() - t0 < 150
+    data = json.loads(summary.read_text())
+    assert data['ok'] is False
+    assert 'ecubad learner cannot start' in data['error'] and 'no_such_policy' in data['error']
+    assert data['learner']['state'] == 'failed'

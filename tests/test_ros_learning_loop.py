@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from rosutil import Probe, start_nodes
-from scarls_interfaces.msg import ActorStep, CheckpointInfo, EpisodeInfo
+from scarls_interfaces.msg import ActorStep, CheckpointInfo, EpisodeInfo, LearnerStatus
 
 from scarls.bringup import ecu_nodes
 from scarls.checkpoints.registry import CheckpointRegistry
@@ -36,7 +36,9 @@ def test_checkpoint_reaches_the_actor_only_between_episodes(ros, node_group, tmp
     ckpts: list[CheckpointInfo] = []
     deployed: list[CheckpointInfo] = []
     episodes: list[EpisodeInfo] = []
+    status: list[LearnerStatus] = []
     n = probe.node
+    n.create_subscription(LearnerStatus, 'learner/status', status.append, qos.EVENTS)
     n.create_subscription(ActorStep, 'actor/step', steps.append, qos.STEPS)
     n.create_subscription(CheckpointInfo, 'learner/checkpoint', ckpts.append, qos.STATE)
     n.create_subscription(CheckpointInfo, 'scheduler/checkpoint', deployed.append, qos.LATCHED)
@@ -53,6 +55,8 @@ def test_checkpoint_reaches_the_actor_only_between_episodes(ros, node_group, tmp
                        'an episode run entirely by the learned checkpoint')
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
         probe.wait_for(lambda: len(ckpts) >= 2, 120, 'a triggered training round')
+        probe.wait_for(lambda: status and status[-1].rounds >= 2, 10,
+                       'the learner status after the round')
     finally:
         probe.close()
 
@@ -70,6 +74,20 @@ def test_checkpoint_reaches_the_actor_only_between_episodes(ros, node_group, tmp
         meta = validate_episode(e.path)
         assert meta.model_version == next(iter(by_episode[e.actor_episode_id]))
     # the registry on disk holds what was announced, verified
+    # the learner's status said what it was doing: pre-training, then rounds, with losses,
+    # samples and the ingestion latency of the online episodes it loaded
+    states = [m.state for m in status]
+    # (the 40 pre-training steps may be over before the probe matches)
+    assert {'pretraining', 'training'} & set(states) and 'idle' in states, states
+    last = status[-1]
+    assert last.ecu_id == NS and last.rounds >= 2 and last.version >= 2
+    assert last.loss == last.loss and last.loss >= 0 and last.samples_trained >= 8 * 60
+    assert last.offline_episodes >= 1 and last.deployed_version >= 1
+    ingested = [(i, s) for m in status for i, s in zip(m.ingested_episodes,
+                                                       m.ingest_latency_s, strict=True)]
+    if ingested:   # a round after the first saved episode loaded it
+        assert all(0 <= s < 240 for _, s in ingested), ingested
+        assert len({i for i, _ in ingested}) == len(ingested)   # each reported once
     registry = CheckpointRegistry(data_root / 'checkpoints' / 'pick_cube')
     assert registry.get(1).sha256 == ckpts[0].sha256
     assert registry.verify() == {}

@@ -89,6 +89,8 @@ class _Seen:
     phase: str = 'UNKNOWN'
     phase_changed: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)
+    learner: dict | None = None
+    """The learner's latest LearnerStatus (state, rounds, loss, ...), None without one."""
 
 
 def ecu_report(seen: _Seen, prefix: str = '') -> dict:
@@ -130,6 +132,7 @@ def ecu_report(seen: _Seen, prefix: str = '') -> dict:
         'curve': curve,
         'checkpoints': sorted(seen.checkpoints.values(), key=lambda c: c['version']),
         'intervention_rate': human / steps if steps else None,
+        'learner': seen.learner,
     }
 
 
@@ -185,7 +188,13 @@ class EcuRun:
                 os.environ.pop(key, None)
         import rclpy
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from scarls_interfaces.msg import ActorState, CheckpointInfo, EpisodeInfo, FleetRound
+        from scarls_interfaces.msg import (
+            ActorState,
+            CheckpointInfo,
+            EpisodeInfo,
+            FleetRound,
+            LearnerStatus,
+        )
 
         from scarls.ros import qos
 
@@ -252,7 +261,17 @@ class EcuRun:
                          f' -> v{msg.version} ' + ('approved' if msg.approved else 'rejected')
                          if msg.status in ('reduced', 'alone') else f' ({msg.reason})')
 
+            def on_learner(msg) -> None:
+                nan = lambda v: None if v != v else round(float(v), 6)  # noqa: E731
+                me.learner = {'state': msg.state, 'detail': msg.detail, 'rounds': int(msg.rounds),
+                              'loss': nan(msg.loss), 'metric': nan(msg.metric),
+                              'deployed_version': int(msg.deployed_version),
+                              'samples_trained': int(msg.samples_trained),
+                              'online_episodes': int(msg.online_episodes)}
+
             node.create_subscription(EpisodeInfo, topic('scheduler/episode'), on_episode,
+                                     qos.EVENTS)
+            node.create_subscription(LearnerStatus, topic('learner/status'), on_learner,
                                      qos.EVENTS)
             node.create_subscription(ActorState, topic('actor/state'), on_state, qos.STATE)
             node.create_subscription(CheckpointInfo, topic('learner/checkpoint'), on_checkpoint,
@@ -290,6 +309,14 @@ class EcuRun:
                     break
                 if deadline is not None and now >= deadline:
                     log.info('time is up (%.1f min)', opts.minutes)
+                    break
+                failed = [(ns, me.learner['detail']) for ns, me in seen.items()
+                          if me.learner is not None and me.learner['state'] == 'failed']
+                if failed:
+                    # a learner that cannot start (bad config, no demonstrations) stays alive
+                    # unconfigured: end the run now rather than act without learning for hours
+                    error = '; '.join(f'{ns} learner {detail}' for ns, detail in failed) + \
+                        f' (see {opts.log_dir})'
                     break
                 dead = group.dead()
                 for d in list(dead):

@@ -9,6 +9,8 @@ than deployed) and publish the candidate to the checkpoint registry and on learn
 (approved or not, for lineage). The scheduler deploys the approved ones.
 
 Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, transient local);
+learner/status and /fleet/learners (LearnerStatus: 1 Hz and on every change of state, also
+while unconfigured, so a failed configuration is visible - state 'failed', detail = why);
 fleet mode: learner/fleet_round and /fleet/rounds (FleetRound, one per round).
 Services: ~/train (std_srvs/Trigger: queues one round; during a round, the next one).
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import CheckpointInfo, FleetRound
+from scarls_interfaces.msg import CheckpointInfo, FleetRound, LearnerStatus
 from scarls_interfaces.srv import GetCheckpointChunk
 from std_srvs.srv import Trigger
 
@@ -54,6 +56,8 @@ from scarls.ros.node_utils import (
 
 PEER_WAIT_S = 60.0      # wait this long for the peer's deployed checkpoint to be announced
 PEER_TIMEOUT_S = 10.0   # per chunk request to the peer
+LEARNERS_TOPIC = '/fleet/learners'   # global: every ECU's learner status
+STATUS_PERIOD_S = 1.0
 
 DEFAULT_POLICY_CONFIG = json.dumps({'cameras': ['top'], 'channels': [8],
                                     'keypoints': 8, 'chunk_size': 10, 'hidden_dim': 256})
@@ -101,6 +105,14 @@ class LearnerNode(LifecycleNode):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = threading.Lock()
+        self._learner: OnlineLearner | None = None
+        self._last: RoundResult | None = None
+        self._state, self._detail = 'starting', ''
+        # plain publishers (not lifecycle ones): the status is visible in every lifecycle state
+        self._pub_status = self.create_publisher(LearnerStatus, 'learner/status', qos.EVENTS)
+        self._pub_learners = self.create_publisher(LearnerStatus, LEARNERS_TOPIC, qos.EVENTS)
+        self._status_sent = (None, 0.0)
+        self.create_timer(0.2, self._status_tick)
 
     def on_configure(self, state):
         p = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -143,6 +155,9 @@ class LearnerNode(LifecycleNode):
                                                     tolerance=config.tolerance)
         except Exception as exc:  # config, registry, demos: say what is wrong, stay unconfigured
             self.get_logger().error(f'learner cannot start: {exc}')
+            self._state, self._detail = 'failed', f'cannot start: {exc}'
+            self._learner = None
+            self._publish_status()
             return FAILURE
         if resume is not None:
             self._learner.resume(resume.version, resume.metrics.get(METRIC))
@@ -168,6 +183,9 @@ class LearnerNode(LifecycleNode):
         return SUCCESS
 
     def on_activate(self, state):
+        self._state, self._detail = 'idle', ''
+        if self._learner is not None:
+            self._learner.progress.state = 'idle'
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name='training', daemon=True)
         self._thread.start()
@@ -178,6 +196,8 @@ class LearnerNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def safe_stop(self) -> None:
+        if self._state != 'failed':
+            self._state = 'stopped'
         self._stop.set()
         if getattr(self, '_learner', None) is not None:
             self._learner.stop_event.set()   # a running round stops at its next step
@@ -211,11 +231,57 @@ class LearnerNode(LifecycleNode):
             msg.sha256, msg.size_bytes, msg.uri = rec.sha256, int(rec.size), str(rec.path)
         self._pub.publish(msg)
 
+    # -- status ---------------------------------------------------------------------------
+    def _current_state(self) -> tuple[str, str]:
+        if self._learner is not None and self._state not in ('failed', 'stopped', 'starting'):
+            return self._learner.progress.state, self._detail
+        return self._state, self._detail
+
+    def _status_tick(self) -> None:
+        state, _ = self._current_state()
+        last_state, last_t = self._status_sent
+        if state != last_state or time.monotonic() - last_t >= STATUS_PERIOD_S:
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        state, detail = self._current_state()
+        msg = LearnerStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.ecu_id = str(self.get_parameter('ecu_id').value)
+        msg.state, msg.detail = state, detail
+        learner = self._learner
+        if learner is not None:
+            progress = learner.progress
+            msg.rounds = len(learner.rounds)
+            msg.round_step, msg.round_steps = int(progress.round_step), int(progress.round_steps)
+            msg.loss = progress.loss
+            msg.samples_trained = int(progress.samples_trained)
+            msg.online_episodes = int(learner.online_episodes)
+            msg.offline_episodes = len(learner.episodes) - msg.online_episodes
+            msg.deployed_version = int(learner.deployed_version or 0)
+            msg.deployed_metric = float(learner.deployed_metric
+                                        if learner.deployed_metric is not None else math.nan)
+            ingested = progress.take_ingested()
+            msg.ingested_episodes = [i for i, _ in ingested]
+            msg.ingest_latency_s = [float(s) for _, s in ingested]
+        else:
+            msg.loss = msg.deployed_metric = math.nan
+        last = self._last
+        msg.metric = float(last.metric) if last is not None else math.nan
+        if last is not None:
+            msg.version, msg.approved = int(last.version), bool(last.approved)
+        self._pub_status.publish(msg)
+        self._pub_learners.publish(msg)
+        self._status_sent = (state, time.monotonic())
+
     def _round(self, steps: int, what: str) -> None:
         with self._busy:
+            if what.startswith('pre-training'):
+                self._learner.progress.state = 'pretraining'
             added = self._learner.refresh_online(self._data_root, self._task)
             t0 = time.monotonic()
             result = self._learner.train_round(steps, self._reducer, self._selector)
+            self._last, self._detail = result, ''
             if result.fleet is not None:
                 self._announce_fleet(result)
             self.get_logger().info(
@@ -250,6 +316,7 @@ class LearnerNode(LifecycleNode):
             policy, _ = load_checkpoint(data, expected_sha256=info.sha256 or None)
             with self._busy:
                 result = self._learner.adopt(policy, f'{self._peer} v{info.version}')
+                self._last = result
         except (TransferError, CheckpointRejected, LearnerError, ValueError) as exc:
             self.get_logger().error(f'cannot start from {self._peer} v{info.version}: {exc}; '
                                     'pre-training instead')
@@ -282,10 +349,13 @@ class LearnerNode(LifecycleNode):
                     return
                 except Exception as exc:  # one failed round must not end learning
                     self.get_logger().error(f'training round failed: {exc!r}')
+                    self._learner.progress.state = 'idle'
+                    self._detail = f'last round failed: {exc!r}'
         except LearnerStopped:
             return
         except Exception as exc:  # keep the node alive and say what went wrong
             self.get_logger().error(f'training stopped: {exc!r}')
+            self._state, self._detail = 'failed', f'training stopped: {exc!r}'
 
     def _announce_fleet(self, result: RoundResult) -> None:
         f = result.fleet

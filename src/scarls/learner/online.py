@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,34 @@ class RoundResult:
     """This ECU's own open-loop error before the fleet round (None without a fleet)."""
 
 
+@dataclass
+class LearnerProgress:
+    """What the learner is doing, for status reports (read from other threads: plain fields,
+    each written whole)."""
+
+    state: str = 'starting'
+    """starting | pretraining | training | evaluating | reducing | idle | failed | stopped"""
+    detail: str = ''
+    round_step: int = 0
+    round_steps: int = 0
+    samples_trained: int = 0
+    recent_losses: deque = field(default_factory=lambda: deque(maxlen=20))
+    ingested: deque = field(default_factory=lambda: deque(maxlen=1000))
+    """(episode index, seconds from the episode's end to being loaded) not yet reported."""
+
+    @property
+    def loss(self) -> float:
+        losses = list(self.recent_losses)
+        return float(np.mean(losses)) if losses else math.nan
+
+    def take_ingested(self) -> list[tuple[int, float]]:
+        """The ingestions since the last call (each one is returned once)."""
+        out = []
+        while self.ingested:
+            out.append(self.ingested.popleft())
+        return out
+
+
 class LearnerStopped(LearnerError):
     """A round was abandoned because :attr:`OnlineLearner.stop_event` was set."""
 
@@ -116,6 +145,7 @@ class OnlineLearner:
         self._seen: set[str] = set()
         self.last_load_seconds = 0.0
         self._drawn: list = []
+        self.progress = LearnerProgress()
 
     # -- data ------------------------------------------------------------------------------
     def _weights(self, intervention: np.ndarray, action: np.ndarray, outcome: str,
@@ -179,6 +209,9 @@ class OnlineLearner:
                 log.warning('online episode %s skipped: %s', entry.path, exc)
                 continue
             self._online_seen += 1
+            # episode end (its last step's stamp) -> trainable, for the fleet's latency view
+            self.progress.ingested.append(
+                (int(entry.index), max(0.0, time.time() - float(reader.meta.end_time))))
             every = self.config.holdout_every
             if every and self._online_seen % every == 0 and ep.intervention.any():
                 self.heldout.append(ep)   # evaluation only, never trained on
@@ -243,6 +276,10 @@ class OnlineLearner:
     def _report(self, batch, result) -> None:
         if self.stop_event.is_set():
             raise LearnerStopped('the learner is stopping: round abandoned')
+        progress = self.progress
+        progress.round_step += 1
+        progress.samples_trained += len(self._drawn)
+        progress.recent_losses.append(float(result.loss))
         per: dict = {}
         for s, loss in zip(self._drawn, result.per_sample, strict=True):
             per.setdefault(s.buffer, []).append(float(loss))
@@ -283,7 +320,12 @@ class OnlineLearner:
         if not self.episodes:
             raise LearnerError('no training data yet')
         steps = int(steps or self.config.steps_per_round)
+        progress = self.progress
+        progress.round_step, progress.round_steps = 0, steps
+        if progress.state != 'pretraining':
+            progress.state = 'training'
         stats = self.trainer.train_steps(self._batch, steps, on_step=self._report)
+        progress.state = 'evaluating'
         t0 = time.perf_counter()
         metric = self.evaluate()
         # the deployed model is re-measured on the same (growing) held-out set, so the
@@ -304,6 +346,7 @@ class OnlineLearner:
                 trains = dict(self.policy.named_parameters())
                 for name, p in model.named_parameters():
                     p.requires_grad_(trains[name].requires_grad)
+            progress.state = 'reducing'
             try:
                 fleet = reducer.reduce(model, metric)
             finally:
@@ -318,6 +361,7 @@ class OnlineLearner:
                     self.policy.load_state_dict(model.state_dict())
                 selection = selector.select(model, self.heldout,
                                             reference_metric=self.deployed_metric)
+                progress.state = 'evaluating'
                 metric = float(selection.metric)
                 approved = bool(selection.approved)
                 reason = (f'fleet round {fleet.round} {fleet.status} '
@@ -347,6 +391,7 @@ class OnlineLearner:
                              float(stats.loss_mean), steps, float(stats.seconds), eval_s,
                              self.online_episodes, record, fleet, local_metric)
         self.rounds.append(result)
+        progress.state = 'idle'
         log.info('round %d: v%d open-loop error %.4f %s (%s); %d steps in %.1f s',
                  len(self.rounds), record.version, metric,
                  'APPROVED' if approved else 'rejected', reason, steps, stats.seconds)
