@@ -32,6 +32,8 @@ from scarls.fleet import (
     trainable_parameters,
 )
 from scarls.fleet.allreduce import _eligible, _labels, _write_back
+from scarls.fleet.selector import fleet_decision
+from scarls.learner.evaluation import CheckpointGate
 
 EPS = 1e-4
 FAST = {
@@ -109,6 +111,7 @@ def _ecu(port, rank, world, plan, cfg, out, go, life=0, hook=None, host_store=Fa
     out.send(('ready', rank, life))
     go.wait(120)
     t_go = time.monotonic()
+    res = None
     for step in plan:
         if step[0] == 'sleep':
             time.sleep(step[1])
@@ -120,6 +123,14 @@ def _ecu(port, rank, world, plan, cfg, out, go, life=0, hook=None, host_store=Fa
             out.send(
                 ('result', rank, life, res.to_dict(), _snapshot(model), time.monotonic() - t_go)
             )
+        elif step[0] == 'verdict':  # fleet-level selection of the last round's model
+            _, metric, frames, reference, pause = step
+            time.sleep(pause)
+            verdicts = reducer.agree_verdicts(
+                res, {'metric': metric, 'frames': frames, 'reference': reference})
+            decision = fleet_decision(verdicts, CheckpointGate(cfg['threshold'], tolerance=0.05))
+            out.send(('verdicts', rank, life, verdicts, decision.approved, decision.metric,
+                      decision.reason))
         elif step[0] == 'loop':  # rounds until one has `want` participants or time is up
             _, metric, want, pause, max_s = step
             while time.monotonic() - t_go < max_s:
@@ -531,3 +542,42 @@ def test_round_results_are_finite(fleet_factory):
     assert nan['status'] == 'skipped' and 'not finite' in nan['reason']
     assert ok['status'] == 'alone' and ok['weights'] == {'ecu1': 1.0}
     assert ok['metrics'] == {'ecu0': None, 'ecu1': 0.01}
+
+
+def _verdicts(f: _Fleet, rank: int, timeout: float = 45.0) -> tuple:
+    return f.expect(lambda m: m[0] == 'verdicts' and m[1] == rank, timeout)
+
+
+def test_fleet_level_selection_every_participant_decides_alike(fleet_factory):
+    """Each ECU judges the averaged model on its own held-out episodes: alone, ecu1 (0.08)
+    would reject it and the others accept. Through the agreed verdicts all three take one
+    decision, on the union of the held-out frames: (0.03*100 + 0.08*100 + 0.02*50) / 250."""
+    local = {0: (0.03, 100, 0.04), 1: (0.08, 100, 0.09), 2: (0.02, 50, None)}
+    f = fleet_factory(3, cfg={'deadline_s': 20.0})
+    for k in range(3):
+        f.start(k, [('round', 0.01 * (k + 1)), ('verdict', *local[k], 0.2 * k)])
+    f.ready([0, 1, 2])
+    f.go.set()
+    got = [_verdicts(f, k) for k in range(3)]
+    assert all(g[3] == got[0][3] for g in got), got   # the same verdicts everywhere
+    assert set(got[0][3]) == {'ecu0', 'ecu1', 'ecu2'}
+    assert all(g[4] is True for g in got)
+    assert got[0][5] == pytest.approx((0.03 * 100 + 0.08 * 100 + 0.02 * 50) / 250)
+    assert 'fleet verdict over 3 ECUs' in got[0][6]
+
+
+def test_fleet_level_selection_rejects_everywhere_and_does_not_wait_for_a_late_ecu(
+        fleet_factory):
+    """ecu2 evaluates too slowly: after the deadline the others decide on the two verdicts
+    they have (worse than deployed: reject); the late ECU reads the same agreed verdicts and
+    rejects too, its own verdict left out."""
+    d = FAST['deadline_s']
+    local = {0: (0.03, 100, 0.02, 0.0), 1: (0.04, 100, 0.03, 0.0), 2: (0.001, 100, 0.03, d + 2)}
+    f = fleet_factory(3)
+    for k in range(3):
+        f.start(k, [('round', 0.01), ('verdict', *local[k])])
+    f.ready([0, 1, 2])
+    f.go.set()
+    got = [_verdicts(f, k) for k in range(3)]
+    assert all(set(g[3]) == {'ecu0', 'ecu1'} for g in got), got
+    assert all(g[4] is False and 'worse than the deployed' in g[6] for g in got), got

@@ -10,7 +10,9 @@ import torch
 
 from scarls.fleet import CheckpointSelector, Selection, flatten_trainable, trainable_parameters
 from scarls.fleet.allreduce import _write_back
+from scarls.fleet.selector import fleet_decision
 from scarls.learner import EpisodeData
+from scarls.learner.evaluation import CheckpointGate
 from scarls.policies import make_policy
 
 CHUNK = 5
@@ -128,3 +130,28 @@ def test_stride_and_batch_size_change_only_the_sampling(heldout):
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         CheckpointSelector(THRESHOLD, **kwargs)
+
+
+def test_fleet_decision_on_the_union_of_the_held_out_frames():
+    gate = CheckpointGate(0.05, tolerance=0.05)
+    verdicts = {'ecu1': {'metric': 0.08, 'frames': 100, 'reference': 0.09},
+                'ecu0': {'metric': 0.03, 'frames': 100, 'reference': 0.04},
+                'ecu2': {'metric': 0.02, 'frames': 50, 'reference': None}}
+    d = fleet_decision(verdicts, gate)
+    assert d.approved and d.frames == 250
+    assert d.metric == pytest.approx(0.048) and d.reference == pytest.approx(0.065)
+    # the order the verdicts arrive in does not matter
+    again = fleet_decision(dict(reversed(list(verdicts.items()))), gate)
+    assert (again.approved, again.metric, again.reason) == (d.approved, d.metric, d.reason)
+    # worse than the deployed models on the frames that have a reference: rejected
+    worse = {k: {**v, 'reference': 0.04 if v['reference'] else None}
+             for k, v in verdicts.items()}
+    assert not fleet_decision(worse, gate).approved
+    # above the threshold on the union: rejected even if one ECU alone would pass
+    assert not fleet_decision({**verdicts, 'ecu1': {'metric': 0.2, 'frames': 100}}, gate).approved
+    # unusable verdicts (no frames, NaN, missing) are left out; none usable: rejected
+    assert not fleet_decision({'a': {'metric': None, 'frames': 0}}, gate).approved
+    assert not fleet_decision({}, gate).approved
+    only = fleet_decision({'a': {'metric': math.nan, 'frames': 9},
+                           'b': {'metric': 0.01, 'frames': 10, 'reference': None}}, gate)
+    assert only.approved and only.metric == pytest.approx(0.01) and only.reference is None

@@ -38,7 +38,7 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     params_file = small_fleet_params(tmp_path)
     summary_path = tmp_path / 'fleet.json'
     root = tmp_path / 'fleet'
-    cmd = [sys.executable, '-m', 'scarls.cli', 'fleet', '--ecus', '2', '--episodes', '4',
+    cmd = [sys.executable, '-m', 'scarls.cli', 'fleet', '--ecus', '2', '--episodes', '6',
            '--minutes', '4', '--data-root', str(root), '--summary', str(summary_path),
            '--height', '32', '--width', '40', '--max-steps', '120', '--demos', '4',
            '--train-interval', '0', '--deadline', '20', '--params-file', str(params_file),
@@ -48,7 +48,7 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     summary = json.loads(summary_path.read_text())
     assert set(summary['ecus']) == {'ecu0', 'ecu1'}
     for ecu, report in summary['ecus'].items():
-        assert len(report['episodes']) >= 4, ecu
+        assert len(report['episodes']) >= 6, ecu
         assert all(e['path'].startswith(str(root / ecu)) for e in report['episodes'])
     rounds = summary['rounds']
     both = [r for r in rounds if sorted(r['participants']) == ['ecu0', 'ecu1']]
@@ -61,6 +61,11 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     # parameters are frozen, is reduced with the policy's trainable mask)
     reduced = [x for x in summary['round_reports'] if x['status'] == 'reduced']
     assert reduced and all(x['payload_bytes'] > 100_000 for x in reduced), reduced
+    # fleet-level selection: in a round both reduced, both took the same deploy decision
+    by_round: dict[int, set] = {}
+    for x in reduced:
+        by_round.setdefault(x['round'], set()).add(x['approved'])
+    assert all(len(v) == 1 for v in by_round.values()), by_round
     # a round both ECUs approved after training on different data (different local errors):
     # the two published checkpoints hold the same parameters, and each ECU's actor ran on it
     synced = [r for r in both if r['selector_passed'] and set(r['version']) == {'ecu0', 'ecu1'}]

@@ -15,7 +15,9 @@ Per round, on every ECU's learner::
 
     result = reducer.reduce(policy, metric=local_eval.mse)
     if result.status in ('reduced', 'alone'):
-        selection = selector.select(policy, heldout, reference_metric=deployed_metric)
+        # every participant exchanges its verdict and takes the same decision
+        selection = selector.select_fleet(policy, heldout, reducer, result,
+                                          reference_metric=deployed_metric)
         if selection.approved:
             ...  # publish the checkpoint
 """
@@ -43,7 +45,9 @@ _LAZY = {
     'state_bytes': 'allreduce',
     'trainable_parameters': 'allreduce',
     'CheckpointSelector': 'selector',
+    'FleetDecision': 'selector',
     'Selection': 'selector',
+    'fleet_decision': 'selector',
 }
 
 __all__ = ['DEFAULT_EPS', 'passes_threshold', 'reduction_weights', *_LAZY]

@@ -48,6 +48,15 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    (connection closed) or at the timeout, and the round ends ``'failed'`` with the
    parameters untouched. A group of one does not communicate (``'alone'``).
 
+6. *Verdicts* (:meth:`FleetReducer.agree_verdicts`, after a ``'reduced'`` round). Each
+   participant evaluates the synchronised model on its own held-out episodes and posts its
+   verdict (error, labelled frames, its deployed model's error) under ``r/verdict/<rank>``;
+   the verdicts present when all participants have posted or ``deadline_s`` after the ECU's
+   own post are fixed on ``r/verdicts`` like the membership. Every participant reads the
+   same verdicts and so takes the same deploy decision
+   (:func:`scarls.fleet.selector.fleet_decision`): the fleet deploys a synchronised model
+   everywhere or nowhere.
+
 Bound: an ECU that takes part is released at most ``deadline_s + ready_timeout_s`` after its
 post plus the all-reduce itself (itself bounded by ``reduce_timeout_s``); store operations
 time out after ``store_timeout_s``, and an unreachable store is a ``'failed'`` round (the
@@ -486,6 +495,8 @@ class FleetReducer:
         self._local_round = 0
         self._gloo_host: str | None = None
         self._cancel = threading.Event()
+        self._groups: dict[int, tuple[list[int], dict[int, str]]] = {}
+        """round -> (ranks that reduced, their labels), for :meth:`agree_verdicts`."""
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -544,6 +555,39 @@ class FleetReducer:
             result.seconds,
         )
         return result
+
+    def agree_verdicts(self, result: RoundResult, verdict: Mapping[str, Any]
+                       ) -> dict[str, dict[str, Any]]:
+        """Post this ECU's verdict on the synchronised model of ``result``'s round and return
+        the fleet's agreed verdicts ``{ecu id: verdict}`` (step 6 of the module docstring).
+
+        ``verdict`` is a JSON-serialisable mapping (see
+        :func:`scarls.fleet.selector.fleet_decision`). For a round this ECU did not reduce
+        with others (``'alone'``, a fleet of one) the answer is its own verdict. Never raises
+        for fleet trouble: an unreachable store answers with the own verdict only, marked
+        ``'store'`` error in the log.
+        """
+        own = {self.ecu_id: dict(verdict)}
+        group = self._groups.get(result.round)
+        if result.status != 'reduced' or group is None or self.world_size == 1:
+            return own
+        ranks, labels = group
+        try:
+            store = self._connect()
+            r = result.round
+            store.set(self._key(r, 'verdict', self.rank), json.dumps(dict(verdict)))
+            agreed = self._agree(store, self._key(r, 'verdicts'), ranks,
+                                 lambda k: self._key(r, 'verdict', k),
+                                 time.monotonic() + self.config.deadline_s)
+            raw = store.multi_get([self._key(r, 'verdict', k) for k in agreed]) if agreed else []
+            return {labels[k]: json.loads(v) for k, v in zip(agreed, raw, strict=True)}
+        except _CancelledError:
+            return own
+        except _COMM_ERRORS as e:
+            _log.warning('fleet round %d: verdicts not exchanged (%s): deciding alone',
+                         result.round, _short(e))
+            self._store = None
+            return own
 
     def cancel(self) -> None:
         """Make a :meth:`reduce` that waits for the fleet return ``'failed'`` at once, and
@@ -686,6 +730,9 @@ class FleetReducer:
                 {k: _metric(posts[k]) for k in group}, None, _eps(posts[group[0]], cfg.eps)
             )
             common['participants'] = tuple(labels[k] for k in group)
+            self._groups[r] = (list(group), {k: labels[k] for k in group})
+            for old in [k for k in self._groups if k < r - cfg.keep_rounds]:
+                del self._groups[old]
             common['weights'] = {labels[k]: w for k, w in weights.items()}
             common['wait_seconds'] = time.monotonic() - t_post
             if len(group) == 1:
@@ -808,8 +855,10 @@ class FleetReducer:
             keys = [k for k in store.list_keys() if k.startswith(prefix)]
         except (AttributeError, RuntimeError):
             keys = [self._key(r, 'members'), self._key(r, 'group')] + [
-                self._key(r, kind, k) for kind in ('post', 'ready') for k in range(self.world_size)
-            ]
+                self._key(r, kind, k)
+                for kind in ('post', 'ready', 'verdict')
+                for k in range(self.world_size)
+            ] + [self._key(r, 'verdicts')]
         for k in keys:
             store.delete_key(k)
 

@@ -8,6 +8,14 @@ learner's :class:`~scarls.learner.evaluation.CheckpointGate`: the error (rad^2, 
 must be finite and at most ``threshold`` and, when a reference error is given (the deployed
 model's on the same episodes, or this ECU's own pre-reduction error), not worse than it by more
 than the relative ``tolerance``. Pure: it takes a policy and episodes, and never changes them.
+
+Fleet-level selection (:meth:`CheckpointSelector.select_fleet`). Each ECU holds out its own
+episodes, so ECUs judging the same averaged model alone could disagree and deploy different
+rounds. Instead every participant of a reduced round posts its verdict through the
+reducer and all of them apply :func:`fleet_decision` to the same agreed verdicts: the error on
+the union of the held-out frames (the frame-weighted mean of the ECUs' errors) must pass the
+threshold and must not be worse than the deployed models' error on the same frames. The fleet
+deploys the synchronised model everywhere or nowhere.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import numpy as np
 
 from scarls.learner.evaluation import (
     CheckpointGate,
+    GateDecision,
     OpenLoopResult,
     evaluate_open_loop,
     open_loop_batches,
@@ -29,7 +38,7 @@ from scarls.learner.rollout import policy_cameras
 from scarls.learner.trainer import EpisodeData
 from scarls.policies import Policy
 
-__all__ = ['CheckpointSelector', 'Selection']
+__all__ = ['CheckpointSelector', 'FleetDecision', 'Selection', 'fleet_decision']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +55,69 @@ class Selection:
     """The error the candidate was compared with (None: threshold only)."""
     seconds: float = 0.0
     """Time spent evaluating."""
+    fleet: FleetDecision | None = None
+    """The fleet's decision when the selection was made fleet-wide (``select_fleet``)."""
 
     @property
     def metric(self) -> float:
-        """The candidate's open-loop error (rad^2)."""
+        """The candidate's open-loop error (rad^2) on this ECU's held-out episodes."""
         return self.result.mse
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetDecision:
+    """The deploy decision every participant of a fleet round takes from the same verdicts."""
+
+    approved: bool
+    reason: str
+    metric: float
+    """Error of the synchronised model on the union of the held-out frames (NaN: none)."""
+    reference: float | None
+    """The deployed models' error on the same frames (None: nothing deployed to compare)."""
+    frames: int
+    verdicts: Mapping[str, Mapping]
+    """The agreed verdicts, ``{ecu id: {'metric', 'frames', 'reference'}}``."""
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def fleet_decision(verdicts: Mapping[str, Mapping], gate: CheckpointGate) -> FleetDecision:
+    """Decide from the participants' verdicts (``{'metric': error or None, 'frames': n,
+    'reference': deployed error on the same frames or None}``), see the module docstring.
+
+    Deterministic in the verdicts (independent of their order), so every ECU that reads the
+    same agreed verdicts decides alike.
+    """
+    usable = {k: v for k, v in sorted(verdicts.items())
+              if _finite(v.get('metric')) and int(v.get('frames') or 0) > 0}
+    if not usable:
+        return FleetDecision(False, 'no participant has a usable verdict', math.nan, None, 0,
+                             dict(verdicts))
+    frames = sum(int(v['frames']) for v in usable.values())
+    metric = sum(float(v['metric']) * int(v['frames']) for v in usable.values()) / frames
+    threshold = gate.decide(metric, None)
+    with_ref = {k: v for k, v in usable.items() if _finite(v.get('reference'))}
+    reference = None
+    if with_ref and threshold.approved:
+        n = sum(int(v['frames']) for v in with_ref.values())
+        reference = sum(float(v['reference']) * int(v['frames']) for v in with_ref.values()) / n
+        candidate = sum(float(v['metric']) * int(v['frames']) for v in with_ref.values()) / n
+        # like for like on the frames that have a reference; the threshold was checked above
+        # on all the frames
+        compare = CheckpointGate(math.inf, must_not_be_worse=True, tolerance=gate.tolerance)
+        decision = compare.decide(candidate, reference)
+        if decision.approved:
+            decision = GateDecision(True, f'{threshold.reason} and not worse than the '
+                                    f'deployed models ({candidate:.6g} vs {reference:.6g})')
+    else:
+        decision = threshold
+    who = ', '.join(f'{k} {float(v["metric"]):.4g}' for k, v in usable.items())
+    return FleetDecision(decision.approved,
+                         f'fleet verdict over {len(usable)} ECUs ({who}; {frames} frames): '
+                         f'{decision.reason}', metric, reference, frames, dict(verdicts))
 
 
 class CheckpointSelector:
@@ -131,3 +198,30 @@ class CheckpointSelector:
         usable_ref = ref if ref is not None and math.isfinite(ref) else None
         decision = self.gate.decide(result.mse, usable_ref)
         return Selection(decision.approved, decision.reason, result, ref, seconds)
+
+    def select_fleet(
+        self,
+        policy: Policy,
+        episodes: Mapping[Hashable, EpisodeData] | Sequence[EpisodeData],
+        reducer,
+        round_result,
+        *,
+        reference_metric: float | None = None,
+        labels: Mapping[Hashable, np.ndarray] | None = None,
+    ) -> Selection:
+        """Fleet-level selection of the synchronised ``policy`` of ``round_result``'s round:
+        evaluate it here, exchange verdicts through ``reducer``
+        (:meth:`~scarls.fleet.FleetReducer.agree_verdicts`) and decide with
+        :func:`fleet_decision` - the same decision on every participant.
+        ``reference_metric``: this ECU's deployed model's error on the same episodes."""
+        t0 = time.perf_counter()
+        result = self.evaluate(policy, episodes, labels)
+        ref = None if reference_metric is None else float(reference_metric)
+        enough = result.frames >= self.min_frames and math.isfinite(result.mse)
+        verdict = {'metric': float(result.mse) if enough else None,
+                   'frames': int(result.frames) if enough else 0,
+                   'reference': ref if ref is not None and math.isfinite(ref) else None}
+        verdicts = reducer.agree_verdicts(round_result, verdict)
+        fleet = fleet_decision(verdicts, self.gate)
+        return Selection(fleet.approved, fleet.reason, result, ref,
+                         time.perf_counter() - t0, fleet)

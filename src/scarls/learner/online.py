@@ -313,7 +313,9 @@ class OnlineLearner:
         :class:`scarls.fleet.CheckpointSelector`) the candidate then takes part in the fleet's
         round: ``'reduced'``/``'alone'`` - the synchronised parameters replace the local ones
         (training continues from them) and only the selector's second open-loop test decides
-        the deploy; ``'skipped'`` (this ECU's error fails the threshold) - nothing is deployed;
+        the deploy, taken fleet-wide from every participant's verdict (the same decision on
+        every ECU of the round); ``'skipped'`` (this ECU's error fails the threshold) -
+        nothing is deployed;
         ``'missed'``/``'failed'`` - the fleet could not be reached in time: the local candidate
         goes through the local gate as without a fleet.
         """
@@ -359,10 +361,14 @@ class OnlineLearner:
             if fleet.status in ('reduced', 'alone'):
                 if model is not self.policy:   # training goes on from the fleet's weights
                     self.policy.load_state_dict(model.state_dict())
-                selection = selector.select(model, self.heldout,
-                                            reference_metric=self.deployed_metric)
                 progress.state = 'evaluating'
+                # fleet-level selection: every participant decides alike from the verdicts
+                # of all (a model is deployed on every ECU of the round or on none)
+                selection = selector.select_fleet(model, self.heldout, reducer, fleet,
+                                                  reference_metric=self.deployed_metric)
                 metric = float(selection.metric)
+                if selection.fleet is not None and math.isfinite(selection.fleet.metric):
+                    extra_metrics['fleet_open_loop_error'] = float(selection.fleet.metric)
                 approved = bool(selection.approved)
                 reason = (f'fleet round {fleet.round} {fleet.status} '
                           f'({len(fleet.participants)} ECUs); selector: {selection.reason}')
