@@ -149,6 +149,10 @@ def test_fleet_decision_on_the_union_of_the_held_out_frames():
     assert not fleet_decision(worse, gate).approved
     # above the threshold on the union: rejected even if one ECU alone would pass
     assert not fleet_decision({**verdicts, 'ecu1': {'metric': 0.2, 'frames': 100}}, gate).approved
+    # one ECU's veto (e.g. its replay check) rejects everywhere, whatever the errors
+    vetoed = fleet_decision({**verdicts, 'ecu2': {**verdicts['ecu2'], 'veto': 'replay check: '
+                                                  'right_arm regressed'}}, gate)
+    assert not vetoed.approved and 'vetoed by ecu2: replay check' in vetoed.reason
     # unusable verdicts (no frames, NaN, missing) are left out; none usable: rejected
     assert not fleet_decision({'a': {'metric': None, 'frames': 0}}, gate).approved
     assert not fleet_decision({}, gate).approved

@@ -134,3 +134,21 @@ def test_a_stopping_learner_abandons_its_round_without_publishing(tmp_path, demo
     with pytest.raises(LearnerStopped):
         learner.train_round(1000)
     assert len(learner.registry) == 0 and learner.trainer.total_steps <= 1
+
+
+def test_replay_gate_refuses_a_candidate_that_regresses_on_one_arm(tmp_path, demos):
+    """The open-loop gate is made blind (any error passes); the replay check still refuses a
+    candidate trained on right-arm labels that point the wrong way."""
+    from scarls.robot import RIGHT_ARM
+    learner = _learner(tmp_path, demos, threshold=100.0, replay_gate=True)
+    first = learner.train_round(150)
+    assert first.approved and first.version == 1   # nothing deployed yet: no replay check
+    # the deployed model against itself: no regression
+    assert learner.replay_veto(learner.trainer.deployable()) is None
+    for ep in learner.episodes.values():
+        ep.action[:, RIGHT_ARM] = 2 * ep.state[:, RIGHT_ARM] - ep.action[:, RIGHT_ARM]
+    learner.gate.tolerance = 1e9
+    second = learner.train_round(300)
+    assert not second.approved and second.reason.startswith('replay check:'), second.reason
+    assert 'right_arm' in second.reason
+    assert learner.deployed_version == 1

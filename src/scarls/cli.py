@@ -11,6 +11,10 @@
                  fleet rounds) from their heartbeats.
   scarls dataset info | stats | validate | delete | merge | repair | import-lerobot over a
                  data root (see `scarls dataset -h`).
+  scarls replay-check  replay recorded episodes through a candidate checkpoint open-loop and
+                 report how its actions differ from the logged ones (and from a baseline
+                 checkpoint's), per episode, phase and joint group; exit 1 on a regression
+                 with --fail-on-regression.
 """
 
 from __future__ import annotations
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     from scarls.dataset_cli import add_dataset_parser
     add_dataset_parser(sub)
+    from scarls.replay_check_cli import register as add_replay_check_parser
+    add_replay_check_parser(sub)
     return parser
 
 

@@ -76,7 +76,7 @@ class FleetDecision:
     """The deployed models' error on the same frames (None: nothing deployed to compare)."""
     frames: int
     verdicts: Mapping[str, Mapping]
-    """The agreed verdicts, ``{ecu id: {'metric', 'frames', 'reference'}}``."""
+    """The agreed verdicts, ``{ecu id: {'metric', 'frames', 'reference', 'veto'}}``."""
 
 
 def _finite(value) -> bool:
@@ -86,13 +86,21 @@ def _finite(value) -> bool:
 
 def fleet_decision(verdicts: Mapping[str, Mapping], gate: CheckpointGate) -> FleetDecision:
     """Decide from the participants' verdicts (``{'metric': error or None, 'frames': n,
-    'reference': deployed error on the same frames or None}``), see the module docstring.
+    'reference': deployed error on the same frames or None, 'veto': reason or None}``), see
+    the module docstring. Any veto rejects.
 
     Deterministic in the verdicts (independent of their order), so every ECU that reads the
     same agreed verdicts decides alike.
     """
+    vetoes = {k: v['veto'] for k, v in sorted(verdicts.items()) if v.get('veto')}
     usable = {k: v for k, v in sorted(verdicts.items())
               if _finite(v.get('metric')) and int(v.get('frames') or 0) > 0}
+    if vetoes:
+        why = '; '.join(f'{k}: {v}' for k, v in vetoes.items())
+        metric = (sum(float(v['metric']) * int(v['frames']) for v in usable.values())
+                  / sum(int(v['frames']) for v in usable.values())) if usable else math.nan
+        return FleetDecision(False, f'vetoed by {why}', metric, None,
+                             sum(int(v['frames']) for v in usable.values()), dict(verdicts))
     if not usable:
         return FleetDecision(False, 'no participant has a usable verdict', math.nan, None, 0,
                              dict(verdicts))
@@ -208,19 +216,23 @@ class CheckpointSelector:
         *,
         reference_metric: float | None = None,
         labels: Mapping[Hashable, np.ndarray] | None = None,
+        veto: str | None = None,
     ) -> Selection:
         """Fleet-level selection of the synchronised ``policy`` of ``round_result``'s round:
         evaluate it here, exchange verdicts through ``reducer``
         (:meth:`~scarls.fleet.FleetReducer.agree_verdicts`) and decide with
         :func:`fleet_decision` - the same decision on every participant.
-        ``reference_metric``: this ECU's deployed model's error on the same episodes."""
+        ``reference_metric``: this ECU's deployed model's error on the same episodes;
+        ``veto``: why this ECU refuses the model whatever its error (e.g. the replay
+        regression check), which rejects it on every participant."""
         t0 = time.perf_counter()
         result = self.evaluate(policy, episodes, labels)
         ref = None if reference_metric is None else float(reference_metric)
         enough = result.frames >= self.min_frames and math.isfinite(result.mse)
         verdict = {'metric': float(result.mse) if enough else None,
                    'frames': int(result.frames) if enough else 0,
-                   'reference': ref if ref is not None and math.isfinite(ref) else None}
+                   'reference': ref if ref is not None and math.isfinite(ref) else None,
+                   'veto': veto}
         verdicts = reducer.agree_verdicts(round_result, verdict)
         fleet = fleet_decision(verdicts, self.gate)
         return Selection(fleet.approved, fleet.reason, result, ref,

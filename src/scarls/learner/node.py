@@ -15,6 +15,7 @@ fleet mode: learner/fleet_round and /fleet/rounds (FleetRound, one per round).
 Services: ~/train (std_srvs/Trigger: queues one round; during a round, the next one).
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
+replay_gate,
 bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port, fleet_rank,
 fleet_world_size, seed, autostart.
 """
@@ -84,6 +85,9 @@ class LearnerNode(LifecycleNode):
                 'deployed (0 = deploy the trained weights)')
         declare(self, 'threshold', 0.05, 'Gate: highest open-loop error that may deploy')
         declare(self, 'heldout_demos', 2, 'Demonstrations kept for open-loop evaluation')
+        declare(self, 'replay_gate', False, 'Extra gate before a deploy: refuse a candidate '
+                'that regresses against the deployed model on a phase or joint group of the '
+                'held-out episodes (replay regression check)')
         declare(self, 'fleet', False, 'Take part in the fleet all-reduce (rendezvous from '
                 'MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)', read_only=True)
         declare(self, 'fleet_deadline_s', 30.0, 'Longest wait for the other ECUs in a fleet '
@@ -134,6 +138,7 @@ class LearnerNode(LifecycleNode):
                 steps_per_round=int(p('steps_per_round')),
                 pretrain_steps=int(p('pretrain_steps')), algorithm=str(p('algorithm')),
                 threshold=float(p('threshold')), seed=int(p('seed')),
+                replay_gate=bool(p('replay_gate')),
                 trainer=TrainerConfig(lr=float(p('lr')), batch_size=int(p('batch_size')),
                                       ema_decay=float(p('ema_decay'))),
                 mixing=MixingConfig())

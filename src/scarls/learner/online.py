@@ -56,6 +56,10 @@ class OnlineConfig:
     #: are the states the policy really visits); 0 = demonstrations only.
     holdout_every: int = 5
     seed: int = 0
+    #: Extra gate before a deploy: replay the held-out episodes through the candidate and the
+    #: deployed model (:class:`scarls.learner.replay_check.ReplayGate`) and refuse a candidate
+    #: that regresses on some phase or joint group, even when its overall error passes.
+    replay_gate: bool = False
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
 
@@ -267,6 +271,21 @@ class OnlineLearner:
         return result
 
     # -- training --------------------------------------------------------------------------
+    def replay_veto(self, model: Policy) -> str | None:
+        """With ``config.replay_gate``: why ``model`` must not replace the deployed model
+        (it regresses on a phase or joint group of the held-out episodes), else None."""
+        if not self.config.replay_gate or self._deployed_weights is None:
+            return None
+        import copy
+
+        from scarls.learner.replay_check import ReplayEpisode, ReplayGate
+        baseline = copy.deepcopy(model)
+        baseline.load_state_dict(self._deployed_weights)
+        episodes = [ReplayEpisode(f'heldout/{i}', ep) for i, ep in enumerate(self.heldout)]
+        decision = ReplayGate().check(model, episodes, baseline=baseline,
+                                      labels=('candidate', f'v{self.deployed_version}'))
+        return None if decision.approved else f'replay check: {decision.reason}'
+
     def _batch(self) -> dict[str, torch.Tensor]:
         drawn = self.sampler.draw(self.trainer.config.batch_size, self.rng)
         self._drawn = drawn
@@ -340,6 +359,7 @@ class OnlineLearner:
         parent = self.deployed_version
         model = self.trainer.deployable()
         fleet, local_metric, extra_metrics = None, None, {}
+        fleet_decided = False   # the fleet's verdicts (replay vetoes included) decided
         if reducer is not None:
             if model is not self.policy:
                 # the weight average is what was evaluated and what deploys, so it is what the
@@ -365,8 +385,10 @@ class OnlineLearner:
                 # fleet-level selection: every participant decides alike from the verdicts
                 # of all (a model is deployed on every ECU of the round or on none)
                 selection = selector.select_fleet(model, self.heldout, reducer, fleet,
-                                                  reference_metric=self.deployed_metric)
+                                                  reference_metric=self.deployed_metric,
+                                                  veto=self.replay_veto(model))
                 metric = float(selection.metric)
+                fleet_decided = True
                 if selection.fleet is not None and math.isfinite(selection.fleet.metric):
                     extra_metrics['fleet_open_loop_error'] = float(selection.fleet.metric)
                 approved = bool(selection.approved)
@@ -377,6 +399,10 @@ class OnlineLearner:
                 reason = f'fleet round {fleet.round} skipped: {fleet.reason}'
             else:
                 reason = f'fleet round {fleet.round} {fleet.status} ({fleet.reason}); ' + reason
+        if approved and not fleet_decided:
+            veto = self.replay_veto(model)
+            if veto is not None:
+                approved, reason = False, veto
         # timings ride along with the metrics so the registry index keeps them (lineage)
         record = self.registry.publish(
             model, metrics={METRIC: metric if math.isfinite(metric) else 1e9,
