@@ -14,6 +14,7 @@ import yaml
 from rosutil import Probe, start_nodes
 from scarls_interfaces.msg import ActorStep, EpisodeInfo, OperatorSignal
 from sensor_msgs.msg import Image
+from visualization_msgs.msg import Marker
 
 from scarls.bringup import default_params_file, ecu_nodes
 from scarls.episodes import EpisodeReader, list_episodes, validate_episode
@@ -37,9 +38,11 @@ def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
     frames: dict[str, dict[int, np.ndarray]] = {c: {} for c in ('top', 'left', 'right')}
     signals: list[OperatorSignal] = []
     episodes: list[EpisodeInfo] = []
+    targets: list[Marker] = []
     n = probe.node
     n.create_subscription(ActorStep, 'actor/step', steps.append, qos.STEPS)
     n.create_subscription(OperatorSignal, 'operator/signal', signals.append, qos.EVENTS)
+    n.create_subscription(Marker, 'viz/expert_target', targets.append, qos.JOINT_STATE)
     n.create_subscription(EpisodeInfo, 'scheduler/episode', episodes.append, qos.EVENTS)
     for cam in frames:
         n.create_subscription(
@@ -64,6 +67,13 @@ def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
     finally:
         probe.close()
 
+    # RViz: the scripted expert's target, at ~10 Hz, orange while it had control
+    assert len(targets) > 0.2 * len(steps) / 3, (len(targets), len(steps))
+    assert all(m.ns == 'expert_target' and m.header.frame_id == 'world' for m in targets)
+    added = [m for m in targets if m.action == Marker.ADD]
+    assert added and all(abs(m.pose.position.x) < 2 and abs(m.pose.position.z) < 2 for m in added)
+    if any(s.is_intervention for s in steps):
+        assert any(m.color.r > 0.9 and m.color.b < 0.2 for m in added)   # orange
     info = episodes[0]
     episode_steps = [s for s in steps if s.episode_id == info.actor_episode_id]
     entries = list_episodes(data_root, 'pick_cube')

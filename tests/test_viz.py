@@ -190,6 +190,10 @@ def test_expert_target_marker():
     assert (m.ns, m.id, m.type, m.action) == ('expert_target', 1, Marker.SPHERE, Marker.ADD)
     np.testing.assert_allclose(_pos(m), [0.1, -0.05, 0.12])
     assert expert_target_marker(None, STAMP).action == Marker.DELETE
+    # orange (the intervention colour) while the expert has control, cyan otherwise
+    human = expert_target_marker([0.1, -0.05, 0.12], STAMP, intervening=True).color
+    assert (human.r, human.g, human.b) == pytest.approx(INTERVENTION_COLOR[:3])
+    assert m.color.b > 0.9 and m.color.r < 0.2
     with pytest.raises(VizError):
         expert_target_marker([0.0, np.inf, 0.0], STAMP)
 
@@ -219,7 +223,8 @@ def test_rviz_config_parses_and_references_the_topics():
             topics[d['Class']].append(d['Topic']['Value'])
     assert 'rviz_default_plugins/Grid' in topics
     assert topics['rviz_default_plugins/MarkerArray'] == ['/ecu0/viz/robot']
-    assert topics['rviz_default_plugins/Marker'] == ['/ecu0/viz/actor_state']
+    assert topics['rviz_default_plugins/Marker'] == ['/ecu0/viz/actor_state',
+                                                     '/ecu0/viz/expert_target']
     assert sorted(topics['rviz_default_plugins/Image']) == sorted(
         f'/ecu0/camera/{c}/image_raw' for c in ('top', 'left', 'right'))
     for d in displays.values():

@@ -275,15 +275,18 @@ def expert_target_marker(
     frame_id: str = 'world',
     marker_id: int = 0,
     diameter: float = 0.03,
+    intervening: bool = False,
 ) -> Marker:
-    """A translucent SPHERE (namespace ``expert_target``) at a target grasp-centre position.
+    """A translucent SPHERE (namespace ``expert_target``) at a target grasp-centre position:
+    cyan while the policy acts, orange (the intervention colour) while the expert has control.
 
     ``position`` None yields a DELETE of the same namespace/id (the expert has no target).
 
     Raises:
         VizError: ``position`` is not 3 finite values.
     """
-    m = _marker('expert_target', marker_id, Marker.SPHERE, stamp, frame_id, _TARGET_COLOR,
+    color = (*INTERVENTION_COLOR[:3], _TARGET_COLOR[3]) if intervening else _TARGET_COLOR
+    m = _marker('expert_target', marker_id, Marker.SPHERE, stamp, frame_id, color,
                 (diameter,) * 3)
     if position is None:
         m.action = Marker.DELETE

@@ -16,6 +16,8 @@ Topics (relative to the ECU namespace):
       leader/joint_states (leader)
   out operator/signal (scarls_interfaces/OperatorSignal, reliable depth 100)
       teleop/command (sensor_msgs/JointState position targets, reliable depth 1)
+      viz/expert_target (visualization_msgs/Marker, scripted, ~10 Hz: the grasp-centre target
+      the expert steers to; cyan while the policy acts, orange while the expert has control)
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import numpy as np
 from rclpy.node import Node
 from scarls_interfaces.msg import ActorState, ActorStep, OperatorSignal, TaskState
 from sensor_msgs.msg import JointState
+from visualization_msgs.msg import Marker
 
 from scarls.robot import JOINT_NAMES
 from scarls.ros import qos
 from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_positions
 from scarls.ros.node_utils import declare, run_node
+from scarls.ros.viz import VizError, expert_target_marker
 from scarls.teleop.gate import DecisionKind, GateConfig, InterventionGate
 
 SIGNALS = {'START': OperatorSignal.START, 'INTERVENE': OperatorSignal.INTERVENE,
@@ -42,6 +46,7 @@ KEYS = {'s': 'START', 'i': 'INTERVENE', 'r': 'RELEASE', 'y': 'SUCCESS', 'f': 'FA
 ACTIVE = ('INFERENCE', 'HUMANINTERVENTION')
 TERMINAL = ('SUCCESS', 'FAIL', 'ABORTED')
 SIGNAL_RETRY_S = 1.0
+VIZ_EVERY = 3   # expert target marker every 3rd tick (~10 Hz at 30 Hz)
 LEADER_RESYNC_RAD = 0.15   # the scripted leader restarts from the robot when this far ahead
 
 
@@ -158,6 +163,9 @@ class TeleopNode(Node):
         self._policy_action: np.ndarray | None = None
         self.create_subscription(TaskState, 'task_state', self._on_task, qos.JOINT_STATE)
         self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS)
+        # where the scripted expert steers the working arm's grasp centre, for RViz (~10 Hz)
+        self._pub_target = self.create_publisher(Marker, 'viz/expert_target', qos.JOINT_STATE)
+        self._target_ticks = 0
         self._done_logged = False
         self.create_timer(1.0 / float(p('rate_hz').value), self._scripted_tick)
 
@@ -206,6 +214,7 @@ class TeleopNode(Node):
         else:
             self._leader = None
             expert = self._expert.action(self._q, task)
+        self._publish_target(task, phase == 'HUMANINTERVENTION')
         # stamped with the state it answers, so the actor records this command with that
         # observation (an HG-DAgger label is the expert's answer to what the policy saw)
         self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, expert, self._q_stamp))
@@ -220,6 +229,17 @@ class TeleopNode(Node):
             task_failed=bool(self._task.failed), progress=self._expert.progress(self._q, task))
         if decision.kind is not DecisionKind.NONE:
             self.send(decision.kind.name, decision.reason)
+
+    def _publish_target(self, task, intervening: bool) -> None:
+        self._target_ticks += 1
+        if self._target_ticks % VIZ_EVERY:
+            return
+        _, target = self._expert.target_ee(self._q, task)
+        try:
+            marker = expert_target_marker(target, self._q_stamp, intervening=intervening)
+        except VizError:
+            return   # a NaN target is the planner's business; nothing to draw
+        self._pub_target.publish(marker)
 
     # -- leader / keyboard -----------------------------------------------------------------
     def _on_leader(self, msg: JointState) -> None:
