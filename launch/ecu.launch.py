@@ -11,7 +11,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 from launch import LaunchDescription
-from scarls.bringup import ECU_ARGUMENTS, PACKAGE, default_params_file, ecu_nodes, lifecycle_nodes
+from scarls.bringup import ECU_ARGUMENTS, default_params_file, ecu_nodes, launch_node_actions
 
 
 def _nodes(context):
@@ -20,15 +20,7 @@ def _nodes(context):
     specs = ecu_nodes(value['ecu_id'], backend=value['backend'], task=value['task'],
                       data_root=value['data_root'], teleop=value['teleop'],
                       learner=value['learner'].lower() in ('true', '1', 'yes'))
-    managed = {s.name for s in lifecycle_nodes(specs)}
-    actions = []
-    for spec in specs:
-        kind = LifecycleNode if spec.name in managed else Node
-        actions.append(kind(
-            package=PACKAGE, executable=spec.executable, name=spec.name,
-            namespace=spec.namespace, output='screen', emulate_tty=True,
-            parameters=[params_file, spec.parameters]))
-    return actions
+    return launch_node_actions(specs, params_file, Node, LifecycleNode)
 
 
 def generate_launch_description():

@@ -16,10 +16,9 @@ from launch_ros.actions import LifecycleNode, Node
 from launch import LaunchDescription
 from scarls.bringup import (
     FLEET_ARGUMENTS,
-    PACKAGE,
     default_params_file,
     fleet_nodes,
-    lifecycle_nodes,
+    launch_node_actions,
 )
 
 
@@ -29,18 +28,11 @@ def _nodes(context):
     specs = fleet_nodes(int(value['ecus']), data_root=value['data_root'], task=value['task'],
                         rendezvous_addr=value['rendezvous_addr'],
                         rendezvous_port=int(value['rendezvous_port']), seed=int(value['seed']))
-    managed = {s.name for s in lifecycle_nodes(specs)}
-    actions = [ExecuteProcess(
+    rendezvous = ExecuteProcess(
         cmd=[sys.executable, '-m', 'scarls.fleet', 'rendezvous', '--addr',
              value['rendezvous_addr'], '--port', value['rendezvous_port']],
-        name='rendezvous', output='screen')]
-    for spec in specs:
-        kind = LifecycleNode if spec.name in managed else Node
-        actions.append(kind(
-            package=PACKAGE, executable=spec.executable, name=spec.name,
-            namespace=spec.namespace, output='screen', emulate_tty=True,
-            parameters=[params_file, spec.parameters]))
-    return actions
+        name='rendezvous', output='screen')
+    return [rendezvous, *launch_node_actions(specs, params_file, Node, LifecycleNode)]
 
 
 def generate_launch_description():

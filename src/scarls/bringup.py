@@ -178,3 +178,14 @@ def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_c
 def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:
     """The managed (lifecycle) nodes among `specs`, which a launcher must configure + activate."""
     return [s for s in specs if s.name in ('driver', 'actor', 'scheduler', 'learner')]
+
+
+def launch_node_actions(specs: list[NodeSpec], params_file: str, node_cls, lifecycle_cls) -> list:
+    """launch_ros actions for `specs` (the launch files pass launch_ros.actions.Node and
+    LifecycleNode, so this module imports no launch package): the params file first, then
+    each node's own overrides."""
+    managed = {s.name for s in lifecycle_nodes(specs)}
+    return [(lifecycle_cls if spec.name in managed else node_cls)(
+        package=PACKAGE, executable=spec.executable, name=spec.name, namespace=spec.namespace,
+        output='screen', emulate_tty=True, parameters=[params_file, spec.parameters])
+        for spec in specs]

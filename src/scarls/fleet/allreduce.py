@@ -100,6 +100,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scarls.fleet.weights import DEFAULT_EPS, passes_threshold, reduction_weights
+from scarls.validation import is_int, is_number
 
 __all__ = [
     'BACKENDS',
@@ -132,18 +133,6 @@ class FleetError(Exception):
 
 class FleetConfigError(FleetError, ValueError):
     """A fleet setting or rendezvous variable is invalid (the message names it)."""
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +175,7 @@ class FleetConfig:
             'poll_s',
         ):
             value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
+            if not is_number(value) or value <= 0:
                 self._fail(name, 'must be a finite number > 0')
         if self.backend not in BACKENDS:
             self._fail('backend', f'must be one of {BACKENDS}')
@@ -194,7 +183,7 @@ class FleetConfig:
             self._fail('host_store', 'must be a bool')
         if not isinstance(self.namespace, str) or not self.namespace.strip('/'):
             self._fail('namespace', 'must be a non-empty string')
-        if not _is_int(self.keep_rounds) or self.keep_rounds < 2:
+        if not is_int(self.keep_rounds) or self.keep_rounds < 2:
             self._fail('keep_rounds', 'must be an int >= 2')
 
     def _fail(self, name: str, what: str) -> None:
@@ -234,13 +223,13 @@ class Rendezvous:
     def __post_init__(self) -> None:
         if not isinstance(self.addr, str) or not self.addr:
             raise FleetConfigError(f'Rendezvous.addr must be a host name, got {self.addr!r}')
-        if not _is_int(self.port) or not 0 < self.port < 65536:
+        if not is_int(self.port) or not 0 < self.port < 65536:
             raise FleetConfigError(f'Rendezvous.port must be in [1, 65535], got {self.port!r}')
-        if not _is_int(self.world_size) or self.world_size < 1:
+        if not is_int(self.world_size) or self.world_size < 1:
             raise FleetConfigError(
                 f'Rendezvous.world_size must be an int >= 1, got {self.world_size!r}'
             )
-        if not _is_int(self.rank) or not 0 <= self.rank < self.world_size:
+        if not is_int(self.rank) or not 0 <= self.rank < self.world_size:
             raise FleetConfigError(
                 f'Rendezvous.rank must be in [0, {self.world_size}), got {self.rank!r}'
             )
@@ -528,7 +517,7 @@ class FleetReducer:
         for _, p in params:
             _reduce_dtype(p.dtype)
         backend = self._backend(params)
-        value = float(metric) if _is_number(metric) else math.nan
+        value = float(metric) if is_number(metric) else math.nan
         passes = passes_threshold(value, self.config.threshold)
         info = _LocalInfo(
             params=params,
@@ -946,7 +935,7 @@ class _LocalInfo:
 
 def _metric(post: Mapping[str, Any]) -> float:
     m = post.get('metric')
-    return float(m) if _is_number(m) else math.nan
+    return float(m) if is_number(m) else math.nan
 
 
 def _labels(posts: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
@@ -960,7 +949,7 @@ def _labels(posts: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
 
 def _eps(post: Mapping[str, Any], default: float) -> float:
     e = post.get('eps')
-    return float(e) if _is_number(e) and e > 0 else default
+    return float(e) if is_number(e) and e > 0 else default
 
 
 def _eligible(posts: Mapping[int, Mapping[str, Any]]) -> list[int]:

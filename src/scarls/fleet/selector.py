@@ -37,6 +37,7 @@ from scarls.learner.evaluation import (
 from scarls.learner.rollout import policy_cameras
 from scarls.learner.trainer import EpisodeData
 from scarls.policies import Policy
+from scarls.validation import is_number
 
 __all__ = ['CheckpointSelector', 'FleetDecision', 'Selection', 'fleet_decision']
 
@@ -79,11 +80,6 @@ class FleetDecision:
     """The agreed verdicts, ``{ecu id: {'metric', 'frames', 'reference', 'veto'}}``."""
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
-
-
 def fleet_decision(verdicts: Mapping[str, Mapping], gate: CheckpointGate) -> FleetDecision:
     """Decide from the participants' verdicts (``{'metric': error or None, 'frames': n,
     'reference': deployed error on the same frames or None, 'veto': reason or None}``), see
@@ -94,7 +90,7 @@ def fleet_decision(verdicts: Mapping[str, Mapping], gate: CheckpointGate) -> Fle
     """
     vetoes = {k: v['veto'] for k, v in sorted(verdicts.items()) if v.get('veto')}
     usable = {k: v for k, v in sorted(verdicts.items())
-              if _finite(v.get('metric')) and int(v.get('frames') or 0) > 0}
+              if is_number(v.get('metric')) and int(v.get('frames') or 0) > 0}
     if vetoes:
         why = '; '.join(f'{k}: {v}' for k, v in vetoes.items())
         metric = (sum(float(v['metric']) * int(v['frames']) for v in usable.values())
@@ -107,7 +103,7 @@ def fleet_decision(verdicts: Mapping[str, Mapping], gate: CheckpointGate) -> Fle
     frames = sum(int(v['frames']) for v in usable.values())
     metric = sum(float(v['metric']) * int(v['frames']) for v in usable.values()) / frames
     threshold = gate.decide(metric, None)
-    with_ref = {k: v for k, v in usable.items() if _finite(v.get('reference'))}
+    with_ref = {k: v for k, v in usable.items() if is_number(v.get('reference'))}
     reference = None
     if with_ref and threshold.approved:
         n = sum(int(v['frames']) for v in with_ref.values())

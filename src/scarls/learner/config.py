@@ -8,9 +8,10 @@ JSON/YAML mapping and rejects unknown keys.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
+
+from scarls.validation import is_int, is_number
 
 __all__ = [
     'LOSSES',
@@ -36,18 +37,6 @@ _C = TypeVar('_C', bound='_Config')
 LOSSES: tuple[str, ...] = ('mse', 'l1', 'huber')
 
 
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Config:
     def _fail(self, name: str, what: str) -> None:
@@ -58,12 +47,12 @@ class _Config:
     def _positive(self, *names: str, allow_zero: bool = False) -> None:
         for name in names:
             v = getattr(self, name)
-            if not _is_number(v) or v < 0 or (v == 0 and not allow_zero):
+            if not is_number(v) or v < 0 or (v == 0 and not allow_zero):
                 self._fail(name, 'must be a finite number ' + ('>= 0' if allow_zero else '> 0'))
 
     def _int_at_least(self, name: str, lo: int) -> None:
         v = getattr(self, name)
-        if not _is_int(v) or v < lo:
+        if not is_int(v) or v < lo:
             self._fail(name, f'must be an int >= {lo}')
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +112,7 @@ class TrainerConfig(_Config):
         self._positive('weight_decay', 'grad_clip', allow_zero=True)
         b = self.betas
         if not (
-            isinstance(b, tuple) and len(b) == 2 and all(_is_number(x) and 0 <= x < 1 for x in b)
+            isinstance(b, tuple) and len(b) == 2 and all(is_number(x) and 0 <= x < 1 for x in b)
         ):
             self._fail('betas', 'must be two numbers in [0, 1)')
         self._int_at_least('batch_size', 1)
@@ -131,7 +120,7 @@ class TrainerConfig(_Config):
         if self.loss not in LOSSES:
             self._fail('loss', f'must be one of {LOSSES}')
         self._positive('huber_delta')
-        if not _is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
+        if not is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
             self._fail('ema_decay', 'must be in [0, 1)')
         if not isinstance(self.normalize_loss, bool):
             self._fail('normalize_loss', 'must be a bool')
@@ -158,13 +147,13 @@ class MixingConfig(_Config):
     """Give every task with data the same share of a batch (else: share by labelled steps)."""
 
     def __post_init__(self) -> None:
-        if not _is_number(self.alpha) or self.alpha < 1.0:
+        if not is_number(self.alpha) or self.alpha < 1.0:
             self._fail('alpha', 'must be a finite number >= 1')
         if self.online_weight is not None and (
-            not _is_number(self.online_weight) or not 0.0 < self.online_weight < 1.0
+            not is_number(self.online_weight) or not 0.0 < self.online_weight < 1.0
         ):
             self._fail('online_weight', 'must be None or in (0, 1)')
-        if not _is_number(self.max_online_share) or not 0.0 < self.max_online_share <= 1.0:
+        if not is_number(self.max_online_share) or not 0.0 < self.max_online_share <= 1.0:
             self._fail('max_online_share', 'must be in (0, 1]')
         self._int_at_least('window', 1)
         if not isinstance(self.balance_tasks, bool):
@@ -190,5 +179,5 @@ class RolloutConfig(_Config):
         self._int_at_least('refill_when_remaining', 0)
         self._int_at_least('latency_ticks', 0)
         s = self.image_shape
-        if not (isinstance(s, tuple) and len(s) == 2 and all(_is_int(x) and x >= 16 for x in s)):
+        if not (isinstance(s, tuple) and len(s) == 2 and all(is_int(x) and x >= 16 for x in s)):
             self._fail('image_shape', 'must be (H, W) with ints >= 16')
