@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scarls.checkpoints.registry import CheckpointRegistry
+from scarls.episodes import EpisodeReader
 from scarls.learner.demos import generate_demos
 from scarls.learner.online import METRIC, OnlineConfig, OnlineLearner
 from scarls.learner.trainer import TrainerConfig
@@ -26,8 +27,8 @@ def demos(tmp_path_factory):
 
 
 def _learner(tmp_path, demos, **cfg):
-    config = OnlineConfig(steps_per_round=15, pretrain_steps=0, holdout_every=2,
-                          trainer=TrainerConfig(batch_size=8), **cfg)
+    config = OnlineConfig(**{'steps_per_round': 15, 'pretrain_steps': 0, 'holdout_every': 2,
+                             'trainer': TrainerConfig(batch_size=8), **cfg})
     learner = OnlineLearner(make_policy('mlp', seed=0), CheckpointRegistry(tmp_path / 'ckpt'),
                             config)
     learner.load_offline(demos, 'pick_cube', heldout=1)
@@ -152,3 +153,29 @@ def test_replay_gate_refuses_a_candidate_that_regresses_on_one_arm(tmp_path, dem
     assert not second.approved and second.reason.startswith('replay check:'), second.reason
     assert 'right_arm' in second.reason
     assert learner.deployed_version == 1
+
+
+def test_deleted_and_renumbered_online_episodes_keep_the_learner_consistent(tmp_path, demos):
+    """`scarls dataset delete` renumbers a task while the learner runs: the renumbered
+    episodes are not loaded twice and the deleted ones stop being trained on."""
+    from scarls.episodes import list_episodes
+    from scarls.episodes.tools import delete_episodes
+    learner = _learner(tmp_path, demos, holdout_every=0)
+    online = tmp_path / 'online'
+    generate_demos(online, 'pick_cube', 4, seed=600, image_shape=SHAPE)
+    assert learner.refresh_online(online, 'pick_cube') == 4
+    assert learner.online_episodes == 4
+    created = {e.index: EpisodeReader(e.path).meta.created_unix
+               for e in list_episodes(online, 'pick_cube')}
+    assert len(set(created.values())) == 4
+    delete_episodes(online, 'pick_cube', [1])   # 2 -> 1, 3 -> 2
+    assert learner.refresh_online(online, 'pick_cube') == 0   # nothing new, nothing twice
+    assert learner.online_episodes == 3
+    kept = {k for k in learner.episodes if k.startswith('online/')}
+    assert not any(k.endswith(f'/{created[1]:.6f}') for k in kept), kept
+    assert sum(1 for s in learner.sampler.buffers()) >= 1
+    learner.train_round(5)   # the sampler draws only from what is still there
+    assert all(s.episode in learner.episodes for s in learner._drawn)
+    # a new recording after the delete gets index 3 and is loaded once
+    generate_demos(online, 'pick_cube', 1, seed=700, image_shape=SHAPE)
+    assert learner.refresh_online(online, 'pick_cube') == 1 and learner.online_episodes == 4

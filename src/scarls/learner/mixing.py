@@ -67,6 +67,11 @@ class _Buffer:
         self.weights.append(weights)
         self._index = None
 
+    def remove(self, episode: Hashable) -> None:
+        i = self.episodes.index(episode)
+        del self.episodes[i], self.weights[i]
+        self._index = None
+
     def loss(self) -> float | None:
         return float(np.mean(self.losses)) if self.losses else None
 
@@ -142,6 +147,15 @@ class MixingSampler:
             buf = self._buffers[key] = _Buffer(self.config.window)
         buf.add(episode_key, w)
         self._owner[episode_key] = key
+
+    def remove(self, episode_key: Hashable) -> None:
+        """Forget an episode (e.g. deleted from disk); an emptied buffer goes too.
+        KeyError if unknown."""
+        key = self._owner.pop(episode_key)
+        buf = self._buffers[key]
+        buf.remove(episode_key)
+        if not buf.episodes:
+            del self._buffers[key]
 
     def buffer_of(self, episode_key: Hashable) -> BufferKey:
         """The buffer an episode was added to (KeyError if unknown)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -24,6 +25,7 @@ import torch
 
 from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
 from scarls.episodes import EpisodeReader, list_episodes
+from scarls.episodes.schema import EpisodeMeta
 from scarls.learner.algorithms import make_algorithm, stale_human_steps
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
 from scarls.learner.evaluation import CheckpointGate, evaluate_open_loop, open_loop_batches
@@ -147,6 +149,10 @@ class OnlineLearner:
         """Takeover steps not used as labels because their command was a stale repeat."""
         self.rounds: list[RoundResult] = []
         self._seen: set[str] = set()
+        self._online: dict[str, tuple[str, Any] | None] = {}
+        """Online episodes by identity -> ('train', key) / ('heldout', data) / None."""
+        self._fingerprints: dict[str, tuple[int, str]] = {}
+        self._bad: set[str] = set()
         self.last_load_seconds = 0.0
         self._drawn: list = []
         self.progress = LearnerProgress()
@@ -191,14 +197,29 @@ class OnlineLearner:
         return len(entries)
 
     def refresh_online(self, root: str | Path, task: str) -> int:
-        """Load online episodes that appeared on disk since the last call; returns how many."""
+        """Load online episodes that appeared on disk since the last call; returns how many.
+
+        Episodes are known by their identity (recording ECU, start and creation time), not
+        by their index: after ``scarls dataset delete`` renumbers a task, the renumbered
+        episodes are not loaded twice, and episodes deleted from disk are dropped from
+        training (and from the held-out set) here too.
+        """
         t0 = time.perf_counter()
         added = 0
+        on_disk: set[str] = set()
         for entry in list_episodes(root, task):
             path = str(entry.path)
-            if path in self._seen:
+            try:
+                fp = self._fingerprint(entry.meta_path)
+            except Exception as exc:  # a corrupt episode must not stop learning
+                if path not in self._bad:
+                    log.warning('online episode %s skipped: %s', entry.path, exc)
+                    self._bad.add(path)
                 continue
-            self._seen.add(path)
+            on_disk.add(fp)
+            if fp in self._online:
+                continue
+            self._online[fp] = None   # known (also when it cannot be loaded: tried once)
             try:
                 reader = EpisodeReader(entry.path)
                 intervention = np.asarray(reader.intervention[:], dtype=bool)
@@ -219,11 +240,43 @@ class OnlineLearner:
             every = self.config.holdout_every
             if every and self._online_seen % every == 0 and ep.intervention.any():
                 self.heldout.append(ep)   # evaluation only, never trained on
+                self._online[fp] = ('heldout', ep)
             else:
-                self._add(f'online/{entry.task}/{entry.index}', ep, weights)
+                key = f'online/{entry.task}/{fp}'
+                self._add(key, ep, weights)
+                if key in self.episodes:
+                    self._online[fp] = ('train', key)
             added += 1
+        self._forget_deleted(on_disk)
         self.last_load_seconds = time.perf_counter() - t0
         return added
+
+    def _fingerprint(self, meta_path: Path) -> str:
+        """The identity of an episode across renumbering: its recording ECU, start time and
+        creation time (cached by meta file path and mtime; a rename keeps the mtime but not
+        the path)."""
+        st = os.stat(meta_path)
+        cached = self._fingerprints.get(str(meta_path))
+        if cached is not None and cached[0] == st.st_mtime_ns:
+            return cached[1]
+        meta = EpisodeMeta.load(meta_path)
+        fp = f'{meta.ecu_id}@{meta.start_time:.6f}/{meta.created_unix:.6f}'
+        self._fingerprints[str(meta_path)] = (st.st_mtime_ns, fp)
+        return fp
+
+    def _forget_deleted(self, on_disk: set[str]) -> None:
+        for fp in [fp for fp in self._online if fp not in on_disk]:
+            what = self._online.pop(fp)
+            if what is None:
+                continue
+            kind, item = what
+            if kind == 'train':
+                self.sampler.remove(item)
+                self.episodes.pop(item, None)
+                self.labels.pop(item, None)
+            else:
+                self.heldout = [ep for ep in self.heldout if ep is not item]
+            log.info('online episode %s was deleted from disk: no longer used', fp)
 
     @property
     def online_episodes(self) -> int:
