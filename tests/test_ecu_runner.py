@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from scarls.ecu_runner import EpisodeRow, learning_curve
+from scarls.ecu_runner import EpisodeRow, fleet_curve, learning_curve
 
 
 def row(i: int, outcome: str, human: int, version: int, steps: int = 100) -> EpisodeRow:
@@ -20,3 +20,16 @@ def test_learning_curve_blocks():
     assert curve[0]['intervention_rate'] == pytest.approx(50 / 200)
     assert curve[1]['intervention_rate'] == 0.0
     assert learning_curve([]) == []
+
+
+def test_fleet_curve_per_minute_over_all_ecus():
+    a = [row(0, 'success', 0, 1), row(1, 'fail', 20, 1)]
+    b = [row(0, 'success', 0, 2)]
+    a[0].saved_s, a[1].saved_s, b[0].saved_s = 10.0, 70.0, 50.0
+    curve = fleet_curve({'ecu0': a, 'ecu1': b})
+    assert [(c['from_s'], c['episodes'], c['per_ecu']) for c in curve] == [
+        (0.0, 2, {'ecu0': 1, 'ecu1': 1}), (60.0, 1, {'ecu0': 1})]
+    assert curve[0]['success_rate'] == 1.0 and curve[0]['intervention_rate'] == 0.0
+    assert curve[1]['success_rate'] == 0.0
+    assert curve[1]['intervention_rate'] == pytest.approx(20 / 100)
+    assert fleet_curve({}) == []

@@ -51,6 +51,11 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
         assert len(report['episodes']) >= 6, ecu
         assert all(e['path'].startswith(str(root / ecu)) for e in report['episodes'])
     rounds = summary['rounds']
+    # the fleet's rates over time count every ECU's episodes
+    curve = summary['fleet_curve']
+    assert sum(b['episodes'] for b in curve) == sum(
+        len(r['episodes']) for r in summary['ecus'].values())
+    assert all(0 <= b['success_rate'] <= 1 and 0 <= b['intervention_rate'] <= 1 for b in curve)
     both = [r for r in rounds if sorted(r['participants']) == ['ecu0', 'ecu1']]
     assert both, rounds
     for r in both:

@@ -54,13 +54,15 @@ class EpisodeRow:
     dropped_steps: int
     finalize_seconds: float
     actor_episode_id: int
+    saved_s: float = 0.0
+    """Seconds since the run started when the monitor saw the episode saved."""
 
     @classmethod
-    def from_msg(cls, msg) -> EpisodeRow:
+    def from_msg(cls, msg, saved_s: float = 0.0) -> EpisodeRow:
         return cls(int(msg.index), msg.task, msg.outcome, int(msg.steps),
                    int(msg.intervention_steps), int(msg.model_version), msg.path,
                    int(msg.dropped_steps), round(float(msg.finalize_seconds), 4),
-                   int(msg.actor_episode_id))
+                   int(msg.actor_episode_id), round(saved_s, 2))
 
 
 def learning_curve(episodes: list[EpisodeRow], block: int = CURVE_BLOCK) -> list[dict]:
@@ -79,6 +81,32 @@ def learning_curve(episodes: list[EpisodeRow], block: int = CURVE_BLOCK) -> list
             'intervention_rate': sum(r.intervention_steps for r in rows)
             / max(1, sum(r.steps for r in rows)),
         })
+    return out
+
+
+def fleet_curve(episodes: dict[str, list[EpisodeRow]], bucket_s: float = 60.0) -> list[dict]:
+    """The whole fleet's rates over time: per ``bucket_s`` of the run, the episodes every ECU
+    saved, the share that succeeded without any takeover and the share of steps the humans
+    controlled (a fleet that learns shows the first rising and the second falling)."""
+    rows = sorted(((r.saved_s, ecu, r) for ecu, rs in episodes.items() for r in rs),
+                  key=lambda x: x[0])
+    out: list[dict] = []
+    for saved_s, ecu, r in rows:
+        b = int(saved_s // bucket_s)
+        if not out or out[-1]['_b'] != b:
+            out.append({'_b': b, 'from_s': b * bucket_s, 'to_s': (b + 1) * bucket_s,
+                        'episodes': 0, 'per_ecu': {}, '_ok': 0, '_steps': 0, '_human': 0})
+        cur = out[-1]
+        cur['episodes'] += 1
+        cur['per_ecu'][ecu] = cur['per_ecu'].get(ecu, 0) + 1
+        cur['_ok'] += r.outcome == 'success' and r.intervention_steps == 0
+        cur['_steps'] += r.steps
+        cur['_human'] += r.intervention_steps
+    for cur in out:
+        cur['success_rate'] = cur.pop('_ok') / cur['episodes']
+        steps, human = cur.pop('_steps'), cur.pop('_human')
+        cur['intervention_rate'] = human / steps if steps else 0.0
+        del cur['_b']
     return out
 
 
@@ -213,7 +241,7 @@ class EcuRun:
             topic = (lambda name: f'/{ns}/{name}') if fleet else (lambda name: name)
 
             def on_episode(msg) -> None:
-                row = EpisodeRow.from_msg(msg)
+                row = EpisodeRow.from_msg(msg, time.monotonic() - t0)
                 me.episodes.append(row)
                 me.last_progress = time.monotonic()
                 total = f'/{opts.episodes}' if opts.episodes else ''
@@ -369,6 +397,12 @@ class EcuRun:
             out['ecus'] = reports
             out['rounds'] = merge_rounds(rounds)
             out['round_reports'] = rounds
+            out['fleet_curve'] = fleet_curve({ns: me.episodes for ns, me in seen.items()})
+            if out['fleet_curve']:
+                log.info('fleet, per minute: %s  (succeeded without help / steps by humans)',
+                         '  '.join(f"{100 * b['success_rate']:.0f}%/"
+                                   f"{100 * b['intervention_rate']:.0f}%"
+                                   for b in out['fleet_curve']))
         else:
             out.update(reports[namespaces[0]])
         log.info('finished in %.1f s', time.monotonic() - t0)
