@@ -11,6 +11,8 @@
                  fleet rounds) from their heartbeats.
   scarls dataset info | stats | validate | delete | merge | repair | import-lerobot over a
                  data root (see `scarls dataset -h`).
+  scarls bag record | play | info | repair | to-zarr   rosbag2 bags (MCAP or sqlite3) of an
+                 ECU's topics, compatible with `ros2 bag` (see `scarls bag -h`).
   scarls replay-check  replay recorded episodes through a candidate checkpoint open-loop and
                  report how its actions differ from the logged ones (and from a baseline
                  checkpoint's), per episode, phase and joint group; exit 1 on a regression
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_parser(sub)
     from scarls.replay_check_cli import register as add_replay_check_parser
     add_replay_check_parser(sub)
+    from scarls.bag_cli import register as add_bag_parser
+    add_bag_parser(sub)
     return parser
 
 

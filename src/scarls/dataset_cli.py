@@ -30,6 +30,8 @@ Inspect, check and edit the episodes of a data root (<root>/<task>/episode_N.zar
   scarls dataset merge DST SRC [SRC ...]          append verified copies of other roots
   scarls dataset repair ROOT      finish an interrupted delete, close gaps, clear leftovers
   scarls dataset import-lerobot FOLDER ROOT --task T   a LeRobot v3.0 folder as episodes
+  scarls dataset export --format mcap --data-root ROOT --task T --out BAG
+                                  episodes as a rosbag2 bag of the ECU's topics
 
 exit codes: 0 success; 1 problems found (validate), episodes skipped (merge, import) or
 something left unrepaired (repair); 2 refused or failed (bad arguments, missing root, a writer
@@ -172,6 +174,25 @@ def add_dataset_parser(subparsers: Any) -> argparse.ArgumentParser:
     im.add_argument('--no-progress', action='store_true', help='no progress on stderr')
     im.add_argument('--no-fsync', action='store_true', help='skip fsync (faster, not durable)')
     _common(im)
+
+    ex = sub.add_parser('export', help='episodes as a rosbag2 bag (MCAP or SQLite 3)',
+                        description='Write episodes of a task as a rosbag2 bag of the topics '
+                        'an ECU publishes (<ns>/camera/<cam>/image_raw, <ns>/actor/step, and '
+                        'the end of each episode on <ns>/actor/state), readable by `ros2 bag` '
+                        'and Foxglove, replayable into a scheduler with `scarls bag play`, and '
+                        'convertible back with `scarls bag to-zarr`.')
+    ex.add_argument('--format', default='mcap', choices=('mcap', 'sqlite3'),
+                    help='bag storage format (default mcap)')
+    ex.add_argument('--data-root', required=True, help='data root')
+    ex.add_argument('--task', required=True, help='task to export')
+    ex.add_argument('--episodes', nargs='+', default=None, metavar='N',
+                    type=lambda text: parse_indices([text]),
+                    help='only these episode indices (N, N-M, N,M; default all)')
+    ex.add_argument('--out', required=True, help='bag folder to create (must not exist)')
+    ex.add_argument('--namespace', default=None,
+                    help='ROS namespace of the topics (default: the episodes\' ECU id)')
+    ex.add_argument('--no-progress', action='store_true', help='no progress on stderr')
+    _common(ex)
 
     ds.set_defaults(func=run_dataset)
     return ds
@@ -431,6 +452,30 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK if res.ok else EXIT_PROBLEMS
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from scarls.bags.convert import episodes_to_bag
+    from scarls.bags.errors import BagError
+    episodes = sorted({i for part in args.episodes for i in part}) if args.episodes else None
+    progress = _Progress('exporting', not args.no_progress)
+    try:
+        res = episodes_to_bag(args.data_root, args.task, args.out, episodes=episodes,
+                              storage=args.format, namespace=args.namespace,
+                              progress=progress)
+    except BagError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        progress.close()
+    if args.json:
+        _print_json(res)
+    else:
+        for item in res['episodes']:
+            print(f'episode {item["index"]}: {item["outcome"]}, {item["steps"]} steps')
+        print(f'{len(res["episodes"])} episodes -> {res["bag"]} ({res["storage"]}, topics '
+              f'under {res["namespace"]})')
+    return EXIT_OK
+
+
 _COMMANDS = {
     'info': _cmd_info,
     'stats': _cmd_stats,
@@ -439,6 +484,7 @@ _COMMANDS = {
     'merge': _cmd_merge,
     'repair': _cmd_repair,
     'import-lerobot': _cmd_import,
+    'export': _cmd_export,
 }
 
 

@@ -6,7 +6,8 @@ the disk, so recording never drops frames because of I/O). When the actor report
 episode it finalises it - `<data_root>/<task>/episode_<N>.zarr` + `episode_<N>_meta.json`, written
 under a temporary name, fsynced and renamed so an episode only ever appears complete - and
 publishes an EpisodeInfo. Steps whose frames never arrive within `match_timeout_s` are dropped and
-counted (never filled with other frames).
+counted (never filled with other frames). The alignment and finalising rules live in
+scarls.scheduler.alignment (no rclpy), which `scarls bag to-zarr` runs offline over a bag.
 
 It also triggers the learner (Algorithm 2: quality check + T_interval, service learner/train)
 and deploys: every approved checkpoint the learner announces is re-announced to the actor on
@@ -30,10 +31,8 @@ import collections
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, EcuStatus, EpisodeInfo
 from scarls_interfaces.srv import GetCheckpointChunk
@@ -41,51 +40,37 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from scarls.checkpoints.transfer import ChunkServer
-from scarls.episodes import BackgroundEpisodeWriter, StepRecord
 from scarls.ros import qos
-from scarls.ros.conversions import MessageError, msg_to_image, stamp_to_ns
+from scarls.ros.conversions import msg_to_image
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.scheduler.alignment import AlignerConfig, SavedEpisode, StepAligner
 from scarls.scheduler.trigger import TrainTrigger, TriggerConfig
 
-TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
 TRAIN_CALL_TIMEOUT_S = 10.0     # a learner/train call unanswered this long is retried
 STATUS_TOPIC = '/fleet/status'   # global: every ECU of the domain, whatever its namespace
 STATUS_WINDOW = 20               # episodes behind the recent rates of the heartbeat
-FINALIZE_WAIT_S = 3.0
 
 
-@dataclass
-class _Episode:
-    actor_episode_id: int
-    writer: BackgroundEpisodeWriter
-    started: float = field(default_factory=time.monotonic)
-    first_stamp_ns: int = 0
-    steps_seen: int = 0
-    dropped: int = 0
-    model_version: int = 0
+class _NodeLog:
+    """The aligner's reports to the node's logger (throttled ones at most every 2 s)."""
 
+    def __init__(self, logger) -> None:
+        self._logger = logger
 
-class FrameBuffer:
-    """The last frames of one camera, looked up by exact header stamp."""
+    def info(self, msg: str) -> None:
+        self._logger.info(msg)
 
-    def __init__(self, capacity: int) -> None:
-        self._frames: dict[int, Image] = {}
-        self._order: collections.deque[int] = collections.deque()
-        self._capacity = capacity
-        self._lock = threading.Lock()
+    def warning(self, msg: str, throttled: bool = False) -> None:
+        if throttled:
+            self._logger.warning(msg, throttle_duration_sec=2.0)
+        else:
+            self._logger.warning(msg)
 
-    def add(self, msg: Image) -> None:
-        key = stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            if key not in self._frames:
-                self._order.append(key)
-            self._frames[key] = msg
-            while len(self._order) > self._capacity:
-                self._frames.pop(self._order.popleft(), None)
-
-    def get(self, key: int) -> Image | None:
-        with self._lock:
-            return self._frames.get(key)
+    def error(self, msg: str, throttled: bool = False) -> None:
+        if throttled:
+            self._logger.error(msg, throttle_duration_sec=2.0)
+        else:
+            self._logger.error(msg)
 
 
 class SchedulerNode(LifecycleNode):
@@ -127,12 +112,13 @@ class SchedulerNode(LifecycleNode):
                 f'data_root {self._root} is not writable ({exc.strerror}): choose another '
                 'folder with data_root:=... or fix its permissions')
             return FAILURE
-        capacity = max(10, int(float(p('buffer_seconds').value) * self._fps * 1.5))
-        self._frames = {c: FrameBuffer(capacity) for c in self._cameras}
-        self._pending: collections.deque[tuple[float, ActorStep]] = collections.deque()
-        self._ends: dict[int, tuple[str, int, float]] = {}
-        self._cond = threading.Condition()
-        self._episode: _Episode | None = None
+        self._aligner = StepAligner(
+            AlignerConfig(root=self._root, task=self._task, ecu_id=self._ecu, codec=self._codec,
+                          fps=self._fps, match_timeout_s=self._timeout,
+                          buffer_seconds=float(p('buffer_seconds').value),
+                          cameras=self._cameras),
+            decode_image=msg_to_image, log=_NodeLog(self.get_logger()),
+            on_saved=self._on_saved)
         self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
         self._pub_status = self.create_publisher(EcuStatus, STATUS_TOPIC, qos.EVENTS)
         self._recent: collections.deque[EpisodeInfo] = collections.deque(maxlen=STATUS_WINDOW)
@@ -158,7 +144,8 @@ class SchedulerNode(LifecycleNode):
             self.create_subscription(CheckpointInfo, 'learner/checkpoint',
                                      self._on_learner_checkpoint, qos.STATE),
             *[self.create_subscription(Image, f'camera/{c}/image_raw',
-                                       lambda m, c=c: self._frames[c].add(m), qos.CAMERA_RECORD)
+                                       lambda m, c=c: self._aligner.add_frame(c, m),
+                                       qos.CAMERA_RECORD)
               for c in self._cameras],
             self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS),
             self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE),
@@ -188,187 +175,51 @@ class SchedulerNode(LifecycleNode):
     def safe_stop(self) -> None:
         """Stop recording; an unfinished episode is discarded (never left half-visible)."""
         self._stop_thread()
-        episode = getattr(self, '_episode', None)
-        if episode is not None:
-            episode.writer.abort()
+        aligner = getattr(self, '_aligner', None)
+        discarded = aligner.abort() if aligner is not None else None
+        if discarded is not None:
             self.get_logger().warning(
-                f'unfinished episode (actor episode {episode.actor_episode_id}, '
-                f'{episode.steps_seen} steps) discarded at shutdown')
-            self._episode = None
+                f'unfinished episode (actor episode {discarded.actor_episode_id}, '
+                f'{discarded.steps_seen} steps) discarded at shutdown')
 
     def _stop_thread(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            with self._cond:
-                self._cond.notify_all()
+            self._aligner.wake()
             self._thread.join(timeout=10.0)
             self._thread = None
 
     # -- callbacks (never touch the disk) ----------------------------------------------------
     def _on_step(self, msg: ActorStep) -> None:
-        with self._cond:
-            self._pending.append((time.monotonic(), msg))
-            self._cond.notify()
+        self._aligner.add_step(msg)
 
     def _on_state(self, msg: ActorState) -> None:
         self._phase = msg.phase
-        outcome = TERMINAL.get(msg.phase)
-        if outcome is None and msg.event == 'EPISODE_CLOSED':
-            outcome = TERMINAL.get(msg.previous_phase)
-        if outcome is None or msg.episode_id == 0:
-            return
-        stamp = stamp_to_ns(msg.header.stamp)
-        with self._cond:
-            # keep the newest end per episode id: ids restart with a new actor session, and a
-            # latched (transient local) history may replay ends of an earlier session
-            known = self._ends.get(msg.episode_id)
-            if known is None or stamp > known[3]:
-                self._ends[msg.episode_id] = (outcome, int(msg.steps), time.monotonic(), stamp)
-                self._cond.notify()
+        self._aligner.add_state(msg)
 
-    # -- recorder thread -------------------------------------------------------------------
+    # -- recorder thread (alignment + writing: scarls.scheduler.alignment) -------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self._cond:
-                self._cond.wait(timeout=0.05)
+            self._aligner.wait(timeout=0.05)
             try:
-                self._drain()
-                self._maybe_finalize()
+                self._aligner.poll()
             except Exception as exc:  # noqa: BLE001 - keep recording, say what happened
                 self.get_logger().error(f'recorder error: {exc!r}')
 
-    def _drain(self) -> None:
-        while True:
-            with self._cond:
-                if not self._pending:
-                    return
-                received, step = self._pending[0]
-            episode = self._episode
-            if episode is not None and step.episode_id != episode.actor_episode_id:
-                if step.episode_id < episode.actor_episode_id:
-                    with self._cond:
-                        self._pending.popleft()  # a late step of an episode already closed
-                    continue
-                # the next episode has begun: the current one must be finalised first
-                self._maybe_finalize(
-                    force=time.monotonic() - received > FINALIZE_WAIT_S)
-                if self._episode is not None:
-                    return
-            images = self._match(step)
-            if images is None:
-                if time.monotonic() - received < self._timeout:
-                    return  # frames may still be on their way
-                with self._cond:
-                    self._pending.popleft()
-                self._count_drop(step, 'frames never arrived')
-                continue
-            with self._cond:
-                self._pending.popleft()
-            self._append(step, images)
-
-    def _match(self, step: ActorStep) -> dict[str, np.ndarray] | None:
-        images = {}
-        for name, stamp in zip(step.image_names, step.image_stamps, strict=False):
-            if name not in self._frames:
-                continue
-            msg = self._frames[name].get(stamp_to_ns(stamp))
-            if msg is None:
-                return None
-            try:
-                images[name] = msg_to_image(msg)
-            except MessageError:
-                return None
-        if set(images) != set(self._cameras):
-            return None
-        return images
-
-    def _count_drop(self, step: ActorStep, why: str) -> None:
-        episode = self._ensure_episode(step, None)
-        if episode is not None:
-            episode.dropped += 1
-            episode.steps_seen += 1
-        self.get_logger().warning(f'step {step.step} of actor episode {step.episode_id} '
-                                  f'dropped: {why}', throttle_duration_sec=2.0)
-
-    def _ensure_episode(self, step: ActorStep, images) -> _Episode | None:
-        if self._episode is not None:
-            return self._episode
-        if images is None:
-            return None
-        first = next(iter(images.values()))
-        writer = BackgroundEpisodeWriter(
-            self._root, self._task, self._ecu, cameras=self._cameras,
-            image_shape=tuple(first.shape[:2]), state_dim=len(step.observation_state),
-            action_dim=len(step.action), fps=self._fps, codec=self._codec)
-        self._episode = _Episode(step.episode_id, writer,
-                                 first_stamp_ns=stamp_to_ns(step.header.stamp))
-        return self._episode
-
-    def _append(self, step: ActorStep, images: dict[str, np.ndarray]) -> None:
-        try:
-            episode = self._ensure_episode(step, images)
-            accepted = episode.writer.append(StepRecord(
-                images=images,
-                state=np.asarray(step.observation_state, dtype=np.float32),
-                action=np.asarray(step.action, dtype=np.float32),
-                intervention=bool(step.is_intervention),
-                timestamp=stamp_to_ns(step.header.stamp) * 1e-9))
-            episode.steps_seen += 1
-            episode.model_version = int(step.model_version)
-            if not accepted:
-                episode.dropped += 1
-                self.get_logger().warning('writer queue full: step dropped (disk too slow?)',
-                                          throttle_duration_sec=2.0)
-        except Exception as exc:  # noqa: BLE001 - EpisodeError/StorageError: drop, say why
-            if self._episode is not None:
-                self._episode.dropped += 1
-                self._episode.steps_seen += 1
-            self.get_logger().error(f'step {step.step} not recorded: {exc}',
-                                    throttle_duration_sec=2.0)
-
-    def _maybe_finalize(self, force: bool = False) -> None:
-        episode = self._episode
-        if episode is None:
-            # an episode that ended before any of its steps could be matched: forget it
-            return
-        end = self._ends.get(episode.actor_episode_id)
-        if end is not None and end[3] < episode.first_stamp_ns:
-            end = None  # the end of an older episode with the same id (earlier session)
-        if end is None and not force:
-            return
-        outcome, steps, t_end, _ = end if end is not None else (
-            'aborted', episode.steps_seen, time.monotonic(), 0)
-        if episode.steps_seen < steps and time.monotonic() - t_end < FINALIZE_WAIT_S \
-                and not force:
-            return  # some steps are still in flight
-        self._episode = None
-        self._ends.pop(episode.actor_episode_id, None)
-        recorded = episode.steps_seen - episode.dropped
-        if recorded == 0:
-            episode.writer.abort()
-            self.get_logger().error(f'actor episode {episode.actor_episode_id}: no step could '
-                                    'be recorded, nothing written')
-            return
-        try:
-            ref = episode.writer.finalize(outcome, int(episode.model_version), extra={
-                'actor_episode_id': episode.actor_episode_id,
-                'dropped_steps': episode.dropped + max(0, steps - episode.steps_seen)})
-        except Exception as exc:  # noqa: BLE001 - StorageError (disk full...): nothing visible
-            self.get_logger().error(f'episode of actor episode {episode.actor_episode_id} '
-                                    f'could not be saved: {exc}')
-            return
-        finalize_s = time.monotonic() - t_end
+    def _on_saved(self, saved: SavedEpisode) -> None:
+        ref = saved.ref
         info = EpisodeInfo()
         info.header.stamp = self.get_clock().now().to_msg()
         info.ecu_id, info.task, info.index = self._ecu, self._task, int(ref.index)
-        info.outcome, info.steps = outcome, int(ref.steps)
+        info.outcome, info.steps = saved.outcome, int(ref.steps)
         info.intervention_steps = int(ref.intervention_steps)
-        info.model_version = int(episode.model_version)
-        info.actor_episode_id = int(episode.actor_episode_id)
+        info.model_version = int(saved.model_version)
+        info.actor_episode_id = int(saved.actor_episode_id)
         info.path = str(ref.path)
-        info.dropped_steps = int(episode.dropped + max(0, steps - episode.steps_seen))
-        info.finalize_seconds = float(finalize_s)
+        info.dropped_steps = int(saved.dropped_steps)
+        info.finalize_seconds = float(saved.finalize_seconds)
         self._pub_episode.publish(info)
+        outcome = saved.outcome
         with self._status_lock:
             self._recent.append(info)
             self._saved += 1
@@ -381,8 +232,7 @@ class SchedulerNode(LifecycleNode):
         self.get_logger().info(
             f'episode {ref.index} saved: {outcome}, {ref.steps} steps '
             f'({ref.intervention_steps} by human), {info.dropped_steps} dropped, visible '
-            f'{finalize_s:.2f} s after the end -> {ref.path}')
-
+            f'{saved.finalize_seconds:.2f} s after the end -> {ref.path}')
 
     # -- fleet status ----------------------------------------------------------------------------
     def _publish_status(self) -> None:
