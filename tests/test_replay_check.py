@@ -370,3 +370,30 @@ def test_cli_registers_as_a_subcommand(world, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert [e['name'] for e in doc['episodes']] == ['pick_cube/episode_1']
     assert doc['baseline'] is None and doc['decision']['approved'] is True
+
+
+def test_cli_replays_a_recorded_bag_like_the_zarr_episodes(world, capsys, tmp_path):
+    """`--bag`: the episode recorded in a bag (here exported from the Zarr episode with the
+    takeover) gives the same verdict and numbers as the Zarr episode itself."""
+    from scarls.bags.convert import episodes_to_bag
+    episodes_to_bag(world['root'], TASK, tmp_path / 'bag', episodes=[2])
+    code, out, _ = _cli(world, capsys, '--json', '--episodes', '2')
+    from_zarr = json.loads(out)
+    argv = ['replay-check', '--checkpoint', str(world['ck'] / 'wrong.safetensors'),
+            '--baseline', str(world['ck'] / 'good.safetensors'), '--bag', str(tmp_path / 'bag'),
+            '--task', TASK, '--no-progress', '--json', '--fail-on-regression']
+    code = main(argv)
+    out = capsys.readouterr()
+    assert code == 1, out.err
+    from_bag = json.loads(out.out)
+    assert 'episodes rebuilt' in out.err
+    assert len(from_bag['episodes']) == len(from_zarr['episodes']) == 1
+
+    def human_total(doc):
+        cell = next(c for c in doc['total'] if c['mode'] == 'human' and c['segment'] == 'all')
+        return cell['candidate']['right_arm']['mse'], cell['baseline']['right_arm']['mse']
+    assert human_total(from_bag) == pytest.approx(human_total(from_zarr), rel=1e-5)
+    assert from_bag['decision']['approved'] is False
+    # neither --data-root nor --bag: a clear error
+    assert main(['replay-check', '--checkpoint', 'x', '--task', TASK]) == 2
+    assert '--data-root' in capsys.readouterr().err

@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -105,7 +106,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help='candidate: a checkpoint file or a registry version')
     p.add_argument('--baseline', default=None, metavar='PATH_OR_VERSION',
                    help='compare with this checkpoint (e.g. deployed); default: none')
-    p.add_argument('--data-root', required=True, help='data root (holds <task>/episode_N.zarr)')
+    p.add_argument('--data-root', default=None,
+                   help='data root (holds <task>/episode_N.zarr); needed unless --bag is given')
+    p.add_argument('--bag', default=None, metavar='BAG',
+                   help="replay the episodes recorded in this rosbag2 bag of an ECU's topics "
+                   '(rebuilt in a temporary folder exactly as the scheduler would) instead '
+                   'of the Zarr episodes of --data-root')
     p.add_argument('--task', required=True, help='task whose episodes are replayed')
     p.add_argument('--episodes', type=_indices, default=None, metavar='LIST',
                    help='episode indices, e.g. 0,3-5 (default: all)')
@@ -362,6 +368,39 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    if not getattr(args, 'verbose', False):
+        logging.getLogger('scarls').setLevel(logging.ERROR)   # skips are printed, not logged
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    if args.bag:
+        with tempfile.TemporaryDirectory(prefix='scarls-replay-') as tmp:
+            return _run_on(args, _episodes_from_bag(args.bag, Path(tmp), args.task))
+    if not args.data_root:
+        raise BadInput('give --data-root (Zarr episodes) or --bag (a recorded bag)')
+    return _run_on(args, Path(args.data_root).expanduser())
+
+
+def _episodes_from_bag(bag: str, root: Path, task: str) -> Path:
+    from scarls.bags.convert import CAMERAS, bag_to_episodes, camera_topic, find_namespace
+    from scarls.bags.errors import BagError
+    from scarls.bags.io import BagReader
+    try:
+        with BagReader(bag) as reader:   # rebuild with the cameras the bag has
+            ns = find_namespace(list(reader.topics))
+            cameras = tuple(c for c in CAMERAS if camera_topic(ns, c) in reader.topics)
+        report = bag_to_episodes(bag, root, task=task, fsync=False,
+                                 cameras=cameras or CAMERAS)
+    except (BagError, OSError, ValueError) as exc:
+        raise BadInput(str(exc)) from exc
+    for item in report.not_rebuilt:
+        print(f'{bag}: episode not rebuilt: {item}', file=sys.stderr)
+    if not report.saved:
+        raise BadInput(f'{bag}: no complete episode of task {task!r} in the bag')
+    print(f'{bag}: {len(report.saved)} episodes rebuilt', file=sys.stderr)
+    return root
+
+
+def _run_on(args: argparse.Namespace, root: Path) -> int:
+    """The check on the Zarr episodes under ``root`` (the data root, or a bag's rebuild)."""
     from scarls.episodes import list_episodes
     from scarls.learner.replay_check import (
         ReplayConfig,
@@ -372,12 +411,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     from scarls.learner.rollout import policy_cameras
 
-    if not getattr(args, 'verbose', False):
-        logging.getLogger('scarls').setLevel(logging.ERROR)   # skips are printed, not logged
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    root = Path(args.data_root).expanduser()
-    registry = Path(args.registry).expanduser() if args.registry else (
-        root / 'checkpoints' / args.task)
+    data_root = Path(args.data_root).expanduser() if args.data_root else None
+    if args.registry:
+        registry = Path(args.registry).expanduser()
+    elif data_root is not None:
+        registry = data_root / 'checkpoints' / args.task
+    else:
+        registry = root / 'checkpoints' / args.task   # none there: versions need --registry
     try:
         replay = ReplayConfig(stride=args.stride, horizon=args.horizon,
                               tolerance=args.tolerance if args.tolerance > 0 else 1e-9,

@@ -228,7 +228,7 @@ def episodes_to_bag(data_root: str | os.PathLike[str], task: str, out: str | os.
             bag.add_topic(camera_topic(ns, c), IMAGE, qos['camera'])
         bag.add_topic(f'{ns}/actor/step', STEP, qos['step'])
         bag.add_topic(f'{ns}/actor/state', STATE, qos['state'])
-        last_ns = last_id = 0
+        last_ns, last_id = -1, 0   # a first episode may start at time 0 (simulated clock)
         for n, reader in enumerate(readers):
             meta = reader.meta
             if reader.cameras != cameras:
