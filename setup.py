@@ -15,6 +15,8 @@ setup(
     python_requires='>=3.10',
     package_dir={'': 'src'},
     packages=find_packages('src'),
+    # the dashboard's page (read through Path(__file__): the package must stay a directory)
+    package_data={'scarls.dashboard': ['static/*', 'static/vendor/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
@@ -22,10 +24,11 @@ setup(
         ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')
          + glob('config/*.xml')),
     ],
-    zip_safe=True,
+    zip_safe=False,
     entry_points={
         'console_scripts': [
             'scarls = scarls.cli:main',
+            'dashboard = scarls.dashboard:main',
             *[f'{node} = scarls.{node}.node:main' for node in NODES],
         ],
     },

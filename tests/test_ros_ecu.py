@@ -178,3 +178,42 @@ def test_run_stops_early_when_the_learner_cannot_start(tmp_path, domain_id):
     assert data['ok'] is False
     assert 'ecubad learner cannot start' in data['error'] and 'no_such_policy' in data['error']
     assert data['learner']['state'] == 'failed'
+
+
+def test_scarls_ecu_serves_the_dashboard(tmp_path, domain_id):
+    """`--dashboard PORT`: one more process of the run, serving the live state of the ECU it
+    runs; stopped with the ECU."""
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    summary = tmp_path / 'summary.json'
+    cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--episodes', '2', '--data-root',
+           str(tmp_path / 'data'), '--summary', str(summary), '--height', '32', '--width', '40',
+           '--max-steps', '100', '--domain-id', str(domain_id), '--ecu-id', 'ecudash',
+           '--dashboard', str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: dict = {}
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{port}/api/state', timeout=2) as r:
+                    state = json.loads(r.read())
+                seen.update({e['id']: e for e in state['ecus']})
+            except OSError:
+                pass
+            if seen.get('ecudash', {}).get('episodes', 0) >= 1:
+                break
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert seen.get('ecudash', {}).get('episodes', 0) >= 1, seen
+    assert seen['ecudash']['phase'] in ('INFERENCE', 'HUMANINTERVENTION', 'SUCCESS', 'FAIL',
+                                        'IDLE', 'ABORTED')
+    data = json.loads(summary.read_text())
+    assert data['ok'] is True and data['node_exit_codes']['/dashboard'] == 0

