@@ -55,20 +55,17 @@ registry index, the node logs):
             minus the earliest publish of that round. It includes waiting for the episode
             boundary (the actor swaps models only between episodes, by design). Versions
             superseded before any episode used them are counted, not timed.
-* Ingestion episode end (last control tick) -> trainable (loaded into the learner's memory).
-            Which round loaded an episode is exact: every round logs how many new episodes it
-            loaded ('+K new episodes') and episodes become visible in index order. When is
-            approximated: nothing stamps the start of a round, so it is the earlier of two
-            upper bounds, the registry's publish time minus the round's recorded load, train,
-            evaluation and fleet wait/reduce times (only the selector's evaluation, tenths of a
-            second, is missing) and the scheduler's stamp of the accepted trigger (logged at
-            its next 1 Hz poll); latency = that start + the round's `load_seconds` - the
-            episode's end. The report counts episodes whose estimated round start falls before
-            they were visible (the estimate's error showing). Episodes no round loaded before
-            the end are counted, not timed. Every 5th online episode with a takeover goes to
-            the held-out set and episodes without a takeover carry no labels: they are loaded
-            like the others but not trained on. Learner idle: from a round's publish to the
-            next round's start (waiting for the scheduler's trigger).
+* Ingestion episode end (last control tick) -> trainable (loaded into the learner's memory),
+            exact: the learner logs every episode it loads with the seconds since the episode's
+            end ('ingested: episode N after S s'). Episodes no round loaded before the end are
+            counted, not timed. Every 5th online episode with a takeover goes to the held-out
+            set and episodes without a takeover carry no labels: they are loaded like the
+            others but not trained on. The wait for the next round and the learner's idle time
+            (a round's publish to the next round's start) use an estimated round start: the
+            registry's publish time minus the round's recorded load, train, evaluation and
+            fleet wait/reduce times (the selector's evaluation and the verdict exchange are not
+            recorded: an upper bound of the start); the report counts episodes whose estimated
+            round start falls before they were visible (the estimate's error showing).
 * Throughput  episodes per hour, learner samples consumed per hour (training steps x batch
             size, all learners, pre-training included) over the run's wall clock.
 
@@ -101,7 +98,8 @@ from scarls.episodes import EpisodeReader  # noqa: E402
 
 TASK = 'pick_cube'
 _STAMP = r'^\[INFO\] \[(\d+\.\d+)\] \[[^\]]*'
-TRIGGER_RE = re.compile(_STAMP + r'scheduler\]: training triggered: ', re.M)
+INGESTED_RE = re.compile(_STAMP + r'learner\]: ingested: (.*)$', re.M)
+INGESTED_ITEM_RE = re.compile(r'episode (\d+) after ([0-9.]+) s')
 ROUND_RE = re.compile(_STAMP + r'learner\]: (?:online round|pre-training on demos): v(\d+) '
                       r'.*?\+(\d+) new episodes', re.M)
 FETCH_RE = re.compile(_STAMP + r'actor\]: checkpoint v(\d+) fetched and verified '
@@ -241,8 +239,8 @@ def analyse_ecu(ecu: str, episodes: list[dict], root: Path, log_dir: Path,
             superseded += 1
     fetches = [float(s) for _, _, _, s in FETCH_RE.findall(read_log(log_dir, ecu, 'actor'))]
     # rounds that finished during the shutdown still loaded episodes: all records here
-    ingestion = ingestion_latency(episodes, everything, read_log(log_dir, ecu, 'scheduler'),
-                                  read_log(log_dir, ecu, 'learner'), fleet_s)
+    ingestion = ingestion_latency(episodes, everything, read_log(log_dir, ecu, 'learner'),
+                                  fleet_s)
     last_approved = next((r for r in reversed(records) if r.get('approved')), None)
     return {
         'episodes': episodes, 'records': records, 'after_end': len(everything) - len(records),
@@ -252,57 +250,51 @@ def analyse_ecu(ecu: str, episodes: list[dict], root: Path, log_dir: Path,
     }
 
 
-def round_starts(records: list[dict], triggers: list[float],
-                 fleet_s: dict[int, float]) -> dict[int, float]:
+def round_starts(records: list[dict], fleet_s: dict[int, float]) -> dict[int, float]:
     """Registry version -> estimated wall-clock start of the round that trained it (when the
-    learner lists and loads the episodes on disk), the earlier of two upper bounds:
-    publish - (load + train + evaluation + fleet wait/reduce) (the selector's evaluation is
-    not recorded) and, for online rounds, the scheduler's log stamp of the accepted trigger
-    (logged at its next 1 Hz poll after the learner took it; the k-th accepted trigger starts
-    the k-th online round)."""
+    learner lists and loads the episodes on disk): publish - (load + train + evaluation +
+    fleet wait/reduce); the selector's evaluation and the verdict exchange are not recorded, so
+    this is an upper bound of the start. (Triggers no longer map one to one onto rounds: a
+    trigger during a round queues the next one.)"""
     out: dict[int, float] = {}
-    trained = [r for r in records if r.get('metrics', {}).get('train_steps')]
-    accepted = iter(triggers)
-    for i, r in enumerate(trained):
-        m = r['metrics']
-        est = (m['published_unix'] - m.get('load_seconds', 0.0) - m['train_seconds']
-               - m.get('eval_seconds', 0.0) - fleet_s.get(int(m.get('fleet_round', -1)), 0.0))
-        if i > 0:
-            t = next(accepted, None)
-            if t is not None:
-                est = min(est, t)
-        out[r['version']] = est
+    for r in records:
+        m = r.get('metrics', {})
+        if not m.get('train_steps'):
+            continue
+        out[r['version']] = (m['published_unix'] - m.get('load_seconds', 0.0)
+                             - m['train_seconds'] - m.get('eval_seconds', 0.0)
+                             - fleet_s.get(int(m.get('fleet_round', -1)), 0.0))
     return out
 
 
-def ingestion_latency(episodes: list[dict], records: list[dict], scheduler_log: str,
-                      learner_log: str, fleet_s: dict[int, float]) -> dict:
-    """Episode end -> trainable (see the module docstring): each round's own count of new
-    episodes ('+K new episodes' in the learner's log, in round order) says which episodes it
-    loaded (they become visible in index order); the round's estimated start + its load time
-    is when they became trainable."""
-    starts = round_starts(records, [float(t) for t in TRIGGER_RE.findall(scheduler_log)],
-                          fleet_s)
-    by_version = {r['version']: r for r in records}
+def ingestion_latency(episodes: list[dict], records: list[dict], learner_log: str,
+                      fleet_s: dict[int, float]) -> dict:
+    """Episode end -> trainable, exact: the learner logs, for every episode it loads, the
+    seconds from the episode's end (its meta end_time) to being loaded ('ingested: episode N
+    after S s'). The round bookkeeping ('+K new episodes' per round, in round order) gives the
+    wait for the next round (estimated start - visible) and the learner's idle time between
+    rounds."""
+    latencies = [float(sec) for line in INGESTED_RE.findall(learner_log)
+                 for _, sec in INGESTED_ITEM_RE.findall(line[1])]
+    ingested = {int(i) for line in INGESTED_RE.findall(learner_log)
+                for i, _ in INGESTED_ITEM_RE.findall(line[1])}
+    starts = round_starts(records, fleet_s)
     eps = sorted(episodes, key=lambda e: e['index'])
-    latencies, waits, late = [], [], 0
-    pos = 0
+    waits, late, pos = [], 0, 0
     for _, v, k in ROUND_RE.findall(learner_log):
         loaded, pos = eps[pos:pos + int(k)], pos + int(k)
         if int(v) not in starts:
             continue
-        start = starts[int(v)]
-        load_s = by_version[int(v)]['metrics'].get('load_seconds', 0.0)
         for e in loaded:
-            latencies.append(start + load_s - e['end'])
-            waits.append(start - e['visible'])
-            late += start < e['visible'] - 0.05   # the estimate is too early: say so
+            waits.append(starts[int(v)] - e['visible'])
+            late += starts[int(v)] < e['visible'] - 0.05   # the estimate is too early
     trained = sorted((r for r in records if r.get('metrics', {}).get('train_steps')),
                      key=lambda r: r['version'])
     idle = [starts[b['version']] - a['metrics']['published_unix']
             for a, b in zip(trained, trained[1:], strict=False)]
     busy = sum(r['metrics']['published_unix'] - starts[r['version']] for r in trained[1:])
-    return {'seconds': latencies, 'wait_for_round_s': waits, 'not_ingested': len(eps) - pos,
+    return {'seconds': latencies, 'wait_for_round_s': waits,
+            'not_ingested': sum(1 for e in eps if e['index'] not in ingested),
             'estimate_before_visible': late, 'idle_s': idle, 'busy_s': busy}
 
 

@@ -284,6 +284,10 @@ class LearnerNode(LifecycleNode):
             if what.startswith('pre-training'):
                 self._learner.progress.state = 'pretraining'
             added = self._learner.refresh_online(self._data_root, self._task)
+            if self._learner.last_ingested:
+                # exact per-episode ingestion latency (episode end -> loaded for training)
+                self.get_logger().info('ingested: ' + ', '.join(
+                    f'episode {i} after {sec:.2f} s' for i, sec in self._learner.last_ingested))
             t0 = time.monotonic()
             result = self._learner.train_round(steps, self._reducer, self._selector)
             self._last, self._detail = result, ''

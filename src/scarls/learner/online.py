@@ -156,6 +156,8 @@ class OnlineLearner:
         self.last_load_seconds = 0.0
         self._drawn: list = []
         self.progress = LearnerProgress()
+        self.last_ingested: list[tuple[int, float]] = []
+        """(episode index, seconds from its end to loaded) of the last refresh_online."""
 
     # -- data ------------------------------------------------------------------------------
     def _weights(self, intervention: np.ndarray, action: np.ndarray, outcome: str,
@@ -207,6 +209,7 @@ class OnlineLearner:
         t0 = time.perf_counter()
         added = 0
         on_disk: set[str] = set()
+        self.last_ingested = []
         for entry in list_episodes(root, task):
             path = str(entry.path)
             try:
@@ -235,8 +238,9 @@ class OnlineLearner:
                 continue
             self._online_seen += 1
             # episode end (its last step's stamp) -> trainable, for the fleet's latency view
-            self.progress.ingested.append(
-                (int(entry.index), max(0.0, time.time() - float(reader.meta.end_time))))
+            ingested = (int(entry.index), max(0.0, time.time() - float(reader.meta.end_time)))
+            self.progress.ingested.append(ingested)
+            self.last_ingested.append(ingested)
             every = self.config.holdout_every
             if every and self._online_seen % every == 0 and ep.intervention.any():
                 self.heldout.append(ep)   # evaluation only, never trained on
