@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from scarls.dataset_cli import parse_indices
+
 __all__ = ['DESCRIPTION', 'build_parser', 'main', 'register', 'resolve_checkpoint', 'run']
 
 log = logging.getLogger('scarls.replay_check')
@@ -56,22 +58,8 @@ class BadInput(Exception):
 
 
 def _indices(text: str) -> list[int]:
-    out: set[int] = set()
-    for part in text.split(','):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition('-')
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f'bad episode index {part!r}: use N, N-M or N,M') from None
-        if a < 0 or b < a:
-            raise argparse.ArgumentTypeError(f'bad episode range {part!r}')
-        out.update(range(a, b + 1))
-    return sorted(out)
+    """Episode indices like ``0,3-5`` (the same syntax as `scarls dataset`)."""
+    return parse_indices([text])
 
 
 def _positive_int(text: str) -> int:
