@@ -251,17 +251,13 @@ def _write_summary(summary: dict, path_arg: str | None) -> None:
 
 
 def cmd_status(args) -> int:
-    from scarls.launcher import ros_env
+    from scarls.launcher import apply_ros_env, ros_env
     from scarls.status import collect
 
     domain = args.domain_id
     if domain is None:
         domain = int(os.environ.get('ROS_DOMAIN_ID', '0') or 0)
-    env = ros_env(domain, localhost_only=not args.network)
-    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
-                'FASTDDS_DEFAULT_PROFILES_FILE', 'RMW_IMPLEMENTATION'):
-        if key in env:
-            os.environ[key] = env[key]
+    apply_ros_env(ros_env(domain, localhost_only=not args.network))
     return collect(args.seconds, watch=args.watch, as_json=args.json)
 
 

@@ -8,13 +8,12 @@ episode, and stops when enough episodes are saved, time runs out, a node dies or
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scarls.bringup import NodeSpec
-from scarls.launcher import ProcessGroup, pick_domain_id, ros_env
+from scarls.launcher import ProcessGroup, apply_ros_env, pick_domain_id, ros_env
 
 log = logging.getLogger('scarls')
 STARTUP_TIMEOUT_S = 60.0
@@ -210,13 +209,7 @@ class EcuRun:
                  ', '.join(f'/{ns}' for ns in namespaces), domain,
                  ' (localhost only)' if opts.localhost_only else '', opts.log_dir)
         # the monitor lives in this process: give it the same DDS environment
-        for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
-                    'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
-                    'RMW_IMPLEMENTATION'):
-            if key in env:
-                os.environ[key] = env[key]
-            else:
-                os.environ.pop(key, None)
+        apply_ros_env(env)
         import rclpy
         from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
         from scarls_interfaces.msg import (

@@ -51,6 +51,20 @@ def ros_env(domain_id: int, *, localhost_only: bool = True, base: dict | None = 
     return env
 
 
+DDS_KEYS = ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE',
+            'FASTRTPS_DEFAULT_PROFILES_FILE', 'RMW_IMPLEMENTATION')
+
+
+def apply_ros_env(env: dict) -> None:
+    """Give this process the DDS settings of ``env`` (a :func:`ros_env` result), for the
+    rclpy context it creates itself (a monitor, the status view, the dashboard)."""
+    for key in DDS_KEYS:
+        if key in env:
+            os.environ[key] = env[key]
+        else:
+            os.environ.pop(key, None)
+
+
 @dataclass
 class RunningNode:
     spec: NodeSpec

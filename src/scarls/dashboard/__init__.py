@@ -48,16 +48,12 @@ def _apply_environment(args) -> None:
     """With --domain-id or --network: the same DDS settings `scarls ecu` gives its nodes."""
     if args.domain_id is None and not args.network:
         return   # started by a launcher: its environment is already the ECUs'
-    from scarls.launcher import ros_env
+    from scarls.launcher import apply_ros_env, ros_env
 
     domain = args.domain_id
     if domain is None:
         domain = int(os.environ.get('ROS_DOMAIN_ID', '0') or 0)
-    env = ros_env(domain, localhost_only=not args.network)
-    for key in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
-                'FASTDDS_DEFAULT_PROFILES_FILE', 'RMW_IMPLEMENTATION'):
-        if key in env:
-            os.environ[key] = env[key]
+    apply_ros_env(ros_env(domain, localhost_only=not args.network))
 
 
 def serve(args, ros_args: list[str] | None = None) -> int:
