@@ -164,12 +164,17 @@ def _cmd_record(args: argparse.Namespace) -> int:
     lines = [f'{s["bag"]}: {s["messages"]} messages, {s["bytes"] / 1e6:.1f} MB']
     lines += [f'  {t}: {n}' for t, n in sorted(s['topics'].items())]
     lines += [f'  not recorded {t}: {why}' for t, why in sorted(s['skipped'].items())]
-    if s['error']:
-        lines.append(f'error: {s["error"]}')
-    _print(args, s, lines)
-    if s['error']:
+    return _finish(args, s, lines)
+
+
+def _finish(args: argparse.Namespace, summary: dict, lines: list[str]) -> int:
+    """Print a record/play summary; exit 2 on its error, 1 if topics were skipped."""
+    if summary['error']:
+        lines.append(f'error: {summary["error"]}')
+    _print(args, summary, lines)
+    if summary['error']:
         return EXIT_FAILED
-    return EXIT_PROBLEMS if s['skipped'] else EXIT_OK
+    return EXIT_PROBLEMS if summary['skipped'] else EXIT_OK
 
 
 def _cmd_play(args: argparse.Namespace) -> int:
@@ -182,12 +187,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
     s = play(opts)
     lines = [f'{s["bag"]}: {s["published"]} messages published on {len(s["topics"])} topics']
     lines += [f'  skipped {t}: {why}' for t, why in sorted(s['skipped'].items())]
-    if s['error']:
-        lines.append(f'error: {s["error"]}')
-    _print(args, s, lines)
-    if s['error']:
-        return EXIT_FAILED
-    return EXIT_PROBLEMS if s['skipped'] else EXIT_OK
+    return _finish(args, s, lines)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
