@@ -55,13 +55,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 
+from scarls.dashboard.browser import CHROMEDRIVER, CHROMIUM, headless_chromium  # noqa: E402
 from scarls.launcher import clean_fastdds_shm, pick_domain_id, ros_env  # noqa: E402
 
 SETUPS = ('none', 'dashboard', 'page')
 SETUP_LABELS = {'none': 'no dashboard', 'dashboard': 'dashboard, no page',
                 'page': 'dashboard + page'}
-CHROMIUM = '/usr/bin/chromium'
-CHROMEDRIVER = '/usr/bin/chromedriver'
 LATE_MS = 50.0
 WINDOW_TAIL_S = 2.0
 """The window ends this long before the run's deadline (the ECU stops right after it)."""
@@ -299,20 +298,6 @@ def _busy(t) -> float:
 
 
 # -- the browser ---------------------------------------------------------------------------------
-def open_browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-                 '--no-first-run', '--disable-background-networking',
-                 '--disable-component-update', '--disable-sync', '--window-size=1280,1600',
-                 f'--user-data-dir={profile}'):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
 def page_status(driver, ecu: str) -> dict:
     js = driver.execute_script
     return {
@@ -409,7 +394,7 @@ def run_setup(args, setup: str, height: int, width: int, work: Path, domain: int
             if not wait_http(url, win0, lambda: ecu.poll() is None):
                 raise RuntimeError(f'the dashboard did not answer on {url} within the warm-up '
                                    f'({args.warmup:.0f} s); see {root / "scarls_ecu.out"}')
-            driver = open_browser(root / 'chromium-profile')
+            driver = headless_chromium(root / 'chromium-profile')
             with contextlib.suppress(psutil.Error, AttributeError):
                 cpu.browser_pid = driver.service.process.pid
                 browser_family = descendants(cpu.browser_pid)

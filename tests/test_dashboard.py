@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from scarls.dashboard import parse_args
+from scarls.dashboard.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from scarls.dashboard.frames import FrameStore, encode_jpeg, image_to_array
 from scarls.dashboard.server import DashboardServer
 from scarls.dashboard.state import STALE_S, FleetState, Series, latency_summary, percentile
@@ -324,24 +325,6 @@ def _wait_for_url(log, proc, timeout: float) -> str:
 
 
 # -- a real ECU, the dashboard process, a real browser ----------------------------------------
-CHROMIUM = '/usr/bin/chromium'
-CHROMEDRIVER = '/usr/bin/chromedriver'
-
-
-def _browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-                 '--no-first-run', '--disable-background-networking',
-                 '--disable-component-update', '--disable-sync', '--window-size=1400,1600',
-                 f'--user-data-dir={tmp_path / "chromium-profile"}'):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
 def _fake_learner(probe, ecu: str) -> None:
     """Publish what a learner of ECU ``ecu`` would (status, checkpoints, a fleet round) so the
     page's learner panels get data without the minute a real learner needs to start."""
@@ -397,7 +380,7 @@ def test_browser_shows_a_running_ecu_live(ros, node_group, tmp_path):
     url = _wait_for_url(dashboard.log_path, dashboard.process, 60)
     probe = Probe('dashtest', 'fake_learner')
     _fake_learner(probe, 'ghost')
-    driver = _browser(tmp_path)
+    driver = headless_chromium(tmp_path / 'chromium-profile', window=(1400, 1600))
     try:
         driver.get(url)
         assert driver.title == 'scarls fleet'
