@@ -15,9 +15,8 @@ fleet mode: learner/fleet_round and /fleet/rounds (FleetRound, one per round).
 Services: ~/train (std_srvs/Trigger: queues one round; during a round, the next one).
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
-replay_gate,
-bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port, fleet_rank,
-fleet_world_size, seed, autostart.
+replay_gate, bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port,
+fleet_rank, fleet_world_size, seed, autostart.
 """
 
 from __future__ import annotations
@@ -204,7 +203,7 @@ class LearnerNode(LifecycleNode):
         if self._state != 'failed':
             self._state = 'stopped'
         self._stop.set()
-        if getattr(self, '_learner', None) is not None:
+        if self._learner is not None:
             self._learner.stop_event.set()   # a running round stops at its next step
         if getattr(self, '_reducer', None) is not None:
             self._reducer.cancel()   # do not wait out a fleet round's deadline
@@ -281,8 +280,6 @@ class LearnerNode(LifecycleNode):
 
     def _round(self, steps: int, what: str) -> None:
         with self._busy:
-            if what.startswith('pre-training'):
-                self._learner.progress.state = 'pretraining'
             added = self._learner.refresh_online(self._data_root, self._task)
             if self._learner.last_ingested:
                 # exact per-episode ingestion latency (episode end -> loaded for training)
@@ -342,6 +339,7 @@ class LearnerNode(LifecycleNode):
             if self._resume is None and self._peer and self._bootstrap_from_peer():
                 pass
             elif self._resume is None and self._learner.config.pretrain_steps > 0:
+                self._learner.progress.state = 'pretraining'
                 self._round(self._learner.config.pretrain_steps, 'pre-training on demos')
             elif self._resume is not None:
                 self._announce_resume()
