@@ -153,9 +153,15 @@ def test_record_play_rebuilds_the_same_episodes(ros, node_group, tmp_path, domai
         probe.node.create_subscription(
             ActorStep, 'actor/step', lambda m: got.append((time.monotonic(), m.step)),
             qos.STEPS)
+        # the probe reads every played topic too, so the player can wait for both readers
+        # (the scheduler and the probe) on each of them before its first message
+        for cam in CAMS:
+            probe.node.create_subscription(Image, f'camera/{cam}/image_raw', lambda m: None,
+                                           qos.CAMERA)
+        probe.node.create_subscription(ActorState, 'actor/state', lambda m: None, qos.STATE)
         probe.spin_for(1.0)
         play = _bag_cli(domain_id, tmp_path / 'play.log', 'play', str(bag),
-                        '--wait-for-subscribers', '1', '--delay', '0.5')
+                        '--wait-for-subscribers', '2', '--delay', '0.5')
         probe.wait_for(lambda: play.poll() is not None, 40, 'the player to finish')
         probe.wait_for(lambda: len(robot.episodes) == 2, 10,
                        f'the replayed episodes (probe got {len(got)} steps)')
