@@ -23,6 +23,7 @@ setup(
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')
          + glob('config/*.xml')),
+        ('share/' + PACKAGE + '/config/robots', glob('config/robots/*.yaml')),
     ],
     zip_safe=False,
     entry_points={

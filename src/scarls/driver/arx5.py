@@ -218,9 +218,11 @@ class Arx5Backend(RobotBackend):
         self,
         config: Arx5Config | None = None,
         clock: Callable[[], float] = time.monotonic,
+        robot: Any = None,
     ) -> None:
         self.config = config if config is not None else Arx5Config()
         self._clock = clock
+        self.robot = robot
         self._sdk: ModuleType | None = None
         self._ctrl: dict[str, Any] = {}
         self._widths: tuple[float, float] = (1.0, 1.0)

@@ -1,8 +1,8 @@
 """The one interface every robot implements (:class:`RobotBackend`) and the backend registry.
 
-Joint vectors are always in the project's order (14 values for the dual-arm robot: left arm 6
-joints, left gripper, right arm 6 joints, right gripper); arm joints in radians, grippers
-normalised ``0 = closed .. 1 = open``. Backends do not apply the :class:`SafetyFilter`; the driver
+Joint vectors are always in the order of the robot description (:mod:`scarls.robot`: for each
+arm its joints then its gripper; 14 values for the default ``sim_dual6``, 16 for ``sim_dual7`` or a
+G1-class robot); arm joints in radians, grippers normalised ``0 = closed .. 1 = open``. Backends do not apply the :class:`SafetyFilter`; the driver
 node runs it before :meth:`RobotBackend.write_command`.
 
 Registry names: ``'sim'`` (:class:`SimBackend`), ``'arx5'``
@@ -28,6 +28,7 @@ from scarls.driver.safety import (
     DriverError,
     JointLimits,
 )
+from scarls.robot import RobotDescription, RobotDescriptionError, load_robot
 from scarls.sim import DualArmSim, SimConfig, SimError, TaskState
 
 __all__ = [
@@ -139,6 +140,11 @@ class RobotBackend(ABC):
         """Privileged task state (simulators only; None on real robots)."""
         return None
 
+    def fault(self) -> str | None:
+        """Why the robot cannot execute commands right now (an SDK emergency, a limp arm, stale
+        state from a bridged robot), or None when it can. The driver holds and reports it."""
+        return None
+
     def _require_connected(self) -> None:
         if not self.connected:
             raise BackendError(f'{type(self).__name__} is not connected; call connect() first')
@@ -221,7 +227,9 @@ class SimBackend(RobotBackend):
         return self.sim.task_state()
 
 
-BackendFactory = Callable[[Mapping[str, Any]], RobotBackend]
+BackendFactory = Callable[[Mapping[str, Any], RobotDescription], RobotBackend]
+"""``factory(params, robot) -> backend``: ``params`` are the backend's own settings (the robot
+description's ``backend:`` mapping, with per-launch overrides), ``robot`` the description."""
 
 
 def _build(config_cls: type, params: Mapping[str, Any], backend: str) -> Any:
@@ -238,25 +246,29 @@ def _build(config_cls: type, params: Mapping[str, Any], backend: str) -> Any:
         raise ConfigError(f'invalid parameters for backend {backend!r}: {exc}') from exc
 
 
-def _make_sim(params: Mapping[str, Any]) -> RobotBackend:
+def _make_sim(params: Mapping[str, Any], robot: RobotDescription) -> RobotBackend:
     params = dict(params)
     for key in ('spawn_x', 'spawn_y'):  # YAML/ROS parameters arrive as lists
         if key in params and isinstance(params[key], list):
             params[key] = tuple(params[key])
-    return SimBackend(_build(SimConfig, params, 'sim'))
+    params.setdefault('dt', 1.0 / robot.control_rate_hz)
+    if robot.cameras:
+        params.setdefault('height', robot.image_shape[0])
+        params.setdefault('width', robot.image_shape[1])
+    return SimBackend(_build(SimConfig, params, 'sim'), robot)
 
 
-def _make_arx5(params: Mapping[str, Any]) -> RobotBackend:
+def _make_arx5(params: Mapping[str, Any], robot: RobotDescription) -> RobotBackend:
     from scarls.driver.arx5 import Arx5Backend, Arx5Config
 
-    return Arx5Backend(_build(Arx5Config, params, 'arx5'))
+    return Arx5Backend(_build(Arx5Config, params, 'arx5'), robot=robot)
 
 
-def _make_bridge(params: Mapping[str, Any]) -> RobotBackend:
+def _make_bridge(params: Mapping[str, Any], robot: RobotDescription) -> RobotBackend:
     from scarls.driver.bridge import BridgeConfig, Ros2BridgeBackend
 
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-    return Ros2BridgeBackend(_build(BridgeConfig, params, 'ros2_bridge'))
+    return Ros2BridgeBackend(_build(BridgeConfig, params, 'ros2_bridge'), robot=robot)
 
 
 _REGISTRY: dict[str, BackendFactory] = {
@@ -282,8 +294,10 @@ def available_backends() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def make_backend(name: str, params: Mapping[str, Any] | None = None) -> RobotBackend:
-    """Create (not connect) the backend ``name`` from a flat parameter dict.
+def make_backend(name: str, params: Mapping[str, Any] | None = None,
+                 robot: RobotDescription | str | None = None) -> RobotBackend:
+    """Create (not connect) the backend ``name`` for ``robot`` (a description or its name;
+    default ``sim_dual6``) from a flat parameter dict.
 
     Raises:
         ConfigError: unknown backend name (the message lists the known ones) or bad parameters.
@@ -294,6 +308,10 @@ def make_backend(name: str, params: Mapping[str, Any] | None = None) -> RobotBac
         raise ConfigError(
             f'unknown robot backend {name!r}; known backends: {list(available_backends())}'
         ) from None
-    backend = factory(dict(params or {}))
+    try:
+        description = load_robot(robot)
+    except RobotDescriptionError as exc:
+        raise ConfigError(str(exc)) from exc
+    backend = factory(dict(params or {}), description)
     logger.info('created robot backend %r (%s)', name, type(backend).__name__)
     return backend

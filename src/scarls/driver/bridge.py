@@ -10,6 +10,8 @@ feeds every message to :meth:`Ros2BridgeBackend.on_state`; each control tick it 
 
 from __future__ import annotations
 
+from typing import Any
+
 import logging
 import math
 from collections.abc import Sequence
@@ -189,8 +191,9 @@ class BridgeCommand:
 class Ros2BridgeBackend(RobotBackend):
     """Backend whose I/O is done by a ROS node: it feeds states in and publishes commands out."""
 
-    def __init__(self, config: BridgeConfig) -> None:
+    def __init__(self, config: BridgeConfig, robot: Any = None) -> None:
         self.config = config
+        self.robot = robot
         self.names = JointNameMap(
             config.joint_names_ours, config.joint_names_theirs, config.scale, config.offset
         )
