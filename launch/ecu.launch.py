@@ -1,4 +1,7 @@
-"""One ECU on a full ROS 2 install: `ros2 launch scarls ecu.launch.py ecu_id:=ecu0 backend:=sim`.
+"""One ECU on a full ROS 2 install: `ros2 launch scarls ecu.launch.py ecu_id:=ecu0 robot:=sim_dual6`.
+
+`robot:=` names a built-in robot description (sim_dual6, sim_dual7, arx5_pair, agibot_g1) or the
+path of your own YAML file: the same ECU drives real hardware by changing that one file.
 
 The node list comes from scarls.bringup.ecu_nodes(), the same description `scarls ecu` uses, so
 the two launchers cannot drift. Lifecycle nodes (driver, actor, scheduler) configure and activate
@@ -19,7 +22,8 @@ def _nodes(context):
     params_file = value['params_file'] or str(default_params_file())
     specs = ecu_nodes(value['ecu_id'], backend=value['backend'], task=value['task'],
                       data_root=value['data_root'], teleop=value['teleop'],
-                      learner=value['learner'].lower() in ('true', '1', 'yes'))
+                      learner=value['learner'].lower() in ('true', '1', 'yes'),
+                      robot=value['robot'])
     return launch_node_actions(specs, params_file, Node, LifecycleNode)
 
 

@@ -27,7 +27,8 @@ def _nodes(context):
     params_file = value['params_file'] or str(default_params_file())
     specs = fleet_nodes(int(value['ecus']), data_root=value['data_root'], task=value['task'],
                         rendezvous_addr=value['rendezvous_addr'],
-                        rendezvous_port=int(value['rendezvous_port']), seed=int(value['seed']))
+                        rendezvous_port=int(value['rendezvous_port']), seed=int(value['seed']),
+                        robot=value['robot'])
     rendezvous = ExecuteProcess(
         cmd=[sys.executable, '-m', 'scarls.fleet', 'rendezvous', '--addr',
              value['rendezvous_addr'], '--port', value['rendezvous_port']],

@@ -32,7 +32,9 @@ def test_ecu_nodes_default_description():
     assert specs[0].parameters['backend'] == 'sim'
     assert specs[1].parameters['data_root'] == '/tmp/x'
     assert all(s.parameters['ecu_id'] == 'ecu3' and s.parameters['task'] == 'pick_cube'
-               for s in specs)
+               and s.parameters['robot'] == 'sim_dual6' for s in specs)
+    seven = ecu_nodes('ecu3', robot='sim_dual7', learner=True)
+    assert {s.parameters['robot'] for s in seven} == {'sim_dual7'}
     assert [s.name for s in lifecycle_nodes(specs)] == ['driver', 'scheduler', 'actor']
     with_learner = ecu_nodes('ecu3', learner=True, data_root='/tmp/x')
     assert with_learner[-1].name == 'learner' and with_learner[-1].parameters['data_root'] == \
@@ -70,7 +72,7 @@ def test_overrides_and_ros_args():
     args = driver.ros_args('/p.yaml')
     assert args[:5] == ['--ros-args', '-r', '__node:=driver', '-r', '__ns:=/ecu0']
     assert '--params-file' in args and '/p.yaml' in args
-    assert 'image_height:=480' in args and "backend:='sim'" in args
+    assert 'image_height:=480' in args and "backend:=''" in args and "robot:='sim_dual6'" in args
     actor_args = specs[2].ros_args(None)
     assert "checkpoint:=''" in actor_args and 'flag:=true' in actor_args
 

@@ -30,7 +30,10 @@ class LaunchArgument:
 # Declared by ecu.launch.py with these descriptions; `scarls ecu` exposes the same as flags.
 ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('ecu_id', 'ecu0', 'ECU id; also the ROS namespace of all its nodes'),
-    LaunchArgument('backend', 'sim', 'Robot backend of the driver: ' + ', '.join(BACKENDS)),
+    LaunchArgument('robot', 'sim_dual6', 'Robot description: a built-in name (config/robots: '
+                   'sim_dual6, sim_dual7, arx5_pair, agibot_g1) or the path of a YAML file'),
+    LaunchArgument('backend', '', "Robot backend of the driver ('' = the robot description's): "
+                   + ', '.join(BACKENDS)),
     LaunchArgument('task', 'pick_cube', 'Task name (the episode folder under data_root)'),
     LaunchArgument('data_root', 'data', 'Folder where the scheduler writes Zarr episodes'),
     LaunchArgument('params_file', '', 'ROS parameters YAML (default: config/ecu.yaml)'),
@@ -39,6 +42,8 @@ ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
 )
 FLEET_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('ecus', '2', 'Number of simulated ECUs (namespaces ecu0..ecu<N-1>)'),
+    LaunchArgument('robot', 'sim_dual6', 'Robot description of every ECU (a built-in name or '
+                   'a YAML file); the fleet averages only policies of one robot'),
     LaunchArgument('task', 'pick_cube', 'Task name (the episode folder under each ECU root)'),
     LaunchArgument('data_root', 'data/fleet', 'Fleet root: <data_root>/ecu<i>, '
                    '<data_root>/offline (demonstrations, see scarls demos)'),
@@ -110,24 +115,28 @@ def default_params_file() -> Path:
     raise BringupError('config/ecu.yaml not found next to the scarls package; pass params_file')
 
 
-def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = 'sim', task: str = 'pick_cube',
+def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = '', task: str = 'pick_cube',
               data_root: str = 'data', teleop: str = 'scripted', learner: bool = False,
+              robot: str = 'sim_dual6',
               extra: dict[str, dict] | None = None) -> list[NodeSpec]:
     """The nodes of one ECU, in start order (driver first so the robot holds before others act).
 
-    `learner` adds the online learner (it needs offline demonstrations under
+    `robot` (a built-in robot name or a YAML file) is every node's `robot` parameter; `backend`
+    ('' = the description's) overrides the driver's backend. `learner` adds the online learner (it needs offline demonstrations under
     `<data_root>/offline`, see `scarls demos`). `extra` maps node name -> parameter overrides
     (e.g. {'driver': {'image_height': 480}}).
     """
     validate_ecu_id(ecu_id)
-    if backend not in BACKENDS:
+    if backend and backend not in BACKENDS:
         raise BringupError(f'unknown backend {backend!r}; known: {", ".join(BACKENDS)}')
     if teleop not in TELEOP_SOURCES:
         raise BringupError(f'unknown teleop source {teleop!r}; known: {", ".join(TELEOP_SOURCES)}')
     if not task or '/' in task or task.startswith('.'):
         raise BringupError(f'task name {task!r} must be a plain folder name')
     extra = extra or {}
-    common = {'ecu_id': ecu_id, 'task': task}
+    if not robot or not isinstance(robot, str):
+        raise BringupError(f'robot must be a robot name or a YAML file, got {robot!r}')
+    common = {'ecu_id': ecu_id, 'task': task, 'robot': robot}
     specs = [
         NodeSpec('driver', 'scarls.driver.node', ecu_id, {**common, 'backend': backend}),
         NodeSpec('scheduler', 'scarls.scheduler.node', ecu_id,
@@ -152,7 +161,8 @@ variation: the fleet sees more of the state space than one robot)."""
 
 def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_cube',
                 rendezvous_addr: str = '127.0.0.1', rendezvous_port: int = 29500,
-                seed: int = 0, extra: dict[str, dict] | None = None) -> list[NodeSpec]:
+                seed: int = 0, robot: str = 'sim_dual6',
+                extra: dict[str, dict] | None = None) -> list[NodeSpec]:
     """The nodes of a fleet of simulated ECUs ``ecu0 .. ecu<N-1>``: each a complete ECU with its
     own namespace, data folder ``<data_root>/ecu<i>`` and scene seed, and a learner that joins
     the fleet's all-reduce (rank ``i`` of ``ecus`` at the rendezvous). All learners read the
@@ -171,7 +181,7 @@ def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_c
                           'fleet_addr': rendezvous_addr, 'fleet_port': int(rendezvous_port),
                           'fleet_rank': i, 'fleet_world_size': ecus}
         specs += ecu_nodes(f'ecu{i}', task=task, data_root=str(Path(data_root) / f'ecu{i}'),
-                           learner=True, extra=per)
+                           learner=True, robot=robot, extra=per)
     return specs
 
 

@@ -36,6 +36,8 @@ from scarls import __version__
 from scarls.bringup import BringupError, default_params_file, ecu_nodes, fleet_nodes
 
 log = logging.getLogger('scarls')
+ROBOT_HELP = ('robot description: a built-in name (sim_dual6, sim_dual7, arx5_pair, agibot_g1) '
+              'or a YAML file (default sim_dual6)')
 
 
 def _positive_int(text: str) -> int:
@@ -61,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     ecu.add_argument('--data-root', default='data', help='episode folder (default ./data)')
     ecu.add_argument('--summary', default=None, help='write a JSON summary to this file')
     ecu.add_argument('--ecu-id', default='ecu0', help='ECU id and ROS namespace (default ecu0)')
-    ecu.add_argument('--height', type=int, default=96, help='camera height px (default 96)')
-    ecu.add_argument('--width', type=int, default=128, help='camera width px (default 128)')
+    ecu.add_argument('--robot', default='sim_dual6', help=ROBOT_HELP)
+    ecu.add_argument('--height', type=int, default=None,
+                     help="camera height px (default: the robot's, 96)")
+    ecu.add_argument('--width', type=int, default=None,
+                     help="camera width px (default: the robot's, 128)")
     ecu.add_argument('--seed', type=int, default=0, help='scene/policy seed (default 0)')
     ecu.add_argument('--policy', default='mlp', help='policy to start from (default mlp)')
     ecu.add_argument('--checkpoint', default='', help='start from this checkpoint file')
@@ -91,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     demos.add_argument('-n', '--episodes', type=_positive_int, default=20)
     demos.add_argument('--task', default='pick_cube')
     demos.add_argument('--root', default='data/offline', help='default data/offline')
-    demos.add_argument('--height', type=int, default=96)
-    demos.add_argument('--width', type=int, default=128)
+    demos.add_argument('--robot', default='sim_dual6', help=ROBOT_HELP + '; a simulated one')
+    demos.add_argument('--height', type=int, default=None)
+    demos.add_argument('--width', type=int, default=None)
     demos.add_argument('--seed', type=int, default=10_000)
     demos.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     demos.set_defaults(func=cmd_demos)
@@ -113,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                        '<root>/offline/')
     fleet.add_argument('--summary', default=None, help='write a JSON summary to this file')
     fleet.add_argument('--task', default='pick_cube')
-    fleet.add_argument('--height', type=int, default=96)
-    fleet.add_argument('--width', type=int, default=128)
+    fleet.add_argument('--robot', default='sim_dual6', help=ROBOT_HELP)
+    fleet.add_argument('--height', type=int, default=None)
+    fleet.add_argument('--width', type=int, default=None)
     fleet.add_argument('--max-steps', type=int, default=300, help='episode budget in steps')
     fleet.add_argument('--seed', type=int, default=0,
                        help='ECU i uses scene seed SEED + 1000 i (default 0)')
@@ -169,25 +176,67 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _write_demos(root: Path, task: str, n: int, shape: tuple[int, int], seed: int) -> None:
+def _robot(args):
+    """The robot of --robot with --height/--width applied; BringupError when invalid."""
+    from scarls.robot import RobotDescriptionError, load_robot
+    try:
+        robot = load_robot(args.robot)
+        if args.height is not None or args.width is not None:
+            h, w = robot.image_shape
+            robot = robot.with_image_shape(args.height or h, args.width or w)
+    except RobotDescriptionError as exc:
+        raise BringupError(str(exc)) from exc
+    return robot
+
+
+def _image_overrides(args) -> dict:
+    if args.height is None and args.width is None:
+        return {}
+    robot = _robot(args)
+    return {'image_height': robot.image_shape[0], 'image_width': robot.image_shape[1]}
+
+
+def _check_demos_robot(root: Path, task: str, robot) -> None:
+    """Refuse demonstrations recorded for another robot (different joints)."""
+    from scarls.episodes import list_episodes
+    from scarls.episodes.schema import EpisodeMeta
+    entries = list_episodes(root, task)
+    if not entries:
+        return
+    meta = EpisodeMeta.load(entries[0].meta_path)
+    theirs = meta.extra.get('robot', {}).get('joint_names')
+    width = meta.shapes.get('action', [0, 0])[-1]
+    if (theirs and list(theirs) != list(robot.joint_names)) or width != robot.num_joints:
+        name = meta.extra.get('robot', {}).get('name', f'a {width}-joint robot')
+        raise BringupError(
+            f'the demonstrations under {root / task} are of {name}, not {robot.name!r}; use '
+            'another --data-root for this robot (demonstrations are written there)')
+
+
+def _write_demos(root: Path, task: str, n: int, shape: tuple[int, int], seed: int,
+                 robot=None) -> None:
     from scarls.learner.demos import generate_demos
     t0 = time.monotonic()
-    refs = generate_demos(root, task, n, seed=seed, image_shape=shape)
+    refs = generate_demos(root, task, n, seed=seed, image_shape=shape, robot=robot)
     ok = sum(1 for r in refs if r.meta_path is not None)
     log.info('%d demonstrations written to %s in %.1f s', ok, root / task, time.monotonic() - t0)
 
 
 def cmd_demos(args) -> int:
-    _write_demos(Path(args.root).expanduser().resolve(), args.task, args.episodes,
-                 (args.height, args.width), args.seed)
+    robot = _robot(args)
+    root = Path(args.root).expanduser().resolve()
+    _check_demos_robot(root, args.task, robot)
+    _write_demos(root, args.task, args.episodes, robot.image_shape, args.seed, robot)
     return 0
 
 
 def cmd_ecu(args) -> int:
     from scarls.ecu_runner import EcuRun, RunOptions
-    if args.height < 16 or args.width < 16:
+    if (args.height is not None and args.height < 16) or \
+            (args.width is not None and args.width < 16):
         log.error('error: camera resolution must be at least 16x16')
         return 2
+    robot = _robot(args)
     if args.episodes == 0 and not args.minutes:
         log.error('error: --episodes 0 runs forever; give --minutes too')
         return 2
@@ -197,18 +246,20 @@ def cmd_ecu(args) -> int:
     domain = args.domain_id
     if domain is None and os.environ.get('ROS_DOMAIN_ID', '').isdigit():
         domain = int(os.environ['ROS_DOMAIN_ID'])
-    image = {'image_height': args.height, 'image_width': args.width}
+    image = _image_overrides(args)
     if args.learn:
         from scarls.episodes import list_episodes
         offline = data_root / 'offline'
+        _check_demos_robot(offline, args.task, robot)
         if not list_episodes(offline, args.task):
             log.info('no demonstrations under %s: writing %d with the scripted expert ...',
                      offline, args.demos)
-            _write_demos(offline, args.task, args.demos, (args.height, args.width), 10_000)
+            _write_demos(offline, args.task, args.demos, robot.image_shape, 10_000, robot)
     extra = {'scheduler': {'image_codec': args.image_codec,
                            'train_interval_s': args.train_interval}}
-    specs = ecu_nodes(args.ecu_id, backend='sim', task=args.task, data_root=str(data_root),
-                      learner=args.learn, extra={
+    log.info('robot %s', robot.summary())
+    specs = ecu_nodes(args.ecu_id, task=args.task, data_root=str(data_root),
+                      learner=args.learn, robot=args.robot, extra={
                           'driver': {**image, 'seed': args.seed},
                           'actor': {'policy': args.policy, 'checkpoint': args.checkpoint,
                                     'seed': args.seed},
@@ -223,8 +274,8 @@ def cmd_ecu(args) -> int:
     run = EcuRun(options)
     summary = run.run()
     summary.update({'task': args.task, 'ecu_id': args.ecu_id, 'data_root': str(data_root),
-                    'image_shape': [args.height, args.width], 'seed': args.seed,
-                    'started': stamp})
+                    'image_shape': list(robot.image_shape), 'seed': args.seed,
+                    'robot': robot.identity, 'started': stamp})
     _write_summary(summary, args.summary)
     return 0 if summary['ok'] else 1
 
@@ -277,21 +328,23 @@ def cmd_fleet(args) -> int:
     stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
     log_dir = Path(args.log_dir) if args.log_dir else data_root / 'logs' / stamp
     offline = data_root / 'offline'
+    robot = _robot(args)
+    _check_demos_robot(offline, args.task, robot)
     if not list_episodes(offline, args.task):
         log.info('no demonstrations under %s: writing %d with the scripted expert ...', offline,
                  args.demos)
-        _write_demos(offline, args.task, args.demos, (args.height, args.width), 10_000)
+        _write_demos(offline, args.task, args.demos, robot.image_shape, 10_000, robot)
     domain = args.domain_id
     if domain is None and os.environ.get('ROS_DOMAIN_ID', '').isdigit():
         domain = int(os.environ['ROS_DOMAIN_ID'])
     host = serve_rendezvous(addr, int(port))
     log.info('rendezvous store on %s:%d (MASTER_ADDR/MASTER_PORT of the learners)', host.addr,
              host.port)
-    image = {'image_height': args.height, 'image_width': args.width}
+    image = _image_overrides(args)
     try:
         specs = fleet_nodes(args.ecus, data_root=str(data_root), task=args.task,
                             rendezvous_addr=host.addr, rendezvous_port=host.port,
-                            seed=args.seed, extra={
+                            seed=args.seed, robot=args.robot, extra={
                                 'driver': dict(image),
                                 'teleop': {**image, 'episodes': args.episodes,
                                            'max_steps': args.max_steps},
@@ -307,8 +360,8 @@ def cmd_fleet(args) -> int:
     finally:
         host.close()
     summary.update({'task': args.task, 'ecus_started': args.ecus, 'data_root': str(data_root),
-                    'image_shape': [args.height, args.width], 'seed': args.seed,
-                    'started': stamp})
+                    'image_shape': list(robot.image_shape), 'seed': args.seed,
+                    'robot': robot.identity, 'started': stamp})
     for r in summary.get('rounds', []):
         log.info('round %d: participants %s, weights %s, selector %s, versions %s',
                  r['round'], r['participants'],

@@ -196,8 +196,8 @@ class ArmSpec:
         bad = [joints[i] for i in range(n) if not lower[i] < upper[i]]
         if bad:
             raise _err(where, f'lower must be < upper for every joint; not for {bad}')
-        home = _vec(d.get('home', [(lo + hi) / 2 for lo, hi in zip(lower, upper)]), n,
-                    f'{where}.home')
+        mid = [(lo + hi) / 2 for lo, hi in zip(lower, upper, strict=True)]
+        home = _vec(d.get('home', mid), n, f'{where}.home')
         outside = [joints[i] for i in range(n) if not lower[i] <= home[i] <= upper[i]]
         if outside:
             raise _err(f'{where}.home', f'outside the joint limits for {outside}')
@@ -558,7 +558,7 @@ def load_robot(spec: str | os.PathLike[str] | RobotDescription | None = None) ->
 
 # --------------------------------------------------------------------- the default robot
 # The layout of the default simulated robot (``sim_dual6``), for code that only ever describes
-# it (tests, the simulator's own defaults); a test checks these against config/robots/sim_dual6.yaml.
+# it (tests, the simulator's own defaults); a test checks them against config/robots/sim_dual6.yaml
 ARM_DOF = 6
 JOINT_NAMES: tuple[str, ...] = (
     *(f'left_joint{i}' for i in range(1, ARM_DOF + 1)), 'left_gripper',

@@ -16,6 +16,10 @@ control loop keeps executing the previous chunk:
 * :class:`ChunkedController` combines both: call ``controller.tick(obs, tick)`` once per
   control period; it swaps in finished chunks, returns this tick's action (or ``None``) and
   requests a new chunk when fewer than ``refill_when_remaining`` actions remain.
+* :class:`PolicyRunner` turns a :class:`~scarls.policies.Policy` into a policy function on a
+  device (``'auto'``: CUDA when available, else the CPU; see :mod:`scarls.device`), with mixed
+  precision where it is safe. Give :class:`ChunkedController` the policy itself (not a
+  function) and its ``device``/``precision`` settings apply.
 
 Observations are handed to the worker by reference: do not mutate an observation after
 submitting it. Nothing here imports ROS.
@@ -33,6 +37,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+
+from scarls.device import autocast, parse_device, place_module, resolve_device, resolve_precision
 
 __all__ = [
     'AsyncInference',
@@ -42,6 +50,7 @@ __all__ = [
     'LatencyStats',
     'PolicyFn',
     'PolicyInferenceError',
+    'PolicyRunner',
 ]
 
 _log = logging.getLogger(__name__)
@@ -318,6 +327,38 @@ class AsyncInference:
                 self._results.append((chunk, job.tick))
 
 
+class PolicyRunner:
+    """A policy as a policy function on a device: ``runner(obs) -> (K, D)`` float32 array.
+
+    The policy is moved to ``device`` once (:func:`scarls.device.place_module`; the observation
+    batch follows it through pinned memory on CUDA and the chunk comes back to the CPU) and set
+    to eval mode; each call runs :meth:`~scarls.policies.Policy.predict_chunk` under autocast
+    when ``precision`` resolves to bf16/fp16 (``'auto'``: on CUDA only; fp32 on the CPU and
+    MPS). On the CPU in fp32 a call is exactly ``policy.predict_chunk(obs)``. Raises
+    :class:`scarls.device.DeviceError` for a device or precision this machine lacks.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        device: str | torch.device = 'auto',
+        precision: str = 'auto',
+    ) -> None:
+        if not callable(getattr(policy, 'predict_chunk', None)):
+            raise TypeError(f'PolicyRunner needs a Policy (with predict_chunk), got {policy!r}')
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        """Where the policy runs."""
+        self.dtype = resolve_precision(precision, self.device)
+        """Autocast dtype (None: fp32)."""
+        self.policy = place_module(policy, self.device)
+        self.policy.eval()
+
+    def __call__(self, obs: Any) -> np.ndarray:
+        with autocast(self.device, self.dtype):
+            chunk = self.policy.predict_chunk(obs)
+        return np.asarray(chunk, dtype=np.float32)
+
+
 class ChunkedController:
     """Executor + asynchronous inference behind one non-blocking ``tick`` call.
 
@@ -326,22 +367,47 @@ class ChunkedController:
     observation for a new chunk when fewer than ``refill_when_remaining`` actions remain after
     this one and no request is in flight. Policy errors propagate from :meth:`tick` as
     :class:`PolicyInferenceError`.
+
+    ``policy_fn`` is a policy function, an :class:`AsyncInference`, or a policy
+    (:class:`torch.nn.Module` with ``predict_chunk``): a policy runs on ``device`` with
+    ``precision`` through a :class:`PolicyRunner`, here and in :meth:`set_policy_fn`. A policy
+    *function* runs where it is: with one, ``device`` must be ``'auto'`` or ``'cpu'``
+    (``ValueError`` otherwise, as it could not be honoured). The device is resolved here, so an
+    unavailable one fails at construction (:class:`scarls.device.DeviceError`).
     """
 
     def __init__(
         self,
-        policy_fn: PolicyFn | AsyncInference,
+        policy_fn: PolicyFn | AsyncInference | nn.Module,
         refill_when_remaining: int = 4,
         max_pending: int = 1,
+        device: str | torch.device = 'auto',
+        precision: str = 'auto',
     ) -> None:
         if int(refill_when_remaining) < 0:
             raise ValueError(f'refill_when_remaining must be >= 0, got {refill_when_remaining}')
         self.refill_when_remaining = int(refill_when_remaining)
-        if isinstance(policy_fn, AsyncInference):
-            self.inference = policy_fn
+        self._device_setting = parse_device(device)
+        self.device = resolve_device(device)
+        """Where a policy given as a module runs (a policy function runs where it is)."""
+        self.precision = precision
+        resolve_precision(precision, self.device)   # fail now, not on the worker thread
+        fn = self._as_fn(policy_fn)
+        if isinstance(fn, AsyncInference):
+            self.inference = fn
         else:
-            self.inference = AsyncInference(policy_fn, max_pending=max_pending)
+            self.inference = AsyncInference(fn, max_pending=max_pending)
         self.executor = ChunkExecutor()
+
+    def _as_fn(self, policy_fn: Any) -> Any:
+        if isinstance(policy_fn, nn.Module):
+            return PolicyRunner(policy_fn, self.device, self.precision)
+        if self._device_setting not in ('auto', 'cpu'):
+            raise ValueError(
+                f'device {self._device_setting!r} applies to a policy, not to a policy '
+                'function (which runs where it is): pass the Policy itself'
+            )
+        return policy_fn
 
     def tick(self, obs: Any, tick: int) -> np.ndarray | None:
         """Return the action for ``tick`` (None: hold the last command). Never blocks."""
@@ -356,9 +422,10 @@ class ChunkedController:
             self.inference.submit(obs, tick)
         return action
 
-    def set_policy_fn(self, policy_fn: PolicyFn) -> None:
-        """Swap the policy (e.g. after a checkpoint reload) and forget the current chunk."""
-        self.inference.set_policy_fn(policy_fn)
+    def set_policy_fn(self, policy_fn: PolicyFn | nn.Module) -> None:
+        """Swap the policy (e.g. after a checkpoint reload) and forget the current chunk; a
+        policy module is moved to this controller's device (see the class docstring)."""
+        self.inference.set_policy_fn(self._as_fn(policy_fn))
         self.executor.clear()
 
     def reset(self) -> None:

@@ -17,7 +17,9 @@ Topics (relative to the ECU namespace):
       actor/step (ActorStep: one per tick of an episode - stamps of the observation used, the
       action sent, whether a human was in control, the model version)
 Clients: driver/reset_pose (std_srvs/Trigger), scheduler/get_checkpoint (GetCheckpointChunk).
-Parameters: rate_hz, policy, checkpoint, seed, refill_when_remaining, cameras, autostart.
+Parameters: robot (the robot description: joints, cameras, control rate), rate_hz, policy,
+checkpoint, seed, refill_when_remaining, cameras, autostart. A checkpoint made for another robot
+(joint count, cameras) is refused.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from scarls.actor.chunking import ChunkedController, PolicyInferenceError
 from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
-from scarls.policies import Observation, make_policy
-from scarls.robot import JOINT_NAMES
+from scarls.policies import Observation, get_policy_class, make_policy
+from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import (
     MessageError,
@@ -78,12 +80,17 @@ class ActorNode(LifecycleNode):
         super().__init__('actor')
         declare(self, 'ecu_id', 'ecu0', 'ECU id', read_only=True)
         declare(self, 'task', 'pick_cube', 'Task name', read_only=True)
-        declare(self, 'rate_hz', 30.0, 'Control rate (Hz)', read_only=True)
+        declare(self, 'robot', DEFAULT_ROBOT,
+                'Robot description: a built-in name (config/robots) or a YAML file',
+                read_only=True)
+        declare(self, 'rate_hz', 0.0, "Control rate (Hz; 0 = the robot's control rate)",
+                read_only=True)
         declare(self, 'policy', 'mlp', 'Registered policy to start from (random init)')
         declare(self, 'checkpoint', '', 'Checkpoint (safetensors) to start from instead')
         declare(self, 'seed', 0, 'Seed of a randomly initialised policy')
         declare(self, 'refill_when_remaining', 4, 'Request a new chunk below this many actions')
-        declare(self, 'cameras', ['top', 'left', 'right'], 'Camera names', string_array=True)
+        declare(self, 'cameras', [''], "Camera names ([''] = the robot's cameras)",
+                string_array=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
         self.fsm = ActorFSM()
         self._lock = threading.RLock()
@@ -94,8 +101,16 @@ class ActorNode(LifecycleNode):
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state):
-        self._cameras = tuple(self.get_parameter('cameras').value)
-        self._dt = 1.0 / float(self.get_parameter('rate_hz').value)
+        try:
+            self._robot = load_robot(self.get_parameter('robot').value)
+        except RobotDescriptionError as exc:
+            self.get_logger().error(f'robot description: {exc}')
+            return FAILURE
+        self._joints = self._robot.joint_names
+        self._cameras = tuple(c for c in self.get_parameter('cameras').value if c) \
+            or self._robot.camera_names
+        rate = float(self.get_parameter('rate_hz').value) or self._robot.control_rate_hz
+        self._dt = 1.0 / rate
         try:
             self._load_initial_policy()
         except (CheckpointRejected, ValueError, KeyError, OSError) as exc:
@@ -147,10 +162,29 @@ class ActorNode(LifecycleNode):
         path = str(self.get_parameter('checkpoint').value)
         if path:
             policy, header = load_checkpoint(path)
+            self._check_fits(policy, f'checkpoint {path}')
             self._set_policy(policy, int(header.version))
         else:
             name = str(self.get_parameter('policy').value)
-            self._set_policy(make_policy(name, seed=int(self.get_parameter('seed').value)), 0)
+            n = self._robot.num_joints
+            config = {'state_dim': n, 'action_dim': n}
+            if 'cameras' in get_policy_class(name).config_cls.__dataclass_fields__:
+                config['cameras'] = list(self._cameras)
+            self._set_policy(make_policy(name, config,
+                                         seed=int(self.get_parameter('seed').value)), 0)
+
+    def _check_fits(self, policy, what: str) -> None:
+        """Refuse a policy made for another robot (joint count, cameras)."""
+        cfg = policy.config
+        n = self._robot.num_joints
+        if cfg.action_dim != n or cfg.state_dim != n:
+            raise CheckpointRejected(
+                f'{what} is for a {cfg.state_dim}-joint state / {cfg.action_dim}-joint action; '
+                f'robot {self._robot.name!r} has {n} joints')
+        missing = [c for c in getattr(cfg, 'cameras', ()) if c not in self._cameras]
+        if missing:
+            raise CheckpointRejected(f'{what} needs cameras {missing}; robot '
+                                     f'{self._robot.name!r} has {list(self._cameras)}')
 
     def _set_policy(self, policy, version: int) -> None:
         policy.eval()
@@ -200,7 +234,7 @@ class ActorNode(LifecycleNode):
 
     def _on_js(self, msg: JointState) -> None:
         try:
-            msg_to_positions(msg, JOINT_NAMES)
+            msg_to_positions(msg, self._joints)
         except MessageError as exc:
             self._warn('bad_js', f'joint_states dropped: {exc}')
             return
@@ -224,7 +258,7 @@ class ActorNode(LifecycleNode):
 
     def _on_teleop(self, msg: JointState) -> None:
         try:
-            self._latest_teleop = (time.monotonic(), msg_to_positions(msg, JOINT_NAMES),
+            self._latest_teleop = (time.monotonic(), msg_to_positions(msg, self._joints),
                                    stamp_to_ns(msg.header.stamp))
         except MessageError as exc:
             self._warn('bad_teleop', f'teleop/command dropped: {exc}')
@@ -259,6 +293,7 @@ class ActorNode(LifecycleNode):
                                     expected_sha256=info.sha256 or None,
                                     max_bytes=MAX_CHECKPOINT_BYTES).fetch()
                 policy, header = load_checkpoint(data, expected_sha256=info.sha256 or None)
+                self._check_fits(policy, f'checkpoint v{info.version}')
             except (TransferError, CheckpointRejected, ValueError) as exc:
                 self.get_logger().error(f'checkpoint v{info.version} refused, keeping '
                                         f'v{self._model_version}: {exc}')
@@ -364,7 +399,7 @@ class ActorNode(LifecycleNode):
         images = dict(self._latest_img)
         if js is None or any(c not in images for c in self._cameras):
             return None
-        q = msg_to_positions(js, JOINT_NAMES)
+        q = msg_to_positions(js, self._joints)
         obs = Observation(images={c: msg_to_image(images[c]) for c in self._cameras},
                           state=q.astype(np.float32))
         return js, images, q, obs
@@ -382,7 +417,7 @@ class ActorNode(LifecycleNode):
             if img is None:
                 return None
             images[c] = img
-        return js, images, msg_to_positions(js, JOINT_NAMES)
+        return js, images, msg_to_positions(js, self._joints)
 
     def _tick(self) -> None:
         with self._lock:
@@ -418,7 +453,7 @@ class ActorNode(LifecycleNode):
             self._last_action = action
             stats = self.fsm.record_step()
             stamp = self.get_clock().now().to_msg()
-            self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, action, stamp))
+            self._pub_cmd.publish(joint_state_to_msg(self._joints, action, stamp))
             step = ActorStep()
             step.header.stamp = stamp
             step.episode_id = stats.episode_id
@@ -436,7 +471,7 @@ class ActorNode(LifecycleNode):
         js = self._latest_js
         if js is not None:
             self._pub_cmd.publish(joint_state_to_msg(
-                JOINT_NAMES, msg_to_positions(js, JOINT_NAMES), self.get_clock().now().to_msg()))
+                self._joints, msg_to_positions(js, self._joints), self.get_clock().now().to_msg()))
         self._last_action = None
 
     def _publish_state(self, transition=None) -> None:

@@ -12,8 +12,11 @@ metadata holds one entry, ``'scarls.header'``, the JSON-encoded :class:`Checkpoi
   NUL, dtype name, NUL, shape as comma-separated ints, NUL, then the raw little-endian bytes.
 
 :func:`save_checkpoint` writes atomically (temporary file in the same directory, fsync,
-rename). :func:`load_checkpoint` refuses anything that is not a well-formed scarls checkpoint
-with :class:`CheckpointRejected`, whose message says why. Whole-file hashes
+rename). The tensors are always stored as CPU tensors, whatever device the policy trained on,
+so a checkpoint loads anywhere: :func:`load_checkpoint` verifies on the CPU and then moves the
+policy to the ``device`` asked for (weights saved from CUDA load on the CPU and vice versa).
+:func:`load_checkpoint` refuses anything that is not a well-formed scarls checkpoint with
+:class:`CheckpointRejected`, whose message says why. Whole-file hashes
 (:func:`file_sha256`) let a receiver check a checkpoint sent over the network.
 """
 
@@ -37,6 +40,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from scarls.device import place_module, resolve_device
 from scarls.policies import Policy, PolicyConfigError, UnknownPolicy, make_policy
 
 __all__ = [
@@ -195,7 +199,8 @@ def dump_checkpoint(
     metrics: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, CheckpointHeader]:
-    """Serialise ``policy`` to checkpoint bytes (what :func:`save_checkpoint` writes)."""
+    """Serialise ``policy`` to checkpoint bytes (what :func:`save_checkpoint` writes); the
+    tensors are copied to the CPU first, wherever the policy lives."""
     if not isinstance(policy, Policy) or not policy.name:
         raise CheckpointError(f'expected a registered Policy, got {type(policy).__name__}')
     tensors: dict[str, torch.Tensor] = {}
@@ -320,8 +325,15 @@ def load_checkpoint(
     source: str | os.PathLike[str] | bytes | bytearray | memoryview,
     *,
     expected_sha256: str | None = None,
+    device: str | torch.device = 'cpu',
 ) -> tuple[Policy, CheckpointHeader]:
     """Load and verify a checkpoint; return the policy (eval mode) and its header.
+
+    The checks run on the CPU; the policy is then moved to ``device`` (``'auto'``, ``'cpu'``,
+    ``'cuda'``, ``'cuda:N'``, ``'mps'`` or a :class:`torch.device`, see
+    :func:`scarls.device.resolve_device` - an unavailable device raises
+    :class:`scarls.device.DeviceError` before anything is read) with
+    :func:`scarls.device.place_module`, so it also takes CPU batches.
 
     Raises :class:`CheckpointRejected` when: the whole-file sha256 differs from
     ``expected_sha256``; the bytes are not safetensors (pickle included) or are truncated;
@@ -329,6 +341,7 @@ def load_checkpoint(
     tensor names, shapes or dtypes differ from the policy built from the config; a tensor
     holds NaN/inf; or the payload hash does not match.
     """
+    target = resolve_device(device)
     data = _read_bytes(source)
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
@@ -368,5 +381,6 @@ def load_checkpoint(
     if tensors_sha256(tensors) != header.payload_sha256:
         raise CheckpointRejected('payload_sha256 mismatch: the tensor data was modified')
     policy.load_state_dict(tensors, strict=True)
+    place_module(policy, target)
     policy.eval()
     return policy, header

@@ -2,8 +2,9 @@
 
 Joint vectors are always in the order of the robot description (:mod:`scarls.robot`: for each
 arm its joints then its gripper; 14 values for the default ``sim_dual6``, 16 for ``sim_dual7`` or a
-G1-class robot); arm joints in radians, grippers normalised ``0 = closed .. 1 = open``. Backends do not apply the :class:`SafetyFilter`; the driver
-node runs it before :meth:`RobotBackend.write_command`.
+G1-class robot); arm joints in radians, grippers normalised ``0 = closed .. 1 = open``. Backends
+do not apply the :class:`SafetyFilter`; the driver node runs it before
+:meth:`RobotBackend.write_command`.
 
 Registry names: ``'sim'`` (:class:`SimBackend`), ``'arx5'``
 (:class:`scarls.driver.arx5.Arx5Backend`), ``'ros2_bridge'``
@@ -29,7 +30,7 @@ from scarls.driver.safety import (
     JointLimits,
 )
 from scarls.robot import RobotDescription, RobotDescriptionError, load_robot
-from scarls.sim import DualArmSim, SimConfig, SimError, TaskState
+from scarls.sim import DualArmSim, SimConfig, SimError, TaskState, sim_layout
 
 __all__ = [
     'BackendError',
@@ -159,10 +160,25 @@ class SimBackend(RobotBackend):
     connect uses seed ``config.seed + k``).
     """
 
-    def __init__(self, config: SimConfig | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None,
+                 robot: RobotDescription | str | None = None) -> None:
         self.config = config if config is not None else SimConfig()
-        self.sim = DualArmSim(self.config)
-        self._limits = JointLimits(self.sim.lower, self.sim.upper, self.sim.max_velocity)
+        try:
+            self.robot = load_robot(robot)
+        except RobotDescriptionError as exc:
+            raise ConfigError(str(exc)) from exc
+        try:
+            layout = sim_layout(self.robot)
+        except SimError as exc:
+            raise ConfigError(f'robot {self.robot.name!r} cannot be simulated: {exc}') from exc
+        sim_cams = [c.name for c in self.robot.cameras if c.source == 'sim']
+        unknown = sorted(set(sim_cams) - set(DualArmSim.CAMERA_NAMES))
+        if unknown:
+            raise ConfigError(f'the simulator renders cameras {list(DualArmSim.CAMERA_NAMES)}; '
+                              f'robot {self.robot.name!r} asks for {unknown}')
+        self._cameras = tuple(sim_cams)
+        self.sim = DualArmSim(self.config, layout)
+        self._limits = JointLimits(layout.lower, layout.upper, layout.max_velocity)
         self._target = self.sim.joint_positions()
         self._connected = False
         self._episode = 0
@@ -177,7 +193,7 @@ class SimBackend(RobotBackend):
 
     @property
     def camera_names(self) -> tuple[str, ...]:
-        return self.sim.CAMERA_NAMES
+        return self._cameras
 
     @property
     def connected(self) -> bool:
@@ -220,7 +236,7 @@ class SimBackend(RobotBackend):
 
     def read_cameras(self) -> dict[str, np.ndarray]:
         self._require_connected()
-        return self.sim.render_all()
+        return {name: self.sim.render(name) for name in self._cameras}
 
     def task_state(self) -> TaskState:
         self._require_connected()

@@ -10,12 +10,11 @@ feeds every message to :meth:`Ros2BridgeBackend.on_state`; each control tick it 
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 

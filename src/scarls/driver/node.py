@@ -14,8 +14,9 @@ Topics (relative to the ECU namespace):
   out task_state                      scarls_interfaces/TaskState (sim backend; privileged)
   in  joint_command                   sensor_msgs/JointState   reliable, depth 1 (position targets)
 Services: ~/reset_pose (std_srvs/Trigger), ~/estop (std_srvs/SetBool).
-Parameters: see config/ecu.yaml (backend, rate_hz, image_height/width, seed, watchdog_timeout_s,
-arx5_*, bridge_*, autostart).
+Parameters: see config/ecu.yaml (robot, backend, backend_overrides, rate_hz, image_height/width,
+seed, watchdog_timeout_s, autostart). The robot description (`robot`, config/robots/*.yaml) gives
+the joints, limits, cameras, control rate and the backend's own settings.
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import MarkerArray
 
 from scarls.driver.backends import make_backend
-from scarls.driver.safety import BackendError, CommandRejected, EStop, SafetyFilter, Watchdog
-from scarls.robot import JOINT_NAMES
+from scarls.driver.safety import (
+    BackendError,
+    CommandRejected,
+    ConfigError,
+    EStop,
+    SafetyFilter,
+    Watchdog,
+)
+from scarls.robot import DEFAULT_ROBOT, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import MessageError, image_to_msg, joint_state_to_msg, msg_to_positions
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
@@ -49,21 +57,23 @@ class DriverNode(LifecycleNode):
         super().__init__('driver')
         declare(self, 'ecu_id', 'ecu0', 'ECU id (for logs and metadata)', read_only=True)
         declare(self, 'task', 'pick_cube', 'Task of the simulated scene', read_only=True)
-        declare(self, 'backend', 'sim', 'Robot backend: sim | arx5 | ros2_bridge', read_only=True)
-        declare(self, 'rate_hz', 30.0, 'State/camera publish rate and sim step rate (Hz)')
-        declare(self, 'image_height', 96, 'Sim camera image height (px)', read_only=True)
-        declare(self, 'image_width', 128, 'Sim camera image width (px)', read_only=True)
+        declare(self, 'robot', DEFAULT_ROBOT,
+                'Robot description: a built-in name (config/robots) or a YAML file',
+                read_only=True)
+        declare(self, 'backend', '',
+                "Robot backend: sim | arx5 | ros2_bridge ('' = the robot description's)",
+                read_only=True)
+        declare(self, 'backend_overrides', '',
+                "YAML/JSON mapping over the description's backend settings (e.g. '{seed: 3}')",
+                read_only=True)
+        declare(self, 'rate_hz', 0.0,
+                "State/camera publish rate and sim step rate (Hz; 0 = the robot's control rate)")
+        declare(self, 'image_height', 0, 'Sim camera height (px; 0 = the robot description)',
+                read_only=True)
+        declare(self, 'image_width', 0, 'Sim camera width (px; 0 = the robot description)',
+                read_only=True)
         declare(self, 'seed', 0, 'Sim scene randomisation seed', read_only=True)
         declare(self, 'watchdog_timeout_s', 0.25, 'Hold position when commands stop this long')
-        declare(self, 'arx5_model', 'X5', 'ARX5 arm model for the SDK', read_only=True)
-        declare(self, 'arx5_left_interface', 'can0', 'CAN interface of the left arm')
-        declare(self, 'arx5_right_interface', 'can1', 'CAN interface of the right arm')
-        declare(self, 'bridge_state_topic', '/robot/joint_states', 'Bridged robot state topic')
-        declare(self, 'bridge_command_topic', '/robot/joint_command', 'Bridged command topic')
-        declare(self, 'bridge_command_type', 'joint_state',
-                'Bridged command type: joint_state | joint_trajectory', read_only=True)
-        declare(self, 'bridge_joint_names', [''], "Bridged robot's joint names, in our order",
-                string_array=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._backend = None
         self._lock = threading.Lock()
@@ -74,36 +84,43 @@ class DriverNode(LifecycleNode):
 
     # -- lifecycle -------------------------------------------------------------------------
     def _backend_params(self) -> tuple[str, dict]:
-        """The chosen backend's own parameters, from this node's (documented) parameters."""
-        p = {name: self.get_parameter(name).value for name in (
-            'backend', 'task', 'image_height', 'image_width', 'seed', 'rate_hz', 'arx5_model',
-            'arx5_left_interface', 'arx5_right_interface', 'bridge_state_topic',
-            'bridge_command_topic', 'bridge_joint_names', 'bridge_command_type')}
-        name = p['backend']
+        """The backend's name and settings: the robot description's ``backend:`` mapping, then
+        this node's per-launch parameters (sim: task, seed, image size, rate), then
+        ``backend_overrides``."""
+        robot = self._robot
+        get = lambda n: self.get_parameter(n).value  # noqa: E731
+        name = get('backend') or robot.backend
+        params = dict(robot.backend_params) if name == robot.backend else {}
         if name == 'sim':
-            return name, {'height': p['image_height'], 'width': p['image_width'],
-                          'task': p['task'], 'seed': p['seed'], 'dt': 1.0 / p['rate_hz']}
-        if name == 'arx5':
-            return name, {'model': p['arx5_model'], 'left_interface': p['arx5_left_interface'],
-                          'right_interface': p['arx5_right_interface']}
-        if name == 'ros2_bridge':
-            return name, {'joint_names_theirs': [n for n in p['bridge_joint_names'] if n],
-                          'state_topic': p['bridge_state_topic'],
-                          'command_topic': p['bridge_command_topic'],
-                          'command_type': p['bridge_command_type']}
-        return name, {}
+            params.update({'task': get('task'), 'seed': get('seed'), 'dt': 1.0 / self._rate})
+            if get('image_height') > 0 and get('image_width') > 0:
+                params.update({'height': get('image_height'), 'width': get('image_width')})
+        overrides = get('backend_overrides')
+        if overrides:
+            import yaml
+            try:
+                extra = yaml.safe_load(overrides)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f'backend_overrides is not YAML: {exc}') from exc
+            if not isinstance(extra, dict):
+                raise ConfigError(f'backend_overrides must be a mapping, got {overrides!r}')
+            params.update(extra)
+        return name, params
 
     def on_configure(self, state):
-        name, params = self._backend_params()
-        p = {'backend': name, 'rate_hz': self.get_parameter('rate_hz').value}
+        name = '?'
         try:
-            self._backend = make_backend(name, params)
+            self._robot = load_robot(self.get_parameter('robot').value)
+            self._rate = float(self.get_parameter('rate_hz').value) or self._robot.control_rate_hz
+            name, params = self._backend_params()
+            self._backend = make_backend(name, params, self._robot)
             self._backend.connect()
         except Exception as exc:  # ConfigError / BackendError carry the what-to-do message
             self.get_logger().error(f"backend '{name}' failed to configure: {exc}")
             self._backend = None
             return FAILURE
-        rate = float(p['rate_hz'])
+        p = {'backend': name}
+        rate = self._rate
         self._dt = 1.0 / rate
         self._names = tuple(self._backend.joint_names)
         self._filter = SafetyFilter(self._backend.limits, self._dt, joint_names=self._names)
@@ -134,7 +151,7 @@ class DriverNode(LifecycleNode):
                           'sub': [self._sub_cmd, self._sub_actor],
                           'srv': [self._srv_reset, self._srv_estop]}
         if name == 'ros2_bridge':
-            self._setup_bridge(params)
+            self._setup_bridge(self._backend.config)
         self._timer_group = group
         self.get_logger().info(
             f"configured: backend={p['backend']} joints={len(self._names)} "
@@ -143,10 +160,10 @@ class DriverNode(LifecycleNode):
 
     def _setup_bridge(self, p) -> None:
         backend = self._backend
-        msg_type = JointTrajectory if p['command_type'] == 'joint_trajectory' else JointState
-        self._bridge_pub = self.create_publisher(msg_type, p['command_topic'], qos.COMMAND)
+        msg_type = JointTrajectory if p.command_type == 'joint_trajectory' else JointState
+        self._bridge_pub = self.create_publisher(msg_type, p.command_topic, qos.COMMAND)
         self._bridge_sub = self.create_subscription(
-            JointState, p['state_topic'],
+            JointState, p.state_topic,
             lambda m: backend.on_state(list(m.name), list(m.position),
                                        m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
             qos.JOINT_STATE)
@@ -299,9 +316,10 @@ class DriverNode(LifecycleNode):
             msg.values = [float(v) for v in task.as_vector()]
             self._pub_task.publish(msg)
         self._viz_tick += 1
-        if self._viz_tick % self._viz_every == 0 and self._names == JOINT_NAMES:
+        layout = getattr(getattr(backend, 'sim', None), 'layout', None)
+        if self._viz_tick % self._viz_every == 0 and layout is not None:
             try:
-                self._pub_viz.publish(robot_markers(sample.positions, stamp,
+                self._pub_viz.publish(robot_markers(sample.positions, stamp, layout=layout,
                                                     intervening=self._intervening, task=task))
             except VizError as exc:
                 self._warn('viz', f'robot markers skipped: {exc}', 10.0)

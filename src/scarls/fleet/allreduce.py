@@ -39,14 +39,17 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    that died between posting and reducing, so a crash costs the others ``ready_timeout_s``
    instead of failing the round.
 5. *Reduce.* The group builds a process group for this round only, over
-   ``PrefixStore('r/<r>/pg', store)`` with its index in the group (Gloo on CPU tensors, NCCL
-   for CUDA tensors when available). The trainable parameters (``requires_grad``) are flattened
-   into one contiguous buffer per reduction dtype (float64 stays float64, every other floating
-   dtype is reduced in float32), scaled by the ECU's weight, summed with one all-reduce and
-   written back. Frozen parameters and buffers never travel. The all-reduce has a timeout
-   (``reduce_timeout_s``); when a member dies mid-reduce the others get an error at once
-   (connection closed) or at the timeout, and the round ends ``'failed'`` with the
-   parameters untouched. A group of one does not communicate (``'alone'``).
+   ``PrefixStore('r/<r>/pg', store)`` with its index in the group (:func:`choose_backend`:
+   Gloo for CPU parameters, NCCL when they live on CUDA and torch has NCCL; the buffers are
+   built on the backend's device, :func:`reduction_device` - the parameters' GPU for NCCL,
+   the CPU for Gloo - and written back to wherever each parameter lives). The trainable
+   parameters (``requires_grad``) are flattened into one contiguous buffer per reduction dtype
+   (float64 stays float64, every other floating dtype is reduced in float32), scaled by the
+   ECU's weight, summed with one all-reduce and written back. Frozen parameters and buffers
+   never travel. The all-reduce has a timeout (``reduce_timeout_s``); when a member dies
+   mid-reduce the others get an error at once (connection closed) or at the timeout, and the
+   round ends ``'failed'`` with the parameters untouched. A group of one does not communicate
+   (``'alone'``).
 
 6. *Verdicts* (:meth:`FleetReducer.agree_verdicts`, after a ``'reduced'`` round). Each
    participant evaluates the synchronised model on its own held-out episodes and posts its
@@ -112,8 +115,10 @@ __all__ = [
     'Rendezvous',
     'RendezvousHost',
     'RoundResult',
+    'choose_backend',
     'flatten_trainable',
     'parameter_signature',
+    'reduction_device',
     'serve_rendezvous',
     'state_bytes',
     'trainable_parameters',
@@ -376,6 +381,43 @@ def flatten_trainable(
             buf = torch.cat([p.detach().reshape(-1).to(device=device, dtype=dtype) for p in ps])
             out.append((buf, ps))
     return out
+
+
+def choose_backend(
+    want: str,
+    devices: Iterable[torch.device | str],
+    *,
+    nccl_available: bool | None = None,
+) -> str:
+    """The process-group backend for parameters on ``devices``: ``'nccl'`` or ``'gloo'``.
+
+    ``want`` is :attr:`FleetConfig.backend`. ``'auto'``: NCCL when a parameter lives on CUDA
+    and torch has NCCL (``nccl_available``, default: :func:`torch.distributed.
+    is_nccl_available`), else Gloo (CPU parameters; CUDA ones then travel through CPU buffers).
+    ``'gloo'``: always Gloo. ``'nccl'``: NCCL, or :class:`FleetError` when no parameter is on
+    CUDA or NCCL is missing. Pure: nothing is allocated or connected.
+    """
+    if want not in BACKENDS:
+        raise FleetConfigError(f'backend must be one of {BACKENDS}, got {want!r}')
+    cuda = any(torch.device(d).type == 'cuda' for d in devices)
+    if nccl_available is None:
+        nccl_available = dist.is_nccl_available()
+    nccl = cuda and bool(nccl_available)
+    if want == 'nccl' and not nccl:
+        raise FleetError('backend nccl needs CUDA parameters and a torch built with NCCL'
+                         + ('' if cuda else ' (the parameters are not on CUDA)'))
+    return 'nccl' if want == 'nccl' or (want == 'auto' and nccl) else 'gloo'
+
+
+def reduction_device(backend: str, devices: Iterable[torch.device | str]) -> torch.device:
+    """Where the all-reduce buffers live: the first CUDA device among ``devices`` for NCCL,
+    the CPU for Gloo."""
+    if backend == 'nccl':
+        for d in devices:
+            if torch.device(d).type == 'cuda':
+                return torch.device(d)
+        raise FleetError('backend nccl needs parameters on a CUDA device')
+    return torch.device('cpu')
 
 
 def _write_back(buf: torch.Tensor, params: Iterable[torch.Tensor]) -> None:
@@ -853,12 +895,7 @@ class FleetReducer:
 
     # -- communication -------------------------------------------------------------------
     def _backend(self, params: Sequence[tuple[str, torch.Tensor]]) -> str:
-        cuda = any(p.is_cuda for _, p in params)
-        want = self.config.backend
-        nccl = cuda and dist.is_nccl_available()
-        if want == 'nccl' and not nccl:
-            raise FleetError('backend nccl needs CUDA parameters and a torch built with NCCL')
-        return 'nccl' if want == 'nccl' or (want == 'auto' and nccl) else 'gloo'
+        return choose_backend(self.config.backend, (p.device for _, p in params))
 
     def _process_group(self, store: dist.Store, idx: int, n: int, backend: str) -> Any:
         connect = _td(self.config.ready_timeout_s)
@@ -893,7 +930,7 @@ class FleetReducer:
         weight: float,
     ) -> None:
         backend, params = info.backend, info.params
-        device = next(p.device for _, p in params) if backend == 'nccl' else torch.device('cpu')
+        device = reduction_device(backend, (p.device for _, p in params))
         buffers = flatten_trainable(params, device)
         for buf, _ in buffers:
             buf.mul_(weight)

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from scarls.device import DEVICES, PRECISIONS, DeviceError, parse_device
 from scarls.validation import is_int, is_number
 
 __all__ = [
@@ -106,6 +107,14 @@ class TrainerConfig(_Config):
     ema_decay: float = 0.0
     """Keep an exponential moving average of the weights with this decay per step (0 = off);
     the average is what gets evaluated and deployed (:meth:`Trainer.deployable`)."""
+    device: str = 'auto'
+    """Where to train: ``'auto'`` (CUDA when available, else the CPU), ``'cpu'``, ``'cuda'``,
+    ``'cuda:N'`` or ``'mps'`` (:func:`scarls.device.resolve_device`; a device this machine
+    lacks is an error when the trainer is built)."""
+    precision: str = 'auto'
+    """Mixed precision of the forward pass: ``'auto'`` (on CUDA bf16 when the GPU supports it,
+    else fp16 with loss scaling; fp32 on the CPU and MPS), ``'fp32'``, ``'bf16'`` (CUDA or
+    CPU) or ``'fp16'`` (CUDA), see :func:`scarls.device.resolve_precision`."""
 
     def __post_init__(self) -> None:
         self._positive('lr')
@@ -124,6 +133,12 @@ class TrainerConfig(_Config):
             self._fail('ema_decay', 'must be in [0, 1)')
         if not isinstance(self.normalize_loss, bool):
             self._fail('normalize_loss', 'must be a bool')
+        try:
+            parse_device(self.device)
+        except DeviceError:
+            self._fail('device', f"must be one of {DEVICES} ('cuda:N': N = 0, 1, ...)")
+        if self.precision not in PRECISIONS:
+            self._fail('precision', f'must be one of {PRECISIONS}')
 
 
 @dataclasses.dataclass(frozen=True)

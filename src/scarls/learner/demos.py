@@ -13,10 +13,12 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from scarls.episodes import EpisodeRef, EpisodeWriter, StepRecord
 from scarls.policies import CAMERAS
-from scarls.sim import DualArmSim, ScriptedExpert, SimConfig
+from scarls.robot import load_robot
+from scarls.sim import DualArmSim, ScriptedExpert, SimConfig, sim_layout
 
 __all__ = ['DEMO_ECU_ID', 'generate_demos', 'record_expert_episode']
 
@@ -70,13 +72,16 @@ def generate_demos(
     image_shape: tuple[int, int],
     codec: str = 'lz4',
     max_steps: int = 300,
-    cameras: Sequence[str] = CAMERAS,
+    cameras: Sequence[str] | None = None,
     fsync: bool = False,
+    robot: Any = None,
 ) -> list[EpisodeRef]:
     """Write ``n`` expert demonstrations of ``task`` under ``root``; scenes ``seed .. seed+n-1``.
 
     Episodes are finalised with ``model_version=None`` and ``extra={'source': 'offline',
-    'seed': <scene seed>, 'demonstrator': 'scripted_expert'}``. ``fsync=False`` (default) skips
+    'seed': <scene seed>, 'demonstrator': 'scripted_expert', 'robot': {name, hash, ...}}``.
+    ``robot`` is the simulated robot (a description or its name; default ``sim_dual6``), whose
+    cameras are recorded unless ``cameras`` is given. ``fsync=False`` (default) skips
     per-frame fsync: demonstrations can be regenerated, so durability is not worth the time.
 
     Raises:
@@ -86,8 +91,12 @@ def generate_demos(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f'n must be an int >= 1, got {n!r}')
     h, w = (int(image_shape[0]), int(image_shape[1]))
-    sim = DualArmSim(SimConfig(height=h, width=w, task=task, seed=seed))
-    expert = ScriptedExpert(sim.config)
+    description = load_robot(robot)
+    layout = sim_layout(description)
+    cameras = tuple(cameras) if cameras else description.camera_names
+    sim = DualArmSim(SimConfig(height=h, width=w, task=task, seed=seed,
+                               dt=1.0 / description.control_rate_hz), layout)
+    expert = ScriptedExpert(sim.config, layout=layout)
     refs: list[EpisodeRef] = []
     t0 = time.perf_counter()
     for i in range(n):
@@ -114,7 +123,8 @@ def generate_demos(
                 writer.finalize(
                     outcome,
                     model_version=None,
-                    extra={'source': 'offline', 'seed': scene, 'demonstrator': 'scripted_expert'},
+                    extra={'source': 'offline', 'seed': scene, 'demonstrator': 'scripted_expert',
+                           'robot': description.identity},
                 )
             )
         except BaseException:

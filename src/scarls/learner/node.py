@@ -43,8 +43,10 @@ from scarls.learner.online import (
     OnlineConfig,
     OnlineLearner,
     RoundResult,
+    policy_config_for,
 )
 from scarls.policies import make_policy
+from scarls.robot import DEFAULT_ROBOT, load_robot
 from scarls.ros import qos
 from scarls.ros.node_utils import (
     FAILURE,
@@ -73,6 +75,9 @@ class LearnerNode(LifecycleNode):
                 '(default <data_root>/offline)', read_only=True)
         declare(self, 'checkpoint_dir', '', 'Checkpoint registry (default '
                 '<data_root>/checkpoints/<task>)', read_only=True)
+        declare(self, 'robot', DEFAULT_ROBOT,
+                'Robot description: a built-in name (config/robots) or a YAML file',
+                read_only=True)
         declare(self, 'policy', 'spatial', 'Registered policy to train', read_only=True)
         declare(self, 'policy_config', DEFAULT_POLICY_CONFIG, 'Policy config as JSON')
         declare(self, 'algorithm', 'hg_dagger', 'hg_dagger | bc')
@@ -128,11 +133,19 @@ class LearnerNode(LifecycleNode):
             keep = int(p('keep_checkpoints'))
             registry = CheckpointRegistry(ckpt_dir, keep_last=keep, keep_records=max(1000, keep))
             resume = registry.latest(approved_only=True)
+            robot = load_robot(p('robot'))
+            self._robot = robot
             if resume is not None:
                 policy, _ = load_checkpoint(resume.path, expected_sha256=resume.sha256)
             else:
-                policy = make_policy(str(p('policy')), json.loads(str(p('policy_config'))),
-                                     seed=int(p('seed')))
+                policy = make_policy(str(p('policy')), policy_config_for(
+                    json.loads(str(p('policy_config'))), robot, self._offline, self._task),
+                    seed=int(p('seed')))
+            if policy.config.action_dim != robot.num_joints:
+                raise LearnerError(
+                    f'the policy acts on {policy.config.action_dim} joints but robot '
+                    f'{robot.name!r} has {robot.num_joints}: use another checkpoint_dir for '
+                    'this robot')
             config = OnlineConfig(
                 steps_per_round=int(p('steps_per_round')),
                 pretrain_steps=int(p('pretrain_steps')), algorithm=str(p('algorithm')),

@@ -25,7 +25,7 @@ import torch
 
 from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
 from scarls.episodes import EpisodeReader, list_episodes
-from scarls.episodes.schema import EpisodeMeta
+from scarls.episodes.schema import ACTION_PATH, STATE_PATH, EpisodeMeta
 from scarls.learner.algorithms import make_algorithm, stale_human_steps
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
 from scarls.learner.evaluation import CheckpointGate, evaluate_open_loop, open_loop_batches
@@ -179,6 +179,15 @@ class OnlineLearner:
         self.labels[key] = weights
         self.sampler.add((ep.task, ep.source), key, ep.steps, weights)
 
+    def _misfit(self, ep: EpisodeData) -> str:
+        """Why ``ep`` cannot train this policy (its joint count differs: another robot)."""
+        cfg = self.policy.config
+        state, action = ep.state.shape[-1], ep.action.shape[-1]
+        if state != cfg.state_dim or action != cfg.action_dim:
+            return (f'has {state}-wide states and {action}-wide actions but the policy expects '
+                    f'{cfg.state_dim} and {cfg.action_dim} (another robot?)')
+        return ''
+
     def load_offline(self, root: str | Path, task: str, *, heldout: int = 2) -> int:
         """Load demonstrations; the last `heldout` become the open-loop evaluation set."""
         entries = list_episodes(root, task)
@@ -189,6 +198,11 @@ class OnlineLearner:
         for entry in entries:
             ep = EpisodeData.from_reader(EpisodeReader(entry.path), source='offline',
                                          cameras=self.cameras)
+            problem = self._misfit(ep)
+            if problem:
+                raise LearnerError(f'demonstration {entry.path} {problem}: write demonstrations '
+                                   'for this robot (scarls demos --robot NAME) under another '
+                                   'root, or train a policy for that robot')
             if entry in eval_entries:
                 self.heldout.append(ep)
             else:
@@ -235,6 +249,10 @@ class OnlineLearner:
                                              keep=(weights > 0) | intervention)
             except Exception as exc:  # a corrupt episode must not stop learning
                 log.warning('online episode %s skipped: %s', entry.path, exc)
+                continue
+            problem = self._misfit(ep)
+            if problem:
+                log.warning('online episode %s skipped: %s', entry.path, problem)
                 continue
             self._online_seen += 1
             # episode end (its last step's stamp) -> trainable, for the fleet's latency view
@@ -485,3 +503,36 @@ class OnlineLearner:
                  len(self.rounds), record.version, metric,
                  'APPROVED' if approved else 'rejected', reason, steps, stats.seconds)
         return result
+
+
+def policy_config_for(config: dict[str, Any], robot: Any, offline_root: str | Path,
+                      task: str) -> dict[str, Any]:
+    """A policy config whose state/action sizes come from the data, checked against the robot.
+
+    The sizes are read from the first demonstration's meta under ``offline_root/task`` (the
+    robot description's joint count when there is none yet); a ``state_dim``/``action_dim``
+    given in ``config`` wins. Cameras the policy asks for must be the robot's.
+
+    Raises:
+        LearnerError: the demonstrations are of another width than the robot's joints, or the
+            policy asks for a camera the robot does not have.
+    """
+    out = dict(config)
+    state_dim = action_dim = robot.num_joints
+    entries = list_episodes(offline_root, task)
+    if entries:
+        meta = EpisodeMeta.load(entries[0].meta_path)
+        state_dim = int(meta.shapes[STATE_PATH][-1])
+        action_dim = int(meta.shapes[ACTION_PATH][-1])
+        if action_dim != robot.num_joints:
+            raise LearnerError(
+                f'demonstrations under {Path(offline_root) / task} act on {action_dim} joints '
+                f'but robot {robot.name!r} has {robot.num_joints}: write demonstrations for '
+                'this robot under another root (scarls demos --robot NAME --root DIR)')
+    out.setdefault('state_dim', state_dim)
+    out.setdefault('action_dim', action_dim)
+    missing = [c for c in out.get('cameras', ()) if c not in robot.camera_names]
+    if missing:
+        raise LearnerError(f'policy_config asks for cameras {missing}; robot {robot.name!r} '
+                           f'has {list(robot.camera_names)}')
+    return out

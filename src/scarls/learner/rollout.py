@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from scarls.actor.chunking import ChunkExecutor
 from scarls.episodes import StepRecord
 from scarls.learner.config import RolloutConfig
 from scarls.policies import CAMERAS, Observation, Policy
-from scarls.sim import DualArmSim, ScriptedExpert, SimConfig
+from scarls.sim import DualArmSim, ScriptedExpert, SimConfig, sim_layout
 from scarls.teleop.gate import DecisionKind, GateConfig, InterventionGate
 
 __all__ = [
@@ -182,8 +183,9 @@ def _observation(sim: DualArmSim, cameras: Sequence[str], q: np.ndarray) -> Obse
     return Observation(images={c: sim.render(c) for c in cameras}, state=q.astype(np.float32))
 
 
-def _make_sim(image_shape: tuple[int, int], seed: int) -> DualArmSim:
-    return DualArmSim(SimConfig(height=int(image_shape[0]), width=int(image_shape[1]), seed=seed))
+def _make_sim(image_shape: tuple[int, int], seed: int, robot: Any = None) -> DualArmSim:
+    return DualArmSim(SimConfig(height=int(image_shape[0]), width=int(image_shape[1]), seed=seed),
+                      sim_layout(robot))
 
 
 def run_policy_episode(
@@ -224,8 +226,11 @@ def evaluate_closed_loop(
     max_steps: int = 300,
     refill_when_remaining: int = 4,
     latency_ticks: int = 1,
+    robot: Any = None,
 ) -> RolloutStats:
     """Task success of the policy alone on scenes ``seed .. seed + n_episodes - 1``.
+
+    ``robot``: the simulated robot (a description or its name; default ``sim_dual6``).
 
     Chunks execute as on the actor (see :class:`SyncChunkedController`); an episode fails when
     the task fails or ``max_steps`` ticks pass without success.
@@ -239,7 +244,8 @@ def evaluate_closed_loop(
         image_shape=tuple(image_shape),
     )
     t0 = time.perf_counter()
-    sim = _make_sim(cfg.image_shape, seed)
+    sim = _make_sim(cfg.image_shape, seed, robot) if robot is not None else \
+        _make_sim(cfg.image_shape, seed)
     was_training = policy.training
     policy.eval()
     try:

@@ -8,7 +8,9 @@
   (B, K, D) padded chunk of the recorded actions from the frame on, ``'action_mask'`` (B, K)
   (False for padding and, given label weights, for targets on steps that are not labels).
 * :func:`masked_chunk_loss` - mean squared error over the unmasked chunk entries.
-* :class:`Trainer` - AdamW + gradient clipping over ``batch_fn() -> batch``.
+* :class:`Trainer` - AdamW + gradient clipping over ``batch_fn() -> batch``, on the device of
+  its config (``TrainerConfig.device``: the policy moves there, each batch follows through
+  pinned memory) with mixed precision where it is safe (``TrainerConfig.precision``).
 * :func:`fit_normalization` - state / action-delta statistics into the policy's buffers.
 """
 
@@ -23,6 +25,15 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from scarls.device import (
+    autocast,
+    make_grad_scaler,
+    module_device,
+    place_module,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
 from scarls.episodes import EpisodeReader, StepRecord
 from scarls.learner.config import LearnerError, TrainerConfig
 from scarls.policies import ACTION_KEY, STATE_KEY, Policy, image_key
@@ -308,14 +319,29 @@ class TrainStats:
 
 
 class Trainer:
-    """AdamW on ``masked_chunk_loss(policy(batch), batch['action'], batch['action_mask'])``."""
+    """AdamW on ``masked_chunk_loss(policy(batch), batch['action'], batch['action_mask'])``.
+
+    The policy is moved to ``config.device`` (:func:`scarls.device.place_module`: it keeps
+    accepting CPU batches elsewhere, e.g. in the open-loop evaluation) and every training batch
+    is sent there (:func:`scarls.device.to_device`). The forward pass runs under autocast when
+    ``config.precision`` resolves to bf16/fp16 (CUDA by default; never on the CPU unless asked
+    for); fp16 scales the loss with a :class:`torch.amp.GradScaler`. The loss itself is always
+    computed in fp32. On the CPU in fp32 every step is exactly what it was without a device.
+    Raises :class:`scarls.device.DeviceError` for a device or precision this machine lacks.
+    """
 
     def __init__(self, policy: Policy, config: TrainerConfig | None = None) -> None:
-        self.policy = policy
         self.config = config if config is not None else TrainerConfig()
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
         cfg = self.config
+        self.device = resolve_device(cfg.device)
+        """Where the policy trains."""
+        self.amp_dtype = resolve_precision(cfg.precision, self.device)
+        """Autocast dtype of the forward pass (None: fp32)."""
+        self.scaler = make_grad_scaler(self.device, self.amp_dtype)
+        """Loss scaler of fp16 training (None otherwise)."""
+        self.policy = place_module(policy, self.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         self.optimizer = torch.optim.AdamW(
             [p for p in policy.parameters() if p.requires_grad],
             lr=cfg.lr,
@@ -362,11 +388,14 @@ class Trainer:
             group['lr'] = float(lr)
 
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> StepResult:
-        """One AdamW step on ``batch``; raises :class:`LearnerError` on a non-finite loss."""
+        """One AdamW step on ``batch`` (moved to the trainer's device); raises
+        :class:`LearnerError` on a non-finite loss."""
         self.policy.train()
-        pred = self.policy(batch)
+        batch = to_device(batch, self.device)
+        with autocast(self.device, self.amp_dtype):
+            pred = self.policy(batch)
         loss, per_sample = masked_chunk_loss(
-            pred,
+            pred.float(),
             batch[ACTION_KEY],
             batch.get(MASK_KEY),
             self._scale(),
@@ -377,13 +406,20 @@ class Trainer:
             raise LearnerError(f'non-finite training loss {float(loss.detach())} at step '
                                f'{self.total_steps}; lower the learning rate')
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         clip = self.config.grad_clip if self.config.grad_clip > 0 else float('inf')
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip)
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip)
+            self.optimizer.step()
+        else:  # fp16: scaled loss; a step with inf/NaN gradients is skipped by the scaler
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.total_steps += 1
         self._update_ema()
-        return StepResult(float(loss.detach()), per_sample.numpy(), float(norm))
+        return StepResult(float(loss.detach()), per_sample.cpu().numpy(), float(norm))
 
     def train_steps(
         self,
@@ -457,7 +493,8 @@ def fit_normalization(
             ref = e.state[:, :d].astype(np.float64)
             if hasattr(policy, 'delta_reference'):
                 with torch.no_grad():
-                    ref = policy.delta_reference(torch.from_numpy(e.state)).double().numpy()
+                    state = torch.from_numpy(e.state).to(module_device(policy))
+                    ref = policy.delta_reference(state).double().cpu().numpy()
             for j in range(k):
                 n = t - j
                 if n <= 0:

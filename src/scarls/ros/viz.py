@@ -25,17 +25,16 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from scarls.robot import NUM_JOINTS
 from scarls.sim.config import SimConfig
 from scarls.sim.kinematics import ArmKinematics
 from scarls.sim.task import ARMS, TaskState, TaskStateError
 from scarls.sim.world import (
-    ARM_SLICES,
     BASE_POSITIONS,
     BASE_YAWS,
-    GRIPPER_INDEX,
+    DEFAULT_LAYOUT,
     GRIPPER_STROKE,
     TABLE_HALF,
+    SimLayout,
 )
 
 __all__ = [
@@ -96,7 +95,14 @@ _KNUCKLE_BACK = 0.045
 _TIP_AHEAD = 0.012
 _TEXT_SIZE = 0.045
 
-_KINEMATICS = {arm: ArmKinematics(np.array(BASE_POSITIONS[arm]), BASE_YAWS[arm]) for arm in ARMS}
+_KINEMATICS: dict[tuple[str, int], ArmKinematics] = {}
+
+
+def _kinematics(arm: str, dof: int) -> ArmKinematics:
+    key = (arm, dof)
+    if key not in _KINEMATICS:
+        _KINEMATICS[key] = ArmKinematics(np.array(BASE_POSITIONS[arm]), BASE_YAWS[arm], dof)
+    return _KINEMATICS[key]
 _DEFAULT_CUBE_SIZE = SimConfig().cube_size
 
 
@@ -166,6 +172,7 @@ def robot_markers(
     intervening: bool = False,
     task: Any = None,
     cube_size: float = _DEFAULT_CUBE_SIZE,
+    layout: SimLayout | None = None,
 ) -> MarkerArray:
     """The robot and its scene as one MarkerArray (fixed namespaces/ids, all in ``frame_id``).
 
@@ -177,20 +184,22 @@ def robot_markers(
     is given.
 
     Args:
-        q: joint positions (14,) in :data:`scarls.robot.JOINT_NAMES` order.
+        q: joint positions in the simulated robot's order (``layout``; (14,) for sim_dual6).
         stamp: header stamp of every marker.
         frame_id: the fixed frame the markers are expressed in.
         intervening: a human is in control: arms are drawn orange instead of blue.
         task: a :class:`scarls.sim.TaskState`, a ``scarls_interfaces/TaskState`` message, or None
             (no cube marker, e.g. on a real robot).
         cube_size: cube edge length (m).
+        layout: the simulated robot's layout (default sim_dual6; 7-DoF arms are drawn too).
 
     Raises:
-        VizError: ``q`` is not 14 finite values, or ``task`` cannot be read.
+        VizError: ``q`` is not the layout's number of finite values, or ``task`` cannot be read.
     """
+    lay = layout if layout is not None else DEFAULT_LAYOUT
     q = np.asarray(q, dtype=np.float64)
-    if q.shape != (NUM_JOINTS,):
-        raise VizError(f'q must have shape ({NUM_JOINTS},), got {q.shape}')
+    if q.shape != (lay.num_joints,):
+        raise VizError(f'q must have shape ({lay.num_joints},), got {q.shape}')
     if not np.all(np.isfinite(q)):
         raise VizError('q has NaN/inf values; cannot draw the arms')
     state = _task_state(task)
@@ -202,19 +211,19 @@ def robot_markers(
     )
     markers = [_at(table, (0.0, 0.0, -0.5 * _TABLE_THICKNESS))]
     for idx, arm in enumerate(ARMS):
-        points, _, tool = _KINEMATICS[arm].frames(q[ARM_SLICES[arm]])
+        points, _, tool = _kinematics(arm, lay.dof).frames(q[lay.arm_slices[arm]])
         ax, ay = tool[:, 0], tool[:, 1]
-        tip = points[6]
+        tip = points[-1]
         knuckle = tip - ax * _KNUCKLE_BACK
-        half = 0.5 * GRIPPER_STROKE * min(max(float(q[GRIPPER_INDEX[arm]]), 0.0), 1.0)
+        half = 0.5 * GRIPPER_STROKE * min(max(float(q[lay.gripper_index[arm]]), 0.0), 1.0)
         fingertip = tip + ax * _TIP_AHEAD
 
         chain = _marker('arm', idx, Marker.LINE_STRIP, stamp, frame_id, arm_rgba,
                         (_ARM_WIDTH, 0.0, 0.0))
-        chain.points = _points(np.vstack((points[:5], knuckle)))
+        chain.points = _points(np.vstack((points[:-2], knuckle)))
         joints = _marker('joints', idx, Marker.SPHERE_LIST, stamp, frame_id, _JOINT_COLOR,
                          (_JOINT_DIAMETER,) * 3)
-        joints.points = _points(points[:5])
+        joints.points = _points(points[:-2])
         fingers = _marker('gripper', idx, Marker.LINE_STRIP, stamp, frame_id, _FINGER_COLOR,
                           (_FINGER_WIDTH, 0.0, 0.0))
         fingers.points = _points(np.stack((

@@ -119,6 +119,8 @@ class AlignerConfig:
     buffer_seconds: float = 5.0
     cameras: tuple[str, ...] = ('top', 'left', 'right')
     writer_options: dict[str, Any] = field(default_factory=dict)
+    #: Recorded in every episode's meta ``extra`` (e.g. ``{'robot': {name, hash, ...}}``).
+    extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
 class StepAligner:
@@ -327,6 +329,7 @@ class StepAligner:
         dropped = episode.dropped + max(0, steps - episode.steps_seen)
         try:
             ref = episode.writer.finalize(outcome, int(episode.model_version), extra={
+                **self.config.extra_meta,
                 'actor_episode_id': episode.actor_episode_id,
                 'dropped_steps': dropped})
         except Exception as exc:  # noqa: BLE001 - StorageError (disk full...): nothing visible

@@ -40,6 +40,7 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from scarls.checkpoints.transfer import ChunkServer
+from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
@@ -82,8 +83,12 @@ class SchedulerNode(LifecycleNode):
         declare(self, 'image_codec', 'lz4', 'Image codec of new episodes (lz4 lossless, jpeg...)')
         declare(self, 'match_timeout_s', 2.0, "Wait this long for a step's frames")
         declare(self, 'buffer_seconds', 5.0, 'Seconds of camera frames kept for matching')
-        declare(self, 'fps', 30.0, 'Control rate recorded in the metadata')
-        declare(self, 'cameras', ['top', 'left', 'right'], 'Camera names', string_array=True)
+        declare(self, 'robot', DEFAULT_ROBOT,
+                'Robot description: a built-in name (config/robots) or a YAML file',
+                read_only=True)
+        declare(self, 'fps', 0.0, "Control rate recorded in the metadata (0 = the robot's)")
+        declare(self, 'cameras', [''], "Camera names ([''] = the robot's cameras)",
+                string_array=True)
         declare(self, 'train_interval_s', 10.0, 'T_interval: minimum seconds between triggers')
         declare(self, 'min_train_steps', 10, 'Quality check: shortest episode worth training on')
         declare(self, 'max_dropped_fraction', 0.05, 'Quality check: most dropped steps allowed')
@@ -99,9 +104,14 @@ class SchedulerNode(LifecycleNode):
         self._task = str(p('task').value)
         self._ecu = str(p('ecu_id').value)
         self._codec = str(p('image_codec').value)
-        self._fps = float(p('fps').value)
+        try:
+            self._robot = load_robot(p('robot').value)
+        except RobotDescriptionError as exc:
+            self.get_logger().error(f'robot description: {exc}')
+            return FAILURE
+        self._fps = float(p('fps').value) or self._robot.control_rate_hz
         self._timeout = float(p('match_timeout_s').value)
-        self._cameras = tuple(p('cameras').value)
+        self._cameras = tuple(c for c in p('cameras').value if c) or self._robot.camera_names
         try:
             (self._root / self._task).mkdir(parents=True, exist_ok=True)
             probe = self._root / self._task / f'.write-test-{os.getpid()}'
@@ -116,7 +126,8 @@ class SchedulerNode(LifecycleNode):
             AlignerConfig(root=self._root, task=self._task, ecu_id=self._ecu, codec=self._codec,
                           fps=self._fps, match_timeout_s=self._timeout,
                           buffer_seconds=float(p('buffer_seconds').value),
-                          cameras=self._cameras),
+                          cameras=self._cameras,
+                          extra_meta={'robot': self._robot.identity}),
             decode_image=msg_to_image, log=_NodeLog(self.get_logger()),
             on_saved=self._on_saved)
         self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
@@ -143,7 +154,7 @@ class SchedulerNode(LifecycleNode):
         self._subs = [
             self.create_subscription(CheckpointInfo, 'learner/checkpoint',
                                      self._on_learner_checkpoint, qos.STATE),
-            *[self.create_subscription(Image, f'camera/{c}/image_raw',
+            *[self.create_subscription(Image, self._camera_topic(c),
                                        lambda m, c=c: self._aligner.add_frame(c, m),
                                        qos.CAMERA_RECORD)
               for c in self._cameras],
@@ -153,6 +164,12 @@ class SchedulerNode(LifecycleNode):
         self.get_logger().info(f'configured: recording {self._task!r} into {self._root} '
                                f'(codec {self._codec})')
         return SUCCESS
+
+    def _camera_topic(self, camera: str) -> str:
+        try:
+            return self._robot.camera(camera).topic_name
+        except RobotDescriptionError:
+            return f'camera/{camera}/image_raw'
 
     def on_activate(self, state):
         self._trigger_timer = self.create_timer(1.0, self._poll_trigger)

@@ -29,6 +29,8 @@ from scarls.sim.world import (
     TABLE_HALF,
     UPPER,
     DualArmSim,
+    SimLayout,
+    sim_layout,
 )
 
 __all__ = [
@@ -51,8 +53,10 @@ __all__ = [
     'SimConfig',
     'SimConfigError',
     'SimError',
+    'SimLayout',
     'TaskState',
     'TaskStateError',
     'UnknownCameraError',
     'dls_step',
+    'sim_layout',
 ]

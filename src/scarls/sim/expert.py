@@ -22,13 +22,10 @@ from scarls.sim.config import SimCommandError, SimConfig
 from scarls.sim.kinematics import ArmKinematics, dls_step
 from scarls.sim.task import ARMS, TaskState
 from scarls.sim.world import (
-    ARM_SLICES,
     BASE_POSITIONS,
     BASE_YAWS,
-    GRIPPER_INDEX,
-    HOME,
-    LOWER,
-    UPPER,
+    DEFAULT_LAYOUT,
+    SimLayout,
     gripper_thresholds,
 )
 
@@ -70,7 +67,11 @@ class ExpertPlan:
 
 
 class ScriptedExpert:
-    """Scripted pick-cube expert; ``action(q, task)`` -> absolute joint targets (14,)."""
+    """Scripted pick-cube expert; ``action(q, task)`` -> absolute joint targets (n,).
+
+    ``layout`` is the simulated robot's (default ``sim_dual6``); with 7-DoF arms the redundant
+    upper-arm roll is kept near its home value through the IK's null space.
+    """
 
     def __init__(
         self,
@@ -78,25 +79,35 @@ class ScriptedExpert:
         pregrasp_height: float = 0.08,
         close_distance: float = 0.012,
         max_speed: float = 0.12,
+        layout: SimLayout | None = None,
     ) -> None:
         self.config = sim_config if sim_config is not None else SimConfig()
+        self.layout = lay = layout if layout is not None else DEFAULT_LAYOUT
+        self._n = lay.num_joints
+        self._slices = lay.arm_slices
+        self._grip = lay.gripper_index
+        self._home = lay.home
+        self._lower = lay.lower
+        self._upper = lay.upper
         self.pregrasp_height = float(pregrasp_height)
         self.max_speed = float(max_speed)
         self.close_distance = min(float(close_distance), 0.75 * self.config.grasp_radius)
         self.arms = {
-            arm: ArmKinematics(np.array(BASE_POSITIONS[arm]), BASE_YAWS[arm]) for arm in ARMS
+            arm: ArmKinematics(np.array(BASE_POSITIONS[arm]), BASE_YAWS[arm], lay.dof)
+            for arm in ARMS
         }
         self._contact, _, _ = gripper_thresholds(self.config.cube_size)
-        vel = np.full(14, self.config.max_joint_velocity)
-        vel[[6, 13]] = self.config.max_gripper_velocity
+        vel = np.full(self._n, self.config.max_joint_velocity)
+        vel[list(self._grip.values())] = self.config.max_gripper_velocity
         self._max_step = vel * self.config.dt
         self._half = self.config.cube_size / 2.0
         self._lift_to = self._half + self.config.lift_success_height + 0.04
 
     def _check(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=np.float64)
-        if q.shape != (14,) or not np.all(np.isfinite(q)):
-            raise SimCommandError(f'q must be a finite (14,) joint vector, got shape {q.shape}')
+        if q.shape != (self._n,) or not np.all(np.isfinite(q)):
+            raise SimCommandError(
+                f'q must be a finite ({self._n},) joint vector, got shape {q.shape}')
         return q
 
     def plan(self, q: np.ndarray, task: TaskState) -> ExpertPlan:
@@ -107,15 +118,15 @@ class ScriptedExpert:
         cube = task.cube
         if task.grasped:
             arm = task.holding_arm
-            tip = self.arms[arm].grasp_point(q[ARM_SLICES[arm]])
+            tip = self.arms[arm].grasp_point(q[self._slices[arm]])
             target = tip.copy()
             target[2] += self._lift_to - cube[2]
             phase = 'hold' if task.success else 'lift'
             return ExpertPlan(phase, arm, target, 0.0)
         arm = 'left' if cube[0] < 0.0 else 'right'
-        qa = q[ARM_SLICES[arm]]
-        grip = float(q[GRIPPER_INDEX[arm]])
-        if abs(qa[5]) > _WRIST_TOLERANCE or abs(qa[4] - qa[0]) > _WRIST_TOLERANCE:
+        qa = q[self._slices[arm]]
+        grip = float(q[self._grip[arm]])
+        if self._contorted(qa, arm):
             # contorted wrist (e.g. after a human took over): straighten out in joint space.
             return ExpertPlan('recover', arm, None, 1.0)
         tip = self.arms[arm].grasp_point(qa)
@@ -135,6 +146,16 @@ class ScriptedExpert:
         target = cube + np.array([0.0, 0.0, self.pregrasp_height])
         return ExpertPlan('approach', arm, target, 1.0)
 
+    def _contorted(self, qa: np.ndarray, arm: str) -> bool:
+        # wrist yaw (last joint) near 0, wrist roll (second to last) near the base yaw, and the
+        # 7-DoF arm's upper-arm roll near its home value.
+        if abs(qa[-1]) > _WRIST_TOLERANCE or abs(qa[-2] - qa[0]) > _WRIST_TOLERANCE:
+            return True
+        if self.layout.dof == 7:
+            roll_home = self._home[self._slices[arm]][2]
+            return abs(qa[2] - roll_home) > _WRIST_TOLERANCE
+        return False
+
     def progress(self, q: np.ndarray, task: TaskState) -> float:
         """A task-progress measure that grows towards success (0 .. 4), from the state only.
 
@@ -150,7 +171,7 @@ class ScriptedExpert:
             return 3.0 + float(np.clip(frac, 0.0, 1.0))
         cube = task.cube
         arm = 'left' if cube[0] < 0.0 else 'right'
-        tip = self.arms[arm].grasp_point(q[ARM_SLICES[arm]])
+        tip = self.arms[arm].grasp_point(q[self._slices[arm]])
         dist = float(np.linalg.norm(tip - cube))
         return 2.5 * (1.0 - float(np.clip(dist / 0.4, 0.0, 1.0)))
 
@@ -164,25 +185,27 @@ class ScriptedExpert:
         return plan.arm, None if plan.target is None else plan.target.copy()
 
     def action(self, q: np.ndarray, task: TaskState) -> np.ndarray:
-        """Absolute joint targets (14,) for the next tick (velocity- and limit-respecting)."""
+        """Absolute joint targets (n,) for the next tick (velocity- and limit-respecting)."""
         q = self._check(q)
         plan = self.plan(q, task)
-        step = np.clip(HOME - q, -self._max_step, self._max_step)
+        step = np.clip(self._home - q, -self._max_step, self._max_step)
         if plan.phase == 'recover':
-            gi = GRIPPER_INDEX[plan.arm]
+            gi = self._grip[plan.arm]
             step[gi] = np.clip(1.0 - q[gi], -self._max_step[gi], self._max_step[gi])
         elif plan.arm:
-            sl = ARM_SLICES[plan.arm]
+            sl = self._slices[plan.arm]
             dq = dls_step(
                 self.arms[plan.arm],
                 q[sl],
                 plan.target,
                 _DOWN,
                 max_step=self.max_speed * self.config.dt,
+                rest=self._home[sl] if self.layout.dof > 6 else None,
+                rest_gain=0.2,
             )
             # scale (not clip per joint) so the Cartesian direction is kept.
             ratio = float(np.max(np.abs(dq) / self._max_step[sl]))
             step[sl] = dq / ratio if ratio > 1.0 else dq
-            gi = GRIPPER_INDEX[plan.arm]
+            gi = self._grip[plan.arm]
             step[gi] = np.clip(plan.gripper - q[gi], -self._max_step[gi], self._max_step[gi])
-        return np.clip(q + step, LOWER, UPPER)
+        return np.clip(q + step, self._lower, self._upper)

@@ -133,7 +133,7 @@ class SceneRenderer:
             name: camera name.
             cube: cube centre (3,).
             cube_on_table: draw the cube's shadow (the cube is over the table).
-            arms: arm name -> (joint points (7, 3), tool rotation (3, 3), gripper 0..1).
+            arms: arm name -> (joint points (dof + 1, 3), tool rotation (3, 3), gripper 0..1).
         """
         self.camera(name)  # validate first
         chains = []
@@ -141,9 +141,9 @@ class SceneRenderer:
         for points, tool, grip in arms.values():
             ax, ay = tool[:, 0], tool[:, 1]
             spread = 0.006 + 0.034 * float(np.clip(grip, 0.0, 1.0))
-            knuckle = points[5] + ax * 0.035
-            tip = points[6] + ax * 0.012
-            chains.append(np.vstack((points[:6], knuckle[None, :])))
+            knuckle = points[-2] + ax * 0.035
+            tip = points[-1] + ax * 0.012
+            chains.append(np.vstack((points[:-1], knuckle[None, :])))
             # finger U shape: tip+, knuckle+, knuckle-, tip-
             hands.append(
                 np.stack(
@@ -171,9 +171,10 @@ class SceneRenderer:
         cv2.fillConvexPoly(img, cv2.convexHull(corners), _CUBE_SIDE)
         cv2.fillConvexPoly(img, cv2.convexHull(corners[4:8]), _CUBE_TOP)
         at = 16
-        for arm_name in arms:
-            cv2.polylines(img, [px[at : at + 7]], False, _ARM[arm_name], self._link_px)
-            at += 7
+        for arm_name, chain in zip(arms, chains, strict=True):
+            n = len(chain)
+            cv2.polylines(img, [px[at : at + n]], False, _ARM[arm_name], self._link_px)
+            at += n
         for _ in arms:
             cv2.polylines(img, [px[at : at + 4]], False, _FINGER, self._finger_px)
             at += 4

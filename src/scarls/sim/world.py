@@ -1,7 +1,8 @@
-"""Kinematic dual-arm world: two 6-DoF arms with parallel grippers, a table and a cube.
+"""Kinematic dual-arm world: two 6-DoF (or 7-DoF) arms with parallel grippers, a table and a cube.
 
-Joint vector (14,): ``[left_joint1..6, left_gripper, right_joint1..6, right_gripper]``; arm
-joints in radians, grippers normalised ``0 = closed .. 1 = open``.
+Joint vector, in the robot description's order (:class:`SimLayout`): ``[left arm joints,
+left_gripper, right arm joints, right_gripper]``, (14,) for the default ``sim_dual6`` and (16,) for
+``sim_dual7``; arm joints in radians, grippers normalised ``0 = closed .. 1 = open``.
 
 Physics is kinematic: joints move towards their targets at bounded speed; a gripper that closes
 onto the cube (fingers reach the cube width while the grasp centre is within
@@ -13,11 +14,12 @@ off the table (and is not held) fails the task.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
-from scarls.sim.config import SimCommandError, SimConfig
-from scarls.sim.kinematics import ArmKinematics
+from scarls.sim.config import SimCommandError, SimConfig, SimConfigError
+from scarls.sim.kinematics import SUPPORTED_DOF, ArmKinematics
 from scarls.sim.render import CAMERA_NAMES, SceneRenderer
 from scarls.sim.task import ARMS, TaskState
 
@@ -33,7 +35,9 @@ __all__ = [
     'TABLE_HALF',
     'UPPER',
     'DualArmSim',
+    'SimLayout',
     'gripper_thresholds',
+    'sim_layout',
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +73,63 @@ BASE_YAWS = {'left': 0.0, 'right': np.pi}
 GRIPPER_STROKE = 0.08
 
 
+@dataclass(frozen=True, eq=False)
+class SimLayout:
+    """The simulated robot's joint vector: names, per-arm slices and gripper indices, limits.
+
+    Built from a robot description by :func:`sim_layout`; :data:`DEFAULT_LAYOUT` is ``sim_dual6``.
+    """
+
+    dof: int
+    joint_names: tuple[str, ...]
+    arm_slices: dict[str, slice]
+    gripper_index: dict[str, int]
+    home: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    max_velocity: np.ndarray
+    robot_name: str = 'sim_dual6'
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joint_names)
+
+
+def sim_layout(robot=None) -> SimLayout:
+    """The layout of ``robot`` (a :class:`scarls.robot.RobotDescription`, a name, or None for
+    ``sim_dual6``); the simulator needs arms ``left`` and ``right`` of 6 or 7 joints, each with
+    a gripper.
+
+    Raises:
+        SimConfigError: the description is not one the simulator can model.
+    """
+    from scarls.robot import RobotDescriptionError, load_robot
+
+    try:
+        robot = load_robot(robot)
+    except RobotDescriptionError as exc:
+        raise SimConfigError(str(exc)) from exc
+    if robot.arm_names != ARMS:
+        raise SimConfigError(f'the simulator models two arms {list(ARMS)}; robot {robot.name!r} '
+                             f'has {list(robot.arm_names)}')
+    dofs = {a.dof for a in robot.arms}
+    if len(dofs) != 1 or next(iter(dofs)) not in SUPPORTED_DOF:
+        raise SimConfigError(f'the simulator models two arms of the same DoF in '
+                             f'{list(SUPPORTED_DOF)}; robot {robot.name!r} has {sorted(dofs)}')
+    if any(a.gripper is None for a in robot.arms):
+        raise SimConfigError(f'the simulator needs a gripper on each arm; robot {robot.name!r} '
+                             'has an arm without one')
+    arrays = []
+    for arr in (robot.home, robot.lower, robot.upper, robot.max_velocity):
+        a = np.array(arr, dtype=np.float64)
+        a.setflags(write=False)
+        arrays.append(a)
+    return SimLayout(next(iter(dofs)), robot.joint_names,
+                     {a: robot.arm_slice(a) for a in ARMS},
+                     {a: int(robot.gripper_index(a)) for a in ARMS}, *arrays,
+                     robot_name=robot.name)
+
+
 def gripper_thresholds(cube_size: float) -> tuple[float, float, float]:
     """Gripper values ``(contact, hold, release)`` for a cube of edge ``cube_size``.
 
@@ -79,36 +140,49 @@ def gripper_thresholds(cube_size: float) -> tuple[float, float, float]:
     return contact, max(0.0, contact - 0.05), min(1.0, contact + 0.1)
 
 
+DEFAULT_LAYOUT = SimLayout(
+    6, JOINT_NAMES, ARM_SLICES, GRIPPER_INDEX, HOME, LOWER, UPPER,
+    np.array([1.5] * 6 + [2.0] + [1.5] * 6 + [2.0]))
+
 _FINGER_RADIUS = 0.01
 _FLOOR_Z = -0.5
 
 
 class DualArmSim:
-    """The simulated dual-arm robot and its 'pick_cube' scene (deterministic given seeds)."""
+    """The simulated dual-arm robot and its 'pick_cube' scene (deterministic given seeds).
 
-    JOINT_NAMES: tuple[str, ...] = JOINT_NAMES
+    ``layout`` (default ``sim_dual6``; see :func:`sim_layout`) sets the arms' DoF, joint names,
+    home pose and position limits; the speed limits come from ``config``.
+    """
+
     CAMERA_NAMES: tuple[str, ...] = CAMERA_NAMES
-    HOME: np.ndarray = HOME
 
-    def __init__(self, config: SimConfig | None = None) -> None:
+    def __init__(self, config: SimConfig | None = None, layout: SimLayout | None = None) -> None:
         self.config = config if config is not None else SimConfig()
         cfg = self.config
-        self.lower = LOWER
-        self.upper = UPPER
-        vel = np.full(14, cfg.max_joint_velocity)
-        vel[[6, 13]] = cfg.max_gripper_velocity
+        self.layout = lay = layout if layout is not None else DEFAULT_LAYOUT
+        self.JOINT_NAMES = lay.joint_names
+        self.HOME = lay.home
+        self._n = lay.num_joints
+        self._arm_slices = lay.arm_slices
+        self._grip = lay.gripper_index
+        self.lower = lay.lower
+        self.upper = lay.upper
+        vel = np.full(self._n, cfg.max_joint_velocity)
+        vel[list(self._grip.values())] = cfg.max_gripper_velocity
         vel.setflags(write=False)
         self.max_velocity = vel
         self._max_step = vel * cfg.dt
         self.arms = {
-            arm: ArmKinematics(np.array(BASE_POSITIONS[arm]), BASE_YAWS[arm]) for arm in ARMS
+            arm: ArmKinematics(np.array(BASE_POSITIONS[arm]), BASE_YAWS[arm], lay.dof)
+            for arm in ARMS
         }
         self._half = cfg.cube_size / 2.0
         self._contact, self._hold, self._release = gripper_thresholds(cfg.cube_size)
         self._renderer = SceneRenderer(cfg.height, cfg.width, TABLE_HALF, cfg.cube_size)
         self._rng = np.random.default_rng(cfg.seed)
-        self._q = HOME.copy()
-        self._qd = np.zeros(14)
+        self._q = self.HOME.copy()
+        self._qd = np.zeros(self._n)
         self._cube = np.zeros(3)
         self._holder = ''
         self._offset = np.zeros(3)
@@ -124,11 +198,11 @@ class DualArmSim:
         return self._steps * self.config.dt
 
     def joint_positions(self) -> np.ndarray:
-        """Current joints (14,) float64 (a copy)."""
+        """Current joints (n,) float64 (a copy)."""
         return self._q.copy()
 
     def joint_velocities(self) -> np.ndarray:
-        """Joint velocities (14,) over the last tick (a copy)."""
+        """Joint velocities (n,) over the last tick (a copy)."""
         return self._qd.copy()
 
     def cube_position(self) -> np.ndarray:
@@ -137,7 +211,7 @@ class DualArmSim:
 
     def grasp_point(self, arm: str) -> np.ndarray:
         """World position (3,) of ``arm``'s grasp centre."""
-        return self._frames()[arm][0][6].copy()
+        return self._frames()[arm][0][-1].copy()
 
     def task_state(self) -> TaskState:
         """Privileged task state of the current tick."""
@@ -155,7 +229,7 @@ class DualArmSim:
 
     # --------------------------------------------------------------- dynamics
     def reset(self, seed: int | None = None) -> None:
-        """Arms to :data:`HOME`, a new random cube position; ``seed`` reseeds the scene RNG."""
+        """Arms to the home pose, a new random cube position; ``seed`` reseeds the scene RNG."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         cfg = self.config
@@ -163,8 +237,8 @@ class DualArmSim:
         x = side * self._rng.uniform(*cfg.spawn_x)
         y = self._rng.uniform(*cfg.spawn_y)
         self._cube = np.array([x, y, self._half])
-        self._q = HOME.copy()
-        self._qd = np.zeros(14)
+        self._q = self.HOME.copy()
+        self._qd = np.zeros(self._n)
         self._holder = ''
         self._offset = np.zeros(3)
         self._failed = False
@@ -173,7 +247,7 @@ class DualArmSim:
         logger.debug('sim reset: cube at %s', self._cube)
 
     def step(self, q_target: np.ndarray) -> None:
-        """Advance one ``dt`` moving the joints towards ``q_target`` (14,) at bounded speed.
+        """Advance one ``dt`` moving the joints towards ``q_target`` (n,) at bounded speed.
 
         Targets outside the joint limits are clamped.
 
@@ -181,19 +255,19 @@ class DualArmSim:
             SimCommandError: wrong shape or non-finite values.
         """
         target = np.asarray(q_target, dtype=np.float64)
-        if target.shape != (14,):
+        if target.shape != (self._n,):
             raise SimCommandError(
-                f'q_target must have shape (14,) in the order {list(JOINT_NAMES)}, '
+                f'q_target must have shape ({self._n},) in the order {list(self.JOINT_NAMES)}, '
                 f'got shape {target.shape}'
             )
         if not np.all(np.isfinite(target)):
-            bad = [JOINT_NAMES[i] for i in np.flatnonzero(~np.isfinite(target))]
+            bad = [self.JOINT_NAMES[i] for i in np.flatnonzero(~np.isfinite(target))]
             raise SimCommandError(f'q_target has NaN/inf for {bad}; send finite radians')
-        target = np.clip(target, LOWER, UPPER)
+        target = np.clip(target, self.lower, self.upper)
         prev = self._q
         q = prev + np.clip(target - prev, -self._max_step, self._max_step)
         if self._holder:
-            gi = GRIPPER_INDEX[self._holder]
+            gi = self._grip[self._holder]
             q[gi] = max(q[gi], self._hold)
         self._q = q
         self._frames_cache = None
@@ -210,8 +284,8 @@ class DualArmSim:
         frames: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     ) -> None:
         if self._holder:
-            gi = GRIPPER_INDEX[self._holder]
-            tip = frames[self._holder][0][6]
+            gi = self._grip[self._holder]
+            tip = frames[self._holder][0][-1]
             if q[gi] > self._release:
                 logger.debug('%s gripper released the cube', self._holder)
                 self._holder = ''
@@ -222,8 +296,8 @@ class DualArmSim:
             self._cube[2] = max(self._cube[2], self._half)
             return
         for arm in ARMS:
-            gi = GRIPPER_INDEX[arm]
-            tip = frames[arm][0][6]
+            gi = self._grip[arm]
+            tip = frames[arm][0][-1]
             if (
                 prev[gi] >= self._contact > q[gi]
                 and np.linalg.norm(tip - self._cube) < self.config.grasp_radius
@@ -234,8 +308,8 @@ class DualArmSim:
                 logger.debug('%s gripper grasped the cube', arm)
                 return
         for arm in ARMS:
-            if q[GRIPPER_INDEX[arm]] < self._contact:
-                self._push(frames[arm][0][6])
+            if q[self._grip[arm]] < self._contact:
+                self._push(frames[arm][0][-1])
         self._check_on_table()
 
     def _push(self, tip: np.ndarray) -> None:
@@ -258,7 +332,7 @@ class DualArmSim:
     def _frames(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if self._frames_cache is None:
             self._frames_cache = {
-                arm: self.arms[arm].frames(self._q[ARM_SLICES[arm]]) for arm in ARMS
+                arm: self.arms[arm].frames(self._q[self._arm_slices[arm]]) for arm in ARMS
             }
         return self._frames_cache
 
@@ -271,7 +345,7 @@ class DualArmSim:
         """
         frames = self._frames()
         arms = {
-            arm: (frames[arm][0], frames[arm][2], float(self._q[GRIPPER_INDEX[arm]]))
+            arm: (frames[arm][0], frames[arm][2], float(self._q[self._grip[arm]]))
             for arm in ARMS
         }
         return self._renderer.render(camera, self._cube, not self._failed, arms)

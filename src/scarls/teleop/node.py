@@ -32,7 +32,7 @@ from scarls_interfaces.msg import ActorState, ActorStep, OperatorSignal, TaskSta
 from sensor_msgs.msg import JointState
 from visualization_msgs.msg import Marker
 
-from scarls.robot import JOINT_NAMES
+from scarls.robot import DEFAULT_ROBOT, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_positions
 from scarls.ros.node_utils import declare, run_node
@@ -71,9 +71,15 @@ class TeleopNode(Node):
         declare(self, 'min_takeover_ticks', 10, 'Minimum ticks of a takeover')
         declare(self, 'fail_margin_steps', 60, 'Take over when this few steps remain')
         declare(self, 'start_delay_s', 0.5, 'Pause in IDLE before the next START')
-        declare(self, 'image_height', 96, 'Sim camera height (must match the driver)')
-        declare(self, 'image_width', 128, 'Sim camera width (must match the driver)')
+        declare(self, 'robot', DEFAULT_ROBOT,
+                'Robot description: a built-in name (config/robots) or a YAML file',
+                read_only=True)
+        declare(self, 'image_height', 0, 'Sim camera height (unused by the expert; kept for '
+                'the shared ECU parameters)')
+        declare(self, 'image_width', 0, 'Sim camera width (see image_height)')
         declare(self, 'leader_topic', 'leader/joint_states', 'Leader arm joint states (leader)')
+        self._robot = load_robot(self.get_parameter('robot').value)
+        self._joints = self._robot.joint_names
         self.source = str(self.get_parameter('source').value)
         if self.source not in ('scripted', 'keyboard', 'leader'):
             raise ValueError(f'unknown teleop source {self.source!r}: use scripted, keyboard '
@@ -112,7 +118,7 @@ class TeleopNode(Node):
 
     def _on_js(self, msg: JointState) -> None:
         try:
-            self._q = msg_to_positions(msg, JOINT_NAMES)
+            self._q = msg_to_positions(msg, self._joints)
         except MessageError:
             return
         self._q_stamp = msg.header.stamp
@@ -139,13 +145,13 @@ class TeleopNode(Node):
 
     # -- scripted expert (HG-DAgger) -------------------------------------------------------
     def _setup_scripted(self) -> None:
-        from scarls.sim import ScriptedExpert, SimConfig
+        from scarls.sim import ScriptedExpert, SimConfig, sim_layout
         from scarls.sim import TaskState as SimTaskState
         p = self.get_parameter
         self._sim_task_state = SimTaskState
-        self._expert = ScriptedExpert(SimConfig(
-            height=int(p('image_height').value), width=int(p('image_width').value),
-            task=str(p('task').value)))
+        self._expert = ScriptedExpert(
+            SimConfig(task=str(p('task').value), dt=1.0 / self._robot.control_rate_hz),
+            layout=sim_layout(self._robot))
         self._gate = InterventionGate(GateConfig(
             deviation_threshold=float(p('deviation_threshold').value),
             deviation_ticks=int(p('deviation_ticks').value),
@@ -217,7 +223,7 @@ class TeleopNode(Node):
         self._publish_target(task, phase == 'HUMANINTERVENTION')
         # stamped with the state it answers, so the actor records this command with that
         # observation (an HG-DAgger label is the expert's answer to what the policy saw)
-        self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, expert, self._q_stamp))
+        self._pub_cmd.publish(joint_state_to_msg(self._joints, expert, self._q_stamp))
         step = self._step
         steps_done = step.step + 1 if step is not None and step.episode_id == self._episode_id \
             else 0
@@ -244,11 +250,11 @@ class TeleopNode(Node):
     # -- leader / keyboard -----------------------------------------------------------------
     def _on_leader(self, msg: JointState) -> None:
         try:
-            q = msg_to_positions(msg, JOINT_NAMES)
+            q = msg_to_positions(msg, self._joints)
         except MessageError as exc:
             self.get_logger().warning(f'leader command dropped: {exc}', throttle_duration_sec=2.0)
             return
-        self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, q, self.get_clock().now().to_msg()))
+        self._pub_cmd.publish(joint_state_to_msg(self._joints, q, self.get_clock().now().to_msg()))
 
     def _start_keyboard(self) -> None:
         if not sys.stdin or not sys.stdin.isatty():
@@ -261,7 +267,7 @@ class TeleopNode(Node):
 
     def _hold_command(self) -> None:
         if self._q is not None and self._phase == 'HUMANINTERVENTION':
-            self._pub_cmd.publish(joint_state_to_msg(JOINT_NAMES, self._q,
+            self._pub_cmd.publish(joint_state_to_msg(self._joints, self._q,
                                                      self.get_clock().now().to_msg()))
 
     def _read_keys(self) -> None:
