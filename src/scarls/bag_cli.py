@@ -114,7 +114,8 @@ def _add_commands(sub: Any) -> None:
     tz.add_argument('--task', default='pick_cube', help='task (default pick_cube)')
     tz.add_argument('--namespace', default=None, help='ECU namespace (default: found in bag)')
     tz.add_argument('--ecu-id', default=None, help='ECU id in the meta (default: namespace)')
-    tz.add_argument('--cameras', default='top,left,right', help='comma-separated cameras')
+    tz.add_argument('--cameras', default='',
+                    help='comma-separated cameras (default: every camera the bag recorded)')
     tz.add_argument('--image-codec', default='lz4', help='image codec (default lz4)')
     tz.add_argument('--match-timeout', type=float, default=2.0,
                     help="the scheduler's match_timeout_s (default 2.0)")
@@ -228,7 +229,7 @@ def _cmd_repair(args: argparse.Namespace) -> int:
 
 def _cmd_to_zarr(args: argparse.Namespace) -> int:
     from scarls.bags.convert import bag_to_episodes
-    cameras = tuple(c.strip() for c in args.cameras.split(',') if c.strip())
+    cameras = tuple(c.strip() for c in args.cameras.split(',') if c.strip()) or None
     rep = bag_to_episodes(args.bag, args.data_root, task=args.task, ecu_id=args.ecu_id,
                           namespace=args.namespace, codec=args.image_codec, cameras=cameras,
                           match_timeout_s=args.match_timeout, fsync=not args.no_fsync)

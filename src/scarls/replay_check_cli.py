@@ -368,13 +368,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _episodes_from_bag(bag: str, root: Path, task: str) -> Path:
-    from scarls.bags.convert import CAMERAS, bag_to_episodes, camera_topic, find_namespace
+    from scarls.bags.convert import CAMERAS, bag_cameras, bag_to_episodes, find_namespace
     from scarls.bags.errors import BagError
     from scarls.bags.io import BagReader
     try:
         with BagReader(bag) as reader:   # rebuild with the cameras the bag has
             ns = find_namespace(list(reader.topics))
-            cameras = tuple(c for c in CAMERAS if camera_topic(ns, c) in reader.topics)
+            cameras = bag_cameras(reader.topics, ns)
         report = bag_to_episodes(bag, root, task=task, fsync=False,
                                  cameras=cameras or CAMERAS)
     except (BagError, OSError, ValueError) as exc:

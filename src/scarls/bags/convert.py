@@ -56,6 +56,16 @@ def camera_topic(ns: str, camera: str) -> str:
     return f'{ns}/camera/{camera}/image_raw'
 
 
+def bag_cameras(topics, ns: str) -> tuple[str, ...]:
+    """The cameras recorded for namespace ``ns`` (``<ns>/camera/<name>/image_raw`` topics), in
+    the default robot's order first, then by name."""
+    prefix, suffix = f'{ns}/camera/', '/image_raw'
+    names = {t[len(prefix):-len(suffix)] for t in topics
+             if t.startswith(prefix) and t.endswith(suffix) and '/' not in
+             t[len(prefix):-len(suffix)]}
+    return tuple([c for c in CAMERAS if c in names] + sorted(names - set(CAMERAS)))
+
+
 def find_namespace(topics: list[str]) -> str:
     """The ECU namespace of a bag: the prefix of its actor/step topic."""
     found = sorted({t[:-len('/actor/step')] for t in topics if t.endswith('/actor/step')})
@@ -100,14 +110,17 @@ class _Log:
 def bag_to_episodes(bag: str | os.PathLike[str], data_root: str | os.PathLike[str], *,
                     task: str = 'pick_cube', ecu_id: str | None = None,
                     namespace: str | None = None, codec: str = 'lz4',
-                    cameras: tuple[str, ...] = CAMERAS, match_timeout_s: float = 2.0,
+                    cameras: tuple[str, ...] | None = None, match_timeout_s: float = 2.0,
                     buffer_seconds: float = 5.0, fps: float = 30.0,
                     fsync: bool = True) -> ConversionReport:
     """Rebuild the episodes of one ECU's bag under ``data_root/task`` (see the module doc).
-    The parameters are the scheduler's (same defaults)."""
+    The parameters are the scheduler's (same defaults); ``cameras`` default to the ones the bag
+    recorded for the namespace (whatever the robot had)."""
     with BagReader(bag) as reader:
         ns = find_namespace(list(reader.topics)) if namespace is None \
             else '/' + namespace.strip('/')
+        if not cameras:
+            cameras = bag_cameras(reader.topics, ns) or CAMERAS
         topics = {camera_topic(ns, c): c for c in cameras}
         step_topic, state_topic = f'{ns}/actor/step', f'{ns}/actor/state'
         missing = [t for t in (*topics, step_topic, state_topic) if t not in reader.topics]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 
+#: The default robot's cameras (sim_dual6), shown until an ECU's own camera topics are seen.
 CAMERAS = ('top', 'left', 'right')
 IDLE_S = 10.0
 """Unsubscribe an ECU's cameras when no page asked for a frame for this long."""
@@ -67,7 +68,18 @@ class FrameStore:
         self._jpeg: dict[tuple[str, str], tuple[int, bytes]] = {}
         self._seq = 0
         self._wanted: dict[str, float] = {}
+        self._cameras: dict[str, tuple[str, ...]] = {}
         self.encoded = 0
+
+    def set_cameras(self, ecu: str, cameras) -> None:
+        """The cameras an ECU publishes (discovered by the node)."""
+        with self._lock:
+            self._cameras[ecu] = tuple(cameras)
+
+    def known(self, ecu: str, camera: str) -> bool:
+        """``camera`` is one of the ECU's (the default robot's until its topics are seen)."""
+        with self._lock:
+            return camera in self._cameras.get(ecu, CAMERAS)
 
     def put(self, ecu: str, camera: str, raw: bytes) -> None:
         """From the subscription callback: keep only the bytes (cheap)."""

@@ -23,7 +23,7 @@ from rclpy.node import Node
 from rclpy.subscription_content_filter_options import ContentFilterOptions
 from sensor_msgs.msg import Image
 
-from scarls.dashboard.frames import CAMERAS, FrameStore
+from scarls.dashboard.frames import FrameStore
 from scarls.dashboard.server import DashboardServer
 from scarls.dashboard.state import FleetState
 from scarls.ros import qos
@@ -37,6 +37,10 @@ CAMERA_FILTER = ContentFilterOptions(
 """Frames stamped in the first 34 ms of each half second: ~2 per second and camera at 30 Hz
 (one 33 ms tick per window). DDS drops the others before Python sees them (Fast DDS filters on
 the writer's side where it can), so a page costs ~2 frames/s per camera, not 30."""
+
+
+_CAMERA_TOPIC_RE = re.compile(
+    r'^/([A-Za-z][A-Za-z0-9_]*)/camera/([A-Za-z][A-Za-z0-9_]*)/image_raw$')
 
 
 def stamp_s(header) -> float:
@@ -88,12 +92,30 @@ class DashboardNode(Node):
         ]
         self.get_logger().info(f'ECU {ecu_id} discovered')
 
+    def _discover_cameras(self) -> dict[str, list[str]]:
+        """ECU id -> the cameras it publishes (``/<ecu>/camera/<name>/image_raw`` topics of
+        type sensor_msgs/Image: whatever the ECU's robot description has)."""
+        found: dict[str, list[str]] = {}
+        for topic, types in self.get_topic_names_and_types():
+            m = _CAMERA_TOPIC_RE.match(topic)
+            if m and 'sensor_msgs/msg/Image' in types:
+                found.setdefault(m.group(1), []).append(m.group(2))
+        return found
+
     def _update_cameras(self) -> None:
         """Subscribe to the cameras of the ECUs a page shows; drop the others'."""
+        cameras = self._discover_cameras()
+        for ecu_id in self._ecu_subs:
+            if ecu_id in cameras:
+                self.state.set_cameras(ecu_id, cameras[ecu_id])
+                self.frames.set_cameras(ecu_id, cameras[ecu_id])
         wanted = {e for e in self.frames.wanted() if e in self._ecu_subs}
         for ecu_id in wanted - set(self._camera_subs):
+            names = cameras.get(ecu_id)
+            if not names:
+                continue   # none published yet: try again at the next update
             self._camera_subs[ecu_id] = [self._camera_subscription(ecu_id, cam)
-                                         for cam in CAMERAS]
+                                         for cam in names]
         for ecu_id in set(self._camera_subs) - wanted:
             for sub in self._camera_subs.pop(ecu_id):
                 self.destroy_subscription(sub)

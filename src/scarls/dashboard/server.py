@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from scarls.dashboard.frames import CAMERAS, FrameStore
+from scarls.dashboard.frames import FrameStore
 from scarls.dashboard.state import FleetState
 
 log = logging.getLogger('scarls.dashboard')
@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _camera(self, rest: str) -> None:
         ecu, _, name = rest.partition('/')
         camera = name.removesuffix('.jpg')
-        if camera not in CAMERAS or not ecu:
+        if not ecu or not self.server.frames.known(ecu, camera):
             self._send(HTTPStatus.NOT_FOUND, b'unknown camera\n', 'text/plain')
             return
         try:

@@ -125,6 +125,7 @@ class EcuState:
     ecu_id: str
     first_seen: float
     task: str = ''
+    cameras: tuple[str, ...] = ()    # discovered from the ECU's camera topics
     phase: str = 'UNKNOWN'
     phase_since: float | None = None
     episode_id: int = 0
@@ -187,6 +188,12 @@ class FleetState:
     def ecu_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._ecus)
+
+    def set_cameras(self, ecu_id: str, cameras) -> None:
+        """The camera names an ECU publishes (from the ROS graph)."""
+        with self._lock:
+            if ecu_id in self._ecus:
+                self._ecus[ecu_id].cameras = tuple(cameras)
 
     def discover(self, ecu_id: str) -> bool:
         """Note an ECU named by some message; True if it is new."""
@@ -400,7 +407,8 @@ class FleetState:
                 if learner is not None:
                     learner['age_s'] = now - e.learner_seen
                 ecus.append({
-                    'id': ecu_id, 'task': e.task, 'phase': e.phase, 'phase_since': e.phase_since,
+                    'id': ecu_id, 'task': e.task, 'cameras': list(e.cameras),
+                    'phase': e.phase, 'phase_since': e.phase_since,
                     'episode_id': e.episode_id, 'steps': e.steps,
                     'intervention_steps': e.intervention_steps, 'intervening': e.intervening,
                     'model_version': e.model_version, 'deployed_version': e.deployed_version,

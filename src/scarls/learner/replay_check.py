@@ -59,7 +59,6 @@ from scarls.learner.rollout import policy_cameras
 from scarls.learner.trainer import MASK_KEY, EpisodeData, build_batch
 from scarls.policies import ACTION_KEY, STATE_KEY, Policy
 from scarls.robot import (
-    JOINT_NAMES,
     LEFT_ARM,
     LEFT_GRIPPER,
     NUM_JOINTS,
@@ -585,7 +584,8 @@ class CellResult:
         if not self.per_joint_mse or not all(math.isfinite(v) for v in self.per_joint_mse):
             return None
         i = int(np.argmax(self.per_joint_mse))
-        names = JOINT_NAMES if len(self.per_joint_mse) == NUM_JOINTS else None
+        robot = _robot_of_width(len(self.per_joint_mse))
+        names = robot.joint_names if robot is not None else None
         return names[i] if names else f'joint{i}'
 
     @property
@@ -697,10 +697,27 @@ def _cells(frames: Mapping[str, _Frames], config: ReplayConfig, gate: ReplayGate
     return out
 
 
+def _robot_of_width(d: int):
+    """The robot layout used to name joints and groups of a ``d``-wide action: the default
+    robot for 14, the 7-DoF sim for 16 (both dual-arm layouts: per arm its joints then its
+    gripper), else None."""
+    from scarls.robot import RobotDescriptionError, load_robot
+
+    for name in ('sim_dual6', 'sim_dual7'):
+        try:
+            robot = load_robot(name)
+        except RobotDescriptionError:
+            continue
+        if robot.num_joints == d:
+            return robot
+    return None
+
+
 def _groups(d: int) -> dict[str, tuple[int, ...]]:
     if d == NUM_JOINTS:
         return dict(JOINT_GROUPS)
-    return {'all': tuple(range(d))}
+    robot = _robot_of_width(d)
+    return robot.joint_groups() if robot is not None else {'all': tuple(range(d))}
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ const PHASE_COLORS = {
   SUCCESS: '#1e88e5', FAIL: '#e53935', ABORTED: '#795548', UNKNOWN: '#eeeeee',
 };
 const PHASE_WINDOW_S = 120;
+// the ECU's cameras come with its state (discovered from its camera topics); these until then
 const CAMERAS = ['top', 'left', 'right'];
 const CAMERA_PERIOD_MS = 500;
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -50,7 +51,7 @@ const clock = t => (t ? new Date(t * 1000).toLocaleTimeString() : '-');
 // ---- ECU cards ------------------------------------------------------------------------------
 const cards = {};
 
-function card(ecu) {
+function card(ecu, cameras) {
   if (cards[ecu]) return cards[ecu];
   const el = h('div', {class: 'card', 'data-ecu': ecu});
   const head = h('div', {class: 'card-head'},
@@ -71,7 +72,7 @@ function card(ecu) {
   fields.train.append(fields.trainText);
   const cams = h('div', {class: 'cams'});
   const imgs = {};
-  for (const cam of CAMERAS) {
+  for (const cam of (cameras && cameras.length ? cameras : CAMERAS)) {
     imgs[cam] = h('img', {class: 'none', alt: `${ecu} ${cam}`, 'data-cam': cam, title: `${ecu} camera/${cam}`});
     cams.append(h('figure', {}, imgs[cam], h('figcaption', {}, cam)));
   }
@@ -83,7 +84,7 @@ function card(ecu) {
 }
 
 function renderCard(e, now) {
-  const c = card(e.id);
+  const c = card(e.id, e.cameras);
   const phase = c.head.querySelector('.phase');
   phase.textContent = e.phase;
   phase.style.background = PHASE_COLORS[e.phase] || '#eee';
@@ -132,7 +133,7 @@ function refreshCameras() {
   for (const [ecu, c] of Object.entries(cards)) {
     c.cams.style.display = on ? '' : 'none';
     if (!on || document.hidden || c.el.classList.contains('silent')) continue;
-    for (const cam of CAMERAS) {
+    for (const cam of Object.keys(c.imgs)) {
       const img = c.imgs[cam];
       if (img.dataset.busy === '1') continue;
       img.dataset.busy = '1';
