@@ -15,6 +15,9 @@
                  ECU's topics, compatible with `ros2 bag` (see `scarls bag -h`).
   scarls dashboard  a live web page of every ECU of a ROS domain (phases, rates, cameras,
                  learner loss and metric, checkpoint lineage, fleet rounds, latencies).
+  scarls robot list | show | check   robot descriptions (config/robots or your own YAML file);
+                 `check` validates one, connects and reports joint-state and camera rates,
+                 stamp ages, skew and limits without moving the robot.
   scarls replay-check  replay recorded episodes through a candidate checkpoint open-loop and
                  report how its actions differ from the logged ones (and from a baseline
                  checkpoint's), per episode, phase and joint group; exit 1 on a regression
@@ -162,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bag_parser(sub)
     from scarls.dashboard import register as add_dashboard_parser
     add_dashboard_parser(sub)
+    from scarls.robot_check.probe import register as add_robot_parser
+    add_robot_parser(sub)
     return parser
 
 

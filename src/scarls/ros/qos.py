@@ -54,3 +54,20 @@ STEPS = QoSProfile(
 STATE = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=20,
     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# A reader that matches both reliable and best-effort writers (robots and camera drivers of other
+# vendors often publish joint states and images best effort): used where we only listen.
+JOINT_STATE_ANY = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10,
+    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+
+def camera_qos(reliability: str, depth: int = 5) -> QoSProfile:
+    """The reader profile for a camera of the robot description (``qos: best_effort |
+    reliable``, what its driver publishes): best effort readers match both kinds of writer."""
+    if reliability not in ('best_effort', 'reliable'):
+        raise ValueError(f"camera qos must be 'best_effort' or 'reliable', got {reliability!r}")
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=int(depth),
+        reliability=(ReliabilityPolicy.RELIABLE if reliability == 'reliable'
+                     else ReliabilityPolicy.BEST_EFFORT),
+        durability=DurabilityPolicy.VOLATILE)
