@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from scarls.actor.chunking import (
     AsyncInference,
@@ -13,7 +14,10 @@ from scarls.actor.chunking import (
     ChunkExecutor,
     InferenceClosed,
     PolicyInferenceError,
+    PolicyRunner,
 )
+from scarls.device import DeviceError
+from scarls.policies import Observation, make_policy
 
 D = 14
 
@@ -236,3 +240,64 @@ def test_controller_never_blocks_the_30hz_tick_with_a_slow_policy():
     assert all(a[0] == t for t, a in got)
     stats = ctl.inference.latency_stats()
     assert stats.count >= 2 and stats.p50 >= 0.09
+
+
+# -- a policy on a device ------------------------------------------------------------------
+
+
+def _policy_and_obs():
+    torch.set_num_threads(1)
+    policy = make_policy('mlp', {'chunk_size': 5}, seed=2)
+    ob = Observation(images={}, state=np.linspace(-1, 1, D).astype(np.float32))
+    return policy, ob
+
+
+def test_policy_runner_on_the_cpu_is_predict_chunk():
+    policy, ob = _policy_and_obs()
+    expected = policy.predict_chunk(ob)
+    runner = PolicyRunner(policy, device='cpu')
+    assert runner.device == torch.device('cpu') and runner.dtype is None
+    assert not policy.training and not policy._forward_pre_hooks
+    np.testing.assert_array_equal(runner(ob), expected)
+    auto = PolicyRunner(policy)   # 'auto': CUDA when present, else the CPU
+    assert auto.device.type == ('cuda' if torch.cuda.is_available() else 'cpu')
+    out = auto(ob)
+    assert out.shape == (5, D) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=0.02 if torch.cuda.is_available() else 0)
+    with pytest.raises(TypeError, match='needs a Policy'):
+        PolicyRunner(lambda o: o)  # type: ignore[arg-type]
+
+
+def test_controller_runs_a_policy_on_its_device():
+    policy, ob = _policy_and_obs()
+    expected = policy.predict_chunk(ob)
+    ctl = ChunkedController(policy, refill_when_remaining=0, device='cpu', precision='auto')
+    try:
+        assert ctl.device == torch.device('cpu')
+        assert ctl.tick(ob, 0) is None
+        wait_until(lambda: ctl.inference.pending == 0)
+        np.testing.assert_array_equal(ctl.tick(ob, 1), expected[1])
+        # a reloaded checkpoint (a policy again) goes the same way
+        other = make_policy('mlp', {'chunk_size': 5}, seed=3)
+        ctl.set_policy_fn(other)
+        assert ctl.executor.chunk is None and not other.training
+        ctl.tick(ob, 2)
+        wait_until(lambda: ctl.inference.pending == 0)
+        np.testing.assert_array_equal(ctl.tick(ob, 2), other.predict_chunk(ob)[0])
+    finally:
+        assert ctl.close(2.0)
+
+
+def test_controller_device_errors():
+    policy, _ = _policy_and_obs()
+    # a policy function runs where it is: only 'auto' / 'cpu' make sense with one
+    with pytest.raises(ValueError, match='pass the Policy itself'):
+        ChunkedController(lambda o: o, device='cuda:0')
+    with pytest.raises(DeviceError, match="device must be 'auto'"):
+        ChunkedController(policy, device='gpu')
+    with pytest.raises(DeviceError, match="'fp16' is not supported on cpu"):
+        ChunkedController(policy, device='cpu', precision='fp16')
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="device 'cuda' is not available"):
+            ChunkedController(policy, device='cuda')
+    ChunkedController(lambda o: o, device='cpu').close(2.0)

@@ -20,6 +20,7 @@ from scarls.checkpoints import (
     read_header,
     save_checkpoint,
 )
+from scarls.device import DeviceError
 from scarls.policies import CAMERAS, Observation, make_policy
 
 torch.set_num_threads(1)
@@ -207,3 +208,26 @@ def test_overwrite_is_atomic_replace(tmp_path):
     assert header.version == 2 and header.parent == 1
     assert [p.name for p in tmp_path.iterdir()] == ['latest.safetensors']
     assert isinstance(header, CheckpointHeader)
+
+
+def test_saved_tensors_are_cpu_and_load_onto_the_device_asked_for(tmp_path):
+    """Always CPU tensors in the file; loading maps them to the target device ('cpu' here,
+    'auto' = CUDA when present), and an unavailable device is refused before any reading."""
+    policy = make_policy('mlp', {'chunk_size': 4}, seed=1)
+    path = tmp_path / 'v1.safetensors'
+    save_checkpoint(path, policy, version=1)
+    for device in ('cpu', torch.device('cpu'), 'auto'):
+        loaded, _ = load_checkpoint(path, device=device)
+        want = 'cuda' if device == 'auto' and torch.cuda.is_available() else 'cpu'
+        assert {t.device.type for t in loaded.state_dict().values()} == {want}
+        assert not loaded.training
+        # takes a CPU observation wherever it lives, and answers like the saved policy
+        np.testing.assert_allclose(loaded.predict_chunk(obs()), policy.predict_chunk(obs()),
+                                   rtol=1e-5, atol=1e-6)
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="device 'cuda:0' is not available"):
+            load_checkpoint(tmp_path / 'missing.safetensors', device='cuda:0')
+    # what a checkpoint holds does not depend on where it was loaded: dump after loading
+    loaded, header = load_checkpoint(path, device='auto')
+    _, again = dump_checkpoint(loaded, version=1)
+    assert again.payload_sha256 == header.payload_sha256

@@ -31,7 +31,13 @@ from scarls.fleet import (
     state_bytes,
     trainable_parameters,
 )
-from scarls.fleet.allreduce import _eligible, _labels, _write_back
+from scarls.fleet.allreduce import (
+    _eligible,
+    _labels,
+    _write_back,
+    choose_backend,
+    reduction_device,
+)
 from scarls.fleet.selector import fleet_decision
 from scarls.learner.evaluation import CheckpointGate
 
@@ -317,6 +323,51 @@ def test_config_and_rendezvous_validation():
         Rendezvous.from_env(dict(env, RANK='3'))
     with pytest.raises(FleetConfigError, match='MASTER_PORT'):
         Rendezvous.from_env(dict(env, MASTER_PORT='x'))
+
+
+CUDA0, CUDA1, CPU = torch.device('cuda', 0), torch.device('cuda', 1), torch.device('cpu')
+
+
+@pytest.mark.parametrize(
+    ('want', 'devices', 'nccl', 'backend'),
+    [
+        ('auto', [CUDA0], True, 'nccl'),            # parameters on the GPU: NCCL
+        ('auto', [CUDA0, CUDA0], True, 'nccl'),
+        ('auto', ['cuda:1'], True, 'nccl'),
+        ('auto', [CPU, CUDA1], True, 'nccl'),       # any CUDA parameter
+        ('auto', [CPU], True, 'gloo'),              # on the CPU: Gloo
+        ('auto', [CPU, CPU], False, 'gloo'),
+        ('auto', [], True, 'gloo'),
+        ('auto', [CUDA0], False, 'gloo'),           # no NCCL in this torch: Gloo via the CPU
+        ('gloo', [CUDA0], True, 'gloo'),
+        ('gloo', [CPU], True, 'gloo'),
+        ('nccl', [CUDA0], True, 'nccl'),
+    ],
+)
+def test_backend_choice(want, devices, nccl, backend):
+    assert choose_backend(want, devices, nccl_available=nccl) == backend
+
+
+def test_backend_choice_errors_and_this_machine():
+    with pytest.raises(FleetError, match='not on CUDA'):
+        choose_backend('nccl', [CPU], nccl_available=True)
+    with pytest.raises(FleetError, match='built with NCCL'):
+        choose_backend('nccl', [CUDA0], nccl_available=False)
+    with pytest.raises(FleetConfigError, match='backend'):
+        choose_backend('mpi', [CPU])
+    # CPU parameters always reduce over Gloo, whatever torch was built with
+    assert choose_backend('auto', (p.device for _, p in trainable_parameters(_Net(0)))) == 'gloo'
+    red = FleetReducer(FleetConfig(), rendezvous=Rendezvous('127.0.0.1', 1, 0, 2))
+    assert red._backend(trainable_parameters(_Net(0))) == 'gloo'
+
+
+def test_reduction_buffers_live_on_the_backends_device():
+    assert reduction_device('nccl', [CUDA1]) == CUDA1
+    assert reduction_device('nccl', [CPU, 'cuda:0']) == CUDA0
+    assert reduction_device('gloo', [CUDA0]) == CPU
+    assert reduction_device('gloo', [CPU]) == CPU
+    with pytest.raises(FleetError, match='CUDA device'):
+        reduction_device('nccl', [CPU])
 
 
 def test_eligibility_and_labels():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from scarls.device import DeviceError
 from scarls.episodes import StepRecord
 from scarls.learner import (
     EpisodeData,
@@ -158,3 +159,80 @@ def test_trainer_config_validation_and_nonfinite_loss():
     batch = {'state': torch.zeros(2, 14), 'action': torch.full((2, 1, 14), float('nan'))}
     with pytest.raises(LearnerError, match='non-finite'):
         trainer.train_step(batch)
+
+
+# -- device and precision ------------------------------------------------------------------
+
+
+def _fixed_batch(chunk: int = 2) -> dict[str, torch.Tensor]:
+    eps = _linear_episodes(2, 30, np.random.default_rng(5))
+    samples = [(k, t) for k in eps for t in range(0, 30, 3)]
+    return build_batch(eps, samples, chunk)
+
+
+def test_trainer_on_the_cpu_is_the_plain_adamw_step():
+    """device 'cpu' (and 'auto' on a CPU-only machine) trains exactly as before devices."""
+    batch = _fixed_batch()
+    cfg = {'chunk_size': 2, 'hidden_sizes': [32]}
+    ref = make_policy('mlp', cfg, seed=0)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4)
+    trainer = Trainer(make_policy('mlp', cfg, seed=0), TrainerConfig(device='cpu'))
+    assert trainer.device == torch.device('cpu')
+    assert trainer.amp_dtype is None and trainer.scaler is None
+    for _ in range(3):
+        result = trainer.train_step(batch)
+        ref.train()
+        loss, per = masked_chunk_loss(ref(batch), batch['action'], batch['action_mask'],
+                                      getattr(ref, 'action_std', None))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        opt.step()
+        assert result.loss == float(loss.detach()) and result.grad_norm == float(norm)
+        np.testing.assert_array_equal(result.per_sample, per.numpy())
+    for (name, a), b in zip(trainer.policy.state_dict().items(), ref.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_trainer_device_settings():
+    for bad in ({'device': 'gpu'}, {'device': 'cuda:'}, {'precision': 'half'}):
+        with pytest.raises(LearnerConfigError, match=next(iter(bad))):
+            TrainerConfig(**bad)
+    assert TrainerConfig().device == 'auto' and TrainerConfig().precision == 'auto'
+    assert TrainerConfig.from_dict({'device': 'cuda:1', 'precision': 'bf16'}).device == 'cuda:1'
+    trainer = Trainer(make_policy('mlp', {'chunk_size': 1}))   # 'auto': CUDA when present
+    assert trainer.device.type == ('cuda' if torch.cuda.is_available() else 'cpu')
+    assert next(trainer.policy.parameters()).device.type == trainer.device.type
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="device 'cuda' is not available"):
+            Trainer(make_policy('mlp', {'chunk_size': 1}), TrainerConfig(device='cuda'))
+    with pytest.raises(DeviceError, match="'fp16' is not supported on cpu"):
+        Trainer(make_policy('mlp', {'chunk_size': 1}),
+                TrainerConfig(device='cpu', precision='fp16'))
+
+
+def test_trainer_mixed_precision_when_asked_on_the_cpu():
+    """The autocast path, run for real: bf16 forward, fp32 weights and loss."""
+    batch = _fixed_batch()
+    policy = make_policy('mlp', {'chunk_size': 2, 'hidden_sizes': [32]}, seed=0)
+    trainer = Trainer(policy, TrainerConfig(device='cpu', precision='bf16', lr=3e-3))
+    assert trainer.amp_dtype == torch.bfloat16 and trainer.scaler is None
+    first = trainer.train_step(batch).loss
+    stats = trainer.train_steps(lambda: batch, 60)
+    assert np.isfinite(stats.loss_last) and stats.loss_last < 0.5 * first
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+
+
+def test_trainer_loss_scaler_path():
+    """The fp16 step (scaled loss, unscale, clip, scaler step) with a CPU scaler standing in
+    for CUDA's: it trains like the plain step."""
+    batch = _fixed_batch()
+    trainer = Trainer(make_policy('mlp', {'chunk_size': 2, 'hidden_sizes': [32]}, seed=0),
+                      TrainerConfig(device='cpu', lr=3e-3))
+    trainer.scaler = torch.amp.GradScaler('cpu', init_scale=2.0**10)
+    first = trainer.train_step(batch)
+    assert np.isfinite(first.grad_norm) and trainer.scaler.get_scale() == 2.0**10
+    stats = trainer.train_steps(lambda: batch, 60)
+    assert stats.loss_last < 0.5 * first.loss
+

@@ -87,8 +87,10 @@ def _no_cuda_reason() -> str:
     built = torch.version.cuda
     if not built:
         return f'this torch ({torch.__version__}) is a CPU-only build'
-    return (f'this torch ({torch.__version__}, CUDA {built}) finds no usable GPU (driver '
-            'missing or too old, or CUDA_VISIBLE_DEVICES hides the GPUs)')
+    return (
+        f'this torch ({torch.__version__}, CUDA {built}) finds no usable GPU (driver '
+        'missing or too old, or CUDA_VISIBLE_DEVICES hides the GPUs)'
+    )
 
 
 def resolve_device(
@@ -115,7 +117,7 @@ def resolve_device(
         if not ok:
             raise DeviceError(
                 "device 'mps' is not available (torch.backends.mps.is_available() is False: "
-                "it needs Apple silicon, macOS 12.3+ and an MPS build of torch); set device "
+                'it needs Apple silicon, macOS 12.3+ and an MPS build of torch); set device '
                 "to 'cpu' or 'auto'"
             )
         return torch.device('mps')
@@ -156,18 +158,21 @@ def resolve_precision(
     if precision == 'fp32' or (precision == 'auto' and kind != 'cuda'):
         return None
     if kind == 'cuda':
-        bf16 = (torch.cuda.is_bf16_supported() if bf16_supported is None
-                else bool(bf16_supported))
+        bf16 = torch.cuda.is_bf16_supported() if bf16_supported is None else bool(bf16_supported)
         if precision == 'auto':
             return torch.bfloat16 if bf16 else torch.float16
         if precision == 'bf16' and not bf16:
-            raise DeviceError(f"precision 'bf16' is not supported by {device} (pre-Ampere GPU): "
-                              "use 'fp16' or 'auto'")
+            raise DeviceError(
+                f"precision 'bf16' is not supported by {device} (pre-Ampere GPU): "
+                "use 'fp16' or 'auto'"
+            )
         return torch.bfloat16 if precision == 'bf16' else torch.float16
     if kind == 'cpu' and precision == 'bf16':
         return torch.bfloat16
-    raise DeviceError(f'precision {precision!r} is not supported on {kind}: use '
-                      + ("'fp32' or 'bf16'" if kind == 'cpu' else "'fp32'"))
+    raise DeviceError(
+        f'precision {precision!r} is not supported on {kind}: use '
+        + ("'fp32' or 'bf16'" if kind == 'cpu' else "'fp32'")
+    )
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -221,8 +226,11 @@ def to_device(
         if not isinstance(value, torch.Tensor) or _same_device(value, dst):
             out[key] = value
             continue
-        pinned = should_pin(value.device, dst) if pin is None else (
-            bool(pin) and should_pin(value.device, dst, cuda_available=True))
+        pinned = (
+            should_pin(value.device, dst)
+            if pin is None
+            else (bool(pin) and should_pin(value.device, dst, cuda_available=True))
+        )
         if pinned:
             out[key] = value.pin_memory().to(dst, non_blocking=True)
         else:

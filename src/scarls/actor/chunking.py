@@ -388,6 +388,8 @@ class ChunkedController:
             raise ValueError(f'refill_when_remaining must be >= 0, got {refill_when_remaining}')
         self.refill_when_remaining = int(refill_when_remaining)
         self._device_setting = parse_device(device)
+        if not isinstance(policy_fn, nn.Module):
+            self._check_function_device()
         self.device = resolve_device(device)
         """Where a policy given as a module runs (a policy function runs where it is)."""
         self.precision = precision
@@ -399,14 +401,17 @@ class ChunkedController:
             self.inference = AsyncInference(fn, max_pending=max_pending)
         self.executor = ChunkExecutor()
 
-    def _as_fn(self, policy_fn: Any) -> Any:
-        if isinstance(policy_fn, nn.Module):
-            return PolicyRunner(policy_fn, self.device, self.precision)
+    def _check_function_device(self) -> None:
         if self._device_setting not in ('auto', 'cpu'):
             raise ValueError(
                 f'device {self._device_setting!r} applies to a policy, not to a policy '
                 'function (which runs where it is): pass the Policy itself'
             )
+
+    def _as_fn(self, policy_fn: Any) -> Any:
+        if isinstance(policy_fn, nn.Module):
+            return PolicyRunner(policy_fn, self.device, self.precision)
+        self._check_function_device()
         return policy_fn
 
     def tick(self, obs: Any, tick: int) -> np.ndarray | None:
