@@ -8,7 +8,8 @@ for it: it executes the current chunk and swaps in a new one when ready); in HUM
 latest teleop command is executed (held if it is stale).
 
 Topics (relative to the ECU namespace):
-  in  joint_states, camera/{top,left,right}/image_raw (best effort, newest only), teleop/command,
+  in  joint_states, each camera of the robot description (camera/<name>/image_raw by default,
+      Image or CompressedImage, newest only), teleop/command,
       operator/signal (scarls_interfaces/OperatorSignal), scheduler/checkpoint (CheckpointInfo:
       the checkpoint to deploy; fetched in the background in verified chunks from
       scheduler/get_checkpoint, swapped in at the next episode boundary)
@@ -17,9 +18,11 @@ Topics (relative to the ECU namespace):
       actor/step (ActorStep: one per tick of an episode - stamps of the observation used, the
       action sent, whether a human was in control, the model version)
 Clients: driver/reset_pose (std_srvs/Trigger), scheduler/get_checkpoint (GetCheckpointChunk).
-Parameters: robot (the robot description: joints, cameras, control rate), rate_hz, policy,
-checkpoint, seed, refill_when_remaining, cameras, autostart. A checkpoint made for another robot
-(joint count, cameras) is refused.
+Parameters: robot (the robot description: joints, cameras - their topics, raw or compressed,
+QoS and the size the policy sees -, control rate), rate_hz, policy, checkpoint, seed,
+refill_when_remaining, cameras, max_observation_age_s (older joint states or frames: the tick is
+skipped and counted in ActorState.stale_observations, the driver holds), autostart. A
+checkpoint made for another robot (joint count, cameras) is refused.
 """
 
 from __future__ import annotations
@@ -33,16 +36,17 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, OperatorSignal
 from scarls_interfaces.srv import GetCheckpointChunk
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
 
 from scarls.actor.chunking import ChunkedController, PolicyInferenceError
 from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
+from scarls.camera.convert import CameraError, msg_to_frame
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
 from scarls.policies import Observation, get_policy_class, make_policy
-from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
+from scarls.robot import DEFAULT_ROBOT, CameraSpec, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import (
     MessageError,
@@ -89,6 +93,14 @@ class ActorNode(LifecycleNode):
         declare(self, 'checkpoint', '', 'Checkpoint (safetensors) to start from instead')
         declare(self, 'seed', 0, 'Seed of a randomly initialised policy')
         declare(self, 'refill_when_remaining', 4, 'Request a new chunk below this many actions')
+        declare(self, 'device', 'auto', "Where the policy runs: 'auto' (CUDA when available, "
+                "else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'", read_only=True)
+        declare(self, 'precision', 'auto', "Mixed precision of inference: 'auto' (CUDA: bf16 "
+                "when supported, else fp16; CPU/MPS: fp32), 'fp32', 'bf16', 'fp16'",
+                read_only=True)
+        declare(self, 'max_observation_age_s', 0.25,
+                'Skip the tick (the driver holds) when the joint state or a camera frame is '
+                'older than this (s, on the ROS clock); 0 = no check')
         declare(self, 'cameras', [''], "Camera names ([''] = the robot's cameras)",
                 string_array=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
@@ -109,6 +121,7 @@ class ActorNode(LifecycleNode):
         self._joints = self._robot.joint_names
         self._cameras = tuple(c for c in self.get_parameter('cameras').value if c) \
             or self._robot.camera_names
+        self._specs = {c: self._camera_spec(c) for c in self._cameras}
         rate = float(self.get_parameter('rate_hz').value) or self._robot.control_rate_hz
         self._dt = 1.0 / rate
         try:
@@ -116,9 +129,15 @@ class ActorNode(LifecycleNode):
         except (CheckpointRejected, ValueError, KeyError, OSError) as exc:
             self.get_logger().error(f'policy could not be loaded: {exc}')
             return FAILURE
-        self._controller = ChunkedController(
-            self._policy_fn, refill_when_remaining=int(
-                self.get_parameter('refill_when_remaining').value))
+        try:
+            self._controller = ChunkedController(
+                self._policy, refill_when_remaining=int(
+                    self.get_parameter('refill_when_remaining').value),
+                device=str(self.get_parameter('device').value),
+                precision=str(self.get_parameter('precision').value))
+        except ValueError as exc:   # DeviceError: a device this machine does not have
+            self.get_logger().error(f'policy cannot run: {exc}')
+            return FAILURE
         self._latest_js: JointState | None = None
         self._latest_img: dict[str, Image] = {}
         # recent joint states and frames by stamp: a takeover step is recorded with the
@@ -126,6 +145,8 @@ class ActorNode(LifecycleNode):
         self._recent_js: collections.OrderedDict[int, JointState] = collections.OrderedDict()
         self._recent_img: dict[str, collections.OrderedDict[int, Image]] = {}
         self._latest_teleop: tuple[float, np.ndarray] | None = None
+        self._max_age_ns = int(float(self.get_parameter('max_observation_age_s').value) * 1e9)
+        self._stale_observations = 0
         self._pending_ckpt: CheckpointInfo | None = None
         self._tick_count = 0
         self._last_action: np.ndarray | None = None
@@ -134,9 +155,7 @@ class ActorNode(LifecycleNode):
         self._subs = [
             self.create_subscription(JointState, 'joint_states', self._on_js, qos.JOINT_STATE,
                                      callback_group=sensors),
-            *[self.create_subscription(Image, f'camera/{c}/image_raw',
-                                       lambda m, c=c: self._on_image(c, m), qos.CAMERA_LATEST,
-                                       callback_group=sensors) for c in self._cameras],
+            *[self._camera_subscription(c, sensors) for c in self._cameras],
             self.create_subscription(JointState, 'teleop/command', self._on_teleop, qos.COMMAND,
                                      callback_group=sensors),
             self.create_subscription(OperatorSignal, 'operator/signal', self._on_signal,
@@ -192,10 +211,7 @@ class ActorNode(LifecycleNode):
         self._policy_name = policy.name
         self._model_version = version
         if self._controller is not None:
-            self._controller.set_policy_fn(self._policy_fn)
-
-    def _policy_fn(self, obs: Observation) -> np.ndarray:
-        return self._policy.predict_chunk(obs)
+            self._controller.set_policy_fn(policy)
 
     def on_activate(self, state):
         self._timer = self.create_timer(self._dt, self._tick, callback_group=self._control)
@@ -241,11 +257,34 @@ class ActorNode(LifecycleNode):
         self._latest_js = msg
         self._remember(self._recent_js, msg)
 
-    def _on_image(self, camera: str, msg: Image) -> None:
+    def _camera_spec(self, camera: str) -> CameraSpec:
         try:
-            msg_to_image(msg)
-        except MessageError as exc:
-            self._warn('bad_img', f'camera/{camera} frame dropped: {exc}')
+            return self._robot.camera(camera)
+        except RobotDescriptionError:   # a camera named by parameter only: the sim's defaults
+            return CameraSpec(camera)
+
+    def _camera_subscription(self, camera: str, group):
+        """The camera's topic as the robot description says: raw ``sensor_msgs/Image`` in any
+        of the supported encodings or ``CompressedImage`` (jpeg/png), newest frame only."""
+        spec = self._camera_spec(camera)
+        return self.create_subscription(
+            CompressedImage if spec.compressed else Image, spec.topic_name,
+            lambda m, c=camera: self._on_image(c, m), qos.camera_qos(spec.qos, depth=1),
+            callback_group=group)
+
+    def _frame(self, camera: str, msg) -> np.ndarray:
+        """The frame the policy sees: decoded and brought to the description's size (the
+        simulator's frames are already at the size the run was configured for)."""
+        spec = self._specs[camera]
+        if spec.source == 'sim' and isinstance(msg, Image):
+            return msg_to_image(msg)
+        return msg_to_frame(msg, spec)[0]
+
+    def _on_image(self, camera: str, msg) -> None:
+        try:
+            self._frame(camera, msg)
+        except (MessageError, CameraError) as exc:
+            self._warn(f'bad_img:{camera}', f'camera {camera} frame dropped: {exc}')
             return
         self._latest_img[camera] = msg
         self._remember(self._recent_img.setdefault(camera, collections.OrderedDict()), msg)
@@ -394,14 +433,31 @@ class ActorNode(LifecycleNode):
         holder['t'] = self.create_timer(delay, once, callback_group=self._control)
 
     # -- control tick ----------------------------------------------------------------------
+    def _stale(self, js, images) -> str:
+        """Why the observation is too old to act on ('' when it is fresh enough)."""
+        if self._max_age_ns <= 0:
+            return ''
+        now = self.get_clock().now().nanoseconds
+        ages = {'joint_states': now - stamp_to_ns(js.header.stamp)}
+        ages.update({f'camera {c}': now - stamp_to_ns(images[c].header.stamp)
+                     for c in self._cameras})
+        old = {k: v for k, v in ages.items() if v > self._max_age_ns}
+        return ', '.join(f'{k} {v * 1e-9:.3f} s old' for k, v in old.items())
+
     def _observation(self):
         js = self._latest_js
         images = dict(self._latest_img)
         if js is None or any(c not in images for c in self._cameras):
             return None
+        stale = self._stale(js, images)
+        if stale:
+            return stale
         q = msg_to_positions(js, self._joints)
-        obs = Observation(images={c: msg_to_image(images[c]) for c in self._cameras},
-                          state=q.astype(np.float32))
+        try:
+            frames = {c: self._frame(c, images[c]) for c in self._cameras}
+        except (MessageError, CameraError) as exc:
+            return f'frame not decodable: {exc}'
+        obs = Observation(images=frames, state=q.astype(np.float32))
         return js, images, q, obs
 
     def _answered_observation(self, stamp_ns: int):
@@ -413,7 +469,12 @@ class ActorNode(LifecycleNode):
             return None
         images = {}
         for c in self._cameras:
-            img = self._recent_img.get(c, {}).get(stamp_ns)
+            recent = self._recent_img.get(c, {})
+            img = recent.get(stamp_ns)
+            if img is None and recent:   # a camera stamped on its own: the nearest frame
+                near = min(recent, key=lambda t: abs(t - stamp_ns))
+                if abs(near - stamp_ns) <= max(self._max_age_ns, 0):
+                    img = recent[near]
             if img is None:
                 return None
             images[c] = img
@@ -427,6 +488,11 @@ class ActorNode(LifecycleNode):
             got = self._observation()
             if got is None:
                 self._warn('no_obs', 'no complete observation yet (joint_states + cameras)')
+                return
+            if isinstance(got, str):   # too old to act on: no command, the driver holds
+                self._stale_observations += 1
+                self._warn('stale_obs', f'observation too old, holding (tick skipped, '
+                           f'{self._stale_observations} so far): {got}')
                 return
             js, images, q, obs = got
             self._tick_count += 1
@@ -488,6 +554,7 @@ class ActorNode(LifecycleNode):
         msg.intervention_steps = stats.intervention_steps
         msg.model_version = self._model_version
         msg.intervening = self.fsm.phase is Phase.HUMANINTERVENTION
+        msg.stale_observations = getattr(self, '_stale_observations', 0)
         self._pub_state.publish(msg)
         self._pub_viz.publish(actor_state_marker(msg))
 

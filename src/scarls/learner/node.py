@@ -108,6 +108,11 @@ class LearnerNode(LifecycleNode):
         declare(self, 'keep_checkpoints', 5, 'Newest checkpoints whose weights the registry '
                 'keeps (plus the best and the deployed one)', read_only=True)
         declare(self, 'seed', 0, 'Seed of the policy initialisation and sampling')
+        declare(self, 'device', 'auto', "Where to train: 'auto' (CUDA when available, else "
+                "CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'", read_only=True)
+        declare(self, 'precision', 'auto', "Mixed precision of training: 'auto' (CUDA: bf16 "
+                "when supported, else fp16 with loss scaling; CPU/MPS: fp32), 'fp32', 'bf16', "
+                "'fp16'", read_only=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -152,7 +157,8 @@ class LearnerNode(LifecycleNode):
                 threshold=float(p('threshold')), seed=int(p('seed')),
                 replay_gate=bool(p('replay_gate')),
                 trainer=TrainerConfig(lr=float(p('lr')), batch_size=int(p('batch_size')),
-                                      ema_decay=float(p('ema_decay'))),
+                                      ema_decay=float(p('ema_decay')),
+                                      device=str(p('device')), precision=str(p('precision'))),
                 mixing=MixingConfig())
             self._learner = OnlineLearner(policy, registry, config)
             n = self._learner.load_offline(self._offline, self._task,

@@ -32,7 +32,7 @@ import numpy as np
 from scarls.episodes import BackgroundEpisodeWriter, EpisodeRef, StepRecord
 
 __all__ = ['FINALIZE_WAIT_S', 'TERMINAL', 'FrameBuffer', 'SavedEpisode', 'StepAligner',
-           'stamp_ns']
+           'skew_summary', 'stamp_ns']
 
 TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
 FINALIZE_WAIT_S = 3.0
@@ -61,6 +61,21 @@ class _Episode:
     steps_seen: int = 0
     dropped: int = 0
     model_version: int = 0
+    #: per camera, |frame stamp - joint state stamp| (ms) of every recorded step
+    skew_ms: dict[str, list[float]] = field(default_factory=dict)
+
+
+def skew_summary(skew_ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per camera: p50/p99/max of |frame stamp - joint state stamp| in ms over the steps
+    (how far apart the observation's sensors were sampled; 0 for a simulator)."""
+    out = {}
+    for name, values in sorted(skew_ms.items()):
+        if values:
+            arr = np.asarray(values, dtype=np.float64)
+            out[name] = {'p50': round(float(np.percentile(arr, 50)), 3),
+                         'p99': round(float(np.percentile(arr, 99)), 3),
+                         'max': round(float(arr.max()), 3)}
+    return out
 
 
 @dataclass(frozen=True)
@@ -126,20 +141,23 @@ class AlignerConfig:
 class StepAligner:
     """Steps + frames + episode ends in, Zarr episodes out (see the module doc).
 
-    ``decode_image(msg)`` turns an Image message into an (H, W, 3) uint8 array and raises
-    ``ValueError`` (``MessageError``) for a malformed one; ``clock()`` is "now" in seconds;
+    ``decode_image(msg)`` (or ``decode_image(msg, camera)`` with ``decode_per_camera``) turns
+    an image message into an (H, W, 3) uint8 array and raises ``ValueError`` for a malformed
+    one; ``clock()`` is "now" in seconds;
     ``on_saved`` / ``on_discarded`` are called from :meth:`poll` (the caller's thread).
     ``writer_factory`` makes the episode writer (the node: a background writer, so the
     subscription path never waits for the disk; offline: the synchronous one, which never drops).
     """
 
-    def __init__(self, config: AlignerConfig, *, decode_image: Callable[[Any], np.ndarray],
+    def __init__(self, config: AlignerConfig, *, decode_image: Callable[..., np.ndarray],
+                 decode_per_camera: bool = False,
                  log: Log, on_saved: Callable[[SavedEpisode], None] = lambda s: None,
                  on_discarded: Callable[[DiscardedEpisode], None] = lambda d: None,
                  clock: Callable[[], float] = time.monotonic,
                  writer_factory: Callable[..., Any] = BackgroundEpisodeWriter) -> None:
         self.config = config
         self._decode = decode_image
+        self._per_camera = bool(decode_per_camera)
         self._log = log
         self._on_saved = on_saved
         self._on_discarded = on_discarded
@@ -250,8 +268,9 @@ class StepAligner:
             if msg is None:
                 return None
             try:
-                images[name] = self._decode(msg)
-            except ValueError:
+                images[name] = self._decode(msg, name) if self._per_camera else self._decode(msg)
+            except ValueError as exc:
+                self._log.warning(f'camera {name}: frame not decodable: {exc}', throttled=True)
                 return None
         if set(images) != set(self.config.cameras):
             return None
@@ -291,6 +310,11 @@ class StepAligner:
                 timestamp=stamp_ns(step.header.stamp) * 1e-9))
             episode.steps_seen += 1
             episode.model_version = int(step.model_version)
+            if accepted:
+                js_ns = stamp_ns(step.joint_state_stamp)
+                for name, stamp in zip(step.image_names, step.image_stamps, strict=False):
+                    episode.skew_ms.setdefault(name, []).append(
+                        abs(stamp_ns(stamp) - js_ns) * 1e-6)
             if not accepted:
                 episode.dropped += 1
                 self._log.warning('writer queue full: step dropped (disk too slow?)',
@@ -330,6 +354,7 @@ class StepAligner:
         try:
             ref = episode.writer.finalize(outcome, int(episode.model_version), extra={
                 **self.config.extra_meta,
+                'camera_skew_ms': skew_summary(episode.skew_ms),
                 'actor_episode_id': episode.actor_episode_id,
                 'dropped_steps': dropped})
         except Exception as exc:  # noqa: BLE001 - StorageError (disk full...): nothing visible

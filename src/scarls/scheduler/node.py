@@ -36,11 +36,12 @@ from pathlib import Path
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, EcuStatus, EpisodeInfo
 from scarls_interfaces.srv import GetCheckpointChunk
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from scarls.camera.convert import msg_to_frame
 from scarls.checkpoints.transfer import ChunkServer
-from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
+from scarls.robot import DEFAULT_ROBOT, CameraSpec, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
@@ -112,6 +113,7 @@ class SchedulerNode(LifecycleNode):
         self._fps = float(p('fps').value) or self._robot.control_rate_hz
         self._timeout = float(p('match_timeout_s').value)
         self._cameras = tuple(c for c in p('cameras').value if c) or self._robot.camera_names
+        self._specs = {c: self._camera_spec(c) for c in self._cameras}
         try:
             (self._root / self._task).mkdir(parents=True, exist_ok=True)
             probe = self._root / self._task / f'.write-test-{os.getpid()}'
@@ -128,7 +130,8 @@ class SchedulerNode(LifecycleNode):
                           buffer_seconds=float(p('buffer_seconds').value),
                           cameras=self._cameras,
                           extra_meta={'robot': self._robot.identity}),
-            decode_image=msg_to_image, log=_NodeLog(self.get_logger()),
+            decode_image=self._decode, decode_per_camera=True,
+            log=_NodeLog(self.get_logger()),
             on_saved=self._on_saved)
         self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
         self._pub_status = self.create_publisher(EcuStatus, STATUS_TOPIC, qos.EVENTS)
@@ -154,10 +157,7 @@ class SchedulerNode(LifecycleNode):
         self._subs = [
             self.create_subscription(CheckpointInfo, 'learner/checkpoint',
                                      self._on_learner_checkpoint, qos.STATE),
-            *[self.create_subscription(Image, self._camera_topic(c),
-                                       lambda m, c=c: self._aligner.add_frame(c, m),
-                                       qos.CAMERA_RECORD)
-              for c in self._cameras],
+            *[self._camera_subscription(c) for c in self._cameras],
             self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS),
             self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE),
         ]
@@ -165,11 +165,28 @@ class SchedulerNode(LifecycleNode):
                                f'(codec {self._codec})')
         return SUCCESS
 
-    def _camera_topic(self, camera: str) -> str:
+    def _camera_spec(self, camera: str) -> CameraSpec:
         try:
-            return self._robot.camera(camera).topic_name
-        except RobotDescriptionError:
-            return f'camera/{camera}/image_raw'
+            return self._robot.camera(camera)
+        except RobotDescriptionError:   # a camera named by parameter only: the sim's defaults
+            return CameraSpec(camera)
+
+    def _camera_subscription(self, camera: str):
+        """The camera's topic as the robot description says (raw or compressed, its QoS); a
+        deep reader history so a busy moment never overwrites unread frames."""
+        spec = self._camera_spec(camera)
+        reader = qos.CAMERA_RECORD if spec.qos == 'reliable' else \
+            qos.camera_qos('best_effort', depth=qos.CAMERA_RECORD.depth)
+        return self.create_subscription(
+            CompressedImage if spec.compressed else Image, spec.topic_name,
+            lambda m, c=camera: self._aligner.add_frame(c, m), reader)
+
+    def _decode(self, msg, camera: str):
+        """A recorded frame at the size the policy is trained on (the description's)."""
+        spec = self._specs.get(camera)
+        if spec is None or spec.source == 'sim':
+            return msg_to_image(msg)   # the simulator renders at the recorded size already
+        return msg_to_frame(msg, spec)[0]
 
     def on_activate(self, state):
         self._trigger_timer = self.create_timer(1.0, self._poll_trigger)
