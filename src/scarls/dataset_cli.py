@@ -318,6 +318,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         print('model versions: ' + ', '.join(f'{k} x{v}' for k, v in tot.model_versions.items()))
     if tot.ecu_ids:
         print('ECUs: ' + ', '.join(f'{k} x{v}' for k, v in tot.ecu_ids.items()))
+    if tot.robots:
+        print('robots: ' + ', '.join(f'{k} x{v}' for k, v in tot.robots.items()))
+    if tot.camera_skew_ms:
+        print('camera skew to the joint state (worst episode p50 / max): ' + ', '.join(
+            f'{c} {v["p50"]:.1f}/{v["max"]:.1f} ms' for c, v in tot.camera_skew_ms.items()))
     if tot.dropped_steps:
         print(f'dropped steps (writer queue full): {tot.dropped_steps}')
     for item in tot.unreadable:

@@ -54,6 +54,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -232,6 +233,10 @@ class TaskSummary:
     fps: list[float] = field(default_factory=list)
     ecu_ids: dict[str, int] = field(default_factory=dict)
     model_versions: dict[str, int] = field(default_factory=dict)
+    #: robot description name -> episodes (from the meta's ``extra.robot``; 'unknown' before)
+    robots: dict[str, int] = field(default_factory=dict)
+    #: camera -> worst per-episode p50 and max |frame stamp - joint state stamp| (ms)
+    camera_skew_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     bytes: int | None = None
     trash_bytes: int | None = None
     unreadable: list[str] = field(default_factory=list)
@@ -507,6 +512,20 @@ def _codec_label(codec: dict[str, Any]) -> str:
     return f'{name} (level {level})' if level is not None else name
 
 
+def _merge_skew(into: dict[str, dict[str, float]], skew: Any) -> None:
+    """Fold one episode's per-camera skew (meta ``extra.camera_skew_ms``) into the worst seen."""
+    if not isinstance(skew, dict):
+        return
+    for cam, v in skew.items():
+        if not isinstance(v, dict):
+            continue
+        cur = into.setdefault(str(cam), {'p50': 0.0, 'max': 0.0})
+        for key in ('p50', 'max'):
+            value = v.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                cur[key] = max(cur[key], float(value))
+
+
 def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
     task_dir = root / task
     scan = _scan_task(task_dir, task)
@@ -515,6 +534,8 @@ def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
     codecs: Counter[str] = Counter()
     ecus: Counter[str] = Counter()
     versions: Counter[str] = Counter()
+    robots: Counter[str] = Counter()
+    skew: dict[str, dict[str, float]] = {}
     shapes: dict[str, set[str]] = {}
     state_dims: set[int] = set()
     action_dims: set[int] = set()
@@ -538,6 +559,9 @@ def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
         ecus[meta.ecu_id] += 1
         versions['none' if meta.model_version is None else str(meta.model_version)] += 1
         fps.add(float(meta.fps))
+        robot = meta.extra.get('robot')
+        robots[robot.get('name', 'unknown') if isinstance(robot, dict) else 'unknown'] += 1
+        _merge_skew(skew, meta.extra.get('camera_skew_ms'))
         for cam in meta.cameras:
             shape = meta.shapes.get(camera_path(cam), [])
             if len(shape) == 4:
@@ -555,7 +579,9 @@ def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
     summary.codecs = dict(sorted(codecs.items()))
     summary.ecu_ids = dict(sorted(ecus.items()))
     summary.model_versions = dict(sorted(versions.items()))
-    summary.image_shapes = {cam: sorted(v) for cam, v in sorted(shapes.items())}
+    summary.robots = dict(sorted(robots.items()))
+    summary.camera_skew_ms = skew
+    summary.image_shapes = {cam: sorted(v) for cam, v in shapes.items()}   # recorded order
     summary.state_dims = sorted(state_dims)
     summary.action_dims = sorted(action_dims)
     summary.fps = sorted(fps)
@@ -588,6 +614,9 @@ def _totals(tasks: list[TaskSummary], sizes: bool) -> TaskSummary:
         codecs.update(t.codecs)
         ecus.update(t.ecu_ids)
         versions.update(t.model_versions)
+        total.robots = dict(sorted((Counter(total.robots) + Counter(t.robots)).items()))
+        for cam, v in t.camera_skew_ms.items():
+            _merge_skew(total.camera_skew_ms, {cam: v})
         for cam, v in t.image_shapes.items():
             shapes.setdefault(cam, set()).update(v)
         total.state_dims = sorted(set(total.state_dims) | set(t.state_dims))
@@ -600,7 +629,7 @@ def _totals(tasks: list[TaskSummary], sizes: bool) -> TaskSummary:
     total.codecs = dict(sorted(codecs.items()))
     total.ecu_ids = dict(sorted(ecus.items()))
     total.model_versions = dict(sorted(versions.items()))
-    total.image_shapes = {cam: sorted(v) for cam, v in sorted(shapes.items())}
+    total.image_shapes = {cam: sorted(v) for cam, v in shapes.items()}
     if sizes:
         total.bytes = sum(t.bytes or 0 for t in tasks)
         total.trash_bytes = sum(t.trash_bytes or 0 for t in tasks)
