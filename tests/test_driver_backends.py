@@ -1,25 +1,12 @@
-"""Tests of the backend interface, registry, sim backend, ARX5 mapping and ROS 2 bridge logic."""
+"""Tests of the backend interface, registry, sim backend and ROS 2 bridge logic (ARX5:
+test_driver_arx5.py)."""
 
 from __future__ import annotations
-
-import sys
-import types
-from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from scarls.driver.arx5 import (
-    ArmLimits,
-    ArmReading,
-    Arx5Backend,
-    Arx5Config,
-    gripper_from_metres,
-    gripper_to_metres,
-    limits_from_arms,
-    merge_readings,
-    split_command,
-)
+from scarls.driver.arx5 import Arx5Backend
 from scarls.driver.backends import (
     BackendError,
     CommandRejected,
@@ -105,162 +92,6 @@ def test_sim_backend_reset_sequence_is_deterministic() -> None:
         cubes.append(seq)
     assert cubes[0] == cubes[1]
     assert len(set(cubes[0])) == 4
-
-
-# ------------------------------------------------------------------ ARX5
-def test_gripper_units() -> None:
-    assert gripper_to_metres(1.0, 0.085) == pytest.approx(0.085)
-    assert gripper_to_metres(0.0, 0.085) == 0.0
-    assert gripper_from_metres(0.0425, 0.085) == pytest.approx(0.5)
-
-
-def test_arx5_split_merge_round_trip() -> None:
-    rng = np.random.default_rng(0)
-    widths = (0.085, 0.088)
-    for _ in range(50):
-        q = rng.uniform(-2, 2, 14)
-        q[[6, 13]] = rng.uniform(0, 1, 2)
-        left, right = split_command(q, widths)
-        np.testing.assert_array_equal(left.joints, q[0:6])
-        np.testing.assert_array_equal(right.joints, q[7:13])
-        assert left.gripper_m == pytest.approx(q[6] * 0.085)
-        pos, vel = merge_readings(
-            ArmReading(left.joints, np.zeros(6), left.gripper_m),
-            ArmReading(right.joints, np.ones(6), right.gripper_m, 0.044),
-            widths,
-        )
-        np.testing.assert_allclose(pos, q, rtol=0, atol=1e-12)
-        np.testing.assert_array_equal(vel[7:13], 1.0)
-        assert vel[13] == pytest.approx(0.5)
-    with pytest.raises(ConfigError):
-        split_command(np.zeros(12), widths)
-
-
-def test_arx5_limits_from_arms() -> None:
-    arm = ArmLimits(np.full(6, -3.0), np.full(6, 3.0), np.array([3.0, 3, 3, 1, 1, 1]), 0.08, 0.16)
-    lim = limits_from_arms(arm, arm, max_joint_velocity=2.0)
-    assert lim.size == 14
-    assert lim.lower[6] == 0.0 and lim.upper[6] == 1.0
-    np.testing.assert_allclose(lim.max_velocity[:7], [2, 2, 2, 1, 1, 1, 2.0])
-
-
-def test_arx5_without_sdk_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, 'arx5_interface', None)  # import fails
-    backend = Arx5Backend(Arx5Config())
-    with pytest.raises(BackendError, match=r'arx5_interface.*arx5-sdk.*CAN'):
-        backend.connect()
-    with pytest.raises(BackendError, match='connect'):
-        _ = backend.limits
-    with pytest.raises(ConfigError, match='share CAN'):
-        Arx5Config(left_interface='can0', right_interface='can0')
-
-
-class _FakeJointState:
-    def __init__(self, pos, vel, torque, gripper_pos) -> None:
-        self._pos = np.array(pos, dtype=float)
-        self._vel = np.array(vel, dtype=float)
-        self._torque = np.array(torque, dtype=float)
-        self.gripper_pos = float(gripper_pos)
-        self.gripper_vel = 0.0
-        self.timestamp = 0.0
-
-    def pos(self) -> np.ndarray:
-        return self._pos
-
-    def vel(self) -> np.ndarray:
-        return self._vel
-
-    def torque(self) -> np.ndarray:
-        return self._torque
-
-
-class _FakeController:
-    """Stand-in for the vendor SDK's Arx5JointController: state follows commands at once."""
-
-    instances: ClassVar[list[_FakeController]] = []
-
-    def __init__(self, model: str, interface: str) -> None:
-        if interface == 'can_down':
-            raise RuntimeError('CAN socket failed')
-        self.model, self.interface = model, interface
-        self.state = _FakeJointState(np.zeros(6), np.zeros(6), np.zeros(6), 0.0)
-        self.homed = 0
-        self.damped = False
-        _FakeController.instances.append(self)
-
-    def get_robot_config(self) -> types.SimpleNamespace:
-        return types.SimpleNamespace(
-            joint_dof=6,
-            gripper_width=0.08,
-            gripper_vel_max=0.1,
-            joint_pos_min=np.array([-3.14, -0.05, -0.1, -1.6, -1.57, -2.0]),
-            joint_pos_max=np.array([2.6, 3.5, 3.2, 1.55, 1.57, 2.0]),
-            joint_vel_max=np.array([5.0, 5.0, 5.5, 5.5, 5.0, 5.0]),
-        )
-
-    def set_joint_cmd(self, cmd: _FakeJointState) -> None:
-        self.state = cmd
-
-    def get_joint_state(self) -> _FakeJointState:
-        return self.state
-
-    def reset_to_home(self) -> None:
-        self.homed += 1
-        self.state = _FakeJointState(np.zeros(6), np.zeros(6), np.zeros(6), 0.0)
-
-    def set_to_damping(self) -> None:
-        self.damped = True
-
-
-@pytest.fixture
-def fake_sdk(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    module = types.ModuleType('arx5_interface')
-    module.Arx5JointController = _FakeController
-    module.JointState = _FakeJointState
-    monkeypatch.setitem(sys.modules, 'arx5_interface', module)
-    _FakeController.instances = []
-    return module
-
-
-def test_arx5_backend_with_fake_sdk(fake_sdk: types.ModuleType) -> None:
-    backend = make_backend('arx5', {'model': 'L5', 'left_interface': 'can3'})
-    clock = iter(range(100))
-    backend._clock = lambda: float(next(clock))
-    backend.connect()
-    left, right = _FakeController.instances
-    assert (left.model, left.interface, right.interface) == ('L5', 'can3', 'can1')
-    sim = SimBackend()
-    # same joint order and conventions as the sim backend
-    assert backend.joint_names == sim.joint_names
-    lim = backend.limits
-    assert lim.size == sim.limits.size == 14
-    assert lim.lower[6] == sim.limits.lower[6] == 0.0 and lim.upper[13] == sim.limits.upper[13]
-    assert lim.max_velocity[0] == 1.5 and lim.max_velocity[6] == pytest.approx(0.1 / 0.08)
-    q = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.25, -0.1, 0.5, 1.0, -0.4, 0.2, -0.6, 0.75])
-    backend.write_command(q)
-    assert left.state.gripper_pos == pytest.approx(0.02)
-    np.testing.assert_array_equal(right.state.pos(), q[7:13])
-    state = backend.read_state()
-    np.testing.assert_allclose(state.positions, q, rtol=0, atol=1e-12)
-    assert state.stamp == 0.0
-    # out-of-range commands are clamped to the SDK limits, malformed ones rejected
-    backend.write_command(np.full(14, 10.0))
-    assert left.state.pos()[0] == pytest.approx(2.6) and left.state.gripper_pos == 0.08
-    with pytest.raises(CommandRejected):
-        backend.write_command(np.zeros(7))
-    backend.hold()
-    backend.reset_pose()
-    assert left.homed == right.homed == 1
-    backend.step(1 / 30)  # no-op
-    assert backend.read_cameras() == {} and backend.task_state() is None
-    backend.disconnect()
-    assert left.damped and right.damped and not backend.connected
-
-
-def test_arx5_can_failure_is_explained(fake_sdk: types.ModuleType) -> None:
-    backend = Arx5Backend(Arx5Config(right_interface='can_down'))
-    with pytest.raises(BackendError, match=r"right ARX5 arm.*'can_down'.*ip link"):
-        backend.connect()
 
 
 # ------------------------------------------------------------------ ROS 2 bridge
