@@ -102,11 +102,12 @@ class _Hooked(FleetReducer):
         return pg
 
 
-def _ecu(port, rank, world, plan, cfg, out, go, life=0, hook=None, host_store=False):
+def _ecu(port, rank, world, plan, cfg, out, go, life=0, hook=None, host_store=False,
+         own_cfg=None):
     # a pipe per process (no lock shared with a process the test kills); sends are synchronous
     torch.set_num_threads(1)
     model = _Net(rank)
-    config = FleetConfig(**cfg, host_store=host_store)
+    config = FleetConfig(**{**cfg, **(own_cfg or {})}, host_store=host_store)
     reducer = _Hooked(
         config,
         f'ecu{rank}',
@@ -485,6 +486,25 @@ def test_failing_ecu_skips_and_the_others_renormalise(fleet_factory):
         assert set(res['weights']) == {'ecu0', 'ecu2'}
         assert sum(res['weights'].values()) == pytest.approx(1.0)
         assert res['seconds'] < 10.0  # nobody waited for the 20 s deadline
+
+
+def test_policies_of_different_robots_are_never_averaged(fleet_factory):
+    # the same parameters (so the old signature check would average them), another robot
+    metrics = {0: 0.02, 1: 0.01, 2: 0.01}
+    robots = {0: 'sim_dual6:aaaa', 1: 'sim_dual6:aaaa', 2: 'arx5_pair:bbbb'}
+    f = fleet_factory(3, cfg={'deadline_s': 20.0})
+    for k in range(3):
+        f.start(k, [('round', metrics[k])], own_cfg={'robot': robots[k]})
+    f.ready([0, 1, 2])
+    f.go.set()
+    odd, snap, _ = f.wait_results(2, 1)[0]
+    assert odd['status'] == 'failed'
+    assert 'this ECU runs robot arx5_pair:bbbb, the fleet sim_dual6:aaaa' in odd['reason']
+    assert snap == _snapshot(_Net(2))          # its own weights, untouched
+    for k in (0, 1):
+        res, snap, _ = f.wait_results(k, 1)[0]
+        _check_reduced(res, snap, k, {0: 0.02, 1: 0.01})
+        assert set(res['weights']) == {'ecu0', 'ecu1'}
 
 
 def test_deadline_late_ecu_misses_then_rejoins(fleet_factory):

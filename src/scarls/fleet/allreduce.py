@@ -168,6 +168,10 @@ class FleetConfig:
     """Prefix of every store key (several fleets may share one store)."""
     keep_rounds: int = 16
     """Store keys of a round are deleted this many rounds later."""
+    robot: str = ''
+    """The ECU's robot (its description's name and hash, see :mod:`scarls.robot`): only
+    policies of one robot are averaged; an ECU of another robot than the fleet's majority is
+    left out of every round with a message that says so."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -707,7 +711,11 @@ class FleetReducer:
                 'ecu_id': self.ecu_id,
                 'metric': info.metric if math.isfinite(info.metric) else None,
                 'passes': info.passes,
-                'signature': info.signature,
+                # the robot is part of what must match: policies of different robots (even of
+                # the same joint count) are never averaged
+                'signature': f'{info.signature}|robot={cfg.robot}' if cfg.robot
+                else info.signature,
+                'robot': cfg.robot,
                 'eps': cfg.eps,
             }
             store.set(self._key(r, 'post', self.rank), json.dumps(post))
@@ -738,6 +746,11 @@ class FleetReducer:
             # 3. eligibility, computed alike by every member from the same posts
             eligible = _eligible(posts)
             if self.rank not in eligible:
+                robots = sorted({str(posts[k].get('robot') or '?') for k in eligible})
+                if eligible and cfg.robot and robots != [cfg.robot]:
+                    return done('failed', f'this ECU runs robot {cfg.robot}, the fleet '
+                                f'{", ".join(robots)}: policies of different robots are never '
+                                'averaged')
                 return done(
                     'failed',
                     "the trainable parameters (names, shapes, dtypes) differ from the fleet's",

@@ -172,7 +172,8 @@ class LearnerNode(LifecycleNode):
                     world_size=int(p('fleet_world_size')) or None)
                 self._reducer = FleetReducer(
                     FleetConfig(threshold=float(p('threshold')),
-                                deadline_s=float(p('fleet_deadline_s'))),
+                                deadline_s=float(p('fleet_deadline_s')),
+                                robot=f'{robot.name}:{robot.hash}'),
                     str(p('ecu_id')), rendezvous=rendezvous)
                 self._selector = CheckpointSelector(float(p('threshold')),
                                                     tolerance=config.tolerance)
