@@ -30,6 +30,7 @@ setup(
         'console_scripts': [
             'scarls = scarls.cli:main',
             'dashboard = scarls.dashboard:main',
+            'camera = scarls.camera.capture:main',
             *[f'{node} = scarls.{node}.node:main' for node in NODES],
         ],
     },

@@ -35,6 +35,15 @@ def test_ecu_nodes_default_description():
                and s.parameters['robot'] == 'sim_dual6' for s in specs)
     seven = ecu_nodes('ecu3', robot='sim_dual7', learner=True)
     assert {s.parameters['robot'] for s in seven} == {'sim_dual7'}
+    # a robot with direct-capture cameras gets one capture process per camera
+    arx = ecu_nodes('ecu3', robot='arx5_pair')
+    cams = [s for s in arx if s.module == 'scarls.camera.capture']
+    assert [(s.name, s.executable, s.parameters['device']) for s in cams] == [
+        ('camera_top', 'camera', '/dev/video0'), ('camera_left', 'camera', '/dev/video2'),
+        ('camera_right', 'camera', '/dev/video4')]
+    assert 'camera_top' not in [s.name for s in lifecycle_nodes(arx)]
+    with pytest.raises(BringupError, match="no robot named 'ur5'"):
+        ecu_nodes(robot='ur5')
     assert [s.name for s in lifecycle_nodes(specs)] == ['driver', 'scheduler', 'actor']
     with_learner = ecu_nodes('ecu3', learner=True, data_root='/tmp/x')
     assert with_learner[-1].name == 'learner' and with_learner[-1].parameters['data_root'] == \

@@ -58,14 +58,15 @@ FLEET_ARGUMENTS: tuple[LaunchArgument, ...] = (
 class NodeSpec:
     """One node of an ECU: enough to start it with launch_ros or as a plain process."""
 
-    name: str                 # node name (also the executable name in lib/scarls)
+    name: str                 # node name (also the executable name in lib/scarls by default)
     module: str               # python -m entry point
     namespace: str
     parameters: dict = field(default_factory=dict)   # overrides on top of the params file
+    exe: str = ''             # the executable in lib/scarls when it is not the node name
 
     @property
     def executable(self) -> str:
-        return self.name
+        return self.exe or self.name
 
     @property
     def fqn(self) -> str:
@@ -122,9 +123,10 @@ def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = '', task: str = 'pick_cube
     """The nodes of one ECU, in start order (driver first so the robot holds before others act).
 
     `robot` (a built-in robot name or a YAML file) is every node's `robot` parameter; `backend`
-    ('' = the description's) overrides the driver's backend. `learner` adds the online learner (it needs offline demonstrations under
-    `<data_root>/offline`, see `scarls demos`). `extra` maps node name -> parameter overrides
-    (e.g. {'driver': {'image_height': 480}}).
+    ('' = the description's) overrides the driver's backend; the description's capture cameras
+    get a process each (:func:`capture_nodes`). `learner` adds the online learner (it needs
+    offline demonstrations under `<data_root>/offline`, see `scarls demos`). `extra` maps node
+    name -> parameter overrides (e.g. {'driver': {'image_height': 480}}).
     """
     validate_ecu_id(ecu_id)
     if backend and backend not in BACKENDS:
@@ -147,11 +149,34 @@ def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = '', task: str = 'pick_cube
     if learner:
         specs.append(NodeSpec('learner', 'scarls.learner.node', ecu_id,
                               {**common, 'data_root': str(data_root)}))
+    specs += capture_nodes(robot, ecu_id)
     unknown = set(extra) - {s.name for s in specs}
     if unknown:
         raise BringupError(f'parameter overrides for unknown nodes: {sorted(unknown)}')
-    return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})})
-            for s in specs]
+    return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})},
+                     s.exe) for s in specs]
+
+
+def capture_nodes(robot: str, namespace: str) -> list[NodeSpec]:
+    """The capture processes of a robot description's ``opencv``/``realsense`` cameras (one
+    process per camera, so a stuck camera never stalls the control loop; they publish
+    ``camera/<name>/image_raw`` + ``camera_info`` in the ECU's namespace). Cameras of the
+    simulator and of external ROS 2 drivers need none."""
+    from scarls.robot import RobotDescriptionError, load_robot
+    try:
+        description = load_robot(robot)
+    except RobotDescriptionError as exc:
+        raise BringupError(str(exc)) from exc
+    specs = []
+    for cam in description.cameras:
+        if cam.source not in ('opencv', 'realsense'):
+            continue
+        specs.append(NodeSpec(
+            f'camera_{cam.name}', 'scarls.camera.capture', namespace,
+            {'name': cam.name, 'source': cam.source, 'device': cam.device,
+             'fps': float(cam.fps), 'qos': cam.qos, 'compressed': bool(cam.compressed)},
+            exe='camera'))
+    return specs
 
 
 FLEET_SEED_STRIDE = 1000

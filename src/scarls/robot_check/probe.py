@@ -94,20 +94,6 @@ def cmd_show(args) -> int:
     return 0
 
 
-def capture_specs(robot, namespace: str) -> list:
-    """NodeSpecs of the capture processes of the description's ``opencv``/``realsense`` cameras
-    (each camera in its own process, so a stuck camera never stalls anything else)."""
-    from scarls.bringup import NodeSpec
-    specs = []
-    for cam in robot.cameras:
-        if cam.source not in ('opencv', 'realsense'):
-            continue
-        params = {'name': cam.name, 'source': cam.source, 'device': cam.device,
-                  'fps': float(cam.fps)}
-        specs.append(NodeSpec(f'camera_{cam.name}', 'scarls.camera.capture', namespace, params))
-    return specs
-
-
 def cmd_check(args) -> int:
     robot = _load(args.robot)
     print(robot.summary())
@@ -115,7 +101,7 @@ def cmd_check(args) -> int:
     if args.offline:
         print('description OK (offline: nothing connected)')
         return 0
-    from scarls.bringup import NodeSpec, default_params_file
+    from scarls.bringup import NodeSpec, capture_nodes, default_params_file
     from scarls.launcher import ProcessGroup, apply_ros_env, pick_domain_id, ros_env
 
     domain = args.domain_id
@@ -130,7 +116,7 @@ def cmd_check(args) -> int:
         if not args.attach:
             driver = NodeSpec('driver', 'scarls.driver.node', args.namespace,
                               {'robot': args.robot, 'ecu_id': args.namespace})
-            for spec in [driver, *capture_specs(robot, args.namespace)]:
+            for spec in [driver, *capture_nodes(args.robot, args.namespace)]:
                 group.start(spec, str(default_params_file()))
             print(f'started the driver{" and capture sources" if len(group.nodes) > 1 else ""}'
                   f' on ROS_DOMAIN_ID={domain}; logs in {log_dir}')
