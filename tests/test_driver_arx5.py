@@ -217,7 +217,10 @@ def test_without_sdk_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> No
         Arx5Config(left_interface='can0', right_interface='can0')
     with pytest.raises(ConfigError, match='connect_timeout_s'):
         Arx5Config(connect_timeout_s=0)
-    assert isinstance(make_backend('arx5', {'model': 'L5'}), Arx5Backend)
+    sim_robot = make_backend('arx5', {'model': 'L5'})  # constructs without the SDK
+    assert isinstance(sim_robot, Arx5Backend)
+    with pytest.raises(BackendError, match="'sim_dual6' is for backend 'sim'"):
+        sim_robot.connect()  # a real arm never gets the simulator's limits and home
 
 
 # ------------------------------------------------------------------ connect
@@ -424,7 +427,9 @@ def test_reset_moves_both_arms_together_to_the_description_home(sdk) -> None:
     backend = Arx5Backend(config(reset_approach=[0.0, 0.0, 0.03, 0.0, 0.0, 0.0]), robot=robot)
     backend.connect()
     backend.reset_pose()
-    np.testing.assert_allclose(backend.read_state().positions, robot.home, atol=1e-3)
+    assert np.allclose(backend.read_state().positions, robot.home, atol=0.02)
+    wait_for(lambda: np.allclose(backend.read_state().positions, robot.home, atol=1e-6),
+             what='the home pose')
     assert ctrl('can0').get_joint_state().gripper_pos == pytest.approx(0.044)
     order = [iface for iface, _ in fake.RECEIVED]
     # interleaved, not one arm after the other

@@ -634,6 +634,11 @@ class Arx5Backend(RobotBackend):
         """
         if self.connected:
             return
+        if self.robot.backend != 'arx5':
+            raise BackendError(
+                f'robot description {self.robot.name!r} is for backend {self.robot.backend!r}, '
+                'not arx5: its limits and home pose are not an ARX5\'s; give the driver the ARX5 '
+                'robot (e.g. arx5_pair)')
         cfg = self.config
         sdk = _import_sdk(cfg.sdk_module, cfg.sdk_path)
         plans = []
