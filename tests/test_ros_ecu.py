@@ -18,6 +18,7 @@ from visualization_msgs.msg import Marker
 
 from scarls.bringup import default_params_file, ecu_nodes
 from scarls.episodes import EpisodeReader, list_episodes, validate_episode
+from scarls.robot import load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image, stamp_to_ns
 
@@ -141,11 +142,13 @@ def test_closed_loop_episode_is_stored_exactly(ros, node_group, tmp_path):
     assert len({stamp_to_ns(s.image_stamps[0]) for s in episode_steps}) > 0.6 * t
 
 
-def test_scarls_ecu_command_writes_summary(tmp_path, domain_id):
+@pytest.mark.parametrize('robot, joints', [('sim_dual6', 14), ('sim_dual7', 16)])
+def test_scarls_ecu_command_writes_summary(tmp_path, domain_id, robot, joints):
     summary = tmp_path / 'summary.json'
     cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--episodes', '2', '--data-root',
            str(tmp_path / 'data'), '--summary', str(summary), '--height', '32', '--width', '40',
-           '--max-steps', '120', '--domain-id', str(domain_id), '--ecu-id', 'ecucli']
+           '--max-steps', '120', '--domain-id', str(domain_id), '--ecu-id', 'ecucli',
+           '--robot', robot]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     data = json.loads(summary.read_text())
@@ -158,6 +161,13 @@ def test_scarls_ecu_command_writes_summary(tmp_path, domain_id):
         assert row['model_version'] == 0
         meta = validate_episode(row['path'])
         assert meta.steps == row['steps'] and meta.intervention_steps == row['intervention_steps']
+        # as wide as the robot's joints, and the episode says which robot recorded it
+        assert meta.shapes['action'] == [meta.steps, joints]
+        assert meta.shapes['observation/obs_state'] == [meta.steps, joints]
+        assert meta.extra['robot']['name'] == robot
+        assert meta.extra['robot']['hash'] == load_robot(robot).hash
+        assert set(meta.extra['camera_skew_ms']) == {'top', 'left', 'right'}
+    assert data['robot']['name'] == robot and len(data['robot']['joint_names']) == joints
     assert 'episode 2/2' in out.stderr + out.stdout
     assert all(code == 0 for code in data['node_exit_codes'].values()), data['node_exit_codes']
 
@@ -223,3 +233,56 @@ def test_scarls_ecu_serves_the_dashboard(tmp_path, domain_id):
                                         'IDLE', 'ABORTED')
     data = json.loads(summary.read_text())
     assert data['ok'] is True and data['node_exit_codes']['/dashboard'] == 0
+
+
+def test_scarls_ecu_learns_on_a_16_joint_robot(tmp_path, domain_id):
+    """`scarls ecu --robot sim_dual7 --learn`: 16-wide demonstrations and episodes, a policy
+    trained on them, approved checkpoints deployed to the actor, and the summary's learning
+    record (checkpoints, per model version, curve) consistent with the episodes."""
+    params = yaml.safe_load(default_params_file().read_text())
+    learner = params['/**/learner']['ros__parameters']
+    learner.update({'pretrain_steps': 150, 'steps_per_round': 60, 'batch_size': 16,
+                    'threshold': 1.0})   # a fast, permissive gate: this checks the plumbing
+    params_file = tmp_path / 'params.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    summary = tmp_path / 'summary.json'
+    data_root = tmp_path / 'data'
+    cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--robot', 'sim_dual7', '--learn',
+           '--episodes', '0', '--minutes', '2.5', '--demos', '4', '--data-root', str(data_root),
+           '--summary', str(summary), '--height', '32', '--width', '40', '--max-steps', '150',
+           '--train-interval', '5', '--params-file', str(params_file),
+           '--domain-id', str(domain_id), '--ecu-id', 'ecu7']
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = json.loads(summary.read_text())
+    demos = list_episodes(data_root / 'offline', 'pick_cube')
+    assert len(demos) == 4
+    assert all(validate_episode(d.path).shapes['action'][1] == 16 for d in demos)
+    episodes = data['episodes']
+    assert episodes, 'no episode recorded'
+    for row in episodes:
+        assert validate_episode(row['path']).shapes['action'][1] == 16
+    checkpoints = data['checkpoints']
+    approved = [c for c in checkpoints if c['approved']]
+    assert approved and approved[0]['version'] == 1   # pre-training on the demonstrations
+    assert [c['version'] for c in checkpoints] == sorted(c['version'] for c in checkpoints)
+    deployed = [c for c in approved if c.get('deployed_at_episode') is not None]
+    assert deployed, f'no approved checkpoint reached the actor: {checkpoints}'
+    # an episode run by a deployed version starts at or after the episode it was deployed at
+    by_version = {c['version']: c['deployed_at_episode'] for c in deployed}
+    for row in episodes:
+        if row['model_version'] in by_version:
+            assert row['index'] >= by_version[row['model_version']]
+    assert any(row['model_version'] >= 1 for row in episodes)
+    per_version = data['per_model_version']
+    assert sum(v['episodes'] for v in per_version) == len(episodes)
+    assert [v['model_version'] for v in per_version] == sorted(
+        {row['model_version'] for row in episodes})
+    for v in per_version:
+        rows = [r for r in episodes if r['model_version'] == v['model_version']]
+        alone = sum(r['outcome'] == 'success' and r['intervention_steps'] == 0 for r in rows)
+        assert v['success_rate'] == pytest.approx(alone / len(rows))
+    curve = data['curve']
+    assert curve[0]['episodes'][0] == episodes[0]['index']
+    assert curve[-1]['episodes'][1] == episodes[-1]['index']
+    assert sum(b['episodes'][1] - b['episodes'][0] + 1 for b in curve) == len(episodes)
