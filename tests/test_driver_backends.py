@@ -116,25 +116,34 @@ def test_joint_name_map() -> None:
 
 
 def test_bridge_backend_flow() -> None:
+    """The contract on the default robot (one group for all joints); the details, per command
+    group and for bad states, are in test_driver_bridge.py."""
     with pytest.raises(ConfigError, match='command_type'):
         BridgeConfig(joint_names_theirs=THEIRS, command_type='twist')
     with pytest.raises(ConfigError, match='joint_names_theirs'):
-        BridgeConfig(joint_names_theirs=THEIRS[:5])
+        Ros2BridgeBackend(BridgeConfig(joint_names_theirs=THEIRS[:5]))
+    clock = [12.0]
     cfg = BridgeConfig(joint_names_theirs=THEIRS, command_type='joint_trajectory')
-    b = Ros2BridgeBackend(cfg)
+    b = Ros2BridgeBackend(cfg, clock=lambda: clock[0])
+    assert isinstance(b, RobotBackend) and b.joint_names == JOINT_NAMES
     b.connect()
     with pytest.raises(BackendError, match='no joint state'):
         b.read_state()
-    assert b.pending_command() is None
-    b.on_state(list(THEIRS), HOME.tolist(), stamp=12.0)
+    assert b.fault() is None and b.pending_commands() == []   # waiting for the first state
+    clock[0] += 0.6
+    assert 'no valid joint state' in b.fault()
+    assert b.on_state(list(THEIRS), HOME.tolist(), stamp=12.0)
     state = b.read_state()
     np.testing.assert_array_equal(state.positions, HOME)
-    assert state.stamp == 12.0 and b.state_fresh(12.4) and not b.state_fresh(13.0)
+    assert state.stamp == 12.0 and b.state_fresh(12.9) and not b.state_fresh(13.2)
+    assert b.fault() is None
     b.write_command(HOME + 0.01)
-    cmd = b.pending_command()
-    assert cmd is not None and cmd.names == THEIRS and cmd.command_type == 'joint_trajectory'
+    (cmd,) = b.pending_commands()
+    assert cmd.names == THEIRS and cmd.command_type == 'joint_trajectory'
     np.testing.assert_allclose(cmd.positions[:6], HOME[:6] + 0.01)
     assert cmd.positions[6] == 1.0  # gripper clamped to its limit
-    assert b.pending_command() is None
+    assert b.pending_commands() == []
     b.hold()
-    np.testing.assert_array_equal(b.pending_command().positions, HOME)
+    np.testing.assert_array_equal(b.pending_commands()[0].positions, HOME)
+    clock[0] += 1.0
+    assert 'stale' in b.fault()

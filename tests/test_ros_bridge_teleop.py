@@ -4,6 +4,7 @@ pseudo-terminal."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -28,9 +29,14 @@ THEIRS = [f'g1_{name}' for name in reversed(JOINT_NAMES)]   # another order, oth
 
 
 def test_ros2_bridge_maps_names_and_forwards_commands(ros, node_group):
+    """The default robot behind the bridge with one JointState command topic for all joints
+    (the backend's settings through backend_overrides); the agibot_g1 robot with one
+    controller per group against a ros2_control robot: test_ros_bridge.py."""
+    overrides = {'state_topic': '/g1/joint_states', 'state_qos': 'reliable',
+                 'command_topic': '/g1/joint_command', 'command_type': 'joint_state',
+                 'joint_names_theirs': [f'g1_{n}' for n in JOINT_NAMES]}
     spec = ecu_nodes(NS, backend='ros2_bridge', extra={'driver': {
-        'bridge_state_topic': '/g1/joint_states', 'bridge_command_topic': '/g1/joint_command',
-        'bridge_joint_names': [f'g1_{n}' for n in JOINT_NAMES]}})[0]
+        'backend_overrides': json.dumps(overrides)}})[0]
     probe = Probe(NS)
     ours, theirs_cmd = [], []
     n = probe.node

@@ -13,6 +13,10 @@ Topics (relative to the ECU namespace):
   out camera/{top,left,right}/image_raw sensor_msgs/Image rgb8  reliable, depth 5 (sim backend)
   out task_state                      scarls_interfaces/TaskState (sim backend; privileged)
   in  joint_command                   sensor_msgs/JointState   reliable, depth 1 (position targets)
+  out ~/fault                         std_msgs/String   transient local: why the robot cannot be
+                                      commanded now ('' = OK; the driver holds meanwhile)
+  ros2_bridge: in the robot's joint states, out one command topic per controller (the robot
+  description's backend settings, see scarls.driver.bridge)
 Services: ~/reset_pose (std_srvs/Trigger), ~/estop (std_srvs/SetBool).
 Parameters: see config/ecu.yaml (robot, backend, backend_overrides, rate_hz, image_height/width,
 seed, watchdog_timeout_s, autostart). The robot description (`robot`, config/robots/*.yaml) gives
@@ -26,12 +30,12 @@ import time
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode
 from scarls_interfaces.msg import ActorState, TaskState
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
 from scarls.driver.backends import make_backend
@@ -45,7 +49,13 @@ from scarls.driver.safety import (
 )
 from scarls.robot import DEFAULT_ROBOT, load_robot
 from scarls.ros import qos
-from scarls.ros.conversions import MessageError, image_to_msg, joint_state_to_msg, msg_to_positions
+from scarls.ros.conversions import (
+    MessageError,
+    image_to_msg,
+    joint_state_to_msg,
+    msg_to_positions,
+    stamp_to_sec,
+)
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.ros.viz import VizError, robot_markers
 
@@ -152,23 +162,86 @@ class DriverNode(LifecycleNode):
                           'srv': [self._srv_reset, self._srv_estop]}
         if name == 'ros2_bridge':
             self._setup_bridge(self._backend.config)
+        self._setup_fault_report()
         self._timer_group = group
         self.get_logger().info(
             f"configured: backend={p['backend']} joints={len(self._names)} "
             f"cameras={list(self._cameras)} rate={rate:.1f} Hz")
         return SUCCESS
 
-    def _setup_bridge(self, p) -> None:
+    def _setup_bridge(self, cfg) -> None:
+        """The bridged robot's topics: its joint states in (``state_qos``), one command
+        publisher per command group (controller) out."""
+        from std_msgs.msg import Float64MultiArray
+
+        from scarls.driver.bridge import command_message
+
         backend = self._backend
-        msg_type = JointTrajectory if p.command_type == 'joint_trajectory' else JointState
-        self._bridge_pub = self.create_publisher(msg_type, p.command_topic, qos.COMMAND)
-        self._bridge_sub = self.create_subscription(
-            JointState, p.state_topic,
-            lambda m: backend.on_state(list(m.name), list(m.position),
-                                       m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
-            qos.JOINT_STATE)
-        self._entities['pub'].append(self._bridge_pub)
+        types = {'joint_trajectory': JointTrajectory, 'float64_array': Float64MultiArray,
+                 'joint_state': JointState}
+        self._bridge_pubs = {}
+        for group in backend.groups:
+            pub = self.create_publisher(types[group.type], group.topic, qos.COMMAND)
+            self._bridge_pubs[group.name] = pub
+            self._entities['pub'].append(pub)
+        self._bridge_message = command_message
+
+        def on_state(msg: JointState) -> None:   # never raises: bad messages are counted
+            if not backend.on_state(msg.name, msg.position, stamp_to_sec(msg.header.stamp),
+                                    msg.velocity):
+                stats = backend.stats
+                self._warn('bridge_state', f'robot joint state ignored ({stats.rejected} of '
+                           f'{stats.received} so far): {stats.last_problem}', 5.0)
+
+        state_qos = qos.JOINT_STATE_ANY if cfg.state_qos == 'best_effort' else qos.JOINT_STATE
+        self._bridge_sub = self.create_subscription(JointState, cfg.state_topic, on_state,
+                                                    state_qos)
         self._entities['sub'].append(self._bridge_sub)
+        self.get_logger().info(
+            f'ros2_bridge: state from {cfg.state_topic} ({cfg.state_qos}); commands to '
+            + ', '.join(f'{g.topic} ({g.type}, {len(g.joints) or len(self._names)} joints)'
+                        for g in backend.groups))
+
+    def _publish_bridge_commands(self, stamp) -> None:
+        """Publish the bridged robot's pending commands, one message per command group."""
+        pending = getattr(self._backend, 'pending_commands', None)
+        if pending is None:
+            return
+        for cmd in pending():
+            self._bridge_pubs[cmd.group].publish(self._bridge_message(cmd, stamp))
+
+    def _setup_fault_report(self) -> None:
+        self._fault: str | None = None
+        self._fault_sent_at = -1e9
+        self._pub_fault = self.create_publisher(String, '~/fault', qos.LATCHED)
+        self._entities['pub'].append(self._pub_fault)
+        self._pub_fault.publish(String(data=''))
+
+    def _check_fault(self, backend) -> bool:
+        """``backend.fault()``: on a fault hold (once), log and publish it on ``~/fault`` (''
+        when it clears); True while it lasts (the tick then commands nothing and publishes no
+        joint state: a faulted robot's state is not to be trusted)."""
+        why = backend.fault()
+        now = time.monotonic()
+        if why is None:
+            if self._fault is not None:
+                self.get_logger().info(f'robot fault cleared (was: {self._fault})')
+                self._fault = None
+                self._pub_fault.publish(String(data=''))
+            return False
+        if self._fault is None:
+            self.get_logger().error(f'robot fault: {why}: holding')
+            self._hold('robot fault')
+            self._fault_sent_at = -1e9
+        else:
+            self._warn('fault', f'robot fault: {why}: holding', 5.0)
+        self._fault = why
+        with self._lock:
+            self._target = None
+        if now - self._fault_sent_at >= 1.0:
+            self._fault_sent_at = now
+            self._pub_fault.publish(String(data=why))
+        return True
 
     def on_activate(self, state):
         with self._lock:
@@ -276,6 +349,9 @@ class DriverNode(LifecycleNode):
         backend = self._backend
         if backend is None:
             return
+        if self._check_fault(backend):
+            self._publish_bridge_commands(self.get_clock().now().to_msg())
+            return
         now = time.monotonic()
         current = backend.read_state().positions
         with self._lock:
@@ -323,19 +399,7 @@ class DriverNode(LifecycleNode):
                                                     intervening=self._intervening, task=task))
             except VizError as exc:
                 self._warn('viz', f'robot markers skipped: {exc}', 10.0)
-        if hasattr(backend, 'pending_command'):
-            cmd = backend.pending_command()
-            if cmd is not None and cmd.command_type == 'joint_trajectory':
-                traj = JointTrajectory()
-                traj.header.stamp = stamp
-                traj.joint_names = list(cmd.names)
-                point = JointTrajectoryPoint()
-                point.positions = [float(x) for x in cmd.positions]
-                point.time_from_start = Duration(seconds=cmd.time_from_start).to_msg()
-                traj.points = [point]
-                self._bridge_pub.publish(traj)
-            elif cmd is not None:
-                self._bridge_pub.publish(joint_state_to_msg(cmd.names, cmd.positions, stamp))
+        self._publish_bridge_commands(stamp)
 
 
 def main(args=None) -> int:
