@@ -141,14 +141,16 @@ def test_reset_pose_service(robot):
     np.testing.assert_allclose(robot.latest(), HOME, atol=1e-9)
 
 
-@pytest.mark.parametrize('backend, message', [
-    ('ur5', 'unknown robot backend'),
-    ('arx5', 'arx5-sdk'),
+@pytest.mark.parametrize('params, message', [
+    ({'backend': 'ur5'}, 'unknown robot backend'),
+    ({'robot': 'arx5_pair'}, 'arx5-sdk'),                 # the vendor SDK is not installed
+    ({'robot': 'sim_dual6', 'backend': 'arx5'}, 'arx5'),   # a sim robot is no ARX5 pair
+    ({'robot': 'no_such_robot'}, "no robot named 'no_such_robot'"),
 ])
-def test_backend_that_cannot_start_fails_configure_clearly(ros, node_group, backend, message):
+def test_backend_that_cannot_start_fails_configure_clearly(ros, node_group, params, message):
     probe = Probe(NS, 'probe_cfg')
     try:
-        start_nodes(node_group, [_driver(backend=backend)])
+        start_nodes(node_group, [_driver(**params)])
         from lifecycle_msgs.msg import Transition
         assert probe.lifecycle('driver', Transition.TRANSITION_CONFIGURE) is False
         assert probe.lifecycle_state('driver') == 'unconfigured'
