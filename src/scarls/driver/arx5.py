@@ -548,6 +548,8 @@ class Arx5Backend(RobotBackend):
     * :meth:`read_state`, :meth:`fault`, :meth:`enable`: any thread.
     """
 
+    concurrent_reset = True
+
     def __init__(
         self,
         config: Arx5Config | None = None,

@@ -141,6 +141,23 @@ class RobotBackend(ABC):
         """Privileged task state (simulators only; None on real robots)."""
         return None
 
+    #: :meth:`reset_pose` blocks for the motion and may run in a worker thread while the control
+    #: loop reads the state (and :meth:`abort_motion` stops it); False: the driver serialises
+    #: it with the control loop (a simulator's reset is instant).
+    concurrent_reset: bool = False
+
+    @property
+    def moving(self) -> bool:
+        """A reset motion is still under way (the driver's reset waits for it to end)."""
+        return False
+
+    def abort_motion(self) -> bool:
+        """Stop a reset motion now (e-stop); True when it stopped. Default: nothing runs."""
+        return True
+
+    def enable(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Make commands move the robot again (e.g. set the gains after an e-stop)."""
+
     def fault(self) -> str | None:
         """Why the robot cannot execute commands right now (an SDK emergency, a limp arm, stale
         state from a bridged robot), or None when it can. The driver holds and reports it."""

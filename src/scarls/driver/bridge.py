@@ -414,6 +414,7 @@ class Ros2BridgeBackend(RobotBackend):
         self._stats = BridgeStats()
         self._pending: dict[str, BridgeCommand] = {}
         self._homing: _Homing | None = None
+        self._reset_until = 0.0   # a homing trajectory sent to the robot arrives by then
 
     def _resolve_groups(self, groups: Sequence[CommandGroup]) -> tuple[_Group, ...]:
         ours = self.names.ours
@@ -644,6 +645,7 @@ class Ros2BridgeBackend(RobotBackend):
         self._require_connected()
         with self._lock:
             self._homing = None
+            self._reset_until = 0.0
             fresh = self._fresh(self._clock())
             state = self._state
         if not fresh or state is None:
@@ -674,11 +676,19 @@ class Ros2BridgeBackend(RobotBackend):
         with self._lock:
             self._queue(target, traj, max(duration, self._traj_time))
             self._homing = _Homing(start, target, ramp) if ramp else None
+            self._reset_until = self._clock() + (max(duration, self._traj_time) if traj else 0.0)
 
     @property
     def homing(self) -> bool:
         """True while the ramp of a :meth:`reset_pose` is running."""
         return self._homing is not None
+
+    @property
+    def moving(self) -> bool:
+        """A :meth:`reset_pose` is under way: its ramp runs, or the trajectory sent to the
+        robot's controllers has not had its time yet (a hold or a command ends both)."""
+        with self._lock:
+            return self._homing is not None or self._clock() < self._reset_until
 
     def step(self, dt: float) -> None:
         """Advance a homing ramp by ``dt`` seconds (queues its next target)."""

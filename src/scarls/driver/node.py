@@ -31,7 +31,8 @@ import time
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import ActorState, TaskState
+from rclpy.task import Future
+from scarls_interfaces.msg import ActorState, DriverState, TaskState
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -45,6 +46,7 @@ from scarls.driver.safety import (
     ConfigError,
     EStop,
     SafetyFilter,
+    SafetyStatus,
     Watchdog,
 )
 from scarls.robot import DEFAULT_ROBOT, load_robot
@@ -91,6 +93,12 @@ class DriverNode(LifecycleNode):
         self._timer = None
         self._entities: dict[str, list] = {}
         self._warned_at: dict[str, float] = {}
+        self._backend_lock = threading.RLock()   # the control tick vs a (sim) reset worker
+        self._held: np.ndarray | None = None     # the latched hold target, while holding
+        self._hold_reason = ''
+        self._resetting = False
+        self._status = SafetyStatus()
+        self._safety_sent_at = -1e9
 
     # -- lifecycle -------------------------------------------------------------------------
     def _backend_params(self) -> tuple[str, dict]:
@@ -152,12 +160,15 @@ class DriverNode(LifecycleNode):
             lambda m: setattr(self, '_intervening', bool(m.intervening)), qos.STATE)
         self._viz_every, self._viz_tick = max(1, round(rate / VIZ_RATE_HZ)), 0
         group = MutuallyExclusiveCallbackGroup()
+        # the reset awaits its motion (a coroutine that holds its own group meanwhile): it must
+        # not share a group with the control tick or the e-stop
         self._srv_reset = self.create_service(Trigger, '~/reset_pose', self._on_reset,
-                                              callback_group=group)
+                                              callback_group=MutuallyExclusiveCallbackGroup())
         self._srv_estop = self.create_service(SetBool, '~/estop', self._on_estop,
-                                              callback_group=group)
+                                              callback_group=MutuallyExclusiveCallbackGroup())
+        self._pub_safety = self.create_publisher(DriverState, 'driver/state', qos.STATE)
         self._entities = {'pub': [self._pub_js, *self._pub_cam.values(), self._pub_task,
-                                  self._pub_viz],
+                                  self._pub_viz, self._pub_safety],
                           'sub': [self._sub_cmd, self._sub_actor],
                           'srv': [self._srv_reset, self._srv_estop]}
         if name == 'ros2_bridge':
@@ -290,12 +301,31 @@ class DriverNode(LifecycleNode):
                 self._backend = None
 
     def _hold(self, why: str) -> None:
-        try:
-            self._backend.hold()
-        except Exception as exc:  # noqa: BLE001 - a failing hold must still be reported
-            self.get_logger().error(f'hold failed ({why}): {exc}')
+        """Stop following commands and hold ONE target: the pose measured when the hold began
+        (re-reading the measured pose every tick would let a loaded arm sag). The latch lasts
+        until a fresh command is followed again."""
         with self._lock:
             self._target = None
+            latch = self._held is None
+        if latch:
+            try:
+                held = np.array(self._backend.read_state().positions, dtype=np.float64)
+                self._backend.hold()
+                self._held = held
+                self._hold_reason = why
+            except Exception as exc:  # noqa: BLE001 - a failing hold must still be reported
+                self.get_logger().error(f'hold failed ({why}): {exc}')
+
+    def _keep_holding(self) -> None:
+        """Each tick while holding: command the latched pose again (a no-op for a robot whose
+        own hold keeps it, e.g. the ARX5 SDK; the simulator and bridged robots need it)."""
+        if self._held is None:
+            self._hold(self._hold_reason or 'holding')
+            return
+        try:
+            self._backend.write_command(self._held)
+        except (BackendError, CommandRejected) as exc:
+            self._warn('hold', f'holding: {exc}', 5.0)
 
     # -- callbacks -------------------------------------------------------------------------
     def _warn(self, key: str, text: str, period: float = 2.0) -> None:
@@ -314,28 +344,77 @@ class DriverNode(LifecycleNode):
             self._target = target
         self._watchdog.feed(time.monotonic())
 
-    def _on_reset(self, request, response):
-        try:
-            self._backend.reset_pose()
-            with self._lock:
-                self._target = None
+    async def _on_reset(self, request, response):
+        """Move to the home pose. Refused while e-stopped, faulted or already resetting. The
+        motion runs in a worker thread; this callback awaits it without blocking the executor,
+        so e-stop, state and commands keep being served (an e-stop aborts the reset)."""
+        backend = self._backend
+        refusal = ('e-stop engaged: release it first' if self._estop.engaged
+                   else f'robot fault: {self._fault}' if self._fault
+                   else 'a reset is already running' if self._resetting
+                   else 'not configured' if backend is None else '')
+        if refusal:
+            response.success, response.message = False, f'reset refused: {refusal}'
+            self.get_logger().warning(response.message)
+            return response
+        with self._lock:
+            self._target = None
+        self._resetting = True
+        done = Future()
+
+        def work() -> None:
+            try:
+                if backend.concurrent_reset:
+                    backend.reset_pose()
+                else:
+                    with self._backend_lock:
+                        backend.reset_pose()
+                while backend.moving and not self._estop.engaged:
+                    time.sleep(self._dt)
+                done.set_result('' if not self._estop.engaged else 'aborted by the e-stop')
+            except Exception as exc:  # noqa: BLE001 - MotionAborted, BackendError: report
+                done.set_result(f'{type(exc).__name__}: {exc}')
+
+        threading.Thread(target=work, name='reset_pose', daemon=True).start()
+        error = await done
+        self._resetting = False
+        self._held = None
+        if error:
+            response.success, response.message = False, f'reset failed: {error}'
+            self.get_logger().error(response.message)
+            if not self._estop.engaged:
+                self._hold('reset failed')
+        else:
             response.success, response.message = True, 'reset to home pose'
             self.get_logger().info('reset pose')
-        except Exception as exc:  # noqa: BLE001 - report to the caller, keep running
-            response.success, response.message = False, f'reset failed: {exc}'
-            self.get_logger().error(response.message)
         return response
 
     def _on_estop(self, request, response):
+        backend = self._backend
         if request.data:
             self._estop.engage('service request')
-            self._hold('e-stop')
+            if backend is not None:
+                if self._resetting and not backend.abort_motion():
+                    self.get_logger().error('e-stop: the reset motion did not stop in time')
+                self._held = None
+                self._hold('e-stop')
             response.message = 'e-stop engaged: holding position'
             self.get_logger().warning(response.message)
         else:
             self._estop.release()
-            response.message = 'e-stop released'
+            # never jump to a command streamed before or during the stop: hold the pose
+            # measured now until a fresh command arrives
+            self._held = None
+            if backend is not None:
+                self._hold('e-stop released: waiting for a fresh command')
+                try:
+                    backend.enable()
+                except Exception as exc:  # noqa: BLE001 - stays held; say why
+                    self.get_logger().error(f'e-stop released but the robot cannot be enabled: '
+                                            f'{exc}')
+            response.message = 'e-stop released: holding until a fresh command'
             self.get_logger().info(response.message)
+        self._report_safety()
         response.success = True
         return response
 
@@ -349,30 +428,69 @@ class DriverNode(LifecycleNode):
         backend = self._backend
         if backend is None:
             return
-        if self._check_fault(backend):
-            self._publish_bridge_commands(self.get_clock().now().to_msg())
-            return
-        now = time.monotonic()
-        current = backend.read_state().positions
-        with self._lock:
-            target = self._target
+        with self._backend_lock:
+            if self._check_fault(backend):
+                self._safety('fault', self._fault or 'fault')
+                self._publish_bridge_commands(self.get_clock().now().to_msg())
+                return
+            now = time.monotonic()
+            current = backend.read_state().positions
+            with self._lock:
+                target = self._target
+            if self._estop.engaged:
+                self._keep_holding()
+                self._safety('estopped', self._estop.reason or '')
+            elif self._resetting:
+                with self._lock:
+                    self._target = None   # nothing streamed during a reset is followed
+                self._safety('resetting', 'moving to the home pose')
+            elif target is not None and self._watchdog.expired(now):
+                self._warn('watchdog', 'no joint_command for '
+                           f'{self._watchdog.timeout_s:.2f} s: holding position')
+                self._hold('watchdog: no joint_command for '
+                           f'{self._watchdog.timeout_s:.2f} s')
+                self._safety('holding', self._hold_reason)
+            elif target is not None:
+                try:
+                    result = self._filter.filter(target, current)
+                    backend.write_command(result.command)
+                    self._held = None
+                    if result.clamped:
+                        self._warn('clamped', 'command clamped: ' + ', '.join(result.reasons),
+                                   5.0)
+                        self._safety('clamped', '; '.join(result.reasons))
+                    else:
+                        self._safety('ok', '')
+                except CommandRejected as exc:
+                    self._warn('rejected', f'command rejected: {exc}')
+                    self._hold(f'rejected command: {exc}')
+                    self._safety('holding', self._hold_reason)
+            else:
+                if self._held is not None:
+                    self._keep_holding()
+                self._safety('holding', self._hold_reason or 'waiting for a command')
+            backend.step(self._dt)
+            self._publish()
+
+    def _safety(self, state: str, reason: str) -> None:
+        if self._status.update(state, reason) or \
+                time.monotonic() - self._safety_sent_at >= 1.0:
+            self._report_safety()
+
+    def _report_safety(self) -> None:
+        st = self._status
+        msg = DriverState()
+        msg.header.stamp = self.get_clock().now().to_msg()
         if self._estop.engaged:
-            backend.hold()
-        elif target is not None and self._watchdog.expired(now):
-            self._warn('watchdog', 'no joint_command for '
-                       f'{self._watchdog.timeout_s:.2f} s: holding position')
-            self._hold('watchdog')
-        elif target is not None:
-            try:
-                result = self._filter.filter(target, current)
-                backend.write_command(result.command)
-                if result.clamped:
-                    self._warn('clamped', 'command clamped: ' + ', '.join(result.reasons), 5.0)
-            except CommandRejected as exc:
-                self._warn('rejected', f'command rejected: {exc}')
-                self._hold('rejected command')
-        backend.step(self._dt)
-        self._publish()
+            msg.state, msg.reason = 'estopped', self._estop.reason or ''
+        else:
+            msg.state, msg.reason = st.state, st.reason
+        msg.clamped_ticks = st.ticks['clamped']
+        msg.holding_ticks = st.ticks['holding']
+        msg.estopped_ticks = st.ticks['estopped']
+        msg.fault_ticks = st.ticks['fault']
+        self._pub_safety.publish(msg)
+        self._safety_sent_at = time.monotonic()
 
     def _publish(self) -> None:
         backend = self._backend

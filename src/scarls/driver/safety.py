@@ -21,7 +21,9 @@ __all__ = [
     'EStop',
     'FilterResult',
     'JointLimits',
+    'SAFETY_STATES',
     'SafetyFilter',
+    'SafetyStatus',
     'Watchdog',
 ]
 
@@ -260,3 +262,28 @@ class EStop:
         if self._reason is not None:
             logger.warning('e-stop released (was: %s)', self._reason)
         self._reason = None
+
+
+#: The driver's safety states, see ``scarls_interfaces/DriverState``.
+SAFETY_STATES = ('ok', 'clamped', 'holding', 'estopped', 'fault', 'resetting')
+
+
+class SafetyStatus:
+    """The driver's safety state of the current tick and per-state tick counters.
+
+    :meth:`update` returns True when the state or its reason changed (the node publishes then,
+    and at a low rate otherwise).
+    """
+
+    def __init__(self) -> None:
+        self.state = 'holding'
+        self.reason = 'waiting for a first command'
+        self.ticks = {s: 0 for s in SAFETY_STATES}
+
+    def update(self, state: str, reason: str = '') -> bool:
+        if state not in SAFETY_STATES:
+            raise ValueError(f'unknown safety state {state!r}; known: {SAFETY_STATES}')
+        self.ticks[state] += 1
+        changed = (state, reason) != (self.state, self.reason)
+        self.state, self.reason = state, reason
+        return changed
