@@ -106,7 +106,8 @@ def test_fsm_over_dds_with_illegal_and_unknown_signals(operator, node_group):
     op.signal(OperatorSignal.RELEASE, wait_for='INFERENCE')
     op.signal(OperatorSignal.SUCCESS, wait_for='IDLE')
     phases = [s.phase for s in op.states]
-    assert phases[-4:] == ['INFERENCE', 'SUCCESS', 'IDLE'][-3:] or 'SUCCESS' in phases
+    changes = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+    assert changes[-4:] == ['HUMANINTERVENTION', 'INFERENCE', 'SUCCESS', 'IDLE'], changes
     ended = [s for s in op.states if s.phase == 'SUCCESS'][-1]
     assert ended.steps == len([s for s in op.steps if s.episode_id == ended.episode_id])
     op.probe.spin_for(0.3)
@@ -176,3 +177,26 @@ def test_bad_initial_checkpoint_fails_configure(ros, node_group, tmp_path):
         assert not node_group.dead()
     finally:
         probe.close()
+
+
+def test_an_estop_aborts_the_episode_and_blocks_the_next_start(operator, node_group):
+    """The actor follows the driver's safety state: an e-stop during an episode ends it
+    (ABORTED: its steps were not executed); START is refused until the e-stop is released."""
+    from std_srvs.srv import SetBool
+    op = operator
+    op.signal(OperatorSignal.START, wait_for='INFERENCE')
+    stop = op.probe.call(SetBool, 'driver/estop', SetBool.Request(data=True))
+    assert stop.success
+    op.probe.wait_for(lambda: any(s.phase == 'ABORTED' for s in op.states), 15,
+                      'the episode to be aborted')
+    aborted = [s for s in op.states if s.phase == 'ABORTED'][-1]
+    assert 'driver estopped' in aborted.reason
+    # the driver refuses to reset while e-stopped: the actor waits in ABORTED, starts nothing
+    op.signal(OperatorSignal.START)
+    op.probe.spin_for(1.5)
+    assert op.phase == 'ABORTED', op.phase
+    assert 'START ignored: the driver is estopped' in log_text(node_group, 'actor')
+    op.probe.call(SetBool, 'driver/estop', SetBool.Request(data=False))
+    op.probe.wait_for(lambda: op.phase == 'IDLE', 30, 'IDLE once the reset could run')
+    op.probe.wait_for(lambda: (op.signal(OperatorSignal.START) or op.phase == 'INFERENCE'),
+                      15, 'START accepted after the release')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import yaml
 from scarls.bringup import default_params_file
 from scarls.checkpoints import load_checkpoint
 from scarls.checkpoints.registry import CheckpointRegistry
+from scarls.episodes.schema import EpisodeMeta
 from scarls.fleet import trainable_parameters
 
 pytestmark = pytest.mark.ros
@@ -35,6 +37,8 @@ def small_fleet_params(tmp_path):
 
 
 def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
+    """A fleet of two 16-joint robots (sim_dual7; the killed-learner test below runs the
+    default 14-joint robot): both record, average and deploy the same model."""
     params_file = small_fleet_params(tmp_path)
     summary_path = tmp_path / 'fleet.json'
     root = tmp_path / 'fleet'
@@ -42,14 +46,19 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
            '--minutes', '4', '--data-root', str(root), '--summary', str(summary_path),
            '--height', '32', '--width', '40', '--max-steps', '120', '--demos', '4',
            '--train-interval', '0', '--deadline', '20', '--params-file', str(params_file),
-           '--domain-id', str(domain_id)]
+           '--domain-id', str(domain_id), '--robot', 'sim_dual7']
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     summary = json.loads(summary_path.read_text())
     assert set(summary['ecus']) == {'ecu0', 'ecu1'}
+    assert summary['robot']['name'] == 'sim_dual7'
     for ecu, report in summary['ecus'].items():
         assert len(report['episodes']) >= 6, ecu
         assert all(e['path'].startswith(str(root / ecu)) for e in report['episodes'])
+        widths = {EpisodeMeta.load(Path(e['path']).with_name(
+            Path(e['path']).name.replace('.zarr', '_meta.json'))).shapes['action'][1]
+            for e in report['episodes']}
+        assert widths == {16}, (ecu, widths)
     rounds = summary['rounds']
     # the fleet's rates over time count every ECU's episodes
     curve = summary['fleet_curve']
@@ -76,7 +85,8 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     synced = [r for r in both if r['selector_passed'] and set(r['version']) == {'ecu0', 'ecu1'}]
     assert synced, rounds
     differed = [r for r in synced if r['metrics']['ecu0'] != r['metrics']['ecu1']]
-    r = (differed or synced)[0]
+    assert differed, f'every synchronised round had equal local errors: {synced}'
+    r = differed[0]
     weights = {}
     for ecu, version in r['version'].items():
         registry = CheckpointRegistry(root / ecu / 'checkpoints' / 'pick_cube', keep_last=100)

@@ -12,7 +12,8 @@ Topics (relative to the ECU namespace):
       Image or CompressedImage, newest only), teleop/command,
       operator/signal (scarls_interfaces/OperatorSignal), scheduler/checkpoint (CheckpointInfo:
       the checkpoint to deploy; fetched in the background in verified chunks from
-      scheduler/get_checkpoint, swapped in at the next episode boundary)
+      scheduler/get_checkpoint, swapped in at the next episode boundary), driver/state (an
+      e-stop or a robot fault aborts the episode and refuses the next START)
   out joint_command (sensor_msgs/JointState position targets, reliable depth 1)
       actor/state (ActorState, transient local: every transition + 1 Hz)
       actor/step (ActorStep: one per tick of an episode - stamps of the observation used, the
@@ -34,7 +35,13 @@ import time
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, OperatorSignal
+from scarls_interfaces.msg import (
+    ActorState,
+    ActorStep,
+    CheckpointInfo,
+    DriverState,
+    OperatorSignal,
+)
 from scarls_interfaces.srv import GetCheckpointChunk
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
@@ -73,6 +80,7 @@ SIGNAL_EVENTS = {
     OperatorSignal.STOP: Event.STOP,
 }
 RESET_TIMEOUT_S = 10.0
+UNSAFE_DRIVER = ('estopped', 'fault')   # driver states that end an episode / refuse a START
 CHUNK_CALL_TIMEOUT_S = 10.0
 MAX_CHECKPOINT_BYTES = 4 << 30
 TELEOP_STALE_S = 0.5
@@ -147,6 +155,7 @@ class ActorNode(LifecycleNode):
         self._latest_teleop: tuple[float, np.ndarray] | None = None
         self._max_age_ns = int(float(self.get_parameter('max_observation_age_s').value) * 1e9)
         self._stale_observations = 0
+        self._driver_state: DriverState | None = None
         self._pending_ckpt: CheckpointInfo | None = None
         self._tick_count = 0
         self._last_action: np.ndarray | None = None
@@ -162,6 +171,8 @@ class ActorNode(LifecycleNode):
                                      qos.EVENTS, callback_group=self._control),
             self.create_subscription(CheckpointInfo, 'scheduler/checkpoint', self._on_checkpoint,
                                      qos.LATCHED, callback_group=sensors),
+            self.create_subscription(DriverState, 'driver/state', self._on_driver_state,
+                                     qos.STATE, callback_group=self._control),
         ]
         self._pub_cmd = self.create_publisher(JointState, 'joint_command', qos.COMMAND)
         self._pub_state = self.create_publisher(ActorState, 'actor/state', qos.STATE)
@@ -354,7 +365,19 @@ class ActorNode(LifecycleNode):
             self._warn('bad_signal', f'unknown operator signal {msg.signal} from {msg.source!r}')
             return
         reason = f'{msg.source}: {msg.reason}' if msg.reason else msg.source
+        driver = self._driver_state
+        if event is Event.START and driver is not None and driver.state in UNSAFE_DRIVER:
+            self._warn('start_refused', f'START ignored: the driver is {driver.state} '
+                       f'({driver.reason}); release the e-stop / clear the fault first')
+            return
         self._handle(event, reason)
+
+    def _on_driver_state(self, msg: DriverState) -> None:
+        """The driver's safety state: an e-stop or a robot fault ends a running episode
+        (ABORTED: its steps were not executed) and keeps the next one from starting."""
+        self._driver_state = msg
+        if msg.state in UNSAFE_DRIVER and is_episode_active(self.fsm.phase):
+            self._handle(Event.STOP, f'driver {msg.state}: {msg.reason}')
 
     # -- FSM -------------------------------------------------------------------------------
     def _handle(self, event: Event, reason: str) -> None:
