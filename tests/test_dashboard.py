@@ -66,6 +66,16 @@ def test_ecus_are_discovered_from_any_global_topic():
     assert [e['id'] for e in state.snapshot()['ecus']] == ['ecu0', 'ecu1', 'ecu2', 'ecu3']
 
 
+def test_driver_safety_state_and_cameras_are_in_the_snapshot():
+    state = FleetState(FakeClock())
+    state.discover('ecu0')
+    state.driver_state('ecu0', 'estopped', 'service request')
+    state.set_cameras('ecu0', ['head', 'wrist'])
+    (ecu,) = state.snapshot()['ecus']
+    assert (ecu['driver'], ecu['driver_reason']) == ('estopped', 'service request')
+    assert ecu['cameras'] == ['head', 'wrist']
+
+
 def test_rates_over_time_phases_and_silence():
     clock = FakeClock()
     state = FleetState(clock)

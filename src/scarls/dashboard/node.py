@@ -76,7 +76,7 @@ class DashboardNode(Node):
     def _ensure_ecu(self, ecu_id: str) -> None:
         if ecu_id in self._ecu_subs or not _NAMESPACE_RE.match(ecu_id):
             return
-        from scarls_interfaces.msg import ActorState, CheckpointInfo, EpisodeInfo
+        from scarls_interfaces.msg import ActorState, CheckpointInfo, DriverState, EpisodeInfo
 
         self.state.discover(ecu_id)
         ns = f'/{ecu_id}'
@@ -89,6 +89,9 @@ class DashboardNode(Node):
                                      lambda m: self._on_deployed(ecu_id, m), qos.LATCHED),
             self.create_subscription(CheckpointInfo, f'{ns}/learner/checkpoint',
                                      lambda m: self._on_candidate(ecu_id, m), qos.STATE),
+            self.create_subscription(DriverState, f'{ns}/driver/state',
+                                     lambda m: self.state.driver_state(
+                                         ecu_id, m.state, m.reason), qos.STATE),
         ]
         self.get_logger().info(f'ECU {ecu_id} discovered')
 

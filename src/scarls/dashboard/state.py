@@ -126,6 +126,8 @@ class EcuState:
     first_seen: float
     task: str = ''
     cameras: tuple[str, ...] = ()    # discovered from the ECU's camera topics
+    driver: str = ''                 # the driver's safety state (driver/state) and why
+    driver_reason: str = ''
     phase: str = 'UNKNOWN'
     phase_since: float | None = None
     episode_id: int = 0
@@ -188,6 +190,13 @@ class FleetState:
     def ecu_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._ecus)
+
+    def driver_state(self, ecu_id: str, state: str, reason: str) -> None:
+        """The driver's safety state (ok, clamped, holding, estopped, fault, resetting)."""
+        with self._lock:
+            e = self._ecu(ecu_id)
+            e.driver, e.driver_reason = str(state), str(reason)
+            self.revision += 1
 
     def set_cameras(self, ecu_id: str, cameras) -> None:
         """The camera names an ECU publishes (from the ROS graph)."""
@@ -408,6 +417,7 @@ class FleetState:
                     learner['age_s'] = now - e.learner_seen
                 ecus.append({
                     'id': ecu_id, 'task': e.task, 'cameras': list(e.cameras),
+                    'driver': e.driver, 'driver_reason': e.driver_reason,
                     'phase': e.phase, 'phase_since': e.phase_since,
                     'episode_id': e.episode_id, 'steps': e.steps,
                     'intervention_steps': e.intervention_steps, 'intervening': e.intervening,

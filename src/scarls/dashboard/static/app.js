@@ -62,7 +62,7 @@ function card(ecu, cameras) {
   const kv = h('table', {class: 'kv'});
   const fields = {};
   for (const [key, label] of [['episode', 'episode'], ['saved', 'saved'], ['recent', 'recent'],
-    ['model', 'model'], ['learner', 'learner'], ['train', 'training']]) {
+    ['model', 'model'], ['driver', 'robot'], ['learner', 'learner'], ['train', 'training']]) {
     fields[key] = h('td');
     kv.append(h('tr', {}, h('th', {}, label), fields[key]));
   }
@@ -96,6 +96,8 @@ function renderCard(e, now) {
   c.fields.saved.textContent = `${e.episodes} episodes, ${e.successes_without_help} without help`;
   c.fields.recent.textContent = `${pct(e.recent_success_rate)} succeeded without help, ${pct(e.recent_intervention_rate)} of steps by human`;
   c.fields.model.textContent = `running v${e.model_version}, deployed v${e.deployed_version}`;
+  c.fields.driver.textContent = e.driver ? `${e.driver}${e.driver_reason ? ` (${e.driver_reason})` : ''}` : '-';
+  c.fields.driver.className = ['estopped', 'fault'].includes(e.driver) ? 'alarm' : '';
   const l = e.learner;
   if (l) {
     c.fields.learner.textContent = `${l.state}${l.detail ? ` (${l.detail})` : ''}: ${l.rounds} rounds, v${l.version} ${l.approved ? 'approved' : 'rejected'}, loss ${fixed(l.loss)}, error ${fixed(l.metric)}`;
