@@ -1,4 +1,4 @@
-"""One ECU on a full ROS 2 install: `ros2 launch scarls ecu.launch.py ecu_id:=ecu0 robot:=sim_dual6`.
+"""One ECU on a full ROS 2 install: `ros2 launch scarls ecu.launch.py robot:=sim_dual6`.
 
 `robot:=` names a built-in robot description (sim_dual6, sim_dual7, arx5_pair, agibot_g1) or the
 path of your own YAML file: the same ECU drives real hardware by changing that one file.

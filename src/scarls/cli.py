@@ -272,10 +272,14 @@ def cmd_ecu(args) -> int:
                                      'max_steps': args.max_steps},
                           **extra,
                       })
+    # a learner (or a capture process) that dies is restarted: the robot keeps acting and
+    # recording with its deployed model meanwhile, and the learner resumes from its registry
+    restart = ('learner', *(s.name for s in specs if s.module == 'scarls.camera.capture'))
     options = RunOptions(
         specs=specs, params_file=str(args.params_file or default_params_file()),
         episodes=args.episodes, minutes=args.minutes, domain_id=domain,
-        localhost_only=not args.network, log_dir=log_dir, extras=_dashboard(args))
+        localhost_only=not args.network, log_dir=log_dir, extras=_dashboard(args),
+        restart=restart, max_restarts=10)
     run = EcuRun(options)
     summary = run.run()
     summary.update({'task': args.task, 'ecu_id': args.ecu_id, 'data_root': str(data_root),
