@@ -28,6 +28,14 @@ def _learner_pids(ecu: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _has_approved(registry) -> bool:
+    try:
+        records = json.loads(registry.read_text())['records']
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(r.get('approved') for r in records)
+
+
 def test_a_learner_killed_three_times_never_stops_the_robot(tmp_path, domain_id):
     params = yaml.safe_load(default_params_file().read_text())
     params['/**/learner']['ros__parameters'].update(
@@ -46,10 +54,11 @@ def test_a_learner_killed_three_times_never_stops_the_robot(tmp_path, domain_id)
     try:
         registry = tmp_path / 'data' / 'checkpoints' / 'pick_cube' / 'registry.json'
         deadline = time.monotonic() + 240
-        # first kill once v1 (pre-training) is in the registry, then twice more
+        # first kill once an approved version (pre-training) is in the registry, then twice
+        # more, each time after the restarted learner had a while to come back
         while len(kills) < 3 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(1.0)
-            if not registry.exists():
+            if not _has_approved(registry):
                 continue
             pids = _learner_pids(ecu)
             if len(pids) == 1 and (not kills or time.monotonic() - kills[-1][0] > 25):

@@ -1,0 +1,212 @@
+"""Fault: hostile or corrupt bytes through every loader a node reads (hypothesis).
+
+Robot descriptions, episode meta, episode chunk files through the learner's loading path, bag
+files and checkpoint files: whatever the bytes, the loader raises its typed error with a
+message, never another exception, never a crash, with bounded memory.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scarls.bags.errors import BagError
+from scarls.bags.io import BagReader
+from scarls.checkpoints import CheckpointRejected, load_checkpoint, save_checkpoint
+from scarls.episodes import EpisodeReader, EpisodeWriter, StepRecord, validate_episode
+from scarls.episodes.errors import EpisodeFormatError
+from scarls.episodes.schema import EpisodeMeta
+from scarls.learner.trainer import EpisodeData
+from scarls.policies import make_policy
+from scarls.robot import RobotDescription, RobotDescriptionError, load_robot
+
+pytestmark = pytest.mark.faults
+FUZZ = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+
+# any JSON-like value, to put where a field is expected
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                      children, max_size=4),
+    max_leaves=12)
+
+
+@pytest.fixture(autouse=True)
+def _memory_bound():
+    """No loader may allocate gigabytes on crafted input: cap this process's address space
+    (generous: torch and numpy are loaded) while the fuzzing runs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = 8 << 30
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY
+                                            else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _mutate(data, path: list, value):
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+def _paths(data, prefix=()):
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield (*prefix, k)
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield (*prefix, i)
+            yield from _paths(v, (*prefix, i))
+
+
+ROBOT = load_robot('sim_dual7').to_dict()
+ROBOT_PATHS = list(_paths(ROBOT))
+
+
+@FUZZ
+@given(st.sampled_from(ROBOT_PATHS), _values)
+def test_robot_descriptions_fail_typed(path, value):
+    data = json.loads(json.dumps(ROBOT))
+    _mutate(data, list(path), value)
+    try:
+        RobotDescription.from_dict(data, 'fuzz.yaml')
+    except RobotDescriptionError as exc:
+        assert 'fuzz.yaml' in str(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_robot_description_files_of_random_bytes_fail_typed(tmp_path, blob):
+    f = tmp_path / 'robot.yaml'
+    f.write_bytes(blob)
+    try:
+        load_robot(str(f))
+    except RobotDescriptionError:
+        pass
+
+
+def _episode(root: Path) -> Path:
+    w = EpisodeWriter(root, 'pick', 'ecu-fuzz', image_shape=(16, 16), state_dim=16,
+                      action_dim=16, block_size=4, fsync=False)
+    rng = np.random.default_rng(0)
+    for i in range(9):
+        w.append(StepRecord({c: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+                             for c in ('top', 'left', 'right')},
+                            np.full(16, i, np.float32), np.zeros(16, np.float32), True, i / 30))
+    return w.finalize('success', 1).path
+
+
+@pytest.fixture(scope='module')
+def good_episode(tmp_path_factory) -> Path:
+    return _episode(tmp_path_factory.mktemp('fuzz_ep'))
+
+
+@FUZZ
+@given(data=st.data())
+def test_episode_meta_fails_typed(good_episode, data):
+    meta = json.loads(good_episode.with_name(
+        good_episode.name.replace('.zarr', '_meta.json')).read_text())
+    path = data.draw(st.sampled_from(list(_paths(meta))))
+    _mutate(meta, list(path), data.draw(_values))
+    try:
+        EpisodeMeta.from_dict(meta, 'fuzz_meta.json')
+    except EpisodeFormatError as exc:
+        assert 'fuzz_meta.json' in str(exc)
+
+
+@FUZZ
+@given(data=st.data())
+def test_corrupt_chunk_files_are_caught_on_the_learners_path(tmp_path, good_episode, data):
+    """A flipped, truncated or replaced chunk file: validation names it, and the learner's
+    loader (EpisodeReader -> EpisodeData) raises a typed error instead of training on it."""
+    import tempfile
+    tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))   # one folder per example
+    ep = tmp_path / good_episode.name
+    shutil.copytree(good_episode, ep)
+    meta = good_episode.with_name(good_episode.name.replace('.zarr', '_meta.json'))
+    shutil.copy(meta, tmp_path / meta.name)
+    chunks = sorted(p for p in ep.rglob('*') if p.is_file() and p.name != 'zarr.json')
+    target = data.draw(st.sampled_from(chunks))
+    blob = bytearray(target.read_bytes())
+    how = data.draw(st.sampled_from(['flip', 'truncate', 'random', 'empty']))
+    if how == 'flip' and blob:
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == 'truncate':
+        blob = blob[:data.draw(st.integers(0, max(0, len(blob) - 1)))]
+    elif how == 'random':
+        blob = bytearray(data.draw(st.binary(min_size=1, max_size=4000)))
+    else:
+        blob = bytearray()
+    if bytes(blob) == target.read_bytes():
+        return
+    target.write_bytes(bytes(blob))
+    with pytest.raises((EpisodeFormatError, ValueError)):
+        validate_episode(ep)
+    try:
+        EpisodeData.from_reader(EpisodeReader(ep), source='online')
+    except (EpisodeFormatError, ValueError, OSError, RuntimeError) as exc:
+        assert str(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=5000))
+def test_bags_of_random_bytes_fail_typed(tmp_path, blob):
+    import tempfile
+    bag = Path(tempfile.mkdtemp(dir=tmp_path)) / 'bag'
+    bag.mkdir()
+    (bag / 'bag_0.mcap').write_bytes(blob)
+    try:
+        with BagReader(bag) as reader:
+            for _ in reader.messages(list(reader.topics)):
+                pass
+    except BagError as exc:
+        assert str(exc)
+
+
+@pytest.fixture(scope='module')
+def good_checkpoint(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp('fuzz_ckpt') / 'ckpt.safetensors'
+    policy = make_policy('mlp', {'state_dim': 14, 'action_dim': 14, 'hidden_sizes': [16]})
+    save_checkpoint(path, policy, version=1)
+    return path.read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_checkpoints_of_damaged_bytes_fail_typed(good_checkpoint, data):
+    blob = bytearray(good_checkpoint)
+    how = data.draw(st.sampled_from(['flip', 'truncate', 'random', 'header']))
+    if how == 'flip':
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == 'truncate':
+        blob = blob[:data.draw(st.integers(0, len(blob) - 1))]
+    elif how == 'random':
+        blob = bytearray(data.draw(st.binary(max_size=3000)))
+    else:   # a header that claims a huge length
+        blob[:8] = data.draw(st.integers(0, 2**63 - 1)).to_bytes(8, 'little')
+    try:
+        load_checkpoint(bytes(blob))
+    except CheckpointRejected as exc:
+        assert str(exc)
+
+
+def test_the_fuzzed_robot_file_format_is_the_shipped_one():
+    # the mutations above start from a description that loads
+    assert RobotDescription.from_dict(yaml.safe_load(yaml.safe_dump(ROBOT)), 'x').num_joints == 16

@@ -1,0 +1,29 @@
+"""Fault: the episode writer SIGKILLed at random points (mid-append, array growth, mid-finalize,
+between the renames), 60 times here; `python tests/faults/writer_kill_campaign.py --trials 300`
+is the long version whose figures are in docs/RELIABILITY.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.faults
+CAMPAIGN = Path(__file__).resolve().parent / 'writer_kill_campaign.py'
+
+
+def test_sixty_random_kills_leave_no_half_episode_no_gap_and_no_leftover(tmp_path):
+    out_json = tmp_path / 'kills.json'
+    out = subprocess.run([sys.executable, str(CAMPAIGN), '--trials', '60', '--seed', '7',
+                          '--json', str(out_json)], capture_output=True, text=True, timeout=280)
+    summary = json.loads(out_json.read_text())
+    assert summary['trials_with_problems'] == [], summary['trials_with_problems'][:3]
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert summary['trials'] == 60 and summary['episodes_written'] > 60
+    # the kills really landed inside episodes (not only between them)
+    assert summary['kills_with_a_lost_episode'] >= 30
+    modes = {r['mode'] for r in summary['results']}
+    assert modes == {'append', 'background'}
