@@ -579,9 +579,7 @@ def test_disk_full_on_append(tmp_path: Path, monkeypatch) -> None:
     validate_episode(ref.path)
 
 
-def test_disk_full_on_meta_write_publishes_nothing(tmp_path: Path, monkeypatch) -> None:
-    w = new_writer(tmp_path)
-    w.append(make_step(np.random.default_rng(0), 0))
+def _failing_meta_open(monkeypatch) -> None:
     real_open = open
 
     def failing_open(path, *a, **k):
@@ -590,14 +588,59 @@ def test_disk_full_on_meta_write_publishes_nothing(tmp_path: Path, monkeypatch) 
         return real_open(path, *a, **k)
 
     monkeypatch.setattr('builtins.open', failing_open)
+
+
+def test_disk_full_on_meta_write_publishes_nothing_and_cleans_up(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    w = new_writer(tmp_path)
+    w.append(make_step(np.random.default_rng(0), 0))
+    _failing_meta_open(monkeypatch)
     with pytest.raises(StorageError, match='disk is full'):
         w.finalize('success', 1)
     monkeypatch.undo()
     assert list_episodes(tmp_path) == []
+    # the writer discarded the episode: no temp dir, no reservation, nothing half visible
+    assert sorted(os.listdir(tmp_path / 'pick')) == ['.scarls-task.lock']
+    w.abort()   # a no-op now
+    assert new_writer(tmp_path).index == 0   # the index is free again
+
+
+def test_disk_full_on_meta_write_keep_on_error_allows_a_retry(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    w = new_writer(tmp_path)
+    w.append(make_step(np.random.default_rng(0), 0))
+    _failing_meta_open(monkeypatch)
+    with pytest.raises(StorageError, match='disk is full'):
+        w.finalize('success', 1, keep_on_error=True)
+    monkeypatch.undo()
+    assert list_episodes(tmp_path) == []
     assert not (tmp_path / 'pick' / 'episode_0.zarr').exists()
     assert w.temp_path.exists()  # still open: caller decides
-    w.abort()
+    ref = w.finalize('success', 1)   # space is back: the retry publishes it
+    validate_episode(ref.path)
+    assert sorted(os.listdir(tmp_path / 'pick')) == [
+        '.scarls-task.lock', 'episode_0.zarr', 'episode_0_meta.json']
+
+
+def test_constructor_failure_leaves_no_temp_and_no_reservation(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    def boom(self):
+        self.temp_path.joinpath('partial').write_text('x')   # something was written
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(writer_mod.EpisodeWriter, '_create_arrays', boom)
+    with pytest.raises(StorageError, match='disk is full'):
+        new_writer(tmp_path)
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_mod.EpisodeWriter, '_create_arrays', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        new_writer(tmp_path)
+    monkeypatch.undo()
     assert sorted(os.listdir(tmp_path / 'pick')) == ['.scarls-task.lock']
+    assert record(tmp_path, n=1)[0].index == 0
 
 
 # -- background writer ------------------------------------------------------------------------
@@ -670,5 +713,7 @@ def test_background_writer_surfaces_errors_at_finalize(tmp_path: Path, monkeypat
         bw.finalize('success', 1)
     monkeypatch.undo()
     assert list_episodes(tmp_path) == []
+    # discarded by finalize itself: nothing leaks even if the caller never calls abort()
+    assert sorted(os.listdir(tmp_path / 'pick')) == ['.scarls-task.lock']
     bw.abort()
     assert sorted(os.listdir(tmp_path / 'pick')) == ['.scarls-task.lock']

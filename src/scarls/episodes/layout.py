@@ -4,7 +4,8 @@ A task directory ``<root>/<task>/`` holds::
 
     episode_<N>.zarr/            complete episode data (zarr v3 group)
     episode_<N>_meta.json        its meta; written last, so it is the commit point
-    .episode_<N>.lock            symlink whose target is the writer's pid (index reservation)
+    .episode_<N>.lock            symlink whose target is the writer's ``<pid>:<start>``
+                                 (index reservation; ``<start>`` is the process start time)
     .episode_<N>.zarr.tmp-<pid>  episode being written (hidden; ignored by readers)
     .episode_<N>.zarr.orphan-<pid>  data of a writer that died between data and meta rename
     .scarls-task.lock            flock file serialising reservation + cleanup between writers
@@ -17,8 +18,13 @@ reservation.  A reservation whose pid is dead is cleaned up by the next writer (
 removed, a renamed-but-uncommitted data dir moved aside as an orphan), so a crashed writer
 neither leaves a visible gap nor gets overwritten.
 
-Liveness uses ``kill(pid, 0)``: this assumes a local file system shared by processes of one host,
-and that dead writers have been reaped by their parent (a zombie still counts as alive).
+Liveness uses ``kill(pid, 0)`` and the process start time: a reservation records its writer's
+pid *and* start time (field 22 of ``/proc/<pid>/stat``, clock ticks since boot), so a reservation
+whose pid was reused by an unrelated process (after a reboot, or a long uptime) is recognised as
+stale and cleaned; the temp files of its writer go with it. Reservations of the older format
+(the pid alone) and systems without ``/proc`` fall back to the pid alone. This assumes a local
+file system shared by processes of one host, and that dead writers have been reaped by their
+parent (a zombie still counts as alive).
 """
 
 from __future__ import annotations
@@ -43,10 +49,16 @@ __all__ = [
     'fsync_dir',
     'fsync_file',
     'list_episodes',
+    'lock_alive',
     'lock_name',
+    'lock_owner',
     'meta_name',
     'next_index',
+    'owner_alive',
+    'parse_lock_owner',
     'pid_alive',
+    'process_start_time',
+    'read_lock_owner',
     'task_lock',
     'temp_dir_name',
 ]
@@ -105,6 +117,57 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    or None when it has no such process or the system has no ``/proc``."""
+    try:
+        with open(f'/proc/{int(pid)}/stat', 'rb') as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may contain spaces or ')'
+    try:
+        return int(data.rsplit(b')', 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def lock_owner(pid: int | None = None) -> str:
+    """The target of a reservation symlink for ``pid`` (default: this process):
+    ``'<pid>:<start time>'``, or ``'<pid>'`` where the start time cannot be read."""
+    pid = os.getpid() if pid is None else int(pid)
+    start = process_start_time(pid)
+    return str(pid) if start is None else f'{pid}:{start}'
+
+
+def parse_lock_owner(text: str) -> tuple[int, int | None]:
+    """``'<pid>'`` or ``'<pid>:<start>'`` -> (pid, start or None); ValueError otherwise."""
+    pid, sep, start = text.partition(':')
+    return int(pid), (int(start) if sep else None)
+
+
+def owner_alive(pid: int, start: int | None) -> bool:
+    """True if process ``pid`` exists and, when ``start`` is known, is the same process that
+    wrote it (its start time matches: a reused pid is another process)."""
+    if not pid_alive(pid):
+        return False
+    if start is None:
+        return True
+    now = process_start_time(pid)
+    return now is None or now == start
+
+
+def read_lock_owner(path: Path) -> tuple[int, int | None] | None:
+    """(pid, start or None) of a reservation symlink; None if it does not exist;
+    ``(-1, None)`` if it is unreadable or not ours (treated as dead so it gets cleaned)."""
+    try:
+        return parse_lock_owner(os.readlink(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return -1, None
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -151,20 +214,13 @@ def task_lock(task_dir: Path, timeout: float = 10.0):
         os.close(fd)
 
 
-def _read_lock_pid(path: Path) -> int | None:
-    try:
-        return int(os.readlink(path))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return -1  # unreadable / not ours: treat as dead so it gets cleaned
-
-
 def cleanup_task_dir(task_dir: Path) -> list[str]:
     """Remove leftovers of dead writers in ``task_dir``; return what was done (also logged).
 
-    Must be called while holding :func:`task_lock`.  Only entries whose owning pid is dead are
-    touched.  A data dir renamed into place whose meta was never written is moved aside to
+    Must be called while holding :func:`task_lock`.  Only entries whose owner is dead are
+    touched: a reservation whose pid is dead or was reused (another start time), and the temp
+    files of such a writer; a temp file without a reservation of its writer is judged by its
+    pid.  A data dir renamed into place whose meta was never written is moved aside to
     ``.episode_<N>.zarr.orphan-<pid>`` (kept for manual recovery), freeing its index.
     """
     actions: list[str] = []
@@ -173,13 +229,19 @@ def cleanup_task_dir(task_dir: Path) -> list[str]:
     except FileNotFoundError:
         return actions
     name_set = set(names)
+    live: set[tuple[int, int]] = set()    # (index, pid) of live reservations
+    stale: set[tuple[int, int]] = set()   # (index, pid) of reservations removed here
     for name in names:
         m = _LOCK_RE.match(name)
         if not m:
             continue
         index = int(m.group(1))
-        pid = _read_lock_pid(task_dir / name)
-        if pid is None or pid_alive(pid):
+        owner = read_lock_owner(task_dir / name)
+        if owner is None:
+            continue
+        pid, start = owner
+        if owner_alive(pid, start):
+            live.add((index, pid))
             continue
         final = episode_dir_name(index)
         if final in name_set and meta_name(index) not in name_set:
@@ -188,13 +250,16 @@ def cleanup_task_dir(task_dir: Path) -> list[str]:
             actions.append(f'moved uncommitted {final} of dead writer pid {pid} to {orphan}')
             log.warning('%s: %s', task_dir, actions[-1])
         os.unlink(task_dir / name)
-        actions.append(f'removed stale reservation {name} (pid {pid} is dead)')
+        stale.add((index, pid))
+        reused = ' was reused by another process' if pid_alive(pid) else ' is dead'
+        actions.append(f'removed stale reservation {name} (pid {pid}{reused})')
     for name in names:
         m = _TEMP_RE.match(name) or _META_TEMP_RE.match(name)
         if not m:
             continue
-        pid = int(m.group(2))
-        if pid_alive(pid):
+        key = (int(m.group(1)), int(m.group(2)))
+        pid = key[1]
+        if key in live or (key not in stale and pid_alive(pid)):
             continue
         path = task_dir / name
         if path.is_dir():
@@ -208,6 +273,12 @@ def cleanup_task_dir(task_dir: Path) -> list[str]:
     return actions
 
 
+def lock_alive(path: Path) -> bool:
+    """True if the reservation symlink at ``path`` exists and its writer is alive."""
+    owner = read_lock_owner(path)
+    return owner is not None and owner_alive(*owner)
+
+
 def next_index(task_dir: Path) -> int:
     """Smallest safe next index: 1 + max index of any data dir, meta file or live reservation."""
     best = -1
@@ -217,15 +288,15 @@ def next_index(task_dir: Path) -> int:
             best = max(best, int(m.group(1)))
             continue
         m = _LOCK_RE.match(name)
-        if m:
-            pid = _read_lock_pid(task_dir / name)
-            if pid is not None and pid_alive(pid):
-                best = max(best, int(m.group(1)))
+        if m and lock_alive(task_dir / name):
+            best = max(best, int(m.group(1)))
     return best + 1
 
 
 def reserve_index(task_dir: Path, pid: int) -> int:
-    """Reserve and return a fresh episode index in ``task_dir`` (must hold :func:`task_lock`)."""
+    """Reserve and return a fresh episode index in ``task_dir`` for process ``pid`` (must hold
+    :func:`task_lock`); the reservation records the pid and its start time."""
+    owner = lock_owner(pid)
     index = next_index(task_dir)
     for _ in range(10_000):
         if (
@@ -233,7 +304,7 @@ def reserve_index(task_dir: Path, pid: int) -> int:
             and not (task_dir / meta_name(index)).exists()
         ):
             try:
-                os.symlink(str(pid), task_dir / lock_name(index))
+                os.symlink(owner, task_dir / lock_name(index))
                 return index
             except FileExistsError:
                 pass

@@ -24,11 +24,14 @@ from scarls.episodes.schema import (
     IMAGE_DTYPE,
     INTERVENTION_PATH,
     LOWDIM_DTYPES,
+    OPTIONAL_DTYPES,
+    SAFETY_PATH,
     STATE_PATH,
     TIMESTAMP_PATH,
     EpisodeMeta,
-    array_paths,
     camera_path,
+    executed_mask,
+    meta_array_paths,
 )
 from scarls.episodes.writer import StepRecord
 
@@ -66,7 +69,7 @@ class EpisodeReader:
         except Exception as exc:  # noqa: BLE001 - any zarr failure means corrupt metadata
             raise SchemaError(f'{self.path}: cannot open zarr group: {exc}') from exc
         self._arrays: dict[str, zarr.Array] = {}
-        for key in array_paths(self.meta.cameras):
+        for key in meta_array_paths(self.meta):
             try:
                 arr = self._group[key]
             except KeyError:
@@ -107,6 +110,18 @@ class EpisodeReader:
     @property
     def timestamp(self) -> zarr.Array:
         return self._arrays[TIMESTAMP_PATH]
+
+    @property
+    def safety(self) -> zarr.Array | None:
+        """(T,) uint8 driver safety codes (:data:`scarls.episodes.schema.SAFETY_CODES`), or
+        None for an episode recorded without them."""
+        return self._arrays.get(SAFETY_PATH)
+
+    def executed(self) -> np.ndarray:
+        """(T,) bool: the step's action was executed by the robot (all True without a
+        ``safety`` array: older episodes, demonstrations)."""
+        safety = self.safety
+        return executed_mask(None if safety is None else np.asarray(safety[:]), self.steps)
 
     def step(self, i: int) -> StepRecord:
         """Read step ``i`` back as a :class:`StepRecord`."""
@@ -159,6 +174,9 @@ def validate_episode(path: str | os.PathLike[str], check_checksums: bool = True)
                 raise SchemaError(f'{p}: frame {i} of {key!r} is missing (no chunk file {chunk})')
     for key, dtype in LOWDIM_DTYPES.items():
         _check_array(p, key, reader._arrays[key], dtype, meta)
+    for key, dtype in OPTIONAL_DTYPES.items():
+        if key in reader._arrays:
+            _check_array(p, key, reader._arrays[key], dtype, meta)
     interv = _read(p, INTERVENTION_PATH, reader.intervention, slice(None))
     if int(interv.sum()) != meta.intervention_steps:
         raise SchemaError(
@@ -167,7 +185,7 @@ def validate_episode(path: str | os.PathLike[str], check_checksums: bool = True)
         )
     if not check_checksums:
         return meta
-    for key in array_paths(meta.cameras):
+    for key in meta_array_paths(meta):
         arr = reader._arrays[key]
         digest = hashlib.sha256()
         if arr.ndim == 4:

@@ -7,7 +7,11 @@ Arrays inside ``episode_<N>.zarr`` (a zarr v3 group), T = number of steps::
     action                 float32 (T, D_action)
     intervention           bool    (T,)           human in control at that step
     timestamp              float64 (T,)           seconds (ROS time of the control tick)
+    safety                 uint8   (T,)           optional: the driver's safety state in force
+                                                  when the step's command was executed
+                                                  (:data:`SAFETY_CODES`)
 
+Episodes without ``safety`` (older ones, demonstrations, imports) count as executed throughout.
 ``episode_<N>_meta.json`` is described by :class:`EpisodeMeta`.  ``sha256`` maps every array
 path to the sha256 of its raw C-order bytes; for lossy image codecs the hash is over the frames
 as decoded from storage (see :mod:`scarls.episodes.codecs`).
@@ -26,11 +30,17 @@ import numpy as np
 from scarls.episodes.errors import SchemaError
 
 __all__ = [
+    'NOT_EXECUTED',
     'OUTCOMES',
+    'SAFETY_CODES',
+    'SAFETY_PATH',
     'SCHEMA_VERSION',
     'EpisodeMeta',
     'array_paths',
     'camera_path',
+    'executed_mask',
+    'meta_array_paths',
+    'safety_counts',
 ]
 
 SCHEMA_VERSION = 1
@@ -47,14 +57,61 @@ LOWDIM_DTYPES: dict[str, np.dtype] = {
 }
 IMAGE_DTYPE = np.dtype(np.uint8)
 
+SAFETY_PATH = 'safety'
+#: Optional arrays: checked (dtype, shape, sha256) only when the meta lists them.
+OPTIONAL_DTYPES: dict[str, np.dtype] = {SAFETY_PATH: np.dtype(np.uint8)}
+#: Per-step codes of the ``safety`` array: the driver's state (scarls_interfaces/DriverState)
+#: in force when the step's command was executed. ``clamped_heavily``: clamped by the driver
+#: and the command lay far outside what the robot could do (see
+#: :func:`scarls.scheduler.alignment.heavy_clamp`); ``unknown``: no driver state known yet.
+SAFETY_CODES: dict[str, int] = {
+    'ok': 0,
+    'clamped': 1,
+    'clamped_heavily': 2,
+    'holding': 3,
+    'estopped': 4,
+    'fault': 5,
+    'resetting': 6,
+    'unknown': 255,
+}
+SAFETY_NAMES: dict[int, str] = {v: k for k, v in SAFETY_CODES.items()}
+#: States in which the step's action was not executed (never trained on).
+NOT_EXECUTED: tuple[str, ...] = ('clamped_heavily', 'holding', 'estopped', 'fault', 'resetting')
+
 
 def camera_path(camera: str) -> str:
     return f'observation/{camera}'
 
 
 def array_paths(cameras: list[str] | tuple[str, ...]) -> list[str]:
-    """All array paths of an episode with these cameras, images first."""
+    """The arrays every episode with these cameras has, images first."""
     return [camera_path(c) for c in cameras] + list(LOWDIM_DTYPES)
+
+
+def meta_array_paths(meta: EpisodeMeta) -> list[str]:
+    """The arrays of the episode ``meta`` describes: :func:`array_paths` + the optional ones
+    its meta lists."""
+    return array_paths(meta.cameras) + [k for k in OPTIONAL_DTYPES if k in meta.shapes]
+
+
+def executed_mask(safety: np.ndarray | None, steps: int) -> np.ndarray:
+    """(T,) bool: the step's action was executed (True throughout without a ``safety`` array;
+    an ``unknown`` state counts as executed)."""
+    if safety is None:
+        return np.ones(steps, dtype=bool)
+    codes = np.asarray(safety)
+    if codes.shape != (steps,):
+        raise SchemaError(f'safety has shape {codes.shape}, expected ({steps},)')
+    bad = np.array([SAFETY_CODES[n] for n in NOT_EXECUTED], dtype=codes.dtype)
+    return ~np.isin(codes, bad)
+
+
+def safety_counts(safety: np.ndarray) -> dict[str, int]:
+    """Steps per safety state (every state named, zeros included) and ``not_executed``."""
+    codes = np.asarray(safety).astype(np.int64)
+    counts = {name: int(np.count_nonzero(codes == code)) for name, code in SAFETY_CODES.items()}
+    counts['not_executed'] = int(sum(counts[n] for n in NOT_EXECUTED))
+    return counts
 
 
 @dataclass
@@ -148,6 +205,10 @@ class EpisodeMeta:
                 isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
             ):
                 raise SchemaError(f'{source}: shapes[{key!r}] must be a list of ints, got {shape}')
+        for key in OPTIONAL_DTYPES:
+            if key in data['shapes'] and not all(key in data[t] for t in ('dtypes', 'sha256')):
+                raise SchemaError(f'{source}: optional array {key!r} is listed in shapes but '
+                                  'not in dtypes and sha256')
         return cls(**{k: data[k] for k in checks})
 
     @classmethod

@@ -77,12 +77,14 @@ from scarls.episodes.layout import (
     lock_name,
     meta_name,
     meta_temp_name,
+    owner_alive,
     pid_alive,
+    read_lock_owner,
     reserve_index,
     task_lock,
 )
 from scarls.episodes.reader import EpisodeReader, validate_episode
-from scarls.episodes.schema import EpisodeMeta, array_paths, camera_path
+from scarls.episodes.schema import EpisodeMeta, camera_path, meta_array_paths
 
 __all__ = [
     'JOURNAL_FILE',
@@ -222,6 +224,16 @@ class TaskSummary:
     intervention_steps: int = 0
     episodes_with_intervention: int = 0
     dropped_steps: int = 0
+    #: steps whose action the robot did not execute (held, e-stopped, fault, resetting,
+    #: clamped heavily: the meta's ``extra.safety``), and the episodes that record it
+    not_executed_steps: int = 0
+    episodes_with_safety: int = 0
+    #: steps per driver safety state (``ok``, ``clamped``, ``clamped_heavily``, ``holding``,
+    #: ``estopped``, ``fault``, ``resetting``, ``unknown``) over the episodes that record it
+    safety: dict[str, int] = field(default_factory=dict)
+    #: episodes/steps the recorder lost (storage errors), as the next saved episode reports
+    lost_episodes: int = 0
+    lost_steps: int = 0
     seconds: float = 0.0
     first_index: int | None = None
     last_index: int | None = None
@@ -378,7 +390,7 @@ class _TaskScan:
         """Descriptions of what killed writers/operations left behind (nothing visible)."""
         out = [f'{name} (temp of dead writer pid {pid})' for name, pid in self.dead_temps]
         out += [
-            f'{lock_name(i)} (stale reservation of dead pid {pid})'
+            f'{lock_name(i)} (stale reservation of dead or reused pid {pid})'
             for i, pid in sorted(self.dead_locks.items())
         ]
         out += [f'{name} (uncommitted data of a dead writer, kept)' for name in self.orphans]
@@ -393,31 +405,32 @@ class _TaskScan:
         return out
 
 
-def _read_lock_pid(path: Path) -> int:
-    try:
-        return int(os.readlink(path))
-    except (OSError, ValueError):
-        return -1
-
-
 def _scan_task(task_dir: Path, task: str) -> _TaskScan:
     scan = _TaskScan(task, task_dir)
     try:
         names = os.listdir(task_dir)
     except (FileNotFoundError, NotADirectoryError):
         return scan
+    dead_owners: set[tuple[int, int]] = set()   # (index, pid) of stale reservations
+    for name in names:
+        if m := _LOCK_RE.match(name):
+            owner = read_lock_owner(task_dir / name) or (-1, None)
+            pid = owner[0]
+            if owner_alive(*owner):
+                scan.live_locks[int(m.group(1))] = pid
+            else:
+                scan.dead_locks[int(m.group(1))] = pid
+                dead_owners.add((int(m.group(1)), pid))
     for name in names:
         if m := _DIR_RE.match(name):
             scan.zarr.add(int(m.group(1)))
         elif m := _META_RE.match(name):
             scan.meta.add(int(m.group(1)))
-        elif m := _LOCK_RE.match(name):
-            pid = _read_lock_pid(task_dir / name)
-            target = scan.live_locks if pid_alive(pid) else scan.dead_locks
-            target[int(m.group(1))] = pid
         elif (m := _TEMP_RE.match(name)) or (m := _META_TEMP_RE.match(name)):
             pid = int(m.group(2))
-            (scan.live_temps if pid_alive(pid) else scan.dead_temps).append((name, pid))
+            # a temp of a writer whose reservation is stale (dead or reused pid) is dead
+            alive = pid_alive(pid) and (int(m.group(1)), pid) not in dead_owners
+            (scan.live_temps if alive else scan.dead_temps).append((name, pid))
         elif m := _JOURNAL_TMP_RE.match(name):
             pid = int(m.group(1))
             (scan.live_temps if pid_alive(pid) else scan.dead_temps).append((name, pid))
@@ -526,6 +539,25 @@ def _merge_skew(into: dict[str, dict[str, float]], skew: Any) -> None:
                 cur[key] = max(cur[key], float(value))
 
 
+def _add_safety(summary: TaskSummary, extra: dict[str, Any]) -> None:
+    """Count the per-step safety states and the recorder's losses an episode's meta reports."""
+    counts = extra.get('safety')
+    if isinstance(counts, dict):
+        summary.episodes_with_safety += 1
+        for name, n in counts.items():
+            if isinstance(n, int) and not isinstance(n, bool) and name != 'not_executed':
+                summary.safety[name] = summary.safety.get(name, 0) + n
+        n = counts.get('not_executed')
+        if isinstance(n, int) and not isinstance(n, bool):
+            summary.not_executed_steps += n
+    lost = extra.get('recorder_losses')
+    if isinstance(lost, dict):
+        for key in ('episodes', 'steps'):
+            n = lost.get(key)
+            if isinstance(n, int) and not isinstance(n, bool):
+                setattr(summary, f'lost_{key}', getattr(summary, f'lost_{key}') + n)
+
+
 def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
     task_dir = root / task
     scan = _scan_task(task_dir, task)
@@ -554,6 +586,7 @@ def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
         summary.intervention_steps += meta.intervention_steps
         summary.episodes_with_intervention += int(meta.intervention_steps > 0)
         summary.dropped_steps += meta.dropped_steps
+        _add_safety(summary, meta.extra)
         summary.seconds += meta.steps / meta.fps
         codecs[_codec_label(meta.image_codec)] += 1
         ecus[meta.ecu_id] += 1
@@ -609,6 +642,12 @@ def _totals(tasks: list[TaskSummary], sizes: bool) -> TaskSummary:
         total.intervention_steps += t.intervention_steps
         total.episodes_with_intervention += t.episodes_with_intervention
         total.dropped_steps += t.dropped_steps
+        total.not_executed_steps += t.not_executed_steps
+        total.episodes_with_safety += t.episodes_with_safety
+        total.lost_episodes += t.lost_episodes
+        total.lost_steps += t.lost_steps
+        for name, n in t.safety.items():
+            total.safety[name] = total.safety.get(name, 0) + n
         total.seconds += t.seconds
         outcomes.update(t.outcomes)
         codecs.update(t.codecs)
@@ -754,7 +793,7 @@ def check_episode(
     except SchemaError as exc:  # pragma: no cover - validated just above
         problems.append(problem('error', rel, _strip(str(exc), path)))
         return problems
-    for key in array_paths(meta.cameras):
+    for key in meta_array_paths(meta):
         arr = reader._arrays[key]
         digest = hashlib.sha256()
         bad_frames: list[Problem] = []
@@ -846,7 +885,8 @@ def _structure_problems(root: Path, scan: _TaskScan) -> list[Problem]:
             f'leftover of a killed writer (pid {pid}); the next writer or repair removes it')
     for i, pid in sorted(scan.dead_locks.items()):
         add('warning', task_dir / lock_name(i),
-            f'stale reservation of dead pid {pid}; the next writer or repair removes it', i)
+            f'stale reservation of dead or reused pid {pid}; the next writer or repair '
+            'removes it', i)
     for name in scan.orphans:
         add('warning', task_dir / name,
             'uncommitted data of a killed writer, kept for manual recovery (not loadable)',

@@ -14,9 +14,15 @@ sha256 digests are updated incrementally.  The episode lives under a hidden temp
 :meth:`EpisodeWriter.finalize` makes it visible atomically (see :mod:`scarls.episodes.layout`).
 
 :class:`BackgroundEpisodeWriter` has the same API but persists steps on a worker thread behind
-a bounded queue: ``append`` validates the step, enqueues it and returns immediately (``False`` if
-the queue was full and the step was dropped).  Failures of the worker are counted and raised
-from ``finalize``.
+a bounded queue (sized in steps, or in seconds of data with ``queue_seconds``): ``append``
+validates the step, enqueues it and returns immediately (``False`` if the queue was full and
+the step was dropped; :meth:`BackgroundEpisodeWriter.explain_drop` says why - the writer's
+recent write time and CPU wait against the step period).  Failures of the worker are counted
+and raised from ``finalize``.
+
+A writer never leaks: when it cannot be created, or cannot be finalized, its temp episode is
+removed and its index reservation released (``finalize(..., keep_on_error=True)`` keeps an
+episode whose finalize failed open for a retry instead).
 """
 
 from __future__ import annotations
@@ -61,11 +67,14 @@ from scarls.episodes.schema import (
     INTERVENTION_PATH,
     LOWDIM_DTYPES,
     OUTCOMES,
+    SAFETY_NAMES,
+    SAFETY_PATH,
     SCHEMA_VERSION,
     STATE_PATH,
     TIMESTAMP_PATH,
     EpisodeMeta,
     camera_path,
+    safety_counts,
 )
 
 __all__ = [
@@ -111,7 +120,12 @@ class EpisodeRef:
 
 @dataclass(frozen=True)
 class WriterStats:
-    """Counters of a writer (``queue_depth``/``max_queue_depth`` are 0 for the sync writer)."""
+    """Counters of a writer (the queue fields and timings are 0 for the sync writer).
+
+    ``write_seconds`` is the recent mean wall time the worker took per step and
+    ``cpu_wait_seconds`` the part of it the worker thread spent runnable but waiting for a CPU
+    (Linux schedstat; 0 where unavailable); ``period_seconds`` is the step period (1 / fps).
+    """
 
     accepted: int
     written: int
@@ -119,6 +133,10 @@ class WriterStats:
     failed: int
     queue_depth: int
     max_queue_depth: int
+    queue_capacity: int = 0
+    write_seconds: float = 0.0
+    cpu_wait_seconds: float = 0.0
+    period_seconds: float = 0.0
 
 
 @dataclass
@@ -203,6 +221,7 @@ class EpisodeWriter:
         self._last_ts = -math.inf
         self._first_ts = math.nan
         self._created = time.time()
+        self._data_in_place = False
 
         self.task_dir = Path(root) / task
         try:
@@ -216,7 +235,7 @@ class EpisodeWriter:
                 self.temp_path = self.task_dir / temp_dir_name(self.index, self._pid)
                 try:
                     self.temp_path.mkdir()
-                except OSError:
+                except BaseException:
                     (self.task_dir / lock_name(self.index)).unlink(missing_ok=True)
                     raise
         except OSError as exc:
@@ -225,9 +244,15 @@ class EpisodeWriter:
         self.meta_path = self.task_dir / meta_name(self.index)
         try:
             self._create_arrays()
-        except OSError as exc:
+        except BaseException as exc:
+            # whatever failed (ENOSPC in zarr's metadata write, an interrupt...): no temp dir
+            # and no reservation stay behind
+            self._state = 'aborted'
             self._discard()
-            raise storage_error(f'creating episode arrays in {self.temp_path}', exc) from exc
+            if isinstance(exc, OSError):
+                raise storage_error(f'creating episode arrays in {self.temp_path}',
+                                    exc) from exc
+            raise
         log.info('recording %s episode %d in %s', task, self.index, self.temp_path)
 
     # -- setup -------------------------------------------------------------------------------
@@ -403,15 +428,48 @@ class EpisodeWriter:
         outcome: str,
         model_version: int | None,
         extra: Mapping[str, Any] | None = None,
+        *,
+        safety: np.ndarray | Sequence[int] | None = None,
+        keep_on_error: bool = False,
     ) -> EpisodeRef:
         """Trim, fsync and atomically publish the episode; return its :class:`EpisodeRef`.
 
         ``outcome`` is 'success', 'fail' or 'aborted'; ``extra`` must be JSON-serialisable.
-        On :class:`StorageError` nothing becomes visible and the writer stays open, so the
-        caller can retry or call :meth:`abort`.
+        ``safety`` (one code of :data:`scarls.episodes.schema.SAFETY_CODES` per written step)
+        is stored as the ``safety`` array and counted in ``extra['safety']``.
+        Invalid arguments raise :class:`EpisodeError` (nothing changes, the writer stays open).
+        On :class:`StorageError` nothing becomes visible and the episode is discarded (temp dir
+        removed, reservation released); with ``keep_on_error`` the writer stays open instead,
+        so the caller can retry or call :meth:`abort`.
         """
-        t0 = time.perf_counter()
         self._check_open()
+        try:
+            return self._finalize(outcome, model_version, extra, safety)
+        except StorageError:
+            if not keep_on_error:
+                self.abort()
+            raise
+
+    def _safety_codes(self, safety: Any) -> np.ndarray:
+        codes = np.asarray(safety)
+        if codes.shape != (self._steps,) or codes.dtype.kind not in 'iu':
+            raise EpisodeError(
+                f'safety must be {self._steps} integer codes (one per written step), got '
+                f'{codes.dtype} {codes.shape}'
+            )
+        unknown = sorted(set(np.unique(codes).tolist()) - set(SAFETY_NAMES))
+        if unknown:
+            raise EpisodeError(f'safety has unknown codes {unknown}; known: {SAFETY_NAMES}')
+        return codes.astype(np.uint8)
+
+    def _finalize(
+        self,
+        outcome: str,
+        model_version: int | None,
+        extra: Mapping[str, Any] | None,
+        safety: Any,
+    ) -> EpisodeRef:
+        t0 = time.perf_counter()
         if outcome not in OUTCOMES:
             raise EpisodeError(f'outcome must be one of {OUTCOMES}, got {outcome!r}')
         if model_version is not None and (
@@ -427,6 +485,9 @@ class EpisodeWriter:
             raise EpisodeError(
                 f'episode {self.index} of {self.task!r} has no steps; call abort() instead'
             )
+        codes = None if safety is None else self._safety_codes(safety)
+        if codes is not None:
+            extra_dict['safety'] = safety_counts(codes)
         n = self._steps
         h, w = self.image_shape
         try:
@@ -441,6 +502,8 @@ class EpisodeWriter:
                 INTERVENTION_PATH: self._interv_buf[:n],
                 TIMESTAMP_PATH: self._ts_buf[:n],
             }
+            if codes is not None:
+                lowdim[SAFETY_PATH] = codes
             for key, data in lowdim.items():
                 if key in self._group:
                     del self._group[key]
@@ -474,7 +537,8 @@ class EpisodeWriter:
             | {k: list(v.shape) for k, v in lowdim.items()},
             dtypes={camera_path(c): 'uint8' for c in self.cameras}
             | {k: str(v.dtype) for k, v in lowdim.items()},
-            sha256={k: hsh.hexdigest() for k, hsh in self._hashes.items()},
+            sha256={k: hsh.hexdigest() for k, hsh in self._hashes.items()}
+            | ({} if codes is None else {SAFETY_PATH: hashlib.sha256(codes.data).hexdigest()}),
             dropped_steps=self._dropped,
             created_unix=self._created,
             extra=extra_dict,
@@ -513,6 +577,7 @@ class EpisodeWriter:
             os.rename(self.temp_path, self.path)
         except OSError as exc:
             raise storage_error(f'renaming {self.temp_path} to {self.path}', exc) from exc
+        self._data_in_place = True
         tmp_meta = self.task_dir / meta_temp_name(self.index, self._pid)
         try:
             if self._fsync:
@@ -531,12 +596,16 @@ class EpisodeWriter:
                 tmp_meta.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 os.rename(self.path, self.temp_path)
+                self._data_in_place = False
             raise storage_error(f'writing meta {self.meta_path}', exc) from exc
         with contextlib.suppress(OSError):
             (self.task_dir / lock_name(self.index)).unlink()
 
     def _discard(self) -> None:
         shutil.rmtree(self.temp_path, ignore_errors=True)
+        if self._data_in_place and not self.meta_path.exists():
+            # renamed into place but never committed, and could not be moved back
+            shutil.rmtree(self.path, ignore_errors=True)
         with contextlib.suppress(OSError):
             (self.task_dir / lock_name(self.index)).unlink()
 
@@ -559,15 +628,34 @@ class EpisodeWriter:
 
 _STOP = object()
 
+#: Memory a queue sized in seconds may take at most (frames of queued steps), see
+#: :class:`BackgroundEpisodeWriter`.
+MAX_QUEUE_BYTES = 512 * 1024 * 1024
+_EWMA = 0.1   # weight of the newest step in the writer's recent timings
+
+
+def _thread_run_delay_ns(tid: int) -> int | None:
+    """Nanoseconds thread ``tid`` of this process spent runnable but waiting for a CPU
+    (``/proc/self/task/<tid>/schedstat``, 2nd field), or None where unavailable."""
+    try:
+        with open(f'/proc/self/task/{tid}/schedstat', 'rb') as fh:
+            return int(fh.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
 
 class BackgroundEpisodeWriter:
     """:class:`EpisodeWriter` whose disk I/O runs on a worker thread behind a bounded queue.
 
     ``append`` validates the step on the caller's thread (raising :class:`EpisodeError`),
     copies the frames (unless ``copy_frames=False``) and enqueues it without blocking; it returns
-    False and counts a drop when the queue is full.  Worker failures are counted and the first
-    one is raised from :meth:`finalize` as :class:`StorageError` (the episode then stays
-    unpublished; call :meth:`abort`).  Dropped steps are recorded as ``dropped_steps`` in meta.
+    False and counts a drop when the queue is full (:meth:`explain_drop` says why).  The queue
+    holds ``queue_size`` steps, or with ``queue_seconds`` that many seconds of data at the
+    writer's fps (at most ``max_queue_bytes`` of frames), so a burst of steps - a recorder
+    that fell behind while starved of CPU, or held steps back until the previous episode was
+    finalized - does not overflow it.  Worker failures are counted and the first one is raised
+    from :meth:`finalize` as :class:`StorageError` (the episode is then discarded, see
+    :meth:`EpisodeWriter.finalize`).  Dropped steps are recorded as ``dropped_steps`` in meta.
     """
 
     def __init__(
@@ -577,21 +665,38 @@ class BackgroundEpisodeWriter:
         ecu_id: str,
         *,
         queue_size: int = 64,
+        queue_seconds: float | None = None,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
         copy_frames: bool = True,
         **kwargs: Any,
     ) -> None:
         if queue_size <= 0:
             raise ValueError('queue_size must be positive')
+        if queue_seconds is not None and not (math.isfinite(queue_seconds) and queue_seconds > 0):
+            raise ValueError(f'queue_seconds must be positive, got {queue_seconds}')
         self._inner = EpisodeWriter(root, task, ecu_id, **kwargs)
+        w = self._inner
+        if queue_seconds is not None:
+            h, wd = w.image_shape
+            step_bytes = len(w.cameras) * h * wd * 3 + 8 * (w.state_dim + w.action_dim + 2)
+            queue_size = max(1, min(math.ceil(queue_seconds * w.fps),
+                                    int(max_queue_bytes) // step_bytes))
+        self._capacity = int(queue_size)
         self._copy = copy_frames
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self._capacity)
         self._max_depth = 0
         self._error: BaseException | None = None
         self._last_drop_log = 0.0
+        self._write_s = 0.0
+        self._wait_s = 0.0
         self._thread = threading.Thread(
-            target=self._run, name=f'episode-writer-{task}-{self._inner.index}', daemon=True
+            target=self._run, name=f'episode-writer-{task}-{w.index}', daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            w.abort()
+            raise
 
     @property
     def index(self) -> int:
@@ -610,17 +715,45 @@ class BackgroundEpisodeWriter:
         """Number of steps persisted so far (excludes queued steps)."""
         return self._inner.steps
 
+    @property
+    def queue_capacity(self) -> int:
+        """Steps the queue holds."""
+        return self._capacity
+
     def stats(self) -> WriterStats:
         w = self._inner
         return WriterStats(
-            w._accepted, w._steps, w._dropped, w._failed, self._queue.qsize(), self._max_depth
+            w._accepted, w._steps, w._dropped, w._failed, self._queue.qsize(), self._max_depth,
+            self._capacity, self._write_s, self._wait_s, 1.0 / w.fps,
         )
 
+    def explain_drop(self) -> str:
+        """Why steps are being dropped, from the queue and the worker's recent timings: a disk
+        too slow for the data rate, a worker starved of CPU, or a burst of steps arriving
+        faster than real time while the worker keeps up."""
+        st = self.stats()
+        period = st.period_seconds
+        head = (f'writer queue full ({st.queue_depth}/{st.queue_capacity} steps = '
+                f'{st.queue_capacity * period:.1f} s of data); the writer takes '
+                f'{st.write_seconds * 1e3:.1f} ms per step ({st.cpu_wait_seconds * 1e3:.1f} ms '
+                f'of it waiting for a CPU) for a step period of {period * 1e3:.1f} ms')
+        if st.write_seconds > period:
+            if st.cpu_wait_seconds > 0.5 * st.write_seconds:
+                return head + ': the recorder is starved of CPU (give recording a higher ' \
+                              'priority than training, or fewer processes per core)'
+            return head + ': the disk is too slow for this data rate (a faster disk, a ' \
+                          'smaller image size or a compressing codec)'
+        return head + ': steps arrived in a burst faster than real time (the recorder fell ' \
+                      'behind, e.g. starved of CPU or waiting for the previous episode), ' \
+                      'the queue is too small for it'
+
     def _run(self) -> None:
+        tid = threading.get_native_id()
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
+            t0, wait0 = time.perf_counter(), _thread_run_delay_ns(tid)
             try:
                 self._inner._write(item)
             except Exception as exc:  # noqa: BLE001 - surfaced at finalize
@@ -629,6 +762,10 @@ class BackgroundEpisodeWriter:
                     log.error('episode %d: failed to persist a step: %s', self.index, exc)
                 if not isinstance(exc, StorageError):
                     self._inner._failed += 1
+            dt, wait1 = time.perf_counter() - t0, _thread_run_delay_ns(tid)
+            wait = 0.0 if wait0 is None or wait1 is None else (wait1 - wait0) * 1e-9
+            self._write_s += _EWMA * (dt - self._write_s)
+            self._wait_s += _EWMA * (min(wait, dt) - self._wait_s)
 
     def append(self, step: StepRecord) -> bool:
         """Validate and enqueue a step; False if it was dropped because the queue is full."""
@@ -643,11 +780,8 @@ class BackgroundEpisodeWriter:
             now = time.monotonic()
             if now - self._last_drop_log > 1.0:
                 self._last_drop_log = now
-                log.warning(
-                    'episode %d: writer queue full, %d steps dropped so far',
-                    self.index,
-                    w._dropped,
-                )
+                log.warning('episode %d: %d step(s) dropped so far: %s', self.index,
+                            w._dropped, self.explain_drop())
             return False
         w._accepted += 1
         self._max_depth = max(self._max_depth, self._queue.qsize())
@@ -662,9 +796,12 @@ class BackgroundEpisodeWriter:
                 pass
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
+            st = self.stats()
             raise StorageError(
                 f'episode {self.index}: the writer thread did not drain its queue within '
-                f'{timeout:.1f} s (disk too slow?); call abort() or finalize() again'
+                f'{timeout:.1f} s ({st.queue_depth} steps left, {st.write_seconds * 1e3:.1f} ms '
+                f'per step of which {st.cpu_wait_seconds * 1e3:.1f} ms waiting for a CPU); '
+                'call abort() or finalize() again'
             )
 
     def finalize(
@@ -674,19 +811,28 @@ class BackgroundEpisodeWriter:
         extra: Mapping[str, Any] | None = None,
         *,
         timeout: float = 60.0,
+        safety: np.ndarray | Sequence[int] | None = None,
+        keep_on_error: bool = False,
     ) -> EpisodeRef:
-        """Wait (up to ``timeout`` s) for queued steps, then finalize like EpisodeWriter."""
+        """Wait (up to ``timeout`` s) for queued steps, then finalize like EpisodeWriter
+        (``safety``, ``keep_on_error``: see :meth:`EpisodeWriter.finalize`)."""
         self._inner._check_open()
         if outcome not in OUTCOMES:
             raise EpisodeError(f'outcome must be one of {OUTCOMES}, got {outcome!r}')
-        self._stop_worker(timeout)
-        if self._error is not None:
-            w = self._inner
-            raise StorageError(
-                f'episode {self.index}: {w._failed} step(s) failed to persist '
-                f'(first error: {self._error}); the episode was not published, call abort()'
-            ) from self._error
-        return self._inner.finalize(outcome, model_version, extra)
+        try:
+            self._stop_worker(timeout)
+            if self._error is not None:
+                w = self._inner
+                raise StorageError(
+                    f'episode {self.index}: {w._failed} step(s) failed to persist '
+                    f'(first error: {self._error}); the episode was not published'
+                ) from self._error
+        except StorageError:
+            if not keep_on_error:
+                self.abort()
+            raise
+        return self._inner.finalize(outcome, model_version, extra, safety=safety,
+                                    keep_on_error=keep_on_error)
 
     def abort(self, timeout: float = 10.0) -> None:
         """Discard queued steps and the episode. No-op if already finished."""
