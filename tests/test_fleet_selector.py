@@ -132,30 +132,109 @@ def test_bad_arguments(kwargs):
         CheckpointSelector(THRESHOLD, **kwargs)
 
 
+def _v(metric, frames=100, reference=None, episodes=2, veto=None):
+    return {'metric': metric, 'frames': frames, 'episodes': episodes, 'reference': reference,
+            'veto': veto}
+
+
+GATE = CheckpointGate(0.05, tolerance=0.05)
+HONEST = {'ecu1': _v(0.045, 100, 0.05), 'ecu0': _v(0.03, 100, 0.04), 'ecu2': _v(0.02, 50)}
+
+
 def test_fleet_decision_on_the_union_of_the_held_out_frames():
-    gate = CheckpointGate(0.05, tolerance=0.05)
-    verdicts = {'ecu1': {'metric': 0.08, 'frames': 100, 'reference': 0.09},
-                'ecu0': {'metric': 0.03, 'frames': 100, 'reference': 0.04},
-                'ecu2': {'metric': 0.02, 'frames': 50, 'reference': None}}
-    d = fleet_decision(verdicts, gate)
-    assert d.approved and d.frames == 250
-    assert d.metric == pytest.approx(0.048) and d.reference == pytest.approx(0.065)
+    d = fleet_decision(HONEST, GATE)
+    assert d.approved and d.frames == 250, d.reason
+    # frame shares 0.4 / 0.4 / 0.2 (none above the cap of 1/2)
+    assert d.metric == pytest.approx(0.045 * 0.4 + 0.03 * 0.4 + 0.02 * 0.2)
+    assert d.reference == pytest.approx((0.05 + 0.04) / 2)
     # the order the verdicts arrive in does not matter
-    again = fleet_decision(dict(reversed(list(verdicts.items()))), gate)
+    again = fleet_decision(dict(reversed(list(HONEST.items()))), GATE)
     assert (again.approved, again.metric, again.reason) == (d.approved, d.metric, d.reason)
     # worse than the deployed models on the frames that have a reference: rejected
-    worse = {k: {**v, 'reference': 0.04 if v['reference'] else None}
-             for k, v in verdicts.items()}
-    assert not fleet_decision(worse, gate).approved
-    # above the threshold on the union: rejected even if one ECU alone would pass
-    assert not fleet_decision({**verdicts, 'ecu1': {'metric': 0.2, 'frames': 100}}, gate).approved
-    # one ECU's veto (e.g. its replay check) rejects everywhere, whatever the errors
-    vetoed = fleet_decision({**verdicts, 'ecu2': {**verdicts['ecu2'], 'veto': 'replay check: '
-                                                  'right_arm regressed'}}, gate)
+    worse = {k: {**v, 'reference': 0.03 if v['reference'] else None} for k, v in HONEST.items()}
+    assert not fleet_decision(worse, GATE).approved
+    # one ECU's veto (e.g. its replay check, or the sanity check of the reduced model)
+    vetoed = fleet_decision({**HONEST, 'ecu2': {**HONEST['ecu2'], 'veto': 'replay check: '
+                                                'right_arm regressed'}}, GATE)
     assert not vetoed.approved and 'vetoed by ecu2: replay check' in vetoed.reason
-    # unusable verdicts (no frames, NaN, missing) are left out; none usable: rejected
-    assert not fleet_decision({'a': {'metric': None, 'frames': 0}}, gate).approved
-    assert not fleet_decision({}, gate).approved
-    only = fleet_decision({'a': {'metric': math.nan, 'frames': 9},
-                           'b': {'metric': 0.01, 'frames': 10, 'reference': None}}, gate)
-    assert only.approved and only.metric == pytest.approx(0.01) and only.reference is None
+    assert not fleet_decision({}, GATE).approved
+
+
+@pytest.mark.parametrize(('change', 'why'), [
+    # an ECU's own evaluation fails: nobody deploys, whatever the others report
+    ({'ecu1': _v(0.08, 100, 0.09)}, 'own held-out episodes of ecu1'),
+    # ... even when another claims a perfect model on a huge held-out set
+    ({'ecu1': _v(0.08, 100, 0.09), 'ecu0': _v(0.0, 10**9, 1.0, episodes=10**6)},
+     'own held-out episodes of ecu1'),
+    # more labelled frames than its held-out episodes can hold: refused, so no deploy
+    ({'ecu0': _v(0.0, 10**9, 1.0, episodes=2)}, 'refused verdict of ecu0: claims 1000000000'),
+    # no usable error, no frames, no episodes, a negative error, a bad reference
+    ({'ecu0': _v(None, 0)}, 'refused verdict of ecu0: no usable error'),
+    ({'ecu0': _v(math.nan)}, 'refused verdict of ecu0'),
+    ({'ecu0': _v(-0.5)}, 'refused verdict of ecu0'),
+    ({'ecu0': _v(0.01, 0)}, 'no labelled frames'),
+    ({'ecu0': _v(0.01, 10, episodes=0)}, 'no held-out episodes'),
+    ({'ecu0': _v(0.01, 10, reference='low')}, 'unusable reference'),
+    ({'ecu0': _v(0.01, True)}, 'no labelled frames'),
+    ({'ecu0': 'approve'}, 'refused verdict of ecu0: not a mapping'),
+])
+def test_a_participants_report_can_only_reject(change, why):
+    d = fleet_decision({**HONEST, **change}, GATE)
+    assert not d.approved and why in d.reason, d.reason
+
+
+def test_a_missing_participant_verdict_rejects():
+    d = fleet_decision({k: HONEST[k] for k in ('ecu0', 'ecu1')}, GATE, ['ecu0', 'ecu1', 'ecu2'])
+    assert not d.approved and 'no verdict from ecu2' in d.reason
+    # a verdict from an ECU that did not reduce the model does not count
+    extra = fleet_decision({**HONEST, 'stranger': _v(0.0, 10**6, 9.0, episodes=10**3)}, GATE,
+                           ['ecu0', 'ecu1', 'ecu2'])
+    assert extra.approved and extra.metric == pytest.approx(
+        fleet_decision(HONEST, GATE).metric)
+
+
+def test_one_ecus_share_of_the_union_is_capped():
+    """A participant that claims many frames (within what its episodes can hold) counts for at
+    most half of the union (1/n with more participants)."""
+    honest = {'ecu0': _v(0.03, 100, 0.03), 'ecu1': _v(0.04, 100, 0.04), 'ecu3': _v(0.02, 100)}
+    liar = {'ecu2': _v(0.0, 100_000, 0.05, episodes=50)}
+    d = fleet_decision({**honest, **liar}, GATE)
+    # uncapped, the liar's frames would make the union error ~0.0001
+    assert d.metric == pytest.approx(0.5 * 0.0 + (0.03 + 0.04 + 0.02) / 6)
+    assert d.reference == pytest.approx(0.5 * 0.05 + 0.25 * 0.03 + 0.25 * 0.04)
+
+
+def test_a_liar_cannot_deploy_a_model_worse_than_an_honest_ecus_deployed_one():
+    """The union's comparison with the deployed models can be carried by a liar's capped
+    share, but never past an honest ECU's own bound: its own error at most 25 % worse than
+    its deployed model's."""
+    liar = {'ecu2': _v(0.0, 100, 0.05)}
+    # the honest ECUs are 10 % worse than their deployed models (within the own bound): the
+    # liar's share carries the union comparison - the documented worst case
+    slightly = {'ecu0': _v(0.033, 100, 0.03), 'ecu1': _v(0.044, 100, 0.04)}
+    assert not fleet_decision(slightly, GATE).approved
+    assert fleet_decision({**slightly, **liar}, GATE).approved
+    # 50 % worse on ecu0: rejected, whatever the liar reports
+    much = {'ecu0': _v(0.045, 100, 0.03), 'ecu1': _v(0.044, 100, 0.04)}
+    d = fleet_decision({**much, **liar}, GATE)
+    assert not d.approved and 'own held-out episodes of ecu0' in d.reason, d.reason
+    assert 'worse than the deployed' in d.reason
+
+
+def test_selector_posts_a_complete_verdict_and_decides_with_the_participants(heldout):
+    class _Reducer:
+        def __init__(self):
+            self.posted = None
+
+        def agree_verdicts(self, result, verdict):
+            self.posted = dict(verdict)
+            return {'ecu0': dict(verdict)}    # ecu1's verdict missed the agreement
+
+    class _Round:
+        participants = ('ecu0', 'ecu1')
+
+    reducer = _Reducer()
+    sel = CheckpointSelector(1e9).select_fleet(_policy(), heldout, reducer, _Round())
+    assert set(reducer.posted) == {'metric', 'frames', 'episodes', 'reference', 'veto'}
+    assert reducer.posted['episodes'] == len(heldout) and reducer.posted['frames'] > 0
+    assert not sel.approved and 'no verdict from ecu1' in sel.reason

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from scarls.fleet import DEFAULT_EPS, passes_threshold, reduction_weights
+from scarls.fleet import DEFAULT_EPS, cap_weights, passes_threshold, reduction_weights
 
 
 def test_closed_form_and_sum_to_one():
@@ -83,6 +83,31 @@ def test_passes_threshold_table():
     assert not passes_threshold(None, 0.05)
     assert not passes_threshold(-1.0, None)
     assert not passes_threshold(True, None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(('weights', 'cap', 'want'), [
+    ({'a': 0.99, 'b': 0.01}, 0.75, {'a': 0.75, 'b': 0.25}),          # a liar's tiny error
+    ({'a': 0.6, 'b': 0.4}, 0.75, {'a': 0.6, 'b': 0.4}),              # under the cap: unchanged
+    ({'a': 0.9, 'b': 0.06, 'c': 0.04}, 0.5, {'a': 0.5, 'b': 0.3, 'c': 0.2}),
+    ({'a': 0.5, 'b': 0.49, 'c': 0.01}, 0.4, {'a': 0.4, 'b': 0.4, 'c': 0.2}),  # twice round
+    ({'a': 0.9, 'b': 0.1}, 0.3, {'a': 0.5, 'b': 0.5}),               # cap below 1/n: 1/n
+    ({'a': 1.0}, 0.75, {'a': 1.0}),
+    ({}, 0.75, {}),
+])
+def test_cap_weights(weights, cap, want):
+    got = cap_weights(weights, cap)
+    assert list(got) == list(want) and got == pytest.approx(want)
+    if got:
+        assert math.fsum(got.values()) == pytest.approx(1.0)
+
+
+def test_a_tiny_reported_error_takes_at_most_the_cap():
+    w = cap_weights(reduction_weights({'liar': 0.0, 'a': 0.01, 'b': 0.02}), 0.75)
+    assert w['liar'] == pytest.approx(0.75)
+    assert w['a'] / w['b'] == pytest.approx((0.02 + DEFAULT_EPS) / (0.01 + DEFAULT_EPS))
+    for bad in (0.0, -0.1, 1.5, math.nan, True):
+        with pytest.raises(ValueError, match='max_share'):
+            cap_weights({'a': 1.0}, bad)
 
 
 def test_package_import_is_light():

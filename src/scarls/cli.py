@@ -135,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument('--deadline', type=float, default=30.0,
                        help='longest wait of a learner for the others in a round (default 30 s)')
     fleet.add_argument('--rendezvous', default='127.0.0.1:0', metavar='ADDR:PORT',
-                       help='where to host the rendezvous store (default 127.0.0.1, free port)')
+                       help='where to host the rendezvous store: it listens on ADDR only '
+                       '(default 127.0.0.1, free port)')
+    fleet.add_argument('--key-file', default=None, metavar='FILE',
+                       help="the fleet's key (hex, see `python -m scarls.fleet keygen`) that "
+                       'authenticates every record of the rendezvous store; default: a new key '
+                       'for this run, in a private temporary folder removed at the end')
     fleet.add_argument('--params-file', default=None, help='ROS parameters YAML')
     fleet.add_argument('--domain-id', type=int, default=None)
     fleet.add_argument('--network', action='store_true',
@@ -322,9 +327,12 @@ def cmd_status(args) -> int:
 
 
 def cmd_fleet(args) -> int:
+    import shutil
+    import tempfile
+
     from scarls.ecu_runner import EcuRun, RunOptions
     from scarls.episodes import list_episodes
-    from scarls.fleet import serve_rendezvous
+    from scarls.fleet import FleetKey, FleetKeyError, serve_rendezvous, write_key_file
 
     if args.episodes < 0 or (args.episodes == 0 and not args.minutes):
         log.error('error: give --minutes or --episodes > 0')
@@ -346,9 +354,29 @@ def cmd_fleet(args) -> int:
     domain = args.domain_id
     if domain is None and os.environ.get('ROS_DOMAIN_ID', '').isdigit():
         domain = int(os.environ['ROS_DOMAIN_ID'])
-    host = serve_rendezvous(addr, int(port))
-    log.info('rendezvous store on %s:%d (MASTER_ADDR/MASTER_PORT of the learners)', host.addr,
-             host.port)
+    key_dir = None
+    try:
+        if args.key_file:
+            key_file = str(Path(args.key_file).expanduser().resolve())
+            key = FleetKey.from_file(key_file)
+        else:   # one key per run, readable by this user only, gone when the run ends
+            key_dir = tempfile.mkdtemp(prefix='scarls-fleet-')
+            key_file = str(Path(key_dir) / 'fleet.key')
+            key = write_key_file(key_file)
+    except (FleetKeyError, OSError) as exc:
+        log.error('error: fleet key: %s', exc)
+        if key_dir:
+            shutil.rmtree(key_dir, ignore_errors=True)
+        return 2
+    try:
+        host = serve_rendezvous(addr, int(port))
+    except (RuntimeError, OSError) as exc:
+        log.error('error: cannot host the rendezvous store on %s:%s: %s', addr, port, exc)
+        if key_dir:
+            shutil.rmtree(key_dir, ignore_errors=True)
+        return 2
+    log.info('rendezvous store on %s:%d (MASTER_ADDR/MASTER_PORT of the learners), fleet key %s',
+             host.addr, host.port, key.key_id)
     image = _image_overrides(args)
     try:
         specs = fleet_nodes(args.ecus, data_root=str(data_root), task=args.task,
@@ -358,7 +386,8 @@ def cmd_fleet(args) -> int:
                                 'teleop': {**image, 'episodes': args.episodes,
                                            'max_steps': args.max_steps},
                                 'scheduler': {'train_interval_s': args.train_interval},
-                                'learner': {'fleet_deadline_s': args.deadline},
+                                'learner': {'fleet_deadline_s': args.deadline,
+                                            'fleet_key_file': key_file},
                             })
         run = EcuRun(RunOptions(
             specs=specs, params_file=str(args.params_file or default_params_file()),
@@ -368,6 +397,8 @@ def cmd_fleet(args) -> int:
         summary = run.run()
     finally:
         host.close()
+        if key_dir:
+            shutil.rmtree(key_dir, ignore_errors=True)
     summary.update({'task': args.task, 'ecus_started': args.ecus, 'data_root': str(data_root),
                     'image_shape': list(robot.image_shape), 'seed': args.seed,
                     'robot': robot.identity, 'started': stamp})

@@ -9,7 +9,9 @@ names below load their module on first use).
   torchrun variables), membership with deadlines, and the all-reduce of the trainable
   parameters over torch.distributed (Gloo / NCCL); :func:`serve_rendezvous` hosts the store.
 * :mod:`~scarls.fleet.selector` - :class:`CheckpointSelector`: the second open-loop test of
-  the synchronised model before it is published.
+  the synchronised model before it is published, and the fleet's deploy rule.
+* :mod:`~scarls.fleet.auth` - :class:`FleetKey`: the fleet's shared secret; every store record
+  is sealed with HMAC-SHA256 and verified by its readers.
 
 Per round, on every ECU's learner::
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from scarls.fleet.weights import DEFAULT_EPS, passes_threshold, reduction_weights
+from scarls.fleet.weights import DEFAULT_EPS, cap_weights, passes_threshold, reduction_weights
 
 _LAZY = {
     'BACKENDS': 'allreduce',
@@ -44,13 +46,21 @@ _LAZY = {
     'serve_rendezvous': 'allreduce',
     'state_bytes': 'allreduce',
     'trainable_parameters': 'allreduce',
+    'check_reduced': 'allreduce',
+    'listen_socket': 'allreduce',
+    'FleetKey': 'auth',
+    'FleetKeyError': 'auth',
+    'KEY_ENV': 'auth',
+    'KEY_FILE_ENV': 'auth',
+    'SignedStore': 'auth',
+    'write_key_file': 'auth',
     'CheckpointSelector': 'selector',
     'FleetDecision': 'selector',
     'Selection': 'selector',
     'fleet_decision': 'selector',
 }
 
-__all__ = ['DEFAULT_EPS', 'passes_threshold', 'reduction_weights', *_LAZY]
+__all__ = ['DEFAULT_EPS', 'cap_weights', 'passes_threshold', 'reduction_weights', *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

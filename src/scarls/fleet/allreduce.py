@@ -83,6 +83,7 @@ ECUs must fit them on the same data. Optimiser state stays local. With NCCL, set
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -102,7 +103,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from scarls.fleet.weights import DEFAULT_EPS, passes_threshold, reduction_weights
+from scarls.fleet.auth import KEY_FILE_ENV, FleetKey, RejectLog, SignedStore
+from scarls.fleet.weights import DEFAULT_EPS, cap_weights, passes_threshold, reduction_weights
 from scarls.validation import is_int, is_number
 
 __all__ = [
@@ -115,8 +117,10 @@ __all__ = [
     'Rendezvous',
     'RendezvousHost',
     'RoundResult',
+    'check_reduced',
     'choose_backend',
     'flatten_trainable',
+    'listen_socket',
     'parameter_signature',
     'reduction_device',
     'serve_rendezvous',
@@ -172,6 +176,14 @@ class FleetConfig:
     """The ECU's robot (its description's name and hash, see :mod:`scarls.robot`): only
     policies of one robot are averaged; an ECU of another robot than the fleet's majority is
     left out of every round with a message that says so."""
+    max_weight: float = 0.75
+    """Largest share one ECU may have in the average (raised to ``1/n`` for ``n``
+    participants): an ECU that reports a tiny error cannot make the others' parameters vanish
+    (:func:`scarls.fleet.weights.cap_weights`). The lowest participant's value applies."""
+    max_param_change: float = 0.5
+    """Sanity bound of a reduced model: ``||reduced - local|| <= max_param_change *
+    ||local||`` over the trainable parameters, on every participant; a participant whose
+    bound fails keeps its parameters and vetoes the round's model for the whole fleet."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -182,6 +194,7 @@ class FleetConfig:
             'reduce_timeout_s',
             'store_timeout_s',
             'poll_s',
+            'max_param_change',
         ):
             value = getattr(self, name)
             if not is_number(value) or value <= 0:
@@ -194,6 +207,8 @@ class FleetConfig:
             self._fail('namespace', 'must be a non-empty string')
         if not is_int(self.keep_rounds) or self.keep_rounds < 2:
             self._fail('keep_rounds', 'must be an int >= 2')
+        if not is_number(self.max_weight) or not 0 < self.max_weight <= 1:
+            self._fail('max_weight', 'must be a number in (0, 1]')
 
     def _fail(self, name: str, what: str) -> None:
         raise FleetConfigError(f'FleetConfig.{name} {what}, got {getattr(self, name)!r}')
@@ -440,19 +455,54 @@ def _td(seconds: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=float(seconds))
 
 
+def listen_socket(addr: str, port: int, backlog: int = 128) -> socket.socket:
+    """A TCP socket bound to ``addr:port`` (port 0: a free one) and listening.
+
+    ``addr`` is an IP address or a host name (its first address); ``0.0.0.0`` / ``::`` mean
+    every interface. Raises :class:`OSError` (e.g. an address this host does not have).
+    """
+    infos = socket.getaddrinfo(addr, int(port), type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and sockaddr[0] not in ('::', '::0'):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class RendezvousHost:
     """The rendezvous store of a fleet: a :class:`torch.distributed.TCPStore` server.
 
-    It listens on ``port`` (0: a free port, see :attr:`port`) on every interface; ``addr`` is
-    only the address the ECUs are told to use. It holds a few small keys per round, no model.
-    Close it (or use it as a context manager) to stop serving.
+    It listens on ``addr`` only (the address the ECUs are told to use; ``0.0.0.0`` for every
+    interface) at ``port`` (0: a free port, see :attr:`port`). A TCPStore server given a host
+    name still binds the wildcard address (every interface, IPv4 and IPv6, checked with torch
+    2.13, both backends), so the listening socket is made here, bound to ``addr``, and handed
+    to the store (``master_listen_fd``), which then owns it. It holds a few small keys per
+    round, no model and no key: every record in it is sealed by the learners
+    (:mod:`scarls.fleet.auth`). Close it (or use it as a context manager) to stop serving.
     """
 
     def __init__(self, addr: str = '127.0.0.1', port: int = 0, timeout_s: float = 10.0) -> None:
         self.addr = addr
-        self._store: dist.TCPStore | None = dist.TCPStore(
-            addr, int(port), None, True, _td(timeout_s), wait_for_workers=False
-        )
+        sock = listen_socket(addr, int(port))
+        bound_port = int(sock.getsockname()[1])
+        fd = sock.detach()   # the store closes it
+        try:
+            self._store: dist.TCPStore | None = dist.TCPStore(
+                addr, bound_port, None, True, _td(timeout_s), wait_for_workers=False,
+                master_listen_fd=fd,
+            )
+        except Exception:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
         self.port = int(self._store.port)
 
     @property
@@ -509,7 +559,10 @@ class FleetReducer:
     """One ECU's side of the fleet's metric-weighted all-reduce (see the module docstring).
 
     Call :meth:`reduce` once per local training round, from one thread. ``rendezvous``
-    defaults to :meth:`Rendezvous.from_env`; ``ecu_id`` defaults to ``'rank<k>'``.
+    defaults to :meth:`Rendezvous.from_env`; ``ecu_id`` defaults to ``'rank<k>'``. ``key``:
+    the fleet's shared secret (:class:`scarls.fleet.auth.FleetKey`), required for a fleet of
+    more than one ECU: every record this ECU writes to the store is sealed with it and every
+    record it reads must verify (others are ignored and logged).
     """
 
     def __init__(
@@ -518,10 +571,20 @@ class FleetReducer:
         ecu_id: str | None = None,
         *,
         rendezvous: Rendezvous | None = None,
+        key: FleetKey | None = None,
     ) -> None:
         self.config = config or FleetConfig()
         self.rendezvous = rendezvous or Rendezvous.from_env()
         self.ecu_id = str(ecu_id) if ecu_id is not None else f'rank{self.rendezvous.rank}'
+        if key is None and self.rendezvous.world_size > 1:
+            raise FleetConfigError(
+                f'a fleet of {self.rendezvous.world_size} ECUs needs the fleet key (a file: '
+                f'the learner parameter fleet_key_file or {KEY_FILE_ENV}; make one with '
+                '`python -m scarls.fleet keygen FILE`)')
+        if key is not None and not isinstance(key, FleetKey):
+            raise FleetConfigError(f'key must be a FleetKey, got {type(key).__name__}')
+        self._fleet_key = key
+        self._rejects = RejectLog()
         self._ns = self.config.namespace.strip('/')
         self._store: dist.TCPStore | None = None
         self._host: RendezvousHost | None = None
@@ -548,6 +611,11 @@ class FleetReducer:
     def next_round(self) -> int | None:
         """The round the next :meth:`reduce` expects (None: not joined yet)."""
         return self._next_round
+
+    @property
+    def refused_records(self) -> int:
+        """Store records read by this ECU that did not verify with the fleet key (ignored)."""
+        return self._rejects.count
 
     def reduce(self, model: nn.Module, metric: float | None) -> RoundResult:
         """Take part in the fleet's next round with ``model`` and its open-loop ``metric``.
@@ -610,12 +678,13 @@ class FleetReducer:
         try:
             store = self._connect()
             r = result.round
-            store.set(self._key(r, 'verdict', self.rank), json.dumps(dict(verdict)))
+            mine = self._key(r, 'verdict', self.rank)
+            payload = json.dumps(dict(verdict), sort_keys=True)
+            self._put(store, mine, payload)
             agreed = self._agree(store, self._key(r, 'verdicts'), ranks,
                                  lambda k: self._key(r, 'verdict', k),
-                                 time.monotonic() + self.config.deadline_s)
-            raw = store.multi_get([self._key(r, 'verdict', k) for k in agreed]) if agreed else []
-            return {labels[k]: json.loads(v) for k, v in zip(agreed, raw, strict=True)}
+                                 time.monotonic() + self.config.deadline_s, own=(mine, payload))
+            return {labels[k]: v for k, v in sorted(agreed.items()) if k in labels}
         except _CancelledError:
             return own
         except _COMM_ERRORS as e:
@@ -717,18 +786,23 @@ class FleetReducer:
                 else info.signature,
                 'robot': cfg.robot,
                 'eps': cfg.eps,
+                'max_weight': cfg.max_weight,
             }
-            store.set(self._key(r, 'post', self.rank), json.dumps(post))
+            mine = self._key(r, 'post', self.rank)
+            payload = json.dumps(post, sort_keys=True)
+            self._put(store, mine, payload)
             self._next_round = r + 1
             t_post = time.monotonic()
-            # 2. membership: all posted, or the deadline
-            members = self._agree(
+            # 2. membership: all posted, or the deadline; the agreed record holds the posts
+            agreed = self._agree(
                 store,
                 self._key(r, 'members'),
                 range(self.world_size),
                 lambda k: self._key(r, 'post', k),
                 t_post + cfg.deadline_s,
+                own=(mine, payload),
             )
+            members = sorted(agreed)
             self._raise_hint(store, r + 1)
             if members and members[0] == self.rank:
                 self._cleanup(store, r - cfg.keep_rounds)
@@ -738,7 +812,7 @@ class FleetReducer:
                     f'round {r} closed before this ECU posted',
                     wait_seconds=time.monotonic() - t_post,
                 )
-            posts = self._read_posts(store, r, members)
+            posts = self._read_posts(store, r, agreed)
             labels = _labels(posts)
             common['metrics'] = {labels[k]: _metric(posts[k]) for k in members}
             if not info.passes:
@@ -758,20 +832,24 @@ class FleetReducer:
             # 4. readiness: drop members that died since posting
             group = eligible
             if len(eligible) > 1:
-                group = self._agree(
+                ready = self._key(r, 'ready', self.rank)
+                self._put(store, ready, '1')
+                group = sorted(self._agree(
                     store,
                     self._key(r, 'group'),
                     eligible,
                     lambda k: self._key(r, 'ready', k),
                     time.monotonic() + cfg.ready_timeout_s,
-                    mark=self._key(r, 'ready', self.rank),
-                )
+                    own=(ready, '1'),
+                ))
             if self.rank not in group:
                 return done('failed', "not ready before the round's group was fixed")
-            # from the posts only (each ECU's own verdict, the lowest rank's eps), so that every
-            # member computes the same weights even if the ECUs' configs differ
-            weights = reduction_weights(
-                {k: _metric(posts[k]) for k in group}, None, _eps(posts[group[0]], cfg.eps)
+            # from the posts only (each ECU's own verdict, the lowest rank's eps and cap), so
+            # that every member computes the same weights even if the ECUs' configs differ
+            weights = cap_weights(
+                reduction_weights({k: _metric(posts[k]) for k in group}, None,
+                                  _eps(posts[group[0]], cfg.eps)),
+                _max_weight(posts[group[0]], cfg.max_weight),
             )
             common['participants'] = tuple(labels[k] for k in group)
             self._groups[r] = (list(group), {k: labels[k] for k in group})
@@ -788,6 +866,13 @@ class FleetReducer:
             try:
                 self._allreduce(
                     store, r, group.index(self.rank), len(group), info, weights[self.rank]
+                )
+            except _InsaneError as e:
+                # the model is vetoed for the whole fleet: a verdict no participant can pass
+                veto = f'sanity check of the reduced model on {self.ecu_id}: {e}'
+                self._veto(store, r, veto)
+                return self._result(
+                    r, 'failed', veto, t0, reduce_seconds=time.monotonic() - t_red, **common
                 )
             except _COMM_ERRORS as e:
                 return self._result(
@@ -815,9 +900,66 @@ class FleetReducer:
                 r, 'failed', f'rendezvous store: {_short(e)}', t0, state_bytes=info.state_bytes
             )
 
+    def _veto(self, store: dist.TCPStore, r: int, reason: str) -> None:
+        """Post this ECU's verdict on round ``r``'s model as a veto (before anybody fixes the
+        verdicts: the participants are still evaluating), so every participant rejects it."""
+        verdict = {'metric': None, 'frames': 0, 'episodes': 0, 'reference': None,
+                   'veto': reason}
+        try:
+            self._put(store, self._key(r, 'verdict', self.rank), json.dumps(verdict))
+        except _COMM_ERRORS as e:
+            _log.warning('fleet round %d: could not post the veto (%s)', r, _short(e))
+
     # -- store protocol ------------------------------------------------------------------
     def _key(self, r: int, *parts: object) -> str:
         return '/'.join([self._ns, 'r', str(r), *map(str, parts)])
+
+    @property
+    def _context(self) -> str:
+        return self._epoch or ''
+
+    def _put(self, store: dist.Store, key: str, payload: str) -> None:
+        """Write a sealed record."""
+        store.set(key, self._fleet_key.seal(key, payload, self._context))
+
+    def _get(self, store: dist.Store, key: str, what: str = 'record',
+             context: str | None = None) -> str | None:
+        """The verified payload at ``key``; None when absent or not verified (logged)."""
+        if not store.check([key]):
+            return None
+        raw = store.get(key)
+        data = self._fleet_key.open(key, raw, self._context if context is None else context)
+        if data is None:
+            self._rejects.refused(key, what)
+            return None
+        return data.decode()
+
+    def _slots(self, key: str) -> list[str]:
+        return [key] + [f'{key}#{i}' for i in range(1, _SLOTS)]
+
+    def _agreed(self, store: dist.Store, key: str, context: str | None = None) -> str | None:
+        """The agreed value of the write-once record ``key``: its first slot that verifies
+        (a slot holding a stranger's record is skipped), None when not fixed yet."""
+        for slot in self._slots(key):
+            if not store.check([slot]):
+                return None
+            value = self._get(store, slot, 'agreed record', context)
+            if value is not None:
+                return value
+        return None
+
+    def _fix(self, store: dist.Store, key: str, payload: str,
+             context: str | None = None) -> str:
+        """Agree on ``key``: the first verified write wins (``compare_set``), so every ECU
+        reads one value; slots holding a stranger's record are skipped in a fixed order."""
+        ctx = self._context if context is None else context
+        for slot in self._slots(key):
+            raw = store.compare_set(slot, '', self._fleet_key.seal(slot, payload, ctx))
+            data = self._fleet_key.open(slot, raw, ctx)
+            if data is not None:
+                return data.decode()
+            self._rejects.refused(slot, 'agreed record')
+        raise _ForgedError(f'{_SLOTS} slots of {key} hold records that do not verify')
 
     def _connect(self) -> dist.TCPStore:
         cfg, rdzv = self.config, self.rendezvous
@@ -833,7 +975,7 @@ class FleetReducer:
                 wait_for_workers=False,
             )
         store = self._store
-        epoch = store.compare_set(f'{self._ns}/epoch', '', uuid.uuid4().hex).decode()
+        epoch = self._fix(store, f'{self._ns}/epoch', uuid.uuid4().hex, context='')
         if epoch != self._epoch:
             if self._epoch is not None:
                 _log.warning('fleet store epoch changed (store restarted): rejoining')
@@ -841,24 +983,46 @@ class FleetReducer:
             self._next_round = None
         return store
 
+    def _hint(self, store: dist.Store) -> tuple[int, bytes | None]:
+        """(the store's ``next`` round, its raw value or None)."""
+        key = f'{self._ns}/next'
+        if not store.check([key]):
+            return 0, None
+        raw = store.get(key)
+        data = self._fleet_key.open(key, raw, self._context)
+        if data is None or not data.isdigit():
+            self._rejects.refused(key, 'round hint')
+            return 0, raw
+        return int(data), raw
+
     def _target_round(self, store: dist.TCPStore) -> tuple[int, int | None]:
         """(round to post in, round missed or None)."""
-        key = f'{self._ns}/next'
-        hint = int(store.get(key)) if store.check([key]) else 0
+        hint, _ = self._hint(store)
         own = self._next_round
         missed = None
-        if own is not None and (own < hint or store.check([self._key(own, 'members')])):
+        if own is not None and (
+            own < hint or self._agreed(store, self._key(own, 'members')) is not None
+        ):
             missed = own
         r = hint if own is None or missed is not None else max(own, hint)
-        while store.check([self._key(r, 'members')]):
+        while self._agreed(store, self._key(r, 'members')) is not None:
             r += 1
         return r, missed
 
     def _raise_hint(self, store: dist.TCPStore, value: int) -> None:
         key = f'{self._ns}/next'
-        current = store.compare_set(key, '', str(value)).decode()
-        while int(current) < value:
-            current = store.compare_set(key, current, str(value)).decode()
+        want = self._fleet_key.seal(key, str(value), self._context)
+        for _ in range(_SLOTS):
+            current, raw = self._hint(store)
+            if raw is not None and current >= value:
+                return
+            if raw is None:
+                raw = store.compare_set(key, '', want)
+                if raw == want:
+                    return
+                continue
+            if store.compare_set(key, raw, want) == want:
+                return
 
     def _agree(
         self,
@@ -867,29 +1031,38 @@ class FleetReducer:
         ranks: Iterable[int],
         flag: Any,
         until: float,
-        mark: str | None = None,
-    ) -> list[int]:
-        """The list under ``key``, or fix it: ranks whose ``flag`` key exists when all do or
-        at ``until``; ``compare_set`` keeps the first write, so every ECU reads one list."""
+        own: tuple[str, str] | None = None,
+    ) -> dict[int, Any]:
+        """The record agreed under ``key``, or fix it: ``{rank: its record}`` of the ranks
+        whose verified ``flag`` record exists when all do or at ``until``. ``own`` (key,
+        payload): this ECU's record, written again whenever it does not verify (a stranger
+        overwrote it)."""
         ranks = list(ranks)
-        flags = [flag(k) for k in ranks]
-        if mark is not None:
-            store.set(mark, '1')
+        flags = {k: flag(k) for k in ranks}
         while True:
             if self._cancel.is_set():
                 raise _CancelledError
-            if store.check([key]):
-                return json.loads(store.get(key))
-            if store.check(flags) or time.monotonic() >= until:
-                present = [k for k, f in zip(ranks, flags, strict=True) if store.check([f])]
-                return json.loads(store.compare_set(key, '', json.dumps(present)))
+            agreed = self._agreed(store, key)
+            if agreed is not None:
+                return _decode_agreed(agreed)
+            if own is not None and self._get(store, own[0]) != own[1]:
+                self._put(store, *own)
+            present = {}
+            for k, f in flags.items():
+                value = self._get(store, f)
+                if value is not None:
+                    present[k] = value
+            if len(present) == len(ranks) or time.monotonic() >= until:
+                record = json.dumps({str(k): json.loads(v) for k, v in sorted(present.items())},
+                                    sort_keys=True)
+                return _decode_agreed(self._fix(store, key, record))
             self._cancel.wait(self.config.poll_s)
 
     def _read_posts(
-        self, store: dist.TCPStore, r: int, members: Sequence[int]
+        self, store: dist.TCPStore, r: int, agreed: Mapping[int, Any]
     ) -> dict[int, dict[str, Any]]:
-        raw = store.multi_get([self._key(r, 'post', k) for k in members])
-        return {k: json.loads(v) for k, v in zip(members, raw, strict=True)}
+        """The posts of round ``r``'s members, as fixed in its membership record."""
+        return {k: dict(v) for k, v in agreed.items() if isinstance(v, dict)}
 
     def _cleanup(self, store: dist.TCPStore, r: int) -> None:
         if r < 0:
@@ -898,11 +1071,12 @@ class FleetReducer:
         try:
             keys = [k for k in store.list_keys() if k.startswith(prefix)]
         except (AttributeError, RuntimeError):
-            keys = [self._key(r, 'members'), self._key(r, 'group')] + [
+            keys = [s for name in ('members', 'group', 'verdicts')
+                    for s in self._slots(self._key(r, name))] + [
                 self._key(r, kind, k)
                 for kind in ('post', 'ready', 'verdict')
                 for k in range(self.world_size)
-            ] + [self._key(r, 'verdicts')]
+            ]
         for k in keys:
             store.delete_key(k)
 
@@ -947,7 +1121,14 @@ class FleetReducer:
         buffers = flatten_trainable(params, device)
         for buf, _ in buffers:
             buf.mul_(weight)
-        pg = self._process_group(dist.PrefixStore(self._key(r, 'pg'), store), idx, n, backend)
+        prefix = self._key(r, 'pg')
+        # the group's members exchange their addresses through the store: sealed, so that it
+        # only ever connects to addresses written by holders of the fleet key
+        signed = SignedStore(dist.PrefixStore(prefix, store), self._fleet_key,
+                             f'{self._context}|{prefix}',
+                             timeout_s=self.config.ready_timeout_s, poll_s=self.config.poll_s,
+                             rejects=self._rejects)
+        pg = self._process_group(signed, idx, n, backend)
         try:
             opts = dist.AllreduceOptions()
             opts.reduceOp = dist.ReduceOp.SUM
@@ -956,20 +1137,59 @@ class FleetReducer:
                 pg.allreduce([buf], opts).wait()
         finally:
             del pg
-        for buf, _ in buffers:
-            # one pass: NaN and inf propagate through the sum (overflow needs |sum| > 3e38)
-            if not bool(torch.isfinite(buf.sum())):
-                raise _RoundFailedError('the reduced parameters are not finite')
+        problem = check_reduced(buffers, self.config.max_param_change)
+        if problem is not None:
+            raise _InsaneError(problem)
         for buf, ps in buffers:
             _write_back(buf, ps)
+
+
+_SLOTS = 8
+"""Slots of a write-once record: a stranger who fills them all stalls the round (logged)."""
+
+
+def _decode_agreed(text: str) -> dict[int, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise _ForgedError('an agreed record is not a mapping')
+    return {int(k): v for k, v in data.items()}
+
+
+def check_reduced(buffers: Sequence[tuple[torch.Tensor, Sequence[torch.Tensor]]],
+                  max_change: float) -> str | None:
+    """Why a reduced model must not be used, or None: ``buffers`` are the reduced buffers with
+    the (still local) parameters they will be written to (:func:`flatten_trainable`). The
+    reduced values must be finite and ``||reduced - local|| <= max_change * ||local||`` (over
+    all trainable parameters); a tiny local norm is floored at 1e-12."""
+    diff_sq = local_sq = 0.0
+    with torch.no_grad():
+        for buf, ps in buffers:
+            if not bool(torch.isfinite(buf).all()):
+                return 'the reduced parameters are not finite'
+            offset = 0
+            for p in ps:
+                k = p.numel()
+                local = p.detach().reshape(-1).to(device=buf.device, dtype=buf.dtype)
+                diff_sq += float(torch.sum((buf[offset:offset + k] - local) ** 2))
+                local_sq += float(torch.sum(local**2))
+                offset += k
+    change = math.sqrt(diff_sq) / max(math.sqrt(local_sq), 1e-12)
+    if not math.isfinite(change) or change > max_change:
+        return (f'the parameters moved by {change:.3g} x their norm (bound '
+                f'{max_change:g}): a participant sent parameters far from this model')
+    return None
 
 
 class _CancelledError(Exception):
     """FleetReducer.cancel() was called while waiting."""
 
 
-class _RoundFailedError(RuntimeError):
-    """The reduction produced unusable values (reported as a failed round)."""
+class _InsaneError(Exception):
+    """The reduced model fails the sanity check (this ECU vetoes it, see :func:`check_reduced`)."""
+
+
+class _ForgedError(RuntimeError):
+    """Every slot of an agreed record holds a record that does not verify (a failed round)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1000,6 +1220,11 @@ def _labels(posts: Mapping[int, Mapping[str, Any]]) -> dict[int, str]:
 def _eps(post: Mapping[str, Any], default: float) -> float:
     e = post.get('eps')
     return float(e) if is_number(e) and e > 0 else default
+
+
+def _max_weight(post: Mapping[str, Any], default: float) -> float:
+    m = post.get('max_weight')
+    return float(m) if is_number(m) and 0 < m <= 1 else default
 
 
 def _eligible(posts: Mapping[int, Mapping[str, Any]]) -> list[int]:

@@ -27,6 +27,12 @@ Why this mapping:
   is an RMS joint error of 0.01 rad, well below the deployment threshold (0.05 rad^2 by
   default), so ordinary errors are weighted by their ratio.
 
+* **No ECU takes everything.** An error is what an ECU *says* about itself; one that reports
+  an error near 0 (a model that memorised its held-out set, or a compromised ECU) would take
+  almost all of the weight. :func:`cap_weights` limits any one ECU's share to ``max_share``
+  (``FleetConfig.max_weight``, default 0.75; at least ``1/n`` for ``n`` participants) and
+  gives the excess to the others in proportion to their weights.
+
 Alternatives considered: ``softmax(-e / T)`` needs a temperature tied to the metric's units;
 ``max(0, threshold - e)`` (margin to the bar) gives an ECU exactly at the threshold weight 0 and
 swings with the threshold; uniform weights ignore the metric altogether.
@@ -40,7 +46,7 @@ import math
 from collections.abc import Hashable, Mapping
 from typing import TypeVar
 
-__all__ = ['DEFAULT_EPS', 'passes_threshold', 'reduction_weights']
+__all__ = ['DEFAULT_EPS', 'cap_weights', 'passes_threshold', 'reduction_weights']
 
 #: Default ``eps`` of :func:`reduction_weights` (rad^2; the metric's noise floor).
 DEFAULT_EPS = 1e-4
@@ -89,3 +95,32 @@ def reduction_weights(
     }
     total = math.fsum(inverse.values())
     return {k: v / total for k, v in inverse.items()}
+
+
+def cap_weights(weights: Mapping[_K, float], max_share: float) -> dict[_K, float]:
+    """``weights`` (> 0, summing to 1) with no share above ``max(max_share, 1/n)``.
+
+    Water filling: every weight above the cap is set to the cap and the remaining mass is
+    shared among the others in proportion to their weights, repeated until none is above.
+    Deterministic and order-preserving; the result still sums to 1.
+    """
+    if not _is_real(max_share) or not 0 < max_share <= 1:
+        raise ValueError(f'max_share must be a number in (0, 1], got {max_share!r}')
+    out = {k: float(v) for k, v in weights.items()}
+    if not out:
+        return out
+    cap = max(float(max_share), 1.0 / len(out))
+    capped: set[_K] = set()
+    while True:
+        over = [k for k, v in out.items() if k not in capped and v > cap * (1 + 1e-12)]
+        if not over:
+            return out
+        capped.update(over)
+        rest = [k for k in out if k not in capped]
+        mass = math.fsum(float(weights[k]) for k in rest)
+        left = max(0.0, 1.0 - cap * len(capped))
+        for k in out:
+            if k in capped:
+                out[k] = cap
+            elif mass > 0:
+                out[k] = float(weights[k]) / mass * left

@@ -16,7 +16,7 @@ Services: ~/train (std_srvs/Trigger: queues one round; during a round, the next 
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
 replay_gate, bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port,
-fleet_rank, fleet_world_size, seed, autostart.
+fleet_rank, fleet_world_size, fleet_key_file, seed, autostart.
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ class LearnerNode(LifecycleNode):
         declare(self, 'fleet_rank', -1, 'This ECU in the fleet (default: RANK)', read_only=True)
         declare(self, 'fleet_world_size', 0, 'ECUs in the fleet (default: WORLD_SIZE)',
                 read_only=True)
+        declare(self, 'fleet_key_file', '', "File with the fleet's shared key (hex; default: "
+                'SCARLS_FLEET_KEY_FILE, else SCARLS_FLEET_KEY): every record exchanged through '
+                'the rendezvous store is authenticated with it; required for a fleet of more '
+                'than one ECU', read_only=True)
         declare(self, 'bootstrap_from', '', 'Peer ECU id: with no checkpoint of its own, start '
                 'from the checkpoint that peer deploys (fetched over its scheduler/'
                 'get_checkpoint service, sha256-verified) instead of pre-training',
@@ -164,17 +168,25 @@ class LearnerNode(LifecycleNode):
             n = self._learner.load_offline(self._offline, self._task,
                                            heldout=int(p('heldout_demos')))
             self._reducer = self._selector = None
+            fleet_key = None
             if bool(p('fleet')):
-                from scarls.fleet import CheckpointSelector, FleetConfig, FleetReducer, Rendezvous
+                from scarls.fleet import (
+                    CheckpointSelector,
+                    FleetConfig,
+                    FleetKey,
+                    FleetReducer,
+                    Rendezvous,
+                )
                 rendezvous = Rendezvous.from_env(
                     addr=str(p('fleet_addr')) or None, port=int(p('fleet_port')) or None,
                     rank=int(p('fleet_rank')) if int(p('fleet_rank')) >= 0 else None,
                     world_size=int(p('fleet_world_size')) or None)
+                fleet_key = FleetKey.from_env(path=str(p('fleet_key_file')) or None)
                 self._reducer = FleetReducer(
                     FleetConfig(threshold=float(p('threshold')),
                                 deadline_s=float(p('fleet_deadline_s')),
                                 robot=f'{robot.name}:{robot.hash}'),
-                    str(p('ecu_id')), rendezvous=rendezvous)
+                    str(p('ecu_id')), rendezvous=rendezvous, key=fleet_key)
                 self._selector = CheckpointSelector(float(p('threshold')),
                                                     tolerance=config.tolerance)
         except Exception as exc:  # config, registry, demos: say what is wrong, stay unconfigured
@@ -202,6 +214,7 @@ class LearnerNode(LifecycleNode):
             f'configured: {policy.name} policy, {self._learner.config.algorithm}, {n} '
             f'demonstrations from {self._offline}, registry {ckpt_dir}'
             + (f', fleet rank {self._reducer.rank} of {self._reducer.world_size}'
+               + (f' (fleet key {fleet_key.key_id})' if fleet_key is not None else '')
                if self._reducer is not None else '')
             + (f' (resuming from v{resume.version})' if resume is not None else ''))
         return SUCCESS
