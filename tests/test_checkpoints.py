@@ -19,6 +19,7 @@ from scarls.checkpoints import (
     load_checkpoint,
     read_header,
     save_checkpoint,
+    tensors_sha256,
 )
 from scarls.device import DeviceError
 from scarls.policies import CAMERAS, Observation, make_policy
@@ -42,8 +43,9 @@ def obs() -> Observation:
     )
 
 
-def rewrite(data: bytes, tensors_fn=None, header_fn=None) -> bytes:
-    """Re-serialise a checkpoint after editing its tensors and/or header dict."""
+def rewrite(data: bytes, tensors_fn=None, header_fn=None, rehash: bool = False) -> bytes:
+    """Re-serialise a checkpoint after editing its tensors and/or header dict (``rehash``:
+    with a payload hash that matches the edited tensors)."""
     n = struct.unpack('<Q', data[:8])[0]
     header = json.loads(json.loads(data[8 : 8 + n])['__metadata__'][HEADER_KEY])
     from safetensors.torch import load as st_load
@@ -53,6 +55,8 @@ def rewrite(data: bytes, tensors_fn=None, header_fn=None) -> bytes:
         tensors_fn(tensors)
     if header_fn:
         header_fn(header)
+    if rehash:
+        header['payload_sha256'] = tensors_sha256(tensors)
     return st_save(tensors, metadata={HEADER_KEY: json.dumps(header)})
 
 
@@ -115,8 +119,10 @@ def test_nan_refused_on_load_and_on_save():
     def poison(t):
         t[key][0, 0] = float('nan')
 
+    with pytest.raises(CheckpointRejected, match='payload_sha256'):
+        load_checkpoint(rewrite(data, tensors_fn=poison))   # a changed tensor: modified
     with pytest.raises(CheckpointRejected, match='NaN'):
-        load_checkpoint(rewrite(data, tensors_fn=poison))
+        load_checkpoint(rewrite(data, tensors_fn=poison, rehash=True))
     policy = make_policy('mlp')
     with torch.no_grad():
         policy.net[0].weight[0, 0] = float('inf')

@@ -34,7 +34,14 @@ the remainder of an interrupted prune and is deleted. Without an index, one is r
 files' headers.
 
 One process writes a registry directory; within it the object is thread-safe (e.g. a chunk
-server answering while the learner publishes).
+server answering while the learner publishes). Other processes (the scheduler) read it with
+:func:`read_index`, which never writes, and :func:`registry_file`, which resolves a path
+(symlinks included) and refuses anything that is not a checkpoint file directly inside the
+registry directory.
+
+Signing: a registry given a ``signer`` (:class:`scarls.checkpoints.signing.Signer`) and the
+``robot`` description hash signs every file it writes (see format.py); :meth:`CheckpointRegistry.
+resign` signs a file written before (e.g. by an older version of scarls) in place.
 """
 
 from __future__ import annotations
@@ -56,9 +63,11 @@ from typing import Any
 from scarls.checkpoints.format import (
     CheckpointError,
     CheckpointRejected,
+    _write_atomic,
     file_sha256,
     read_header,
     save_checkpoint,
+    sign_checkpoint_bytes,
 )
 from scarls.policies import Policy
 
@@ -68,7 +77,10 @@ __all__ = [
     'CheckpointRecord',
     'CheckpointRegistry',
     'RegistryError',
+    'RegistryIndex',
     'UnknownVersion',
+    'read_index',
+    'registry_file',
 ]
 
 _log = logging.getLogger(__name__)
@@ -198,7 +210,11 @@ class CheckpointRegistry:
         store_rejected_weights: bool = False,
         best_metric: str = 'open_loop_error',
         lower_is_better: bool = True,
+        signer: Any = None,
+        robot: str = '',
     ) -> None:
+        self.signer = signer
+        self.robot = str(robot)
         if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 1:
             raise ValueError(f'keep_last must be an int >= 1, got {keep_last!r}')
         self._root = Path(root)
@@ -488,6 +504,8 @@ class CheckpointRegistry:
                     parent=parent,
                     metrics=metrics_d,
                     extra={**extra_d, APPROVED_KEY: approved},
+                    signer=self.signer,
+                    robot=self.robot,
                 )
                 st = path.stat()
                 sha = file_sha256(path)
@@ -520,6 +538,27 @@ class CheckpointRegistry:
             )
             self.prune()
             return rec
+
+    def resign(self, version: int) -> CheckpointRecord:
+        """Sign ``version``'s file with the registry's signer (replacing any signature; the
+        tensors are untouched) and update its record; returns the new record."""
+        if self.signer is None:
+            raise RegistryError('this registry has no signer: pass signer= to sign files')
+        with self._lock:
+            rec = self.get(version)
+            problem = self._problem(rec)
+            if problem is not None or rec.path is None:
+                raise RegistryError(f'checkpoint v{version} cannot be signed: {problem}')
+            data = sign_checkpoint_bytes(rec.path.read_bytes(), self.signer, self.robot)
+            _write_atomic(rec.path, data)
+            st = rec.path.stat()
+            sha = file_sha256(rec.path)
+            self._hash_cache[version] = ((st.st_ino, st.st_size, st.st_mtime_ns,
+                                          st.st_ctime_ns), sha)
+            new = dataclasses.replace(rec, sha256=sha, size=st.st_size)
+            self._save_index({**self._records, version: new})
+            _log.info('checkpoint v%d signed by key %s', version, self.signer.key_id)
+            return new
 
     def mark_deployed(self, version: int) -> CheckpointRecord:
         """Mark an approved, intact, not revoked version as deployed and return it."""
@@ -621,3 +660,72 @@ class CheckpointRegistry:
             if doomed:
                 _log.info('retention deleted the weights of checkpoint versions %s', doomed)
             return doomed
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryIndex:
+    """A read-only snapshot of a registry's index (see :func:`read_index`)."""
+
+    root: Path
+    records: dict[int, CheckpointRecord]
+    max_version: int
+    deployed: int | None
+
+    @property
+    def next_version(self) -> int:
+        return self.max_version + 1
+
+
+def read_index(root: str | os.PathLike[str]) -> RegistryIndex:
+    """Read ``<root>/registry.json`` without writing anything (for processes other than the
+    registry's writer). A missing index is an empty registry; an unreadable one raises
+    :class:`RegistryError`."""
+    root = Path(root)
+    index = root / INDEX_NAME
+    try:
+        data = json.loads(index.read_text())
+    except FileNotFoundError:
+        return RegistryIndex(root, {}, 0, None)
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f'registry index {index} is unreadable: {exc}') from exc
+    try:
+        if not isinstance(data, dict) or data.get('format') != _INDEX_FORMAT:
+            raise ValueError(f'expected an object with "format": {_INDEX_FORMAT}')
+        records = {}
+        for d in data['records']:
+            rec = CheckpointRecord._from_json(root, d)
+            records[rec.version] = rec
+        max_version = data['max_version']
+        deployed = data['deployed']
+        if not isinstance(max_version, int) or max_version < max([0, *records]):
+            raise ValueError(f'max_version {max_version!r} is below a recorded version')
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f'registry index {index} is invalid: {exc}') from exc
+    return RegistryIndex(root, records, max_version, deployed if deployed in records else None)
+
+
+def registry_file(root: str | os.PathLike[str], path: str | os.PathLike[str],
+                  version: int | None = None) -> Path:
+    """``path`` resolved (symlinks followed) if it is a regular checkpoint file directly inside
+    the registry directory ``root`` (named ``vNNNNNN.safetensors``, for ``version`` when
+    given); otherwise :class:`RegistryError` saying why."""
+    try:
+        base = Path(root).resolve(strict=True)
+    except OSError as exc:
+        raise RegistryError(f'the registry directory {root} does not exist: {exc}') from exc
+    if not str(path):
+        raise RegistryError('no path given')
+    try:
+        real = Path(path).resolve(strict=True)
+    except OSError as exc:
+        raise RegistryError(f'{path} does not exist or cannot be resolved: {exc}') from exc
+    if real.parent != base:
+        raise RegistryError(f'{path} resolves to {real}, outside the registry directory {base}')
+    m = _FILE_RE.match(real.name)
+    if m is None:
+        raise RegistryError(f'{real.name} is not a checkpoint file name (vNNNNNN.safetensors)')
+    if version is not None and int(m.group(1)) != version:
+        raise RegistryError(f'{real.name} is not the file of checkpoint v{version}')
+    if not real.is_file():
+        raise RegistryError(f'{real} is not a regular file')
+    return real

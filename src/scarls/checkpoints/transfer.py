@@ -8,6 +8,8 @@ small, so a checkpoint is pulled in pieces::
 
 :class:`ChunkServer` answers requests from a :class:`CheckpointRegistry` (or any lookup
 ``version -> path``); it never raises, every problem becomes ``ok=False`` with a message.
+With ``allowed_root`` it serves only checkpoint files directly inside that directory, checked
+(symlinks resolved) at every request, so a path swapped after it was looked up is not read.
 :class:`ChunkFetcher` pulls all chunks through a ``request_fn(version, offset, length)``
 (the ROS client call in the actor, a direct ``server.handle`` in tests), into a buffer whose
 size is bounded by ``max_bytes``, checks that every reply announces the same size and sha256,
@@ -41,7 +43,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from scarls.checkpoints.format import file_sha256
-from scarls.checkpoints.registry import CheckpointRegistry, UnknownVersion
+from scarls.checkpoints.registry import (
+    CheckpointRegistry,
+    RegistryError,
+    UnknownVersion,
+    registry_file,
+)
 
 __all__ = [
     'DEFAULT_MAX_CHUNK',
@@ -90,6 +97,11 @@ def _is_sha(v: object) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in '0123456789abcdef' for c in v)
 
 
+def _open_nofollow(path: str, flags: int) -> int:
+    """Open without following a symlink put in place after the path was checked."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def _stat_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -100,13 +112,16 @@ class ChunkServer:
     ``source`` is a :class:`CheckpointRegistry` (the announced sha256 is the one recorded at
     publish time, and a file whose size differs from the record is refused), a mapping
     ``version -> path`` or a callable ``version -> path or None`` (the sha256 is computed from
-    the file and recomputed whenever the file changes). Thread-safe.
+    the file and recomputed whenever the file changes). ``allowed_root``: serve only checkpoint
+    files directly inside this directory (see the module docstring). Thread-safe.
     """
 
     def __init__(
         self,
         source: CheckpointRegistry | Mapping[int, str | os.PathLike[str]] | PathLookup,
         max_chunk: int = DEFAULT_MAX_CHUNK,
+        *,
+        allowed_root: str | os.PathLike[str] | None = None,
     ) -> None:
         if not _is_int(max_chunk) or not 1 <= max_chunk <= _MAX_CHUNK_LIMIT:
             raise ValueError(
@@ -118,6 +133,7 @@ class ChunkServer:
                 f'callable version -> path, got {type(source).__name__}'
             )
         self._source = source
+        self.allowed_root = None if allowed_root is None else Path(allowed_root)
         self.max_chunk = max_chunk
         self._lock = threading.Lock()
         self._sha_cache: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -143,6 +159,16 @@ class ChunkServer:
         if path is None:
             return f'unknown checkpoint version {version}'
         return Path(path), None, None
+
+    def _confined(self, version: int, path: Path) -> Path | str:
+        if self.allowed_root is None:
+            return path
+        try:
+            return registry_file(self.allowed_root, path)
+        except RegistryError as exc:
+            _log.warning('refusing to serve checkpoint v%d: %s', version, exc)
+            return f'checkpoint v{version} is not served: it is not a file of the registry'
+
 
     def _sha(self, path: Path, st: os.stat_result) -> str:
         key = str(path)
@@ -170,8 +196,13 @@ class ChunkServer:
         if isinstance(resolved, str):
             return ChunkReply.failure(resolved)
         path, sha, size = resolved
+        confined = self._confined(version, path)
+        if isinstance(confined, str):
+            return ChunkReply.failure(confined)
+        path = confined
+        opener = _open_nofollow if self.allowed_root is not None else None
         try:
-            with open(path, 'rb') as f:
+            with open(path, 'rb', opener=opener) as f:
                 st = os.fstat(f.fileno())
                 total = st.st_size
                 if size is not None and total != size:

@@ -1,0 +1,312 @@
+"""Ed25519 keys, trust lists and signatures for checkpoints and deploy records.
+
+Key directory (``key_dir``; nodes and ``scarls keys`` resolve it the same way: the explicit
+setting, else ``$SCARLS_KEY_DIR``, else ``<data_root>/keys``)::
+
+    learner-<ecu>.key    private key of ECU <ecu>'s learner (PEM PKCS#8, mode 0600)
+    learner-<ecu>.pub    its public key: one line ``scarls-ed25519 <base64> <comment>``
+    trusted_keys         the trust list: public key lines (same format), ``#`` comments
+
+A key id is the first 16 hex digits of the sha256 of the raw 32-byte public key.
+
+What is signed (see :func:`scarls.checkpoints.format.signature_statement`): a checkpoint's
+content digest (the sha256 of its JSON header, which holds ``payload_sha256`` over every
+tensor's name, dtype, shape and bytes), its version and the robot description hash it was
+trained for. The signature is stored in the checkpoint itself (safetensors metadata entry
+``scarls.signature``), so a checkpoint travels as one file. A scheduler's deploy decision is a
+signed *deploy record* (:mod:`scarls.checkpoints.deploy`).
+
+Verification (:meth:`TrustList.verify`) raises :class:`~scarls.checkpoints.format.
+UntrustedKey` for a key that is not in the trust list (the message names the key id and how
+to trust it) and :class:`~scarls.checkpoints.format.SignatureRejected` for a bad signature.
+The trust list is re-read when its file changes, so ``scarls keys trust`` takes effect without
+a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from scarls.checkpoints.format import SignatureRejected, UntrustedKey
+
+__all__ = [
+    'KEY_DIR_ENV',
+    'PUBLIC_KEY_PREFIX',
+    'TRUST_FILE',
+    'KeyStoreError',
+    'PublicKey',
+    'Signer',
+    'TrustList',
+    'ensure_key',
+    'key_id',
+    'learner_key_name',
+    'parse_public_key',
+    'resolve_key_dir',
+]
+
+_log = logging.getLogger(__name__)
+
+KEY_DIR_ENV = 'SCARLS_KEY_DIR'
+TRUST_FILE = 'trusted_keys'
+PUBLIC_KEY_PREFIX = 'scarls-ed25519'
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
+_MAX_TRUST_BYTES = 1 << 20
+
+
+class KeyStoreError(RuntimeError):
+    """A key or trust list file cannot be created, read or parsed; the message says which."""
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """16 hex digits identifying a public key."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def learner_key_name(ecu_id: str) -> str:
+    """The key name of ECU ``ecu_id``'s learner (``learner-<ecu>``)."""
+    return f'learner-{ecu_id}'
+
+
+def resolve_key_dir(key_dir: str | os.PathLike[str] | None,
+                    data_root: str | os.PathLike[str] | None = 'data') -> Path:
+    """The key directory: ``key_dir`` if given, else ``$SCARLS_KEY_DIR``, else
+    ``<data_root>/keys`` (``data_root`` defaults to ``data``, the runs' default)."""
+    if key_dir:
+        return Path(key_dir).expanduser().resolve()
+    env = os.environ.get(KEY_DIR_ENV, '')
+    if env:
+        return Path(env).expanduser().resolve()
+    return (Path(data_root or 'data').expanduser() / 'keys').resolve()
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicKey:
+    """A public key with its id and comment (one line of a ``.pub`` or trust list file)."""
+
+    key: Ed25519PublicKey
+    key_id: str
+    comment: str = ''
+
+    def line(self) -> str:
+        """The one-line text form: ``scarls-ed25519 <base64> <comment>``."""
+        raw = self.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        text = f'{PUBLIC_KEY_PREFIX} {base64.b64encode(raw).decode()}'
+        return f'{text} {self.comment}' if self.comment else text
+
+
+def parse_public_key(line: str) -> PublicKey:
+    """Parse ``scarls-ed25519 <base64 of the 32 raw bytes> [comment]``."""
+    parts = line.strip().split(None, 2)
+    if len(parts) < 2 or parts[0] != PUBLIC_KEY_PREFIX:
+        raise KeyStoreError(
+            f'not a scarls public key (expected "{PUBLIC_KEY_PREFIX} <base64> [comment]"): '
+            f'{line.strip()[:80]!r}')
+    try:
+        raw = base64.b64decode(parts[1], validate=True)
+        key = Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise KeyStoreError(f'malformed {PUBLIC_KEY_PREFIX} key {parts[1][:20]!r}...: {exc}') \
+            from exc
+    return PublicKey(key, key_id(key), parts[2].strip() if len(parts) > 2 else '')
+
+
+class Signer:
+    """A private Ed25519 key that signs statements (``sign``) under its ``key_id``."""
+
+    def __init__(self, private: Ed25519PrivateKey, name: str = '') -> None:
+        self._private = private
+        self.name = name
+        self.public = PublicKey(private.public_key(), key_id(private.public_key()), name)
+        self.key_id = self.public.key_id
+
+    @classmethod
+    def generate(cls, name: str = '') -> Signer:
+        """A new random key (tests, ``scarls keys init``)."""
+        return cls(Ed25519PrivateKey.generate(), name)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Signer:
+        """Load a PEM private key file; :class:`KeyStoreError` when it cannot be used."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyStoreError(f'cannot read the signing key {path}: {exc.strerror}') from exc
+        try:
+            private = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyStoreError(f'{path} is not an unencrypted PEM private key: {exc}') from exc
+        if not isinstance(private, Ed25519PrivateKey):
+            raise KeyStoreError(f'{path} is not an Ed25519 key')
+        return cls(private, path.stem)
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``."""
+        return self._private.sign(message)
+
+    def private_pem(self) -> bytes:
+        return self._private.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> bool:
+    """Create ``path`` with ``data`` unless it exists (atomic: never a half-written key, and
+    of two processes creating it at once exactly one wins). True if this call created it."""
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True) -> Signer:
+    """The signer ``<key_dir>/<name>.key``, created (with ``<name>.pub``) if missing; with
+    ``trust`` its public key is added to ``<key_dir>/trusted_keys`` (what ``scarls keys
+    init`` does; safe when several processes call it at once)."""
+    if not _NAME_RE.match(name):
+        raise KeyStoreError(f'key name {name!r}: use letters, digits, _ . - (max 64)')
+    directory = Path(key_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise KeyStoreError(f'cannot create the key directory {directory}: {exc.strerror}') \
+            from exc
+    path = directory / f'{name}.key'
+    if not path.exists():
+        fresh = Signer.generate(name)
+        if _write_new(path, fresh.private_pem(), 0o600):
+            _log.info('created signing key %s (key id %s)', path, fresh.key_id)
+    signer = Signer.load(path)
+    pub = directory / f'{name}.pub'
+    if not pub.exists():
+        _write_new(pub, (signer.public.line() + '\n').encode(), 0o644)
+    if trust:
+        TrustList(directory / TRUST_FILE).add(signer.public)
+    return signer
+
+
+class TrustList:
+    """The public keys a node accepts signatures from (a text file, see the module docstring).
+
+    Reads are cached by the file's identity and modification time; :meth:`add` appends under
+    an exclusive lock (``<file>.lock``) and rewrites the file atomically.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._cache: tuple[tuple[int, ...], dict[str, PublicKey]] | None = None
+
+    def _stat_key(self) -> tuple[int, ...] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def keys(self) -> dict[str, PublicKey]:
+        """``{key_id: PublicKey}`` of the trusted keys (empty if the file does not exist);
+        unparsable lines are skipped with a warning."""
+        stat = self._stat_key()
+        if stat is None:
+            return {}
+        if self._cache is not None and self._cache[0] == stat:
+            return self._cache[1]
+        try:
+            with open(self.path, 'rb') as f:
+                text = f.read(_MAX_TRUST_BYTES + 1)
+        except OSError as exc:
+            raise KeyStoreError(f'cannot read the trust list {self.path}: {exc.strerror}') \
+                from exc
+        if len(text) > _MAX_TRUST_BYTES:
+            raise KeyStoreError(f'trust list {self.path} is larger than 1 MB')
+        keys: dict[str, PublicKey] = {}
+        for n, line in enumerate(text.decode(errors='replace').splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith('#'):
+                continue
+            try:
+                pk = parse_public_key(line)
+            except KeyStoreError as exc:
+                _log.warning('%s line %d ignored: %s', self.path, n, exc)
+                continue
+            keys[pk.key_id] = pk
+        self._cache = (stat, keys)
+        return keys
+
+    def __contains__(self, kid: object) -> bool:
+        return kid in self.keys()
+
+    def add(self, public: PublicKey) -> bool:
+        """Trust ``public``; False if it was already trusted."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + '.lock')
+        with open(lock, 'a') as lf:
+            fcntl.flock(lf.fileno(), fcntl.LOCK_EX)
+            self._cache = None
+            if public.key_id in self.keys():
+                return False
+            old = self.path.read_text() if self.path.exists() else \
+                '# scarls trusted public keys: checkpoints and deploy records signed by one ' \
+                'of these are accepted\n'
+            if old and not old.endswith('\n'):
+                old += '\n'
+            fd, tmp = tempfile.mkstemp(prefix=f'.{self.path.name}.', suffix='.tmp',
+                                       dir=self.path.parent)
+            try:
+                with os.fdopen(fd, 'w') as f:
+                    os.fchmod(f.fileno(), 0o644)
+                    f.write(old + public.line() + '\n')
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            self._cache = None
+        _log.info('trusted key %s (%s) in %s', public.key_id, public.comment or 'no comment',
+                  self.path)
+        return True
+
+    def verify(self, kid: str, message: bytes, signature: bytes, *, what: str) -> PublicKey:
+        """Check that ``signature`` over ``message`` was made by trusted key ``kid``; return
+        the key. ``what`` names the signed object in error messages."""
+        keys = self.keys()
+        public = keys.get(kid)
+        if public is None:
+            raise UntrustedKey(
+                f'{what} is signed by key {kid}, which is not in the trust list {self.path} '
+                f'({len(keys)} trusted key(s)); if that key is yours, copy its .pub file from '
+                'the learner\'s key directory and run `scarls keys trust FILE` here')
+        try:
+            public.key.verify(signature, message)
+        except InvalidSignature:
+            raise SignatureRejected(
+                f'{what}: the signature of key {kid} does not match its content (forged or '
+                'modified after signing)') from None
+        return public
