@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from rosutil import Probe, log_text, start_nodes
-from scarls_interfaces.msg import ActorState, ActorStep, EpisodeInfo
+from scarls_interfaces.msg import ActorState, ActorStep, DriverState, EpisodeInfo
 from sensor_msgs.msg import Image
 
 from scarls.bringup import ecu_nodes
@@ -35,6 +35,7 @@ class FakeRobot:
                      for c in CAMS}
         self.steps = n.create_publisher(ActorStep, 'actor/step', qos.STEPS)
         self.state = n.create_publisher(ActorState, 'actor/state', qos.STATE)
+        self.driver = n.create_publisher(DriverState, 'driver/state', qos.STATE)
         self.episodes: list[EpisodeInfo] = []
         n.create_subscription(EpisodeInfo, 'scheduler/episode', self.episodes.append, qos.EVENTS)
         self.t_ns = 1_000_000_000_000
@@ -71,8 +72,16 @@ class FakeRobot:
                 return False
         return node.count_publishers('scheduler/episode') > 0
 
-    def run_episode(self, episode_id: int, n_steps: int, *, missing=(), malformed=()):
-        """Publish frames + steps; returns the frames each kept step used."""
+    def publish_driver_state(self, stamp_ns: int, state: str, reason: str = '') -> None:
+        msg = DriverState()
+        msg.header.stamp = ns_to_stamp(stamp_ns)
+        msg.state, msg.reason = state, reason
+        self.driver.publish(msg)
+
+    def run_episode(self, episode_id: int, n_steps: int, *, missing=(), malformed=(),
+                    driver=None):
+        """Publish frames + steps; returns the frames each kept step used. ``driver`` maps a
+        step to the driver state reported by the tick that executes it (2 ms after it)."""
         used = []
         for i in range(n_steps):
             self.t_ns += 33_333_333
@@ -97,6 +106,8 @@ class FakeRobot:
             step.is_intervention = 5 <= i < 9
             step.model_version = 3
             self.steps.publish(step)
+            if driver and i in driver:
+                self.publish_driver_state(self.t_ns + 3_000_000, *driver[i])
             if i not in missing and i not in malformed:
                 used.append((i, frames))
             self.probe.spin_for(0.02)
@@ -211,5 +222,43 @@ def test_sigkill_mid_episode_leaves_nothing_partial(ros, node_group, tmp_path):
         _check_episode(robot.episodes[1], used, 6)
         assert [e.index for e in list_episodes(data_root)] == [0, 1]
         assert not [p for p in task_dir.iterdir() if '.tmp-' in p.name]
+    finally:
+        probe.close()
+
+
+def test_driver_safety_state_recorded_per_step(ros, node_group, tmp_path):
+    """The driver's state in force when each step was executed ends up in the episode's
+    safety array (e-stopped and held steps are not executed), counted in meta."""
+    from scarls_interfaces.msg import EcuStatus
+
+    from scarls.episodes.schema import SAFETY_CODES
+    data_root = tmp_path / 'data'
+    probe = Probe(NS, 'probe_safety')
+    beats: list = []
+    try:
+        robot = FakeRobot(probe)
+        probe.node.create_subscription(EcuStatus, '/fleet/status', beats.append, qos.EVENTS)
+        # the state in force before the episode, latched (the scheduler starts later)
+        robot.publish_driver_state(robot.t_ns, 'holding', 'waiting for a first command')
+        start_nodes(node_group, [_scheduler(data_root)])
+        probe.wait_for(lambda: robot.connected() and robot.driver.get_subscription_count(),
+                       20, 'the scheduler to connect')
+        probe.spin_for(0.3)
+        driver = {0: ('ok', ''), 3: ('estopped', 'service request'),
+                  6: ('holding', 'e-stop released: waiting for a fresh command'),
+                  7: ('ok', ''), 8: ('clamped', 'position limit: left_joint1')}
+        robot.run_episode(1, 10, driver=driver)
+        probe.wait_for(lambda: robot.episodes, 20, 'episode 0')
+        reader = EpisodeReader(robot.episodes[0].path)
+        c = SAFETY_CODES
+        # step 8: clamped at a position limit, its action (8.5 rad) far outside the limits
+        assert np.asarray(reader.safety[:]).tolist() == [
+            c['ok'], c['ok'], c['ok'], c['estopped'], c['estopped'], c['estopped'],
+            c['holding'], c['ok'], c['clamped_heavily'], c['clamped_heavily']]
+        assert reader.executed().sum() == 4
+        assert reader.meta.extra['safety']['not_executed'] == 6
+        validate_episode(robot.episodes[0].path)
+        probe.wait_for(lambda: beats, 10, 'a status heartbeat')
+        assert beats[-1].lost_episodes == 0 and beats[-1].recording_problem == ''
     finally:
         probe.close()

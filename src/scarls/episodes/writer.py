@@ -360,7 +360,11 @@ class EpisodeWriter:
     def _write(self, p: _Prepared) -> None:
         i = self._steps
         if i >= self._capacity:
-            self._grow()
+            try:
+                self._grow()
+            except StorageError:
+                self._failed += 1
+                raise
         payloads: list[bytes] = []
         hashed: list[np.ndarray] = []
         shape = (*self.image_shape, 3)

@@ -10,15 +10,34 @@ ones: same field names), and the image decoder is injected, so no rclpy here.
 Rules (the scheduler's contract):
 - each step's frames are looked up by exact header stamp in the last frames of each camera; a
   step whose frames have not arrived after ``match_timeout_s`` is dropped and counted, never
-  filled with other frames;
+  filled with other frames (also before the episode's first recorded step: such drops count
+  towards the episode, so its end is not awaited for steps that were already dropped);
 - an episode is finalised when the actor reported its end and all its steps arrived (or
   ``FINALIZE_WAIT_S`` after the end / after the next episode's first step, at the latest);
 - the newest end per actor episode id wins (ids restart with a new actor session, and a latched
-  history may replay ends of an earlier session).
+  history may replay ends of an earlier session);
+- every recorded step gets the driver's safety state in force when its command was executed
+  (:class:`SafetyTimeline`, from the driver/state messages, aligned by header stamp), stored
+  as the episode's ``safety`` array (see :data:`scarls.episodes.schema.SAFETY_CODES`) - no
+  array when no driver state was seen at all;
+- an episode that cannot be stored (its writer cannot be created, or its finalize fails: disk
+  full, ...) is lost whole, never partly visible; lost episodes and their steps are counted
+  (:attr:`StepAligner.losses`, and in the next saved episode's meta ``recorder_losses``), and
+  recording resumes with the next episode.
+
+Steps the robot did not execute: the driver reports ``ok``, ``clamped`` (limited by its
+position/velocity limits), ``holding``, ``estopped``, ``fault`` or ``resetting``. A clamped
+step is *clamped heavily* (``clamped_heavily``, not executed) when the driver clamped it and
+the action missed what the robot could do by more than ``HEAVY_CLAMP_TICKS`` control periods
+of motion at the joint's speed limit on some joint (:func:`heavy_clamp`: the part of the action
+outside the position limits plus the part of the move beyond ``max_velocity / fps`` from the
+observed state); without the robot's limits, a clamp at a position limit is heavy and a
+velocity-only clamp is not.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import threading
 import time
@@ -30,12 +49,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from scarls.episodes import BackgroundEpisodeWriter, EpisodeRef, StepRecord
+from scarls.episodes.schema import SAFETY_CODES
 
-__all__ = ['FINALIZE_WAIT_S', 'TERMINAL', 'FrameBuffer', 'SavedEpisode', 'StepAligner',
+__all__ = ['FINALIZE_WAIT_S', 'HEAVY_CLAMP_TICKS', 'TERMINAL', 'FrameBuffer', 'JointLimits',
+           'RecorderLosses', 'SafetyTimeline', 'SavedEpisode', 'StepAligner', 'heavy_clamp',
            'skew_summary', 'stamp_ns']
 
 TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
 FINALIZE_WAIT_S = 3.0
+#: A clamp is heavy when the action missed what the robot could do by more than this many
+#: control periods of motion at the joint's speed limit (see :func:`heavy_clamp`).
+HEAVY_CLAMP_TICKS = 1.0
+DRIVER_STATES = ('ok', 'clamped', 'holding', 'estopped', 'fault', 'resetting')
 
 
 def stamp_ns(stamp: Any) -> int:
@@ -52,6 +77,92 @@ class Log(Protocol):
     def error(self, msg: str, throttled: bool = False) -> None: ...
 
 
+@dataclass(frozen=True)
+class JointLimits:
+    """The robot's position and speed limits (the driver's), in the action's units."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    max_velocity: np.ndarray
+
+
+def heavy_clamp(action: np.ndarray, state: np.ndarray, limits: JointLimits | None,
+                period_s: float, reason: str = '') -> bool:
+    """Was a command the driver clamped clamped *heavily* (its action not executed)?
+
+    With ``limits``: on some joint, the part of ``action`` outside the position limits plus
+    the part of the move from ``state`` beyond ``max_velocity * period_s`` exceeds
+    :data:`HEAVY_CLAMP_TICKS` periods of motion at the speed limit. Without limits (or with
+    sizes that do not match): the driver's ``reason`` names a position limit.
+    """
+    a = np.asarray(action, dtype=np.float64)
+    s = np.asarray(state, dtype=np.float64)
+    if limits is None or not (a.shape == s.shape == np.shape(limits.lower)):
+        return 'position limit' in reason
+    target = np.clip(a, limits.lower, limits.upper)
+    reach = np.asarray(limits.max_velocity, dtype=np.float64) * float(period_s)
+    missed = np.abs(a - target) + np.maximum(0.0, np.abs(target - s) - reach)
+    return bool(np.any(missed > HEAVY_CLAMP_TICKS * reach))
+
+
+class SafetyTimeline:
+    """The driver's safety states by header stamp (driver/state messages, published on every
+    change and at 1 Hz), looked up per step.
+
+    The state of a step commanded at stamp ``t`` is the first state the driver reported in
+    ``(t, t + period]`` (the driver tick that executed the command: a change is published at
+    that tick, and an e-stop at once), else the state in force at ``t`` (the last one reported
+    before). Thread-safe.
+    """
+
+    def __init__(self, keep_s: float = 600.0) -> None:
+        self._stamps: list[int] = []
+        self._states: list[tuple[str, str]] = []
+        self._keep_ns = int(keep_s * 1e9)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._stamps)
+
+    def add(self, stamp: int, state: str, reason: str = '') -> None:
+        with self._lock:
+            i = bisect.bisect_right(self._stamps, stamp)
+            if i and self._stamps[i - 1] == stamp:
+                self._states[i - 1] = (state, reason)   # a republish of the same stamp
+                return
+            self._stamps.insert(i, stamp)
+            self._states.insert(i, (state, reason))
+            # forget what no open step can need: older than keep_s before the newest,
+            # keeping the last state before that (still in force)
+            cut = bisect.bisect_left(self._stamps, self._stamps[-1] - self._keep_ns) - 1
+            if cut > 0:
+                del self._stamps[:cut]
+                del self._states[:cut]
+
+    def state_at(self, t: int, period: int) -> tuple[str, str] | None:
+        """(state, reason) of a command sent at stamp ``t`` (ns) for one control ``period``
+        (ns); None when no state was reported at or before ``t + period``."""
+        with self._lock:
+            i = bisect.bisect_right(self._stamps, t)
+            if i < len(self._stamps) and self._stamps[i] <= t + period:
+                return self._states[i]
+            return self._states[i - 1] if i else None
+
+
+@dataclass
+class RecorderLosses:
+    """What the recorder lost: episodes that could not be stored (disk full, ...) or had no
+    recordable step, and their steps; ``last_error`` says why the last one was lost."""
+
+    episodes: int = 0
+    steps: int = 0
+    last_error: str = ''
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'episodes': self.episodes, 'steps': self.steps, 'last_error': self.last_error}
+
+
 @dataclass
 class _Episode:
     actor_episode_id: int
@@ -63,6 +174,10 @@ class _Episode:
     model_version: int = 0
     #: per camera, |frame stamp - joint state stamp| (ms) of every recorded step
     skew_ms: dict[str, list[float]] = field(default_factory=dict)
+    #: dropped steps by cause
+    drops: collections.Counter = field(default_factory=collections.Counter)
+    #: (stamp ns, action, observed state) of every step handed to the writer, in order
+    written: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def skew_summary(skew_ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -88,6 +203,8 @@ class SavedEpisode:
     actor_episode_id: int
     dropped_steps: int
     finalize_seconds: float
+    #: per-step safety codes (None: no driver state seen)
+    safety: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -136,10 +253,13 @@ class AlignerConfig:
     writer_options: dict[str, Any] = field(default_factory=dict)
     #: Recorded in every episode's meta ``extra`` (e.g. ``{'robot': {name, hash, ...}}``).
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    #: The robot's limits, to tell heavy clamps from light ones (see :func:`heavy_clamp`).
+    joint_limits: JointLimits | None = None
 
 
 class StepAligner:
-    """Steps + frames + episode ends in, Zarr episodes out (see the module doc).
+    """Steps + frames + episode ends (+ driver states) in, Zarr episodes out (see the module
+    doc).
 
     ``decode_image(msg)`` (or ``decode_image(msg, camera)`` with ``decode_per_camera``) turns
     an image message into an (H, W, 3) uint8 array and raises ``ValueError`` for a malformed
@@ -164,12 +284,21 @@ class StepAligner:
         self._clock = clock
         self._writer_factory = writer_factory
         self._timeout = float(config.match_timeout_s)
+        self._period_ns = int(1e9 / float(config.fps))
         capacity = max(10, int(float(config.buffer_seconds) * float(config.fps) * 1.5))
         self.frames = {c: FrameBuffer(capacity) for c in config.cameras}
+        self.safety = SafetyTimeline()
         self._pending: collections.deque[tuple[float, Any]] = collections.deque()
         self._ends: dict[int, tuple[str, int, float, int]] = {}
         self.cond = threading.Condition()
         self._episode: _Episode | None = None
+        #: actor episode id -> steps dropped before its writer existed
+        self._early: dict[int, collections.Counter] = {}
+        #: actor episode id -> [steps, error] of an episode being lost (no writer possible)
+        self._lost: dict[int, list] = {}
+        self.losses = RecorderLosses()
+        """Everything lost since the recorder started (read from other threads)."""
+        self._unreported = RecorderLosses()   # since the last saved episode
 
     @property
     def cameras(self) -> tuple[str, ...]:
@@ -185,6 +314,15 @@ class StepAligner:
         with self.cond:
             self._pending.append((self._clock(), msg))
             self.cond.notify()
+
+    def add_driver_state(self, msg: Any) -> None:
+        """A scarls_interfaces/DriverState (state, reason, header stamp)."""
+        state = str(msg.state)
+        if state not in DRIVER_STATES:
+            self._log.warning(f'driver state {state!r} unknown: recorded as unknown',
+                              throttled=True)
+            state = 'unknown'
+        self.safety.add(stamp_ns(msg.header.stamp), state, str(msg.reason))
 
     def add_state(self, msg: Any) -> None:
         outcome = TERMINAL.get(msg.phase)
@@ -212,6 +350,7 @@ class StepAligner:
         """Append what can be matched, drop what timed out, finalise what has ended."""
         self._drain()
         self._maybe_finalize()
+        self._settle_unrecorded()
 
     @property
     def open_episode(self) -> int | None:
@@ -247,13 +386,19 @@ class StepAligner:
                 self._maybe_finalize(force=self._clock() - received > FINALIZE_WAIT_S)
                 if self._episode is not None:
                     return
+            lost = self._lost.get(step.episode_id)
+            if lost is not None:   # its writer could not be created: the episode is lost
+                with self.cond:
+                    self._pending.popleft()
+                lost[0] += 1
+                continue
             images = self._match(step)
             if images is None:
                 if self._clock() - received < self._timeout:
                     return  # frames may still be on their way
                 with self.cond:
                     self._pending.popleft()
-                self._count_drop(step, 'frames never arrived')
+                self._count_drop(step, 'no_frames', 'frames never arrived')
                 continue
             with self.cond:
                 self._pending.popleft()
@@ -276,59 +421,125 @@ class StepAligner:
             return None
         return images
 
-    def _count_drop(self, step: Any, why: str) -> None:
-        episode = self._ensure_episode(step, None)
-        if episode is not None:
+    def _count_drop(self, step: Any, cause: str, why: str) -> None:
+        episode = self._episode
+        if episode is not None and episode.actor_episode_id == step.episode_id:
             episode.dropped += 1
             episode.steps_seen += 1
+            episode.drops[cause] += 1
+        else:   # before the episode's first recorded step: counted when (if) it opens
+            self._early.setdefault(step.episode_id, collections.Counter())[cause] += 1
         self._log.warning(f'step {step.step} of actor episode {step.episode_id} dropped: {why}',
                           throttled=True)
 
     def _ensure_episode(self, step: Any, images) -> _Episode | None:
         if self._episode is not None:
             return self._episode
-        if images is None:
-            return None
         c = self.config
         first = next(iter(images.values()))
-        writer = self._writer_factory(
-            c.root, c.task, c.ecu_id, cameras=c.cameras, image_shape=tuple(first.shape[:2]),
-            state_dim=len(step.observation_state), action_dim=len(step.action), fps=c.fps,
-            codec=c.codec, **c.writer_options)
+        try:
+            writer = self._writer_factory(
+                c.root, c.task, c.ecu_id, cameras=c.cameras,
+                image_shape=tuple(first.shape[:2]), state_dim=len(step.observation_state),
+                action_dim=len(step.action), fps=c.fps, codec=c.codec, **c.writer_options)
+        except Exception as exc:  # noqa: BLE001 - StorageError (disk full...): episode lost
+            early = self._early.pop(step.episode_id, collections.Counter())
+            self._lost[step.episode_id] = [1 + sum(early.values()), str(exc)]
+            self._log.error(f'actor episode {step.episode_id} cannot be recorded: {exc}; '
+                            'its steps are lost (counted), recording resumes with the next '
+                            'episode')
+            return None
+        early = self._early.pop(step.episode_id, collections.Counter())
         self._episode = _Episode(step.episode_id, writer, started=self._clock(),
-                                 first_stamp_ns=stamp_ns(step.header.stamp))
+                                 first_stamp_ns=stamp_ns(step.header.stamp),
+                                 steps_seen=sum(early.values()), dropped=sum(early.values()),
+                                 drops=early)
+        # older actor episodes can no longer open: whatever was dropped of them is settled
+        for old in [k for k in self._early if k < step.episode_id]:
+            self._early.pop(old)
         return self._episode
 
     def _append(self, step: Any, images: dict[str, np.ndarray]) -> None:
+        episode = self._ensure_episode(step, images)
+        if episode is None:
+            return
         try:
-            episode = self._ensure_episode(step, images)
+            state = np.asarray(step.observation_state, dtype=np.float32)
+            action = np.asarray(step.action, dtype=np.float32)
+            stamp = stamp_ns(step.header.stamp)
             accepted = episode.writer.append(StepRecord(
-                images=images,
-                state=np.asarray(step.observation_state, dtype=np.float32),
-                action=np.asarray(step.action, dtype=np.float32),
-                intervention=bool(step.is_intervention),
-                timestamp=stamp_ns(step.header.stamp) * 1e-9))
-            episode.steps_seen += 1
-            episode.model_version = int(step.model_version)
-            if accepted:
-                js_ns = stamp_ns(step.joint_state_stamp)
-                for name, stamp in zip(step.image_names, step.image_stamps, strict=False):
-                    episode.skew_ms.setdefault(name, []).append(
-                        abs(stamp_ns(stamp) - js_ns) * 1e-6)
-            if not accepted:
-                episode.dropped += 1
-                self._log.warning('writer queue full: step dropped (disk too slow?)',
-                                  throttled=True)
+                images=images, state=state, action=action,
+                intervention=bool(step.is_intervention), timestamp=stamp * 1e-9))
         except Exception as exc:  # noqa: BLE001 - EpisodeError/StorageError: drop, say why
-            if self._episode is not None:
-                self._episode.dropped += 1
-                self._episode.steps_seen += 1
+            episode.dropped += 1
+            episode.steps_seen += 1
+            episode.drops['not_stored'] += 1
             self._log.error(f'step {step.step} not recorded: {exc}', throttled=True)
+            return
+        episode.steps_seen += 1
+        episode.model_version = int(step.model_version)
+        if not accepted:
+            episode.dropped += 1
+            episode.drops['queue_full'] += 1
+            explain = getattr(episode.writer, 'explain_drop', None)
+            why = explain() if explain is not None else 'writer queue full'
+            self._log.warning(f'step {step.step} of actor episode {step.episode_id} dropped: '
+                              f'{why}', throttled=True)
+            return
+        episode.written.append((stamp, action, state))
+        js_ns = stamp_ns(step.joint_state_stamp)
+        for name, stamp_i in zip(step.image_names, step.image_stamps, strict=False):
+            episode.skew_ms.setdefault(name, []).append(abs(stamp_ns(stamp_i) - js_ns) * 1e-6)
+
+    def _safety_codes(self, episode: _Episode) -> np.ndarray | None:
+        """One safety code per written step (None when no driver state was ever seen)."""
+        if not len(self.safety):
+            return None
+        codes = np.empty(len(episode.written), dtype=np.uint8)
+        period_s = self._period_ns * 1e-9
+        for i, (stamp, action, state) in enumerate(episode.written):
+            known = self.safety.state_at(stamp, self._period_ns)
+            if known is None:
+                name = 'unknown'
+            else:
+                name, reason = known
+                if name == 'clamped' and heavy_clamp(action, state, self.config.joint_limits,
+                                                     period_s, reason):
+                    name = 'clamped_heavily'
+            codes[i] = SAFETY_CODES[name]
+        return codes
+
+    def _lose(self, actor_episode_id: int, steps: int, reason: str) -> None:
+        for losses in (self.losses, self._unreported):
+            losses.episodes += 1
+            losses.steps += int(steps)
+            losses.last_error = reason
+        self._on_discarded(DiscardedEpisode(actor_episode_id, int(steps), reason))
+
+    def _settle_unrecorded(self) -> None:
+        """Actor episodes that ended without an episode on disk: lost (counted)."""
+        with self.cond:
+            ended = {k: v for k, v in self._ends.items()
+                     if k in self._lost or k in self._early}
+        for episode_id, (_outcome, steps, t_end, _stamp) in ended.items():
+            lost = self._lost.get(episode_id)
+            seen = lost[0] if lost is not None else sum(self._early[episode_id].values())
+            if seen < steps and self._clock() - t_end < FINALIZE_WAIT_S:
+                continue   # some steps are still in flight
+            with self.cond:
+                self._ends.pop(episode_id, None)
+            if lost is not None:
+                self._lost.pop(episode_id)
+                self._lose(episode_id, max(steps, seen), f'could not be stored: {lost[1]}')
+            else:
+                self._early.pop(episode_id)
+                self._log.error(f'actor episode {episode_id}: no step could be recorded '
+                                f'({seen} dropped), nothing written')
+                self._lose(episode_id, max(steps, seen), 'no step could be recorded')
 
     def _maybe_finalize(self, force: bool = False) -> None:
         episode = self._episode
         if episode is None:
-            # an episode that ended before any of its steps could be matched: forget it
             return
         end = self._ends.get(episode.actor_episode_id)
         if end is not None and end[3] < episode.first_stamp_ns:
@@ -341,29 +552,40 @@ class StepAligner:
                 and not force:
             return  # some steps are still in flight
         self._episode = None
-        self._ends.pop(episode.actor_episode_id, None)
+        with self.cond:
+            self._ends.pop(episode.actor_episode_id, None)
         recorded = episode.steps_seen - episode.dropped
         if recorded == 0:
             episode.writer.abort()
             self._log.error(f'actor episode {episode.actor_episode_id}: no step could be '
                             'recorded, nothing written')
-            self._on_discarded(DiscardedEpisode(episode.actor_episode_id, episode.steps_seen,
-                                                'no step could be recorded'))
+            self._lose(episode.actor_episode_id, max(steps, episode.steps_seen),
+                       'no step could be recorded')
             return
-        dropped = episode.dropped + max(0, steps - episode.steps_seen)
+        missing = max(0, steps - episode.steps_seen)
+        if missing:
+            episode.drops['not_received'] += missing
+        dropped = episode.dropped + missing
+        safety = self._safety_codes(episode)
+        extra = {**self.config.extra_meta,
+                 'camera_skew_ms': skew_summary(episode.skew_ms),
+                 'actor_episode_id': episode.actor_episode_id,
+                 'dropped_steps': dropped,
+                 'dropped_by_cause': dict(sorted(episode.drops.items()))}
+        if self._unreported.episodes:
+            extra['recorder_losses'] = self._unreported.to_dict()
         try:
-            ref = episode.writer.finalize(outcome, int(episode.model_version), extra={
-                **self.config.extra_meta,
-                'camera_skew_ms': skew_summary(episode.skew_ms),
-                'actor_episode_id': episode.actor_episode_id,
-                'dropped_steps': dropped})
+            ref = episode.writer.finalize(outcome, int(episode.model_version), extra=extra,
+                                          safety=safety)
         except Exception as exc:  # noqa: BLE001 - StorageError (disk full...): nothing visible
+            # the writer discarded the episode (temp dir and reservation); make sure of it
+            episode.writer.abort()
             self._log.error(f'episode of actor episode {episode.actor_episode_id} could not '
                             f'be saved: {exc}')
-            self._on_discarded(DiscardedEpisode(episode.actor_episode_id, episode.steps_seen,
-                                                f'could not be saved: {exc}'))
+            self._lose(episode.actor_episode_id, max(steps, episode.steps_seen),
+                       f'could not be saved: {exc}')
             return
+        self._unreported = RecorderLosses()
         self._on_saved(SavedEpisode(ref, outcome, int(episode.model_version),
                                     int(episode.actor_episode_id), int(dropped),
-                                    float(self._clock() - t_end)))
-
+                                    float(self._clock() - t_end), safety))

@@ -6,8 +6,16 @@ the disk, so recording never drops frames because of I/O). When the actor report
 episode it finalises it - `<data_root>/<task>/episode_<N>.zarr` + `episode_<N>_meta.json`, written
 under a temporary name, fsynced and renamed so an episode only ever appears complete - and
 publishes an EpisodeInfo. Steps whose frames never arrive within `match_timeout_s` are dropped and
-counted (never filled with other frames). The alignment and finalising rules live in
-scarls.scheduler.alignment (no rclpy), which `scarls bag to-zarr` runs offline over a bag.
+counted (never filled with other frames; meta `extra.dropped_by_cause` says why). Every step
+records the driver's safety state in force when its command was executed (driver/state, aligned
+by stamp: the episode's `safety` array, counts in meta `extra.safety`), so the learner never
+trains on an action the robot did not execute. The writer's queue holds `writer_queue_s` seconds
+of steps; a drop says whether the disk, a CPU-starved recorder or a burst of steps caused it. An
+episode that cannot be stored (disk full...) is lost whole - nothing partial stays on disk - and
+counted (EcuStatus lost_episodes/lost_steps/recording_problem, meta `extra.recorder_losses` of
+the next saved episode); recording resumes with the next episode. The alignment and finalising
+rules live in scarls.scheduler.alignment (no rclpy), which `scarls bag to-zarr` runs offline over
+a bag.
 
 It also triggers the learner (Algorithm 2: quality check + T_interval, service learner/train)
 and deploys: every approved checkpoint the learner announces is re-announced to the actor on
@@ -16,12 +24,14 @@ no shared disk.
 
 Topics (relative to the ECU namespace):
   in  camera/{top,left,right}/image_raw (reliable, depth 5), actor/step, actor/state,
+      driver/state (DriverState, transient local: the robot's safety state),
       learner/checkpoint (CheckpointInfo, every candidate)
   out scheduler/episode (scarls_interfaces/EpisodeInfo, reliable depth 100)
       scheduler/checkpoint (CheckpointInfo, transient local: the checkpoint to deploy)
       /fleet/status (EcuStatus, 1 Hz heartbeat: phase, episodes, recent rates, versions)
 Services: ~/get_checkpoint (GetCheckpointChunk); client learner/train (std_srvs/Trigger).
-Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_seconds, cameras,
+Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_seconds,
+writer_queue_s, cameras,
 train_interval_s, min_train_steps, max_dropped_fraction, autostart.
 """
 
@@ -34,18 +44,32 @@ import time
 from pathlib import Path
 
 from rclpy.lifecycle import LifecycleNode
-from scarls_interfaces.msg import ActorState, ActorStep, CheckpointInfo, EcuStatus, EpisodeInfo
+from scarls_interfaces.msg import (
+    ActorState,
+    ActorStep,
+    CheckpointInfo,
+    DriverState,
+    EcuStatus,
+    EpisodeInfo,
+)
 from scarls_interfaces.srv import GetCheckpointChunk
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from scarls.camera.convert import msg_to_frame
 from scarls.checkpoints.transfer import ChunkServer
+from scarls.episodes.schema import executed_mask
 from scarls.robot import DEFAULT_ROBOT, CameraSpec, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
-from scarls.scheduler.alignment import AlignerConfig, SavedEpisode, StepAligner
+from scarls.scheduler.alignment import (
+    AlignerConfig,
+    DiscardedEpisode,
+    JointLimits,
+    SavedEpisode,
+    StepAligner,
+)
 from scarls.scheduler.trigger import TrainTrigger, TriggerConfig
 
 TRAIN_CALL_TIMEOUT_S = 10.0     # a learner/train call unanswered this long is retried
@@ -84,6 +108,8 @@ class SchedulerNode(LifecycleNode):
         declare(self, 'image_codec', 'lz4', 'Image codec of new episodes (lz4 lossless, jpeg...)')
         declare(self, 'match_timeout_s', 2.0, "Wait this long for a step's frames")
         declare(self, 'buffer_seconds', 5.0, 'Seconds of camera frames kept for matching')
+        declare(self, 'writer_queue_s', 10.0, 'Seconds of steps the episode writer queues '
+                '(bursts while the recorder catches up; at most 512 MB of frames)')
         declare(self, 'robot', DEFAULT_ROBOT,
                 'Robot description: a built-in name (config/robots) or a YAML file',
                 read_only=True)
@@ -129,10 +155,14 @@ class SchedulerNode(LifecycleNode):
                           fps=self._fps, match_timeout_s=self._timeout,
                           buffer_seconds=float(p('buffer_seconds').value),
                           cameras=self._cameras,
-                          extra_meta={'robot': self._robot.identity}),
+                          writer_options={'queue_seconds': float(p('writer_queue_s').value)},
+                          extra_meta={'robot': self._robot.identity},
+                          joint_limits=JointLimits(self._robot.lower, self._robot.upper,
+                                                   self._robot.max_velocity)),
             decode_image=self._decode, decode_per_camera=True,
             log=_NodeLog(self.get_logger()),
-            on_saved=self._on_saved)
+            on_saved=self._on_saved, on_discarded=self._on_discarded)
+        self._recording_problem = ''
         self._pub_episode = self.create_publisher(EpisodeInfo, 'scheduler/episode', qos.EVENTS)
         self._pub_status = self.create_publisher(EcuStatus, STATUS_TOPIC, qos.EVENTS)
         self._recent: collections.deque[EpisodeInfo] = collections.deque(maxlen=STATUS_WINDOW)
@@ -160,6 +190,8 @@ class SchedulerNode(LifecycleNode):
             *[self._camera_subscription(c) for c in self._cameras],
             self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS),
             self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE),
+            self.create_subscription(DriverState, 'driver/state',
+                                     self._aligner.add_driver_state, qos.STATE),
         ]
         self.get_logger().info(f'configured: recording {self._task!r} into {self._root} '
                                f'(codec {self._codec})')
@@ -255,6 +287,7 @@ class SchedulerNode(LifecycleNode):
         self._pub_episode.publish(info)
         outcome = saved.outcome
         with self._status_lock:
+            self._recording_problem = ''   # recording works (again)
             self._recent.append(info)
             self._saved += 1
             self._saved_alone += int(outcome == 'success' and info.intervention_steps == 0)
@@ -263,10 +296,23 @@ class SchedulerNode(LifecycleNode):
         if not quality.ok:
             self.get_logger().warning(f'episode {ref.index} kept but not used to trigger '
                                       f'training: {quality.reason}')
+        not_executed = ''
+        if saved.safety is not None:
+            counts = _not_executed(saved.safety)
+            not_executed = f', {counts} not executed by the robot' if counts else ''
         self.get_logger().info(
             f'episode {ref.index} saved: {outcome}, {ref.steps} steps '
-            f'({ref.intervention_steps} by human), {info.dropped_steps} dropped, visible '
-            f'{saved.finalize_seconds:.2f} s after the end -> {ref.path}')
+            f'({ref.intervention_steps} by human), {info.dropped_steps} dropped{not_executed}, '
+            f'visible {saved.finalize_seconds:.2f} s after the end -> {ref.path}')
+
+    def _on_discarded(self, lost: DiscardedEpisode) -> None:
+        losses = self._aligner.losses
+        with self._status_lock:
+            self._recording_problem = lost.reason
+        self.get_logger().error(
+            f'actor episode {lost.actor_episode_id} LOST ({lost.steps_seen} steps): '
+            f'{lost.reason}; lost so far: {losses.episodes} episodes, {losses.steps} steps')
+        self._publish_status()
 
     # -- fleet status ----------------------------------------------------------------------------
     def _publish_status(self) -> None:
@@ -283,6 +329,10 @@ class SchedulerNode(LifecycleNode):
                 1, sum(e.steps for e in recent))
             msg.model_version = int(recent[-1].model_version)
         msg.deployed_version = int(self._deployed)
+        losses = self._aligner.losses
+        msg.lost_episodes, msg.lost_steps = int(losses.episodes), int(losses.steps)
+        with self._status_lock:
+            msg.recording_problem = self._recording_problem
         self._pub_status.publish(msg)
 
     # -- deployment ----------------------------------------------------------------------------
@@ -339,6 +389,11 @@ class SchedulerNode(LifecycleNode):
         if fire:
             self._train_called = time.monotonic()
             self._train_future = self._train_client.call_async(Trigger.Request())
+
+
+def _not_executed(safety) -> int:
+    """Steps whose action the robot did not execute (scarls.episodes.schema.NOT_EXECUTED)."""
+    return int((~executed_mask(safety, len(safety))).sum())
 
 
 def main(args=None) -> int:
