@@ -4,8 +4,9 @@ Host A (namespace ``scarls-a-<pid>``, ``10.231.<x>.1/24``) runs the fleet's rend
 (``python -m scarls.fleet rendezvous``) and ECU ``ecu0``; host B (``scarls-b-<pid>``,
 ``10.231.<x>.2/24``) runs ECU ``ecu1``. Each ECU is a plain ``scarls ecu --learn --network``
 started with ``ip netns exec``, with the learner's fleet parameters in its own params file
-(rank 0 and 1 of 2, rendezvous at host A's address), as on two machines (docs/FLEET.md). The
-namespaces hold nothing but ``lo`` and their end of the veth pair: no default route, no bridge.
+(rank 0 and 1 of 2, rendezvous at host A's address, the fleet key file made with
+``python -m scarls.fleet keygen``), as on two machines (docs/FLEET.md). The namespaces hold
+nothing but ``lo`` and their end of the veth pair: no default route, no bridge.
 
 How DDS and the all-reduce get across:
 
@@ -243,11 +244,13 @@ def _shm_segments(hosts: tuple[Host, ...]) -> dict[int, set[str]]:
     return found
 
 
-def _params_file(path: Path, ecu: str, rank: int, offline: Path, rendezvous: Host) -> Path:
+def _params_file(path: Path, ecu: str, rank: int, offline: Path, rendezvous: Host,
+                 key_file: Path) -> Path:
     params = yaml.safe_load(default_params_file().read_text())
     params['/**/learner']['ros__parameters'].update(
         **LEARNER, lr=LEARNING_RATE[ecu], offline_root=str(offline), fleet=True,
-        fleet_addr=rendezvous.addr, fleet_port=PORT, fleet_rank=rank, fleet_world_size=2)
+        fleet_addr=rendezvous.addr, fleet_port=PORT, fleet_rank=rank, fleet_world_size=2,
+        fleet_key_file=str(key_file))
     params['/**/scheduler']['ros__parameters']['min_train_steps'] = NO_ONLINE_ROUNDS
     path.write_text(yaml.safe_dump(params))
     return path
@@ -290,6 +293,10 @@ def test_one_ecu_per_host_reduce_across_a_veth_pair(two_hosts, tmp_path, domain_
     procs: list[subprocess.Popen] = []
     ecus: dict[str, subprocess.Popen] = {}
     rdv_log = tmp_path / 'rendezvous.log'
+    key_file = tmp_path / 'fleet.key'   # on real hosts: copied to each learner host
+    subprocess.run([sys.executable, '-m', 'scarls.fleet', 'keygen', str(key_file)], check=True,
+                   timeout=60, capture_output=True)
+    assert key_file.stat().st_mode & 0o777 == 0o600
     try:
         rdv = _start(a, [sys.executable, '-m', 'scarls.fleet', 'rendezvous', '--addr', a.addr,
                          '--port', str(PORT)], env, rdv_log)
@@ -302,7 +309,8 @@ def test_one_ecu_per_host_reduce_across_a_veth_pair(two_hosts, tmp_path, domain_
             root = roots[ecu]
             root.mkdir()
             (root / 'offline').symlink_to(offline, target_is_directory=True)
-            params = _params_file(tmp_path / f'{ecu}_params.yaml', ecu, rank, offline, a)
+            params = _params_file(tmp_path / f'{ecu}_params.yaml', ecu, rank, offline, a,
+                                  key_file)
             ecus[ecu] = _start(h, [
                 sys.executable, '-m', 'scarls.cli', 'ecu', '--learn', '--network',
                 '--ecu-id', ecu, '--domain-id', str(domain_id), '--data-root', str(root),
@@ -331,7 +339,7 @@ def test_one_ecu_per_host_reduce_across_a_veth_pair(two_hosts, tmp_path, domain_
         summary = json.loads((roots[ecu] / 'summary.json').read_text())
         assert summary['ok'] and summary['episodes'], (ecu, summary['error'])
         learner_log = (roots[ecu] / 'logs' / f'{ecu}_learner.log').read_text(errors='replace')
-        assert f'fleet rank {hosts[ecu][1]} of 2' in learner_log, learner_log[-3000:]
+        assert f'fleet rank {hosts[ecu][1]} of 2 (fleet key ' in learner_log, learner_log[-3000:]
 
     # a round both learners reduced together and published: equal trainable parameters,
     # although their local models differed

@@ -922,7 +922,7 @@ class FleetReducer:
         """Write a sealed record."""
         store.set(key, self._fleet_key.seal(key, payload, self._context))
 
-    def _get(self, store: dist.Store, key: str, what: str = 'record',
+    def _get(self, store: dist.Store, key: str, what: str = 'a record',
              context: str | None = None) -> str | None:
         """The verified payload at ``key``; None when absent or not verified (logged)."""
         if not store.check([key]):
@@ -943,7 +943,7 @@ class FleetReducer:
         for slot in self._slots(key):
             if not store.check([slot]):
                 return None
-            value = self._get(store, slot, 'agreed record', context)
+            value = self._get(store, slot, 'an agreed record', context)
             if value is not None:
                 return value
         return None
@@ -958,7 +958,7 @@ class FleetReducer:
             data = self._fleet_key.open(slot, raw, ctx)
             if data is not None:
                 return data.decode()
-            self._rejects.refused(slot, 'agreed record')
+            self._rejects.refused(slot, 'an agreed record')
         raise _ForgedError(f'{_SLOTS} slots of {key} hold records that do not verify')
 
     def _connect(self) -> dist.TCPStore:
@@ -991,7 +991,7 @@ class FleetReducer:
         raw = store.get(key)
         data = self._fleet_key.open(key, raw, self._context)
         if data is None or not data.isdigit():
-            self._rejects.refused(key, 'round hint')
+            self._rejects.refused(key, 'a round hint')
             return 0, raw
         return int(data), raw
 

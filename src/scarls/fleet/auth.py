@@ -89,9 +89,10 @@ class FleetKey:
     def from_hex(cls, text: str) -> FleetKey:
         """From its hex form (as in a key file)."""
         try:
-            return cls(bytes.fromhex(text.strip()))
+            secret = bytes.fromhex(text.strip())
         except ValueError:
             raise FleetKeyError('the fleet key is not hex (expected 64 hex digits)') from None
+        return cls(secret)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> FleetKey:
@@ -179,7 +180,7 @@ class RejectLog:
         self.count = 0
         """Refused records seen (every read, not only the logged ones)."""
 
-    def refused(self, key: str, what: str = 'record') -> None:
+    def refused(self, key: str, what: str = 'a record') -> None:
         with self._lock:
             self.count += 1
             if key in self._seen:
@@ -187,7 +188,7 @@ class RejectLog:
             if len(self._seen) >= self._limit:
                 self._seen.clear()
             self._seen.add(key)
-        _log.warning('fleet store: ignoring a %s at %s that does not verify with the fleet '
+        _log.warning('fleet store: ignoring %s at %s that does not verify with the fleet '
                      'key (written by a stranger or another fleet)', what, key)
 
 
@@ -221,7 +222,7 @@ class SignedStore(dist.Store):
             data = self._key.open(key, self._inner.get(key), self._context)
             if data is not None:
                 return data
-            self._rejects.refused(f'{self._context}:{key}', 'process-group record')
+            self._rejects.refused(f'{self._context}:{key}', 'a process-group record')
             if time.monotonic() >= end:
                 raise RuntimeError(f'fleet store: no verified value for {key!r} '
                                    f'within {self._timeout_s:g} s')
