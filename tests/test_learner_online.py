@@ -179,3 +179,124 @@ def test_deleted_and_renumbered_online_episodes_keep_the_learner_consistent(tmp_
     # a new recording after the delete gets index 3 and is loaded once
     generate_demos(online, 'pick_cube', 1, seed=700, image_shape=SHAPE)
     assert learner.refresh_online(online, 'pick_cube') == 1 and learner.online_episodes == 4
+
+
+def _copy_with_safety(src: EpisodeReader, root, intervention, safety, offset=0.0):
+    """An online episode with the demonstration's data, our takeover flags and safety codes."""
+    from scarls.episodes import EpisodeWriter, StepRecord
+    w = EpisodeWriter(root, 'pick_cube', 'ecu-safety', cameras=src.cameras,
+                      image_shape=SHAPE, state_dim=src.state.shape[1],
+                      action_dim=src.action.shape[1], fsync=False)
+    for i in range(src.steps):
+        s = src.step(i)
+        w.append(StepRecord(s.images, s.state, s.action, bool(intervention[i]),
+                            s.timestamp + offset))
+    return w.finalize('success', 1, safety=None if safety is None else np.asarray(safety))
+
+
+def test_steps_the_robot_did_not_execute_are_never_trained_on(tmp_path, demos):
+    from scarls.episodes import list_episodes
+    from scarls.episodes.schema import SAFETY_CODES
+    learner = _learner(tmp_path, demos, holdout_every=0)
+    src = EpisodeReader(list_episodes(demos, 'pick_cube')[0].path)
+    t = src.steps
+    intervention = np.zeros(t, dtype=bool)
+    intervention[5:25] = True                  # a takeover ...
+    safety = np.full(t, SAFETY_CODES['ok'], dtype=np.uint8)
+    safety[8:12] = SAFETY_CODES['estopped']    # ... partly e-stopped,
+    safety[14] = SAFETY_CODES['clamped_heavily']
+    safety[15] = SAFETY_CODES['clamped']       # lightly clamped: executed
+    safety[16:18] = SAFETY_CODES['holding']
+    online = tmp_path / 'online'
+    _copy_with_safety(src, online, intervention, safety)
+    assert learner.refresh_online(online, 'pick_cube') == 1
+    key = next(k for k in learner.episodes if k.startswith('online/'))
+    weights = learner.labels[key]
+    not_executed = [8, 9, 10, 11, 14, 16, 17]
+    assert (weights[not_executed] == 0).all()
+    assert (weights[[5, 6, 7, 12, 13, 15, 18]] > 0).all()
+    assert learner.not_executed_steps == len(not_executed)
+    np.testing.assert_array_equal(learner.episodes[key].executed,
+                                  ~np.isin(np.arange(t), not_executed))
+    # never drawn as a sample, never a target inside a drawn chunk
+    for _ in range(30):
+        learner._batch()
+        for s in learner._drawn:
+            if s.episode == key:
+                assert s.frame not in not_executed
+    batch = learner._batch()
+    assert batch['action_mask'].dtype == torch.bool
+
+
+def test_episodes_without_safety_count_as_executed(tmp_path, demos):
+    from scarls.episodes import list_episodes
+    learner = _learner(tmp_path, demos, holdout_every=0)
+    src = EpisodeReader(list_episodes(demos, 'pick_cube')[0].path)
+    intervention = np.zeros(src.steps, dtype=bool)
+    intervention[3:9] = True
+    _copy_with_safety(src, tmp_path / 'online', intervention, None)
+    assert learner.refresh_online(tmp_path / 'online', 'pick_cube') == 1
+    key = next(k for k in learner.episodes if k.startswith('online/'))
+    assert learner.episodes[key].executed is None
+    assert (learner.labels[key][3:9] > 0).all() and learner.not_executed_steps == 0
+
+
+def test_corrupt_online_episodes_are_verified_retried_and_given_up(tmp_path, demos, caplog):
+    """A missing frame (it would read as a black image) or low-dimensional data that differs
+    from its sha256 is caught before training; a load is retried with back-off, then given
+    up (logged); a transient failure is retried and then loads."""
+    import logging
+
+    from scarls.episodes import list_episodes
+    from scarls.learner import online as online_mod
+    learner = _learner(tmp_path, demos, holdout_every=0, load_backoff_s=0.01)
+    online = tmp_path / 'online'
+    generate_demos(online, 'pick_cube', 3, seed=800, image_shape=SHAPE)
+    entries = list_episodes(online, 'pick_cube')
+    frame = next((entries[0].path / 'observation' / 'top').glob('c.3.*'))
+    frame.unlink()                                         # a missing frame
+    import zarr
+    action = zarr.open_array(str(entries[1].path / 'action'), mode='r+')
+    action[2] = action[2] + 1.0                            # data changed after the commit
+    real = online_mod.validate_episode
+    calls = {'n': 0}
+
+    def flaky(path, *a, **k):                              # the third: fails once
+        if path == entries[2].path and calls['n'] == 0:
+            calls['n'] += 1
+            raise OSError('transient read error')
+        return real(path, *a, **k)
+
+    online_mod.validate_episode = flaky
+    try:
+        with caplog.at_level(logging.WARNING, logger='scarls.learner.online'):
+            assert learner.refresh_online(online, 'pick_cube') == 1
+    finally:
+        online_mod.validate_episode = real
+    text = caplog.text
+    assert 'frame 3 of' in text and 'is missing' in text
+    assert "checksum mismatch for 'action'" in text
+    assert 'attempt 1 of 3' in text and 'transient read error' in text
+    assert text.count('giving up after 3 failed load(s)') == 2
+    assert sorted(learner.given_up) == sorted(f'online episode {e.path}' for e in entries[:2])
+    assert learner.online_episodes == 1
+    # given up once: not tried again at the next round
+    caplog.clear()
+    assert learner.refresh_online(online, 'pick_cube') == 0
+    assert 'giving up' not in caplog.text
+
+
+def test_a_corrupt_demonstration_is_skipped(tmp_path, demos):
+    import shutil
+    root = tmp_path / 'offline'
+    shutil.copytree(demos, root)
+    from scarls.episodes import list_episodes
+    first = list_episodes(root, 'pick_cube')[0].path
+    next((first / 'observation' / 'left').glob('c.0.*')).unlink()
+    config = OnlineConfig(steps_per_round=5, pretrain_steps=0, load_backoff_s=0.0,
+                          trainer=TrainerConfig(batch_size=8))
+    learner = OnlineLearner(make_policy('mlp', seed=0), CheckpointRegistry(tmp_path / 'ckpt'),
+                            config)
+    assert learner.load_offline(root, 'pick_cube', heldout=1) == 3
+    assert learner.given_up == [f'demonstration {first}']
+    assert len(learner.episodes) == 2 and len(learner.heldout) == 1

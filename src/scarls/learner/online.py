@@ -6,6 +6,14 @@ rounds, evaluates each candidate open-loop on held-out expert demonstrations, ga
 (threshold and not worse than the deployed one) and publishes it to the checkpoint registry
 (approved or not, for lineage). The ROS node (`scarls.learner.node`) runs `train_round` on its
 own thread when the scheduler triggers it, so rollouts never wait for training.
+
+What it trains on is checked first: every episode is verified before use (its arrays and shapes
+against the meta, every frame's chunk file present - a missing one would read as a black frame -
+and the sha256 of the low-dimensional arrays; the frames' own digests are left to
+``scarls dataset validate``), a load that fails is retried ``load_attempts`` times with doubling
+back-off before the episode is given up (logged), and steps the robot did not execute (the
+episode's ``safety`` array: held, e-stopped, faulted, resetting, clamped heavily) get sample
+weight 0 - never drawn, never a target.
 """
 
 from __future__ import annotations
@@ -16,15 +24,16 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
-from scarls.episodes import EpisodeReader, list_episodes
+from scarls.episodes import EpisodeReader, list_episodes, validate_episode
 from scarls.episodes.schema import ACTION_PATH, STATE_PATH, EpisodeMeta
 from scarls.learner.algorithms import make_algorithm, stale_human_steps
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
@@ -36,6 +45,7 @@ from scarls.policies import Policy
 
 log = logging.getLogger(__name__)
 METRIC = 'open_loop_error'
+_T = TypeVar('_T')
 
 
 @dataclass(frozen=True)
@@ -62,12 +72,18 @@ class OnlineConfig:
     #: deployed model (:class:`scarls.learner.replay_check.ReplayGate`) and refuse a candidate
     #: that regresses on some phase or joint group, even when its overall error passes.
     replay_gate: bool = False
+    #: Tries to load (verify + read) an episode before giving up on it (logged) ...
+    load_attempts: int = 3
+    #: ... waiting this long after the first failure, doubling after each next one.
+    load_backoff_s: float = 0.25
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
 
     def __post_init__(self) -> None:
         if self.steps_per_round < 1 or self.pretrain_steps < 0:
             raise LearnerError('steps_per_round must be >= 1 and pretrain_steps >= 0')
+        if self.load_attempts < 1 or not self.load_backoff_s >= 0:
+            raise LearnerError('load_attempts must be >= 1 and load_backoff_s >= 0')
         if not (self.threshold > 0):
             raise LearnerError(f'threshold must be > 0, got {self.threshold}')
 
@@ -147,6 +163,10 @@ class OnlineLearner:
         """Set it to abandon a running round at its next training step (nothing is published)."""
         self.stale_labels = 0
         """Takeover steps not used as labels because their command was a stale repeat."""
+        self.not_executed_steps = 0
+        """Steps not trained on because the robot did not execute their action."""
+        self.given_up: list[str] = []
+        """Episodes whose load failed ``load_attempts`` times (never used)."""
         self.rounds: list[RoundResult] = []
         self._seen: set[str] = set()
         self._online: dict[str, tuple[str, Any] | None] = {}
@@ -160,19 +180,63 @@ class OnlineLearner:
         """(episode index, seconds from its end to loaded) of the last refresh_online."""
 
     # -- data ------------------------------------------------------------------------------
-    def _weights(self, intervention: np.ndarray, action: np.ndarray, outcome: str,
-                 source: str) -> np.ndarray:
+    def _label_weights(self, intervention: np.ndarray, action: np.ndarray, outcome: str,
+                       source: str, executed: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, int, int]:
+        """(weights, stale takeover steps zeroed, not-executed steps zeroed)."""
         weights = self.algorithm.step_weights(intervention, outcome, source)
+        stale_n = not_executed_n = 0
         if source == 'online':
             stale = stale_human_steps(intervention, action)
             if stale.any():
                 weights = np.where(stale, 0.0, weights).astype(np.float32)
-                self.stale_labels += int(stale.sum())
+                stale_n = int(stale.sum())
+        if executed is not None:
+            dropped = ~np.asarray(executed, dtype=bool) & (weights > 0)
+            if dropped.any():
+                weights = np.where(dropped, 0.0, weights).astype(np.float32)
+                not_executed_n = int(dropped.sum())
+        return weights, stale_n, not_executed_n
+
+    def _weights(self, intervention: np.ndarray, action: np.ndarray, outcome: str,
+                 source: str, executed: np.ndarray | None = None) -> np.ndarray:
+        weights, stale_n, not_executed_n = self._label_weights(intervention, action, outcome,
+                                                               source, executed)
+        self.stale_labels += stale_n
+        self.not_executed_steps += not_executed_n
         return weights
+
+    def _with_retries(self, what: str, load: Callable[[], _T]) -> _T | None:
+        """``load()``, tried ``config.load_attempts`` times with doubling back-off; None (and
+        logged) when every try failed. Raises :class:`LearnerStopped` when stopped meanwhile."""
+        attempts, delay = self.config.load_attempts, self.config.load_backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                return load()
+            except Exception as exc:  # noqa: BLE001 - corrupt or unreadable: retry, then skip
+                if attempt == attempts:
+                    log.warning('%s: giving up after %d failed load(s): %s', what, attempts,
+                                exc)
+                    self.given_up.append(what)
+                    return None
+                log.warning('%s: load failed (attempt %d of %d): %s; retrying in %.2f s',
+                            what, attempt, attempts, exc, delay)
+                if self.stop_event.wait(delay):
+                    raise LearnerStopped('the learner is stopping') from exc
+                delay *= 2
+        return None
+
+    @staticmethod
+    def _verified_reader(path: Path) -> EpisodeReader:
+        """The episode at ``path`` after the cheap check: arrays and shapes against its meta,
+        every frame's chunk present, sha256 of the low-dimensional arrays."""
+        validate_episode(path, check_checksums=False, lowdim_checksums=True)
+        return EpisodeReader(path)
 
     def _add(self, key: str, ep: EpisodeData, weights: np.ndarray | None = None) -> None:
         if weights is None:
-            weights = self._weights(ep.intervention, ep.action, ep.outcome, ep.source)
+            weights = self._weights(ep.intervention, ep.action, ep.outcome, ep.source,
+                                    ep.executed)
         if not float(np.sum(weights)) > 0:
             return   # nothing to learn from (e.g. no takeover in an online episode)
         self.episodes[key] = ep
@@ -189,15 +253,19 @@ class OnlineLearner:
         return ''
 
     def load_offline(self, root: str | Path, task: str, *, heldout: int = 2) -> int:
-        """Load demonstrations; the last `heldout` become the open-loop evaluation set."""
+        """Load demonstrations (verified; one that keeps failing to load is skipped, logged);
+        the last `heldout` become the open-loop evaluation set. Returns how many loaded."""
         entries = list_episodes(root, task)
         if not entries:
             raise LearnerError(f'no demonstrations of {task!r} under {root}: generate them '
                                'first (scarls demos)')
         eval_entries = entries[-heldout:] if heldout and len(entries) > heldout else []
         for entry in entries:
-            ep = EpisodeData.from_reader(EpisodeReader(entry.path), source='offline',
-                                         cameras=self.cameras)
+            ep = self._with_retries(f'demonstration {entry.path}', lambda e=entry: (
+                EpisodeData.from_reader(self._verified_reader(e.path), source='offline',
+                                        cameras=self.cameras)))
+            if ep is None:
+                continue
             problem = self._misfit(ep)
             if problem:
                 raise LearnerError(f'demonstration {entry.path} {problem}: write demonstrations '
@@ -208,9 +276,13 @@ class OnlineLearner:
             else:
                 self._add(f'offline/{entry.task}/{entry.index}', ep)
             self._seen.add(str(entry.path))
+        if not self.episodes:
+            raise LearnerError(f'no usable demonstrations of {task!r} under {root} (every one '
+                               'failed to load, see the log): check them with scarls dataset '
+                               'validate, or generate new ones (scarls demos)')
         fit_normalization(self.policy, list(self.episodes.values()))
         self.trainer.sync_ema()   # the weight average starts from the normalised policy
-        return len(entries)
+        return len(self._seen)
 
     def refresh_online(self, root: str | Path, task: str) -> int:
         """Load online episodes that appeared on disk since the last call; returns how many.
@@ -236,20 +308,14 @@ class OnlineLearner:
             on_disk.add(fp)
             if fp in self._online:
                 continue
-            self._online[fp] = None   # known (also when it cannot be loaded: tried once)
-            try:
-                reader = EpisodeReader(entry.path)
-                intervention = np.asarray(reader.intervention[:], dtype=bool)
-                outcome = reader.meta.outcome
-                weights = self._weights(intervention, np.asarray(reader.action[:]), outcome,
-                                        'online')
-                # frames of every takeover step stay in memory: held-out episodes are
-                # evaluated on all of them
-                ep = EpisodeData.from_reader(reader, source='online', cameras=self.cameras,
-                                             keep=(weights > 0) | intervention)
-            except Exception as exc:  # a corrupt episode must not stop learning
-                log.warning('online episode %s skipped: %s', entry.path, exc)
+            self._online[fp] = None   # known (also when it cannot be loaded: given up)
+            loaded = self._with_retries(f'online episode {entry.path}',
+                                        lambda e=entry: self._load_online(e.path))
+            if loaded is None:   # a corrupt episode must not stop learning
                 continue
+            ep, weights, reader, stale_n, not_executed_n = loaded
+            self.stale_labels += stale_n
+            self.not_executed_steps += not_executed_n
             problem = self._misfit(ep)
             if problem:
                 log.warning('online episode %s skipped: %s', entry.path, problem)
@@ -272,6 +338,20 @@ class OnlineLearner:
         self._forget_deleted(on_disk)
         self.last_load_seconds = time.perf_counter() - t0
         return added
+
+    def _load_online(self, path: Path):
+        """Verify and load one online episode: (data, label weights, reader, stale takeover
+        steps, steps not executed)."""
+        reader = self._verified_reader(path)
+        intervention = np.asarray(reader.intervention[:], dtype=bool)
+        executed = None if reader.safety is None else reader.executed()
+        weights, stale_n, not_executed_n = self._label_weights(
+            intervention, np.asarray(reader.action[:]), reader.meta.outcome, 'online', executed)
+        # frames of every takeover step stay in memory: held-out episodes are evaluated on
+        # all of them
+        ep = EpisodeData.from_reader(reader, source='online', cameras=self.cameras,
+                                     keep=(weights > 0) | intervention)
+        return ep, weights, reader, stale_n, not_executed_n
 
     def _fingerprint(self, meta_path: Path) -> str:
         """The identity of an episode across renumbering: its recording ECU, start time and
@@ -390,9 +470,12 @@ class OnlineLearner:
         if weights is not None:
             current = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(weights)
+        # the expert's steps, except those the robot did not execute
+        labels = {i: ep.sample_weights(ep.intervention.astype(np.float32))
+                  for i, ep in enumerate(self.heldout)}
         try:
             result = evaluate_open_loop(model, open_loop_batches(
-                self.heldout, model.chunk_size, cameras=self.cameras,
+                self.heldout, model.chunk_size, cameras=self.cameras, labels=labels,
                 stride=self.config.eval_stride))
         finally:
             if current is not None:

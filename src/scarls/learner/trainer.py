@@ -80,6 +80,10 @@ class EpisodeData:
     """camera -> (N, H, W, 3) uint8 frames (N = len(image_frames) or T)."""
     image_frames: np.ndarray | None = None
     """Sorted steps whose frames are kept in ``images`` (None: all)."""
+    executed: np.ndarray | None = None
+    """(T,) bool: the robot executed the step's action (the episode's ``safety`` array: not
+    held, e-stopped, faulted, resetting or clamped heavily); None: every step was executed.
+    A step that was not executed is never a training sample nor a target (sample weight 0)."""
 
     def __post_init__(self) -> None:
         t = len(self.state)
@@ -88,6 +92,9 @@ class EpisodeData:
                 f'episode arrays disagree on length: state {self.state.shape}, action '
                 f'{self.action.shape}, intervention {self.intervention.shape}'
             )
+        if self.executed is not None and np.shape(self.executed) != (t,):
+            raise LearnerError(f'executed must be a (T,) = ({t},) bool mask, got '
+                               f'{np.shape(self.executed)}')
         n = t if self.image_frames is None else len(self.image_frames)
         for cam, frames in self.images.items():
             if frames.shape[0] != n or frames.dtype != np.uint8 or frames.ndim != 4:
@@ -100,6 +107,13 @@ class EpisodeData:
     def steps(self) -> int:
         """Number of steps T."""
         return len(self.state)
+
+    def sample_weights(self, weights: np.ndarray) -> np.ndarray:
+        """``weights`` (T,) with the steps the robot did not execute set to 0."""
+        if self.executed is None:
+            return weights
+        return np.where(np.asarray(self.executed, dtype=bool), weights, 0.0).astype(
+            np.asarray(weights).dtype)
 
     def frame(self, camera: str, step: int) -> np.ndarray:
         """The (H, W, 3) frame of ``camera`` at ``step`` (KeyError if not kept)."""
@@ -185,6 +199,7 @@ class EpisodeData:
             intervention=np.asarray(reader.intervention[:], dtype=bool),
             images=images,
             image_frames=frames,
+            executed=None if reader.safety is None else reader.executed(),
         )
 
 
