@@ -79,6 +79,7 @@ def test_offline_check_and_bad_files(tmp_path):
     assert 'arms[0].lower: must be a list of 6 numbers' in out.stderr
 
 
+@pytest.mark.ros
 def test_check_reads_a_16_joint_robot_and_names_a_silent_camera(tmp_path, domain_id):
     data = load_robot('sim_dual7').to_dict()
     data['name'] = 'sim_dual7_extra_camera'

@@ -24,6 +24,7 @@ from scarls.robot import load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import joint_state_to_msg, msg_to_positions
 
+pytestmark = pytest.mark.ros
 NS = 'safe'
 FAKES = Path(__file__).resolve().parent / 'fakes'
 
