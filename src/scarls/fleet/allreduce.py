@@ -15,7 +15,16 @@ the fleet launcher: it holds no model and does no training) or, torchrun style, 
 with ``FleetConfig.host_store`` (then that ECU must stay up: when it restarts, the others
 resynchronise, see *Epoch*). Under torchrun with its agent store
 (``TORCHELASTIC_USE_AGENT_STORE=True``), the ECUs just connect to it. All keys live under
-``FleetConfig.namespace``.
+``FleetConfig.namespace``. The store listens on its address only (:class:`RendezvousHost`).
+
+Authentication. A TCPStore has no access control, so every value an ECU writes is sealed with
+the fleet's shared key (HMAC-SHA256 bound to the store key and the store's epoch,
+:mod:`scarls.fleet.auth`) and every reader verifies it: a record that does not verify is
+ignored and logged, as if absent. Write-once records (the epoch, a round's membership, group
+and verdicts) are agreed in *slots*: a slot holding a stranger's record is skipped, in the same
+order by every ECU. An ECU waiting for the others writes its own record again when a stranger
+overwrote it. The round's process group exchanges its members' addresses through the same
+seal (:class:`scarls.fleet.auth.SignedStore`). A fleet of more than one ECU needs the key.
 
 A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinitely):
 
@@ -25,15 +34,17 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    step) and leave with status ``'skipped'`` (no reduction, no selection, no deploy).
 2. *Membership.* The posters are fixed when all ``WORLD_SIZE`` ranks have posted or when
    ``deadline_s`` has passed since the ECU's own post, whichever comes first: the first ECU
-   to get there writes the sorted list of ranks that posted with ``store.compare_set`` on
+   to get there writes the verified posts present with ``store.compare_set`` on
    ``r/members``; ``compare_set`` keeps only the first write, so every ECU reads the same
-   list. The round therefore closes at most ``deadline_s`` after its first live poster
-   arrived. An ECU whose post is not in the list learns it ``'missed'`` the round.
+   members and the same posts. The round therefore closes at most ``deadline_s`` after its
+   first live poster arrived. An ECU whose post is not in the list learns it ``'missed'``
+   the round.
 3. *Eligibility.* From the posts of the members, every ECU computes the same set: the ranks
    whose error passed their ``threshold`` and whose parameter signature (names, shapes, dtypes
    of the trainable parameters) is the most common one among them (ties: the lowest rank's).
    The weights are computed from the posts alone as well (with the lowest participant's
-   ``eps``), so the members agree on them even if their configurations differ.
+   ``eps`` and ``max_weight``: no ECU's share above it, whatever error it reports), so the
+   members agree on them even if their configurations differ.
 4. *Readiness.* Eligible ECUs mark ``r/ready/<rank>`` and agree the same way (all eligible
    ready, or ``ready_timeout_s``) on ``r/group``. This second, short agreement drops an ECU
    that died between posting and reducing, so a crash costs the others ``ready_timeout_s``
@@ -46,7 +57,11 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    parameters (``requires_grad``) are flattened into one contiguous buffer per reduction dtype
    (float64 stays float64, every other floating dtype is reduced in float32), scaled by the
    ECU's weight, summed with one all-reduce and written back. Frozen parameters and buffers
-   never travel. The all-reduce has a timeout (``reduce_timeout_s``); when a member dies
+   never travel. Before the result is written back, each member checks it
+   (:func:`check_reduced`): finite, and within ``max_param_change`` of its own parameters
+   (relative norm). A member whose check fails keeps its parameters (``'failed'``) and posts
+   a veto as its verdict, so no participant deploys the model.
+   The all-reduce has a timeout (``reduce_timeout_s``); when a member dies
    mid-reduce the others get an error at once (connection closed) or at the timeout, and the
    round ends ``'failed'`` with the parameters untouched. A group of one does not communicate
    (``'alone'``).
@@ -57,8 +72,9 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    the verdicts present when all participants have posted or ``deadline_s`` after the ECU's
    own post are fixed on ``r/verdicts`` like the membership. Every participant reads the
    same verdicts and so takes the same deploy decision
-   (:func:`scarls.fleet.selector.fleet_decision`): the fleet deploys a synchronised model
-   everywhere or nowhere.
+   (:func:`scarls.fleet.selector.fleet_decision`: every participant's verdict present and
+   plausible, every participant's own error passing, the union's shares capped): the fleet
+   deploys a synchronised model everywhere or nowhere.
 
 Bound: an ECU that takes part is released at most ``deadline_s + ready_timeout_s`` after its
 post plus the all-reduce itself (itself bounded by ``reduce_timeout_s``); store operations
