@@ -98,14 +98,13 @@ class Rig:
 
 def test_heavy_clamp_threshold() -> None:
     z = np.zeros(D)
-    assert not heavy_clamp(np.array([0.15, 0, 0]), z, LIMITS, 1 / 30)      # 0.05 beyond reach
-    assert heavy_clamp(np.array([0.25, 0, 0]), z, LIMITS, 1 / 30)          # 0.15 beyond reach
-    assert not heavy_clamp(np.array([1.05, 0, 0]), np.array([1.0, 0, 0]), LIMITS, 1 / 30)
-    assert heavy_clamp(np.array([1.5, 0, 0]), np.array([1.0, 0, 0]), LIMITS, 1 / 30)
-    # without limits (or of another size): the driver's reason decides
-    assert heavy_clamp(z, z, None, 1 / 30, 'position limit: j0')
-    assert not heavy_clamp(z, z, None, 1 / 30, 'velocity limit: j0')
-    assert heavy_clamp(np.zeros(2), np.zeros(2), LIMITS, 1 / 30, 'position limit: j1')
+    assert not heavy_clamp(np.array([0.9, 0, 0]), LIMITS)     # inside (velocity clamps: light)
+    assert not heavy_clamp(np.array([1.05, 0, 0]), LIMITS)    # 2.5 % of the range outside
+    assert heavy_clamp(np.array([0, -1.15, 0]), LIMITS)       # 7.5 % of the range outside
+    assert heavy_clamp(np.array([0, 0, 9.0]), LIMITS)
+    assert not heavy_clamp(np.array([0, 0, 9.0]), None)       # without limits: light
+    assert not heavy_clamp(np.zeros(2) + 9, LIMITS)           # another robot's size: light
+    assert not heavy_clamp(z, LIMITS)
 
 
 def test_safety_timeline_lookup_and_pruning() -> None:
@@ -117,10 +116,15 @@ def test_safety_timeline_lookup_and_pruning() -> None:
     tl.add(3_000, 'clamped', 'velocity limit: j0')          # out of order: sorted in
     assert len(tl) == 3
     assert tl.state_at(500, 100) is None
-    assert tl.state_at(1_500, 1_000) == ('holding', 'waiting for a first command')
+    assert tl.state_at(1_500, 600) == ('holding', 'waiting for a first command')
     assert tl.state_at(2_500, 1_000) == ('clamped', 'velocity limit: j0')   # next tick's state
     assert tl.state_at(4_000, 500) == ('clamped', 'velocity limit: j0')     # in force
     assert tl.state_at(10**9, 1) == ('ok', '')
+    # a command sent while holding that ends the hold one tick late was executed; other
+    # states are not stretched over two ticks
+    assert tl.state_at(1_100, 900) == ('holding', 'waiting for a first command')
+    assert tl.state_at(1_100, 1_000) == ('clamped', 'velocity limit: j0')
+    assert tl.state_at(3_100, 1_000) == ('clamped', 'velocity limit: j0')   # not 'ok' at 5000
     tl.add(20 * 10**9, 'estopped', 'button')
     assert len(tl) == 2                                     # the state in force is kept
     assert tl.state_at(15 * 10**9, 1) == ('ok', '')
@@ -139,7 +143,7 @@ def test_each_step_records_the_driver_state_of_its_execution(tmp_path: Path) -> 
     rig.driver(t(9) + 5_000_000, 'fault', 'robot fault')
     for i in range(11):
         far = i == 3
-        rig.step(1, i, action=[0.5 if far else 0.01, 0, 0])
+        rig.step(1, i, action=[1.5 if far else 0.01, 0, 0])
     rig.end(1, 11)
     assert len(rig.saved) == 1 and rig.saved[0].dropped_steps == 0
     r = EpisodeReader(rig.saved[0].ref.path)

@@ -27,12 +27,13 @@ Rules (the scheduler's contract):
 
 Steps the robot did not execute: the driver reports ``ok``, ``clamped`` (limited by its
 position/velocity limits), ``holding``, ``estopped``, ``fault`` or ``resetting``. A clamped
-step is *clamped heavily* (``clamped_heavily``, not executed) when the driver clamped it and
-the action missed what the robot could do by more than ``HEAVY_CLAMP_TICKS`` control periods
-of motion at the joint's speed limit on some joint (:func:`heavy_clamp`: the part of the action
-outside the position limits plus the part of the move beyond ``max_velocity / fps`` from the
-observed state); without the robot's limits, a clamp at a position limit is heavy and a
-velocity-only clamp is not.
+step is *clamped heavily* (``clamped_heavily``, not executed) when the driver clamped it and its
+action lay more than ``HEAVY_CLAMP_FRACTION`` (5 %) of some joint's range outside that joint's
+position limits (:func:`heavy_clamp`: the robot went to the limit, not where the action said).
+A velocity clamp only slows the motion toward the target (a gripper's open/close command is
+velocity-clamped for a dozen ticks as a rule), and a target a hair beyond a limit (a gripper
+commanded to -0.01) is reached as near as the robot can: both are executed (``clamped``).
+Without the robot's limits every clamp counts as light.
 """
 
 from __future__ import annotations
@@ -51,15 +52,15 @@ import numpy as np
 from scarls.episodes import BackgroundEpisodeWriter, EpisodeRef, StepRecord
 from scarls.episodes.schema import SAFETY_CODES
 
-__all__ = ['FINALIZE_WAIT_S', 'HEAVY_CLAMP_TICKS', 'TERMINAL', 'FrameBuffer', 'JointLimits',
+__all__ = ['FINALIZE_WAIT_S', 'HEAVY_CLAMP_FRACTION', 'TERMINAL', 'FrameBuffer', 'JointLimits',
            'RecorderLosses', 'SafetyTimeline', 'SavedEpisode', 'StepAligner', 'heavy_clamp',
            'skew_summary', 'stamp_ns']
 
 TERMINAL = {'SUCCESS': 'success', 'FAIL': 'fail', 'ABORTED': 'aborted'}
 FINALIZE_WAIT_S = 3.0
-#: A clamp is heavy when the action missed what the robot could do by more than this many
-#: control periods of motion at the joint's speed limit (see :func:`heavy_clamp`).
-HEAVY_CLAMP_TICKS = 1.0
+#: A clamp is heavy when the action lay more than this share of a joint's range outside its
+#: position limits (see :func:`heavy_clamp`).
+HEAVY_CLAMP_FRACTION = 0.05
 DRIVER_STATES = ('ok', 'clamped', 'holding', 'estopped', 'fault', 'resetting')
 
 
@@ -86,23 +87,17 @@ class JointLimits:
     max_velocity: np.ndarray
 
 
-def heavy_clamp(action: np.ndarray, state: np.ndarray, limits: JointLimits | None,
-                period_s: float, reason: str = '') -> bool:
-    """Was a command the driver clamped clamped *heavily* (its action not executed)?
-
-    With ``limits``: on some joint, the part of ``action`` outside the position limits plus
-    the part of the move from ``state`` beyond ``max_velocity * period_s`` exceeds
-    :data:`HEAVY_CLAMP_TICKS` periods of motion at the speed limit. Without limits (or with
-    sizes that do not match): the driver's ``reason`` names a position limit.
-    """
+def heavy_clamp(action: np.ndarray, limits: JointLimits | None) -> bool:
+    """Was a command the driver clamped clamped *heavily* (its action not executed)? True when
+    on some joint ``action`` lies more than :data:`HEAVY_CLAMP_FRACTION` of the joint's range
+    outside its position limits; False without limits (or with sizes that do not match)."""
     a = np.asarray(action, dtype=np.float64)
-    s = np.asarray(state, dtype=np.float64)
-    if limits is None or not (a.shape == s.shape == np.shape(limits.lower)):
-        return 'position limit' in reason
-    target = np.clip(a, limits.lower, limits.upper)
-    reach = np.asarray(limits.max_velocity, dtype=np.float64) * float(period_s)
-    missed = np.abs(a - target) + np.maximum(0.0, np.abs(target - s) - reach)
-    return bool(np.any(missed > HEAVY_CLAMP_TICKS * reach))
+    if limits is None or a.shape != np.shape(limits.lower):
+        return False
+    lower = np.asarray(limits.lower, dtype=np.float64)
+    upper = np.asarray(limits.upper, dtype=np.float64)
+    outside = np.abs(a - np.clip(a, lower, upper))
+    return bool(np.any(outside > HEAVY_CLAMP_FRACTION * (upper - lower)))
 
 
 class SafetyTimeline:
@@ -112,7 +107,10 @@ class SafetyTimeline:
     The state of a step commanded at stamp ``t`` is the first state the driver reported in
     ``(t, t + period]`` (the driver tick that executed the command: a change is published at
     that tick, and an e-stop at once), else the state in force at ``t`` (the last one reported
-    before). Thread-safe.
+    before) - except that a command sent while the driver was ``holding`` (waiting for a
+    command) that ends the hold one tick late (a busy driver took the command after its next
+    tick: ``ok``/``clamped`` reported in ``(t + period, t + 2 period]``) was executed.
+    Thread-safe.
     """
 
     def __init__(self, keep_s: float = 600.0) -> None:
@@ -145,9 +143,14 @@ class SafetyTimeline:
         (ns); None when no state was reported at or before ``t + period``."""
         with self._lock:
             i = bisect.bisect_right(self._stamps, t)
-            if i < len(self._stamps) and self._stamps[i] <= t + period:
-                return self._states[i]
-            return self._states[i - 1] if i else None
+            nxt = self._states[i] if i < len(self._stamps) else None
+            if nxt is not None and self._stamps[i] <= t + period:
+                return nxt
+            now = self._states[i - 1] if i else None
+            if now is not None and now[0] == 'holding' and nxt is not None \
+                    and nxt[0] in ('ok', 'clamped') and self._stamps[i] <= t + 2 * period:
+                return nxt
+            return now
 
 
 @dataclass
@@ -176,8 +179,8 @@ class _Episode:
     skew_ms: dict[str, list[float]] = field(default_factory=dict)
     #: dropped steps by cause
     drops: collections.Counter = field(default_factory=collections.Counter)
-    #: (stamp ns, action, observed state) of every step handed to the writer, in order
-    written: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: (stamp ns, action) of every step handed to the writer, in order
+    written: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
 def skew_summary(skew_ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -486,7 +489,7 @@ class StepAligner:
             self._log.warning(f'step {step.step} of actor episode {step.episode_id} dropped: '
                               f'{why}', throttled=True)
             return
-        episode.written.append((stamp, action, state))
+        episode.written.append((stamp, action))
         js_ns = stamp_ns(step.joint_state_stamp)
         for name, stamp_i in zip(step.image_names, step.image_stamps, strict=False):
             episode.skew_ms.setdefault(name, []).append(abs(stamp_ns(stamp_i) - js_ns) * 1e-6)
@@ -496,15 +499,13 @@ class StepAligner:
         if not len(self.safety):
             return None
         codes = np.empty(len(episode.written), dtype=np.uint8)
-        period_s = self._period_ns * 1e-9
-        for i, (stamp, action, state) in enumerate(episode.written):
+        for i, (stamp, action) in enumerate(episode.written):
             known = self.safety.state_at(stamp, self._period_ns)
             if known is None:
                 name = 'unknown'
             else:
-                name, reason = known
-                if name == 'clamped' and heavy_clamp(action, state, self.config.joint_limits,
-                                                     period_s, reason):
+                name = known[0]
+                if name == 'clamped' and heavy_clamp(action, self.config.joint_limits):
                     name = 'clamped_heavily'
             codes[i] = SAFETY_CODES[name]
         return codes
