@@ -5,6 +5,13 @@ Each node runs as `python -m <module> --ros-args ...` built from `bringup.NodeSp
 output in `<log_dir>/<node>.log`. Stopping is graceful: SIGINT (nodes hold the robot and close
 files), then SIGTERM, then SIGKILL; after a SIGKILL, Fast DDS shared-memory files left in /dev/shm
 are cleaned so they do not pile up.
+
+CPU priorities (:data:`NODE_NICENESS`): control > recording > training. The control nodes
+(driver, actor, teleop, camera capture) run at the launcher's own priority, the scheduler
+(recording) at nice +2 and the learner (training) at nice +10: on a busy machine the robot's
+control loop and the recorder get the CPU first, and training - which can wait - takes what is
+left (the learner also trains on one torch thread). Started through `nice -n`, so every thread
+of the node inherits it. With launch_ros, the same: `prefix='nice -n 10'` on the learner's Node.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +31,31 @@ from scarls.bringup import NodeSpec
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / 'config'
+#: Nice value added to a node's priority, by node name (others: 0, the launcher's own):
+#: recording below control, training below recording.
+NODE_NICENESS: dict[str, int] = {'scheduler': 2, 'learner': 10}
+
+
+def node_niceness(name: str) -> int:
+    """How much lower than the control nodes' the CPU priority of node ``name`` is."""
+    return NODE_NICENESS.get(name, 0)
+
+
+def nice_prefix(niceness: int) -> list[str]:
+    """The command prefix that starts a process ``niceness`` steps nicer ([] for 0, or where
+    there is no ``nice`` program: then :func:`renice` after the start)."""
+    if niceness <= 0:
+        return []
+    program = shutil.which('nice')
+    return [program, '-n', str(int(niceness))] if program else []
+
+
+def renice(pid: int, niceness: int) -> None:
+    """Make process ``pid`` ``niceness`` steps nicer than this one (best effort)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+    except OSError as exc:
+        log.warning('could not lower the priority of pid %d: %s', pid, exc)
 
 
 class LaunchError(RuntimeError):
@@ -90,7 +123,9 @@ class ProcessGroup:
         self.killed = False
 
     def start(self, spec: NodeSpec, params_file: str | None) -> RunningNode:
-        cmd = [sys.executable, '-m', spec.module, *spec.ros_args(params_file)]
+        niceness = node_niceness(spec.name)
+        prefix = nice_prefix(niceness)
+        cmd = [*prefix, sys.executable, '-m', spec.module, *spec.ros_args(params_file)]
         tag = f'{spec.namespace}_{spec.name}' if spec.namespace else spec.name
         log_path = self.log_dir / f'{tag}.log'
         out = open(log_path, 'ab')  # noqa: SIM115 - owned by the child; closed below
@@ -101,6 +136,8 @@ class ProcessGroup:
             raise LaunchError(f'could not start {spec.fqn}: {exc}') from exc
         finally:
             out.close()
+        if niceness > 0 and not prefix:
+            renice(proc.pid, niceness)
         node = RunningNode(spec, proc, log_path)
         self.nodes.append(node)
         log.debug('started %s (pid %d): %s', spec.fqn, proc.pid, ' '.join(cmd))

@@ -1,0 +1,53 @@
+"""CPU priorities of an ECU's processes: control > recording > training."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from scarls import launcher
+from scarls.bringup import NodeSpec, ecu_nodes
+
+
+def test_priority_order_control_recording_training() -> None:
+    names = [s.name for s in ecu_nodes('ecu0', learner=True)]
+    assert {'driver', 'actor', 'teleop', 'scheduler', 'learner'} <= set(names)
+    nice = {n: launcher.node_niceness(n) for n in names}
+    assert nice['driver'] == nice['actor'] == nice['teleop'] == 0
+    assert 0 < nice['scheduler'] < nice['learner']
+
+
+def test_nice_prefix_really_lowers_every_thread_of_the_child() -> None:
+    code = ('import os, threading\n'
+            'out = []\n'
+            't = threading.Thread(target=lambda: out.append(os.getpriority(os.PRIO_PROCESS, '
+            'threading.get_native_id())))\n'
+            't.start(); t.join()\n'
+            'print(os.getpriority(os.PRIO_PROCESS, 0), out[0])\n')
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    out = subprocess.run([*launcher.nice_prefix(10), sys.executable, '-c', code],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert [int(x) for x in out] == [min(19, base + 10)] * 2
+    assert launcher.nice_prefix(0) == []
+
+
+def test_process_group_starts_the_learner_niced(tmp_path, monkeypatch) -> None:
+    started = []
+
+    class FakePopen:
+        def __init__(self, cmd, **kwargs) -> None:
+            started.append(cmd)
+            self.pid = 1
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(launcher.subprocess, 'Popen', FakePopen)
+    group = launcher.ProcessGroup({}, tmp_path)
+    for name in ('driver', 'scheduler', 'learner'):
+        group.start(NodeSpec(name, f'scarls.{name}.node', 'ecu0'), None)
+    driver, scheduler, learner = started
+    assert driver[0] == sys.executable
+    assert scheduler[1:3] == ['-n', '2'] and scheduler[3] == sys.executable
+    assert learner[1:3] == ['-n', '10'] and learner[3] == sys.executable
