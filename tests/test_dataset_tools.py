@@ -651,3 +651,39 @@ def test_import_lerobot_v3(tmp_path, capsys) -> None:
     assert '1 imported, 0 already present, 0 failed' in capsys.readouterr().out
     r = EpisodeReader(tmp_path / 'small' / 't' / 'episode_0.zarr')
     assert r.images('wrist').shape == (4, 8, 16, 3) and r.cameras == ['wrist']
+
+
+def test_stats_show_drops_by_cause_steps_not_executed_and_recorder_losses(tmp_path,
+                                                                           capsys) -> None:
+    from scarls.episodes.schema import SAFETY_CODES as C
+    root = tmp_path / 'data'
+    rng = np.random.default_rng(0)
+
+    def episode(steps, safety=None, extra=None):
+        w = EpisodeWriter(root, 'r', 'ecu-0', cameras=CAMS, image_shape=(H, W), state_dim=DS,
+                          action_dim=DA, fsync=False)
+        for i in range(steps):
+            w.append(StepRecord({c: rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+                                 for c in CAMS}, np.zeros(DS), np.zeros(DA), False, 1.0 + i))
+        w.finalize('success', 1, extra=extra, safety=safety)
+
+    episode(3)                                                       # recorded before: plain
+    episode(4, [C['ok'], C['clamped'], C['holding'], C['estopped']],
+            {'dropped_steps': 7, 'dropped_by_cause': {'no_frames': 5, 'queue_full': 2}})
+    episode(3, [C['clamped_heavily'], C['fault'], C['ok']],
+            {'recorder_losses': {'episodes': 2, 'steps': 310, 'last_error': 'disk full'}})
+    s = dataset_stats(root).totals
+    assert s.not_executed_steps == 4 and s.episodes_with_safety == 2
+    assert s.safety['clamped'] == 1 and s.safety['ok'] == 2
+    assert s.dropped_by_cause == {'no_frames': 5, 'queue_full': 2}
+    assert (s.lost_episodes, s.lost_steps) == (2, 310)
+    assert dataset_cli.main(['dataset', 'stats', str(root)]) == 0
+    text = capsys.readouterr().out
+    assert ('steps not executed by the robot: 4 (clamped heavily 1, held 1, e-stopped 1, '
+            'robot fault 1, resetting 0; 2 of 3 episodes record the driver state); clamped '
+            'lightly (executed): 1') in text
+    assert 'lost by the recorder: 2 episodes, 310 steps' in text
+    assert 'dropped steps: 7 (frames never arrived 5, writer queue full 2)' in text
+    assert dataset_cli.main(['dataset', 'stats', str(root), '--json']) == 0
+    totals = json.loads(capsys.readouterr().out)['totals']
+    assert totals['not_executed_steps'] == 4 and totals['lost_episodes'] == 2

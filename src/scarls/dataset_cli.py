@@ -323,11 +323,36 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if tot.camera_skew_ms:
         print('camera skew to the joint state (worst episode p50 / max): ' + ', '.join(
             f'{c} {v["p50"]:.1f}/{v["max"]:.1f} ms' for c, v in tot.camera_skew_ms.items()))
-    if tot.dropped_steps:
-        print(f'dropped steps (writer queue full): {tot.dropped_steps}')
+    for line in _recording_lines(tot):
+        print(line)
     for item in tot.unreadable:
         print(f'unreadable meta: {item}')
     return EXIT_OK
+
+
+_DROP_CAUSES = {'no_frames': 'frames never arrived', 'queue_full': 'writer queue full',
+                'not_received': 'step never received', 'not_stored': 'not stored'}
+_SAFETY_LABELS = (('clamped_heavily', 'clamped heavily'), ('holding', 'held'),
+                  ('estopped', 'e-stopped'), ('fault', 'robot fault'),
+                  ('resetting', 'resetting'))
+
+
+def _recording_lines(t) -> list[str]:
+    """What the recorder could not keep, and the steps the robot did not execute."""
+    lines = []
+    if t.dropped_steps:
+        split = ', '.join(f'{_DROP_CAUSES.get(k, k)} {v}'
+                          for k, v in sorted(t.dropped_by_cause.items()) if v)
+        lines.append(f'dropped steps: {t.dropped_steps}' + (f' ({split})' if split else ''))
+    if t.episodes_with_safety:
+        parts = ', '.join(f'{label} {t.safety.get(key, 0)}' for key, label in _SAFETY_LABELS)
+        lines.append(f'steps not executed by the robot: {t.not_executed_steps} ({parts}; '
+                     f'{t.episodes_with_safety} of {t.episodes} episodes record the driver '
+                     f'state); clamped lightly (executed): {t.safety.get("clamped", 0)}')
+    if t.lost_episodes:
+        lines.append(f'lost by the recorder: {t.lost_episodes} episodes, {t.lost_steps} steps '
+                     '(could not be stored, or no recordable step)')
+    return lines
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

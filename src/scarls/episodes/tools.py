@@ -231,6 +231,9 @@ class TaskSummary:
     #: steps per driver safety state (``ok``, ``clamped``, ``clamped_heavily``, ``holding``,
     #: ``estopped``, ``fault``, ``resetting``, ``unknown``) over the episodes that record it
     safety: dict[str, int] = field(default_factory=dict)
+    #: dropped steps by cause (meta ``extra.dropped_by_cause``: ``no_frames``, ``queue_full``,
+    #: ``not_received``, ``not_stored``; episodes recorded before it: not split)
+    dropped_by_cause: dict[str, int] = field(default_factory=dict)
     #: episodes/steps the recorder lost (storage errors), as the next saved episode reports
     lost_episodes: int = 0
     lost_steps: int = 0
@@ -539,7 +542,7 @@ def _merge_skew(into: dict[str, dict[str, float]], skew: Any) -> None:
                 cur[key] = max(cur[key], float(value))
 
 
-def _add_safety(summary: TaskSummary, extra: dict[str, Any]) -> None:
+def _add_recording(summary: TaskSummary, extra: dict[str, Any]) -> None:
     """Count the per-step safety states and the recorder's losses an episode's meta reports."""
     counts = extra.get('safety')
     if isinstance(counts, dict):
@@ -550,6 +553,11 @@ def _add_safety(summary: TaskSummary, extra: dict[str, Any]) -> None:
         n = counts.get('not_executed')
         if isinstance(n, int) and not isinstance(n, bool):
             summary.not_executed_steps += n
+    causes = extra.get('dropped_by_cause')
+    if isinstance(causes, dict):
+        for name, n in causes.items():
+            if isinstance(n, int) and not isinstance(n, bool):
+                summary.dropped_by_cause[name] = summary.dropped_by_cause.get(name, 0) + n
     lost = extra.get('recorder_losses')
     if isinstance(lost, dict):
         for key in ('episodes', 'steps'):
@@ -585,8 +593,11 @@ def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
         outcomes[meta.outcome] += 1
         summary.intervention_steps += meta.intervention_steps
         summary.episodes_with_intervention += int(meta.intervention_steps > 0)
-        summary.dropped_steps += meta.dropped_steps
-        _add_safety(summary, meta.extra)
+        # the recorder's count (extra) includes steps dropped before the writer saw them
+        recorder_dropped = meta.extra.get('dropped_steps')
+        summary.dropped_steps += max(meta.dropped_steps, recorder_dropped if isinstance(
+            recorder_dropped, int) and not isinstance(recorder_dropped, bool) else 0)
+        _add_recording(summary, meta.extra)
         summary.seconds += meta.steps / meta.fps
         codecs[_codec_label(meta.image_codec)] += 1
         ecus[meta.ecu_id] += 1
@@ -648,6 +659,8 @@ def _totals(tasks: list[TaskSummary], sizes: bool) -> TaskSummary:
         total.lost_steps += t.lost_steps
         for name, n in t.safety.items():
             total.safety[name] = total.safety.get(name, 0) + n
+        for name, n in t.dropped_by_cause.items():
+            total.dropped_by_cause[name] = total.dropped_by_cause.get(name, 0) + n
         total.seconds += t.seconds
         outcomes.update(t.outcomes)
         codecs.update(t.codecs)
