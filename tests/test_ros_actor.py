@@ -1,9 +1,12 @@
 """The actor (with the sim driver) in separate processes, driven over DDS by the test playing the
 operator (and the scheduler's checkpoint service): FSM transitions, illegal/unknown signals,
 teleop execution, and checkpoint fetch over the chunked service with reload only at an episode
-boundary (a pickle and a sha256 mismatch are refused)."""
+boundary (a pickle and a sha256 mismatch are refused). The test signs its checkpoints and deploy
+records with a key the actor trusts (its key_dir), as the ECU's scheduler does."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -15,21 +18,29 @@ from sensor_msgs.msg import JointState
 
 from scarls.bringup import ecu_nodes
 from scarls.checkpoints import file_sha256, save_checkpoint
+from scarls.checkpoints.deploy import DeployRecord, sign_deploy_record
+from scarls.checkpoints.signing import ensure_key
 from scarls.checkpoints.transfer import ChunkServer
 from scarls.policies import make_policy
-from scarls.robot import JOINT_NAMES
+from scarls.robot import JOINT_NAMES, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import joint_state_to_msg, msg_to_positions
 from scarls.sim.world import HOME
 
 pytestmark = pytest.mark.ros
 NS = 'acttest'
+ROBOT = load_robot('sim_dual6').hash
 
 
 class Operator:
-    def __init__(self, probe: Probe) -> None:
+    """The operator and the scheduler: signals, teleop, signed deploys and the chunk service."""
+
+    def __init__(self, probe: Probe, key_dir) -> None:
         n = probe.node
         self.probe = probe
+        self.signer = ensure_key(key_dir, f'learner-{NS}')
+        self.generation = 0
+        self.token = sign_deploy_record(DeployRecord(NS, 0, 0, '', ROBOT, 'none'), self.signer)
         self.states: list[ActorState] = []
         self.steps: list[ActorStep] = []
         self.q: np.ndarray | None = None
@@ -46,6 +57,9 @@ class Operator:
         server = ChunkServer(lambda v: self.served.get(v), max_chunk=4096)
 
         def serve(request, response):
+            if request.version == 0:   # which checkpoint is deployed
+                response.ok, response.data = True, self.token.encode()
+                return response
             self.requests += 1
             reply = server.handle(request.version, request.offset, request.length)
             response.ok, response.error = reply.ok, reply.error
@@ -54,6 +68,19 @@ class Operator:
             return response
         n.create_service(GetCheckpointChunk, 'scheduler/get_checkpoint', serve)
 
+    def deploy(self, version: int, sha256: str, path=None) -> CheckpointInfo:
+        """Announce ``version`` like the scheduler: a signed deploy record of a new
+        generation as the uri."""
+        if path is not None:
+            self.served[version] = str(path)
+        self.generation += 1
+        self.token = sign_deploy_record(
+            DeployRecord(NS, self.generation, version, sha256, ROBOT, 'approved'), self.signer)
+        msg = CheckpointInfo(version=version, policy='mlp', sha256=sha256, approved=True,
+                             uri=self.token)
+        self.ckpt_pub.publish(msg)
+        return msg
+
     @property
     def phase(self) -> str:
         return self.states[-1].phase if self.states else 'UNKNOWN'
@@ -61,8 +88,20 @@ class Operator:
     def signal(self, value: int, wait_for: str | None = None) -> None:
         msg = OperatorSignal(signal=value, source='test', reason='test')
         self.signal_pub.publish(msg)
-        if wait_for:
+        if wait_for and value == OperatorSignal.START:
+            # START waits while the actor loads the deployed checkpoint: send it again, like
+            # the teleop node does when the actor has not reacted
+            self.probe.wait_for(lambda: self.phase == wait_for or self._again(msg), 20,
+                                f'phase {wait_for}')
+        elif wait_for:
             self.probe.wait_for(lambda: self.phase == wait_for, 10, f'phase {wait_for}')
+
+    def _again(self, msg: OperatorSignal, period: float = 1.0) -> bool:
+        now = time.monotonic()
+        if now - getattr(self, '_sent_at', 0.0) >= period:
+            self._sent_at = now
+            self.signal_pub.publish(msg)
+        return False
 
     def teleop(self, q, seconds: float) -> None:
         for _ in range(int(seconds * 30)):
@@ -72,11 +111,12 @@ class Operator:
 
 
 @pytest.fixture
-def operator(ros, node_group):
-    specs = ecu_nodes(NS, extra={'driver': {'image_height': 24, 'image_width': 32}})
-    start_nodes(node_group, [s for s in specs if s.name in ('driver', 'actor')])
+def operator(ros, node_group, tmp_path):
+    specs = ecu_nodes(NS, key_dir=str(tmp_path / 'keys'),
+                      extra={'driver': {'image_height': 24, 'image_width': 32}})
     probe = Probe(NS)
-    op = Operator(probe)
+    op = Operator(probe, tmp_path / 'keys')
+    start_nodes(node_group, [s for s in specs if s.name in ('driver', 'actor')])
     probe.wait_for(lambda: op.phase == 'IDLE', 30, 'the actor to reach IDLE')
     yield op
     probe.close()
@@ -123,12 +163,11 @@ def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_pat
     torch.set_num_threads(1)
     op = operator
     good = tmp_path / 'v1.safetensors'
-    save_checkpoint(good, make_policy('mlp', seed=7), version=1)
+    save_checkpoint(good, make_policy('mlp', seed=7), version=1, signer=op.signer, robot=ROBOT)
     op.served[1] = str(good)
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
     op.probe.spin_for(0.3)
-    op.ckpt_pub.publish(CheckpointInfo(version=1, policy='mlp', sha256=file_sha256(good),
-                                       approved=True, uri='v1'))
+    op.deploy(1, file_sha256(good))
     op.probe.spin_for(1.5)   # serves the chunks: the fetch completes during the episode
     assert op.requests > good.stat().st_size // 4096, 'fetched in many small chunks'
     episode1 = op.states[-1].episode_id
@@ -143,13 +182,10 @@ def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_pat
     # a corrupt checkpoint (pickle) and a sha256 mismatch are refused; v1 stays
     bad = tmp_path / 'v2.safetensors'
     torch.save({'w': torch.zeros(3)}, bad)
-    op.served[2] = str(bad)
-    op.ckpt_pub.publish(CheckpointInfo(version=2, policy='mlp', approved=True, uri='v2'))
+    op.deploy(2, file_sha256(bad), bad)
     op.probe.spin_for(1.0)
     op.signal(OperatorSignal.STOP, wait_for='IDLE')
-    op.served[3] = str(good)
-    op.ckpt_pub.publish(CheckpointInfo(version=3, policy='mlp', sha256='0' * 64, approved=True,
-                                       uri='v3'))
+    op.deploy(3, '0' * 64, good)
     op.probe.spin_for(1.0)
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
     op.signal(OperatorSignal.STOP, wait_for='IDLE')
@@ -165,8 +201,8 @@ def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_pat
 def test_bad_initial_checkpoint_fails_configure(ros, node_group, tmp_path):
     bad = tmp_path / 'bad.safetensors'
     bad.write_bytes(b'\x80\x04not a safetensors file')
-    spec = [s for s in ecu_nodes(NS, extra={'actor': {'checkpoint': str(bad),
-                                                      'autostart': False}})
+    spec = [s for s in ecu_nodes(NS, key_dir=str(tmp_path / 'keys'),
+                                 extra={'actor': {'checkpoint': str(bad), 'autostart': False}})
             if s.name == 'actor'][0]
     start_nodes(node_group, [spec])
     probe = Probe(NS, 'probe_ckpt')

@@ -68,7 +68,8 @@ def test_checkpoint_reaches_the_actor_only_between_episodes(ros, node_group, tmp
         by_episode.setdefault(s.episode_id, set()).add(s.model_version)
     assert all(len(v) == 1 for v in by_episode.values()), by_episode
     versions = [next(iter(by_episode[k])) for k in sorted(by_episode)]
-    assert versions == sorted(versions) and versions[0] == 0 and versions[-1] >= 1
+    # (the first episode runs v1 already if it was deployed before the first START)
+    assert versions == sorted(versions) and versions[0] in (0, 1) and versions[-1] >= 1
     # the stored episodes say which model acted
     for e in episodes:
         meta = validate_episode(e.path)

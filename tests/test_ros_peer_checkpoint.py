@@ -1,6 +1,7 @@
 """A new ECU starts from the checkpoint a peer deploys: fetched over the peer's
 scheduler/get_checkpoint service (chunked, sha256-verified) by the new learner, in real
-processes, instead of pre-training from scratch."""
+processes, instead of pre-training from scratch. Both ECUs share a key directory (as a fleet
+does), so the new learner trusts the peer's signature."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ TRAIN = {'pretrain_steps': 40, 'steps_per_round': 20, 'batch_size': 8, 'threshol
 def test_new_learner_adopts_the_peers_deployed_checkpoint(ros, node_group, tmp_path):
     offline = tmp_path / 'offline'
     generate_demos(offline, 'pick_cube', 3, seed=10_000, image_shape=(32, 40))
-    peer = [s for s in ecu_nodes('peer', data_root=str(tmp_path / 'peer'), learner=True, extra={
+    keys = str(tmp_path / 'keys')
+    peer = [s for s in ecu_nodes('peer', data_root=str(tmp_path / 'peer'), learner=True,
+                                 key_dir=keys, extra={
         'learner': {**TRAIN, 'offline_root': str(offline)}}) if s.name in ('scheduler', 'learner')]
     new = NodeSpec('learner', 'scarls.learner.node', 'newecu', {
         'ecu_id': 'newecu', 'task': 'pick_cube', 'data_root': str(tmp_path / 'new'),
-        'offline_root': str(offline), 'bootstrap_from': 'peer', **TRAIN,
+        'offline_root': str(offline), 'bootstrap_from': 'peer', 'key_dir': keys, **TRAIN,
         'pretrain_steps': 100_000})   # would take many minutes: it must not pre-train
     probe = Probe('newecu')
     announced: list[CheckpointInfo] = []

@@ -118,9 +118,13 @@ def default_params_file() -> Path:
 
 def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = '', task: str = 'pick_cube',
               data_root: str = 'data', teleop: str = 'scripted', learner: bool = False,
-              robot: str = 'sim_dual6',
+              robot: str = 'sim_dual6', key_dir: str = '',
               extra: dict[str, dict] | None = None) -> list[NodeSpec]:
     """The nodes of one ECU, in start order (driver first so the robot holds before others act).
+
+    Scheduler, actor and learner share the key directory ``key_dir`` (default
+    ``<data_root>/keys``): the learner's key is created and trusted there on first start, so a
+    simulated ECU signs and verifies its checkpoints with no manual step.
 
     `robot` (a built-in robot name or a YAML file) is every node's `robot` parameter; `backend`
     ('' = the description's) overrides the driver's backend; the description's capture cameras
@@ -139,16 +143,17 @@ def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = '', task: str = 'pick_cube
     if not robot or not isinstance(robot, str):
         raise BringupError(f'robot must be a robot name or a YAML file, got {robot!r}')
     common = {'ecu_id': ecu_id, 'task': task, 'robot': robot}
+    keys = {'key_dir': str(key_dir or Path(data_root) / 'keys')}
     specs = [
         NodeSpec('driver', 'scarls.driver.node', ecu_id, {**common, 'backend': backend}),
         NodeSpec('scheduler', 'scarls.scheduler.node', ecu_id,
-                 {**common, 'data_root': str(data_root)}),
-        NodeSpec('actor', 'scarls.actor.node', ecu_id, dict(common)),
+                 {**common, 'data_root': str(data_root), **keys}),
+        NodeSpec('actor', 'scarls.actor.node', ecu_id, {**common, **keys}),
         NodeSpec('teleop', 'scarls.teleop.node', ecu_id, {**common, 'source': teleop}),
     ]
     if learner:
         specs.append(NodeSpec('learner', 'scarls.learner.node', ecu_id,
-                              {**common, 'data_root': str(data_root)}))
+                              {**common, 'data_root': str(data_root), **keys}))
     specs += capture_nodes(robot, ecu_id)
     unknown = set(extra) - {s.name for s in specs}
     if unknown:
@@ -192,6 +197,7 @@ def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_c
     own namespace, data folder ``<data_root>/ecu<i>`` and scene seed, and a learner that joins
     the fleet's all-reduce (rank ``i`` of ``ecus`` at the rendezvous). All learners read the
     same demonstrations, ``<data_root>/offline``, so they start from the same normalisation.
+    They share one key directory, ``<data_root>/keys``: every ECU trusts every learner's key.
     """
     if not isinstance(ecus, int) or isinstance(ecus, bool) or ecus < 1:
         raise BringupError(f'a fleet needs at least 1 ECU, got {ecus!r}')
@@ -206,7 +212,8 @@ def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_c
                           'fleet_addr': rendezvous_addr, 'fleet_port': int(rendezvous_port),
                           'fleet_rank': i, 'fleet_world_size': ecus}
         specs += ecu_nodes(f'ecu{i}', task=task, data_root=str(Path(data_root) / f'ecu{i}'),
-                           learner=True, robot=robot, extra=per)
+                           learner=True, robot=robot, key_dir=str(Path(data_root) / 'keys'),
+                           extra=per)
     return specs
 
 

@@ -22,6 +22,8 @@
                  report how its actions differ from the logged ones (and from a baseline
                  checkpoint's), per episode, phase and joint group; exit 1 on a regression
                  with --fail-on-regression.
+  scarls keys init | trust | list | sign   checkpoint signing keys and the trust list;
+  scarls deploy  make an approved checkpoint version the deployed one (rollback).
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
     from scarls.robot_check.probe import register as add_robot_parser
     add_robot_parser(sub)
+    from scarls.checkpoints.cli import register as add_checkpoint_parsers  # keys, deploy
+    add_checkpoint_parsers(sub)
     return parser
 
 

@@ -1,8 +1,9 @@
 """actor: the control FSM of the ScaRLS paper (Algorithm 1) as a managed lifecycle node, at 30 Hz.
 
 INIT -> (reset pose) -> IDLE; START -> INFERENCE; INTERVENE -> HUMANINTERVENTION; RELEASE ->
-INFERENCE; SUCCESS / FAIL / STOP -> SUCCESS / FAIL / ABORTED -> (log, reload an announced newer
-checkpoint - only here, never mid-episode - reset pose) -> IDLE. Illegal signals are logged and
+INFERENCE; SUCCESS / FAIL / STOP -> SUCCESS / FAIL / ABORTED -> (log, reload a deployed checkpoint
+fetched meanwhile - only between episodes, never mid-episode: here or at the next START - reset
+pose) -> IDLE. Illegal signals are logged and
 ignored. In INFERENCE the policy produces action chunks on a worker thread (the tick never waits
 for it: it executes the current chunk and swaps in a new one when ready); in HUMANINTERVENTION the
 latest teleop command is executed (held if it is stale).
@@ -11,9 +12,10 @@ Topics (relative to the ECU namespace):
   in  joint_states, each camera of the robot description (camera/<name>/image_raw by default,
       Image or CompressedImage, newest only), teleop/command,
       operator/signal (scarls_interfaces/OperatorSignal), scheduler/checkpoint (CheckpointInfo:
-      the checkpoint to deploy; fetched in the background in verified chunks from
-      scheduler/get_checkpoint, swapped in at the next episode boundary), driver/state (an
-      e-stop or a robot fault aborts the episode and refuses the next START)
+      the checkpoint to deploy, with the scheduler's signed deploy record as `uri`; fetched in
+      the background in verified chunks from scheduler/get_checkpoint, swapped in at the next
+      episode boundary), driver/state (an e-stop or a robot fault aborts the episode and
+      refuses the next START)
   out joint_command (sensor_msgs/JointState position targets, reliable depth 1)
       actor/state (ActorState, transient local: every transition + 1 Hz)
       actor/step (ActorStep: one per tick of an episode - stamps of the observation used, the
@@ -22,8 +24,19 @@ Clients: driver/reset_pose (std_srvs/Trigger), scheduler/get_checkpoint (GetChec
 Parameters: robot (the robot description: joints, cameras - their topics, raw or compressed,
 QoS and the size the policy sees -, control rate), rate_hz, policy, checkpoint, seed,
 refill_when_remaining, cameras, max_observation_age_s (older joint states or frames: the tick is
-skipped and counted in ActorState.stale_observations, the driver holds), autostart. A
-checkpoint made for another robot (joint count, cameras) is refused.
+skipped and counted in ActorState.stale_observations, the driver holds), key_dir, trust_file,
+deploy_wait_s, autostart. A checkpoint made for another robot (joint count, cameras) is refused.
+
+Deploy safety (scarls.checkpoints.deploy): every checkpoint the actor loads - the `checkpoint`
+parameter included - must be signed by a key of its trust list for this robot description
+(bounded, verified before anything is allocated). A deploy is followed only if its deploy record
+is signed by a trusted key, is for this ECU and robot, and has a newer generation than the last
+one applied: a rollback (lower version, newer generation) is followed, a replayed or forged
+announcement is not. At activation the actor asks the scheduler which checkpoint is deployed
+(get_checkpoint version 0, waiting up to deploy_wait_s for the service); while that checkpoint
+is not loaded, START is refused with the reason, so a restarted actor never runs its initial
+policy in place of a deployed one. No scheduler within deploy_wait_s, or nothing deployed: the
+configured initial policy runs.
 """
 
 from __future__ import annotations
@@ -51,6 +64,13 @@ from scarls.actor.chunking import ChunkedController, PolicyInferenceError
 from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
 from scarls.camera.convert import CameraError, msg_to_frame
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
+from scarls.checkpoints.deploy import (
+    DeployFollower,
+    DeployRecord,
+    DeployRefused,
+    open_deploy_token,
+)
+from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, resolve_key_dir
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
 from scarls.policies import Observation, get_policy_class, make_policy
 from scarls.robot import DEFAULT_ROBOT, CameraSpec, RobotDescriptionError, load_robot
@@ -111,6 +131,14 @@ class ActorNode(LifecycleNode):
                 'older than this (s, on the ROS clock); 0 = no check')
         declare(self, 'cameras', [''], "Camera names ([''] = the robot's cameras)",
                 string_array=True)
+        declare(self, 'key_dir', '', 'Key directory (default $SCARLS_KEY_DIR, else data/keys)',
+                read_only=True)
+        declare(self, 'trust_file', '', 'Trust list: only checkpoints and deploy records signed '
+                'by one of its keys are loaded (default <key_dir>/trusted_keys)',
+                read_only=True)
+        declare(self, 'deploy_wait_s', 10.0, 'At start, wait this long for the scheduler to '
+                'say which checkpoint is deployed (START is refused until it is loaded)',
+                read_only=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
         self.fsm = ActorFSM()
         self._lock = threading.RLock()
@@ -132,9 +160,16 @@ class ActorNode(LifecycleNode):
         self._specs = {c: self._camera_spec(c) for c in self._cameras}
         rate = float(self.get_parameter('rate_hz').value) or self._robot.control_rate_hz
         self._dt = 1.0 / rate
+        key_dir = resolve_key_dir(str(self.get_parameter('key_dir').value), None)
+        self._trust = TrustList(str(self.get_parameter('trust_file').value)
+                                or key_dir / TRUST_FILE)
+        self._ecu = str(self.get_parameter('ecu_id').value)
+        self._deploy_wait = float(self.get_parameter('deploy_wait_s').value)
+        self._follower = DeployFollower()
+        self._model_sha = ''
         try:
             self._load_initial_policy()
-        except (CheckpointRejected, ValueError, KeyError, OSError) as exc:
+        except (CheckpointRejected, ValueError, KeyError, OSError, KeyStoreError) as exc:
             self.get_logger().error(f'policy could not be loaded: {exc}')
             return FAILURE
         try:
@@ -156,7 +191,10 @@ class ActorNode(LifecycleNode):
         self._max_age_ns = int(float(self.get_parameter('max_observation_age_s').value) * 1e9)
         self._stale_observations = 0
         self._driver_state: DriverState | None = None
-        self._pending_ckpt: CheckpointInfo | None = None
+        # the deploy in force at start: 'pending' until known and loaded, 'done', 'failed'
+        self._sync, self._sync_reason = 'pending', ''
+        self._sync_record: DeployRecord | None = None
+        self._sync_thread: threading.Thread | None = None
         self._tick_count = 0
         self._last_action: np.ndarray | None = None
         sensors = ReentrantCallbackGroup()
@@ -182,16 +220,18 @@ class ActorNode(LifecycleNode):
                                                 callback_group=ReentrantCallbackGroup())
         self._chunk_client = self.create_client(GetCheckpointChunk, 'scheduler/get_checkpoint')
         self._fetch_thread: threading.Thread | None = None
-        self._ready: tuple[object, int] | None = None   # (policy, version) fetched + verified
+        # (policy, deploy record) fetched + verified, swapped in at the next boundary
+        self._ready: tuple[object, DeployRecord] | None = None
         self.get_logger().info(
             f'configured: policy={self._policy_name} v{self._model_version} '
-            f'chunk={self._policy.chunk_size} cameras={list(self._cameras)}')
+            f'chunk={self._policy.chunk_size} cameras={list(self._cameras)}; '
+            f'{len(self._trust.keys())} trusted key(s) in {self._trust.path}')
         return SUCCESS
 
     def _load_initial_policy(self) -> None:
         path = str(self.get_parameter('checkpoint').value)
         if path:
-            policy, header = load_checkpoint(path)
+            policy, header = load_checkpoint(path, trust=self._trust, robot=self._robot.hash)
             self._check_fits(policy, f'checkpoint {path}')
             self._set_policy(policy, int(header.version))
         else:
@@ -230,6 +270,7 @@ class ActorNode(LifecycleNode):
                                               callback_group=self._control)
         self._publish_state()
         self._start_reset(after=Event.RESET_DONE)
+        self._start_sync()
         return super().on_activate(state)
 
     def on_deactivate(self, state):
@@ -314,18 +355,110 @@ class ActorNode(LifecycleNode):
             self._warn('bad_teleop', f'teleop/command dropped: {exc}')
 
     def _on_checkpoint(self, msg: CheckpointInfo) -> None:
-        if not msg.approved or msg.version <= self._model_version:
+        if not msg.approved:
             return
-        pending = self._pending_ckpt
-        if pending is not None and pending.version >= msg.version:
+        try:
+            record = open_deploy_token(msg.uri, self._trust, ecu=self._ecu,
+                                       robot=self._robot.hash)
+            if (record.version, record.sha256) != (int(msg.version), msg.sha256):
+                raise DeployRefused(f'the signed record says v{record.version}, the '
+                                    f'announcement v{msg.version}')
+        except (CheckpointRejected, DeployRefused, KeyStoreError) as exc:
+            self._warn(f'deploy_refused:{msg.version}', f'deploy announcement of '
+                       f'v{msg.version} refused, keeping v{self._model_version}: {exc}', 10.0)
             return
-        self._pending_ckpt = msg
-        self.get_logger().info(f'checkpoint v{msg.version} announced: fetching it; it loads at '
-                               'the next episode boundary')
+        if record.version > 0:
+            self._offer(record)
+
+    def _offer(self, record: DeployRecord) -> None:
+        """Fetch the checkpoint of a verified deploy record if it is newer than what runs."""
+        with self._lock:
+            applied = self._follower.applied
+            if record.sha256 and record.sha256 == self._model_sha and (
+                    applied is None or record.generation >= applied.generation):
+                self._follower.applied_now(record)   # that checkpoint is already running
+                self._sync_check()
+                return
+            accepted = self._follower.offer(record)
+            self._sync_check()
+            if not accepted:
+                return   # stale: an older or repeated deploy decision
+        self.get_logger().info(
+            f'checkpoint v{record.version} deployed ({record.reason}, generation '
+            f'{record.generation}): fetching it; it loads at the next episode boundary')
         if self._fetch_thread is None or not self._fetch_thread.is_alive():
             self._fetch_thread = threading.Thread(target=self._fetch_loop, name='fetch',
                                                   daemon=True)
             self._fetch_thread.start()
+
+    # -- the deploy in force at start (worker thread; the executor keeps spinning) ----------
+    def _start_sync(self) -> None:
+        with self._lock:
+            if self._sync_thread is not None and self._sync_thread.is_alive():
+                return
+            self._sync, self._sync_reason, self._sync_record = 'pending', '', None
+            self._sync_thread = threading.Thread(target=self._sync_deploy, name='deploy-sync',
+                                                 daemon=True)
+            self._sync_thread.start()
+
+    def _sync_check(self) -> None:
+        """The start-up sync is done once a deploy at least as new as the one the scheduler
+        named runs (called with the lock held)."""
+        applied, record = self._follower.applied, self._sync_record
+        if self._sync == 'pending' and record is not None and applied is not None \
+                and applied.generation >= record.generation:
+            self._sync = 'done'
+
+    def _sync_failed(self, reason: str) -> None:
+        with self._lock:
+            self._sync, self._sync_reason = 'failed', reason
+        self.get_logger().error(f'the deployed checkpoint cannot be run: {reason}; START is '
+                                'refused until it can')
+
+    def _sync_deploy(self) -> None:
+        client = self._chunk_client
+        if not client.wait_for_service(timeout_sec=self._deploy_wait):
+            with self._lock:
+                self._sync = 'done'
+            self.get_logger().warning(
+                f'no {client.srv_name} within {self._deploy_wait:g} s: nothing is known to be '
+                f'deployed, running the configured policy v{self._model_version}')
+            return
+        try:
+            reply = request_checkpoint_chunk(client, 0, 0, 1, CHUNK_CALL_TIMEOUT_S)
+            if not reply.ok:
+                raise DeployRefused(f'the scheduler did not say what is deployed: {reply.error}')
+            record = open_deploy_token(reply.data.decode(errors='replace'), self._trust,
+                                       ecu=self._ecu, robot=self._robot.hash)
+        except (TransferError, CheckpointRejected, DeployRefused, KeyStoreError) as exc:
+            self._sync_failed(str(exc))
+            return
+        if record.version == 0:
+            with self._lock:
+                self._sync = 'done'
+            self.get_logger().info(f'nothing deployed yet: running the configured policy '
+                                   f'v{self._model_version}')
+            return
+        with self._lock:
+            self._sync_record = record
+        self._offer(record)
+
+    def _start_refused(self) -> str:
+        """Why START must wait ('' = it may start): the deploy in force is not loaded yet."""
+        with self._lock:
+            sync, record, reason = self._sync, self._sync_record, self._sync_reason
+        if sync == 'done':
+            return ''
+        if sync == 'failed':
+            self._start_sync()   # try again: the next START may find it fixed
+            return (f'the deployed checkpoint could not be loaded ({reason}); the robot runs '
+                    'no other policy in its place - fix the deploy (scarls deploy, the trust '
+                    'list) and START again')
+        if record is None:
+            return (f'waiting (up to {self._deploy_wait:g} s) for the scheduler to say which '
+                    'checkpoint is deployed')
+        return (f'the deployed checkpoint v{record.version} (generation {record.generation}) '
+                'is still being fetched and verified')
 
     # -- checkpoint fetch (worker thread; the executor keeps spinning) ----------------------
     def _request_chunk(self, version: int, offset: int, length: int) -> ChunkReply:
@@ -334,30 +467,36 @@ class ActorNode(LifecycleNode):
 
     def _fetch_loop(self) -> None:
         while True:
-            info = self._pending_ckpt
-            if info is None or (self._ready is not None and self._ready[1] >= info.version):
+            with self._lock:
+                record = self._follower.pending
+                ready = self._ready
+            if record is None or (ready is not None and ready[1].generation >= record.generation):
                 return
             t0 = time.monotonic()
             try:
-                data = ChunkFetcher(self._request_chunk, int(info.version),
-                                    expected_sha256=info.sha256 or None,
+                data = ChunkFetcher(self._request_chunk, record.version,
+                                    expected_sha256=record.sha256 or None,
                                     max_bytes=MAX_CHECKPOINT_BYTES).fetch()
-                policy, header = load_checkpoint(data, expected_sha256=info.sha256 or None)
-                self._check_fits(policy, f'checkpoint v{info.version}')
-            except (TransferError, CheckpointRejected, ValueError) as exc:
-                self.get_logger().error(f'checkpoint v{info.version} refused, keeping '
+                policy, header = load_checkpoint(
+                    data, expected_sha256=record.sha256 or None, trust=self._trust,
+                    robot=self._robot.hash, expected_version=record.version)
+                self._check_fits(policy, f'checkpoint v{record.version}')
+            except (TransferError, CheckpointRejected, ValueError, KeyStoreError) as exc:
+                self.get_logger().error(f'checkpoint v{record.version} refused, keeping '
                                         f'v{self._model_version}: {exc}')
-                if self._pending_ckpt is info:
-                    self._pending_ckpt = None
-                    return
+                with self._lock:
+                    self._follower.failed(record)
+                    failed_sync = self._sync_record is not None and \
+                        self._sync_record.generation == record.generation
+                if failed_sync:
+                    self._sync_failed(f'checkpoint v{record.version}: {exc}')
                 continue
             policy.eval()
-            self._ready = (policy, int(header.version))
+            with self._lock:
+                self._ready = (policy, record)
             self.get_logger().info(
-                f'checkpoint v{header.version} fetched and verified ({len(data) / 1e6:.1f} MB in '
-                f'{time.monotonic() - t0:.2f} s)')
-            if self._pending_ckpt is info:
-                return
+                f'checkpoint v{header.version} fetched, signature and content verified '
+                f'({len(data) / 1e6:.1f} MB in {time.monotonic() - t0:.2f} s)')
 
     def _on_signal(self, msg: OperatorSignal) -> None:
         event = SIGNAL_EVENTS.get(msg.signal)
@@ -370,6 +509,13 @@ class ActorNode(LifecycleNode):
             self._warn('start_refused', f'START ignored: the driver is {driver.state} '
                        f'({driver.reason}); release the e-stop / clear the fault first')
             return
+        if event is Event.START and self.fsm.phase is Phase.IDLE:
+            with self._lock:
+                self._maybe_reload()   # fetched while idle: it runs from this episode on
+            refused = self._start_refused()
+            if refused:
+                self._warn('start_deploy', f'START refused: {refused}')
+                return
         self._handle(event, reason)
 
     def _on_driver_state(self, msg: DriverState) -> None:
@@ -405,20 +551,27 @@ class ActorNode(LifecycleNode):
         self._start_reset(after=Event.EPISODE_CLOSED)
 
     def _maybe_reload(self) -> None:
-        """Swap in a fetched, verified checkpoint: only here, between episodes."""
+        """Swap in a fetched, verified checkpoint: only between episodes (called with the
+        lock held)."""
         ready, self._ready = self._ready, None
         if ready is None:
-            if self._pending_ckpt is not None:
-                self.get_logger().info(f'checkpoint v{self._pending_ckpt.version} is still '
-                                       'being fetched: it loads at a later boundary')
+            pending = self._follower.pending
+            if pending is not None and is_terminal(self.fsm.phase):
+                self.get_logger().info(f'checkpoint v{pending.version} is still being fetched: '
+                                       'it loads at a later boundary')
             return
-        policy, version = ready
-        if version <= self._model_version:
+        policy, record = ready
+        applied = self._follower.applied
+        if applied is not None and record.generation <= applied.generation:
             return
-        self._set_policy(policy, version)
-        if self._pending_ckpt is not None and self._pending_ckpt.version <= version:
-            self._pending_ckpt = None
-        self.get_logger().info(f'reloaded checkpoint v{version} between episodes')
+        previous = self._model_version
+        self._set_policy(policy, record.version)
+        self._model_sha = record.sha256
+        self._follower.applied_now(record)
+        self._sync_check()
+        self.get_logger().info(
+            f'reloaded checkpoint v{record.version} between episodes ({record.reason}, deploy '
+            f'generation {record.generation}; was v{previous})')
 
     def _start_reset(self, after: Event, attempt: int = 1) -> None:
         """Ask the driver to reset the pose; `after` fires when it is done (never blocks)."""

@@ -8,6 +8,12 @@ online/offline mix, evaluate open-loop on held-out demonstrations, gate (thresho
 than deployed) and publish the candidate to the checkpoint registry and on learner/checkpoint
 (approved or not, for lineage). The scheduler deploys the approved ones.
 
+Every checkpoint it writes is signed (Ed25519, scarls.checkpoints.signing) with the ECU's
+learner key, `<key_dir>/learner-<ecu_id>.key` (created and trusted in the key directory's trust
+list on first start), for the robot description's hash; a resumed registry file that is not
+signed by a trusted key is signed in place. A peer's checkpoint (bootstrap_from) is adopted only
+if it is signed by a trusted key. Key parameters: key_dir, trust_file, signing_key.
+
 Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, transient local);
 learner/status and /fleet/learners (LearnerStatus: 1 Hz and on every change of state, also
 while unconfigured, so a failed configuration is visible - state 'failed', detail = why);
@@ -34,7 +40,16 @@ from scarls_interfaces.srv import GetCheckpointChunk
 from std_srvs.srv import Trigger
 
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
+from scarls.checkpoints.format import SignatureRejected, verify_checkpoint
 from scarls.checkpoints.registry import CheckpointRegistry
+from scarls.checkpoints.signing import (
+    TRUST_FILE,
+    Signer,
+    TrustList,
+    ensure_key,
+    learner_key_name,
+    resolve_key_dir,
+)
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
 from scarls.learner.online import (
@@ -117,6 +132,13 @@ class LearnerNode(LifecycleNode):
         declare(self, 'precision', 'auto', "Mixed precision of training: 'auto' (CUDA: bf16 "
                 "when supported, else fp16 with loss scaling; CPU/MPS: fp32), 'fp32', 'bf16', "
                 "'fp16'", read_only=True)
+        declare(self, 'key_dir', '', 'Key directory (default $SCARLS_KEY_DIR, else '
+                '<data_root>/keys)', read_only=True)
+        declare(self, 'trust_file', '', "Trust list of a peer's checkpoints (bootstrap_from; "
+                'default <key_dir>/trusted_keys)', read_only=True)
+        declare(self, 'signing_key', '', 'Key that signs every checkpoint published (default '
+                '<key_dir>/learner-<ecu_id>.key; created and trusted if missing)',
+                read_only=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -144,6 +166,7 @@ class LearnerNode(LifecycleNode):
             resume = registry.latest(approved_only=True)
             robot = load_robot(p('robot'))
             self._robot = robot
+            resume = self._sign_registry(registry, robot, resume)
             if resume is not None:
                 policy, _ = load_checkpoint(resume.path, expected_sha256=resume.sha256)
             else:
@@ -218,6 +241,27 @@ class LearnerNode(LifecycleNode):
                if self._reducer is not None else '')
             + (f' (resuming from v{resume.version})' if resume is not None else ''))
         return SUCCESS
+
+    def _sign_registry(self, registry: CheckpointRegistry, robot, resume):
+        """Give the registry the ECU's learner key (every file it writes is signed) and sign
+        the resumed checkpoint in place if no trusted key signed it (e.g. an older scarls)."""
+        p = lambda name: str(self.get_parameter(name).value)  # noqa: E731
+        key_dir = resolve_key_dir(p('key_dir'), self._data_root)
+        key = p('signing_key')
+        registry.signer = Signer.load(key) if key else \
+            ensure_key(key_dir, learner_key_name(p('ecu_id')))
+        registry.robot = robot.hash
+        self._trust = TrustList(p('trust_file') or key_dir / TRUST_FILE)
+        if resume is None:
+            return None
+        try:
+            verify_checkpoint(resume.path, trust=self._trust, robot=robot.hash,
+                              expected_sha256=resume.sha256)
+        except SignatureRejected as exc:
+            self.get_logger().warning(f'resumed checkpoint v{resume.version}: {exc}; signing '
+                                      f'it with key {registry.signer.key_id}')
+            resume = registry.resign(resume.version)
+        return resume
 
     def on_activate(self, state):
         self._state, self._detail = 'idle', ''
@@ -352,7 +396,8 @@ class LearnerNode(LifecycleNode):
         try:
             data = ChunkFetcher(self._request_peer_chunk, int(info.version),
                                 expected_sha256=info.sha256 or None).fetch()
-            policy, _ = load_checkpoint(data, expected_sha256=info.sha256 or None)
+            policy, _ = load_checkpoint(data, expected_sha256=info.sha256 or None,
+                                        trust=self._trust, robot=self._robot.hash)
             with self._busy:
                 result = self._learner.adopt(policy, f'{self._peer} v{info.version}')
                 self._last = result

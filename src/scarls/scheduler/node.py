@@ -18,27 +18,40 @@ rules live in scarls.scheduler.alignment (no rclpy), which `scarls bag to-zarr` 
 a bag.
 
 It also triggers the learner (Algorithm 2: quality check + T_interval, service learner/train)
-and deploys: every approved checkpoint the learner announces is re-announced to the actor on
-scheduler/checkpoint and served in verified chunks by ~/get_checkpoint, so the robot computer needs
-no shared disk.
+and deploys: an approved checkpoint the learner announces is deployed only if it is a record of
+the ECU's checkpoint registry (never a version beyond the registry's newest, never a file outside
+the registry folder, symlinks resolved) newer than anything deployed before, and its signature
+verifies against the trust list (scarls.checkpoints.deploy, .signing). A deploy is a signed
+deploy record with a generation number from the deploy log (<registry>/deploys.json): announced
+on scheduler/checkpoint (the record is the `uri`) and served, with the checkpoint itself, in
+verified chunks by ~/get_checkpoint (only deployed versions, only registry files), so the robot
+computer needs no shared disk. ~/deploy makes an earlier approved version the deployed one
+(rollback: a new generation, so the actor follows it at its next episode boundary).
 
 Topics (relative to the ECU namespace):
   in  camera/{top,left,right}/image_raw (reliable, depth 5), actor/step, actor/state,
       driver/state (DriverState, transient local: the robot's safety state),
       learner/checkpoint (CheckpointInfo, every candidate)
   out scheduler/episode (scarls_interfaces/EpisodeInfo, reliable depth 100)
-      scheduler/checkpoint (CheckpointInfo, transient local: the checkpoint to deploy)
+      scheduler/checkpoint (CheckpointInfo, transient local: the checkpoint to deploy; `uri`
+      is the signed deploy record)
       /fleet/status (EcuStatus, 1 Hz heartbeat: phase, episodes, recent rates, versions)
-Services: ~/get_checkpoint (GetCheckpointChunk); client learner/train (std_srvs/Trigger).
+Services: ~/get_checkpoint (GetCheckpointChunk: chunks of a deployed version; version 0 = the
+current signed deploy record in `data`), ~/deploy (GetCheckpointChunk types: `version` in; `ok`,
+`error`, the deployed file's `total_size` and `sha256`, the deploy entry as JSON in `data` out);
+client learner/train (std_srvs/Trigger).
 Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_seconds,
 writer_queue_s, cameras,
-train_interval_s, min_train_steps, max_dropped_fraction, autostart.
+train_interval_s, min_train_steps, max_dropped_fraction, checkpoint_dir, key_dir, trust_file,
+signing_key, autostart.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -57,6 +70,25 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from scarls.camera.convert import msg_to_frame
+from scarls.checkpoints.deploy import (
+    DEPLOY_LOG_NAME,
+    DeployLog,
+    DeployRecord,
+    DeployRefused,
+    check_announcement,
+    sign_deploy_record,
+)
+from scarls.checkpoints.format import CheckpointRejected, verify_checkpoint
+from scarls.checkpoints.registry import RegistryError, read_index
+from scarls.checkpoints.signing import (
+    TRUST_FILE,
+    KeyStoreError,
+    Signer,
+    TrustList,
+    ensure_key,
+    learner_key_name,
+    resolve_key_dir,
+)
 from scarls.checkpoints.transfer import ChunkServer
 from scarls.episodes.schema import executed_mask
 from scarls.robot import DEFAULT_ROBOT, CameraSpec, RobotDescriptionError, load_robot
@@ -75,6 +107,7 @@ from scarls.scheduler.trigger import TrainTrigger, TriggerConfig
 TRAIN_CALL_TIMEOUT_S = 10.0     # a learner/train call unanswered this long is retried
 STATUS_TOPIC = '/fleet/status'   # global: every ECU of the domain, whatever its namespace
 STATUS_WINDOW = 20               # episodes behind the recent rates of the heartbeat
+SERVED_VERSIONS = 4              # deployed versions still served (an actor may be mid-fetch)
 
 
 class _NodeLog:
@@ -119,6 +152,16 @@ class SchedulerNode(LifecycleNode):
         declare(self, 'train_interval_s', 10.0, 'T_interval: minimum seconds between triggers')
         declare(self, 'min_train_steps', 10, 'Quality check: shortest episode worth training on')
         declare(self, 'max_dropped_fraction', 0.05, 'Quality check: most dropped steps allowed')
+        declare(self, 'checkpoint_dir', '', 'Checkpoint registry of this ECU (default '
+                '<data_root>/checkpoints/<task>): only its files are deployed and served',
+                read_only=True)
+        declare(self, 'key_dir', '', 'Key directory (default $SCARLS_KEY_DIR, else '
+                '<data_root>/keys)', read_only=True)
+        declare(self, 'trust_file', '', 'Trust list: checkpoints are deployed only when signed '
+                'by one of its keys (default <key_dir>/trusted_keys)', read_only=True)
+        declare(self, 'signing_key', '', 'Key that signs deploy records (default '
+                '<key_dir>/learner-<ecu_id>.key, the ECU learner\'s; created and trusted if '
+                'missing)', read_only=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -176,14 +219,8 @@ class SchedulerNode(LifecycleNode):
         self._status_lock = threading.Lock()
         self._train_client = self.create_client(Trigger, 'learner/train')
         self._train_future = None
-        # deployment: approved checkpoints, re-announced and served in chunks
-        self._approved: dict[int, str] = {}
-        self._deployed = 0
-        self._chunks = ChunkServer(lambda version: self._approved.get(version))
-        self._pub_ckpt = self.create_publisher(CheckpointInfo, 'scheduler/checkpoint',
-                                               qos.LATCHED)
-        self._srv_ckpt = self.create_service(GetCheckpointChunk, '~/get_checkpoint',
-                                             self._on_get_checkpoint)
+        if not self._configure_deploy():
+            return FAILURE
         self._subs = [
             self.create_subscription(CheckpointInfo, 'learner/checkpoint',
                                      self._on_learner_checkpoint, qos.STATE),
@@ -196,6 +233,50 @@ class SchedulerNode(LifecycleNode):
         self.get_logger().info(f'configured: recording {self._task!r} into {self._root} '
                                f'(codec {self._codec})')
         return SUCCESS
+
+    def _configure_deploy(self) -> bool:
+        """Deployment: the registry folder, keys, the deploy log; the chunk server serves only
+        deployed versions, and only files of the registry."""
+        p = self.get_parameter
+        self._registry_root = Path(str(p('checkpoint_dir').value)
+                                   or self._root / 'checkpoints' / self._task).expanduser()
+        key_dir = resolve_key_dir(str(p('key_dir').value), self._root)
+        try:
+            self._registry_root.mkdir(parents=True, exist_ok=True)
+            self._registry_root = self._registry_root.resolve()
+            self._trust = TrustList(Path(str(p('trust_file').value) or key_dir / TRUST_FILE))
+            key = str(p('signing_key').value)
+            self._signer = Signer.load(key) if key else \
+                ensure_key(key_dir, learner_key_name(self._ecu))
+            self._deploy_log = DeployLog(self._registry_root / DEPLOY_LOG_NAME)
+        except (OSError, KeyStoreError, RegistryError) as exc:
+            self.get_logger().error(f'deployment cannot start: {exc}')
+            return False
+        self._deploy_lock = threading.Lock()
+        self._served: dict[int, Path] = {}
+        self._deployed = 0
+        self._high_water = max((e.version for e in self._deploy_log.history), default=0)
+        self._deploy_token = sign_deploy_record(
+            DeployRecord(self._ecu, 0, 0, '', self._robot.hash, 'none'), self._signer)
+        self._deploy_msg: CheckpointInfo | None = None
+        current = self._deploy_log.current
+        if current is not None and current.version > 0:
+            self._restore_deploy(current)
+        self._chunks = ChunkServer(lambda version: self._served.get(version),
+                                   allowed_root=self._registry_root)
+        self._deploy_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._pub_ckpt = self.create_publisher(CheckpointInfo, 'scheduler/checkpoint',
+                                               qos.LATCHED)
+        self._srv_ckpt = self.create_service(GetCheckpointChunk, '~/get_checkpoint',
+                                             self._on_get_checkpoint)
+        self._srv_deploy = self.create_service(GetCheckpointChunk, '~/deploy',
+                                               self._on_deploy)
+        self.get_logger().info(
+            f'deploys from registry {self._registry_root} (deploy generation '
+            f'{self._deploy_log.generation}, deployed v{self._deployed}); deploy records signed '
+            f'by key {self._signer.key_id}; {len(self._trust.keys())} trusted key(s) in '
+            f'{self._trust.path}')
+        return True
 
     def _camera_spec(self, camera: str) -> CameraSpec:
         try:
@@ -226,6 +307,11 @@ class SchedulerNode(LifecycleNode):
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name='recorder', daemon=True)
         self._thread.start()
+        self._deploy_thread = threading.Thread(target=self._deploy_worker, name='deploy',
+                                               daemon=True)
+        self._deploy_thread.start()
+        if self._deploy_msg is not None:   # the deploy in force before a restart
+            self._pub_ckpt.publish(self._deploy_msg)
         return super().on_activate(state)
 
     def on_deactivate(self, state):
@@ -250,6 +336,13 @@ class SchedulerNode(LifecycleNode):
 
     def _stop_thread(self) -> None:
         self._stop.set()
+        jobs = getattr(self, '_deploy_jobs', None)
+        if jobs is not None:
+            jobs.put(None)
+        worker = getattr(self, '_deploy_thread', None)
+        if worker is not None:
+            worker.join(timeout=10.0)
+            self._deploy_thread = None
         if self._thread is not None:
             self._aligner.wake()
             self._thread.join(timeout=10.0)
@@ -341,16 +434,118 @@ class SchedulerNode(LifecycleNode):
             self.get_logger().info(f'checkpoint v{msg.version} not approved (metric '
                                    f'{msg.metric:.4f}): not deployed')
             return
-        if msg.version <= self._deployed:
+        self._deploy_jobs.put(msg)   # verified and deployed on the deploy thread
+
+    def _deploy_worker(self) -> None:
+        while True:
+            msg = self._deploy_jobs.get()
+            if msg is None or self._stop.is_set():
+                return
+            try:
+                self._deploy_announced(msg)
+            except Exception as exc:  # noqa: BLE001 - keep deploying, say what happened
+                self.get_logger().error(f'deploy of v{msg.version} failed: {exc!r}')
+
+    def _deploy_announced(self, msg: CheckpointInfo) -> None:
+        version = int(msg.version)
+        with self._deploy_lock:
+            if version <= self._high_water:
+                return   # deployed before (or rolled back from): never redeployed by itself
+        try:
+            rec, path, verified = self._deployable(version, msg.sha256, msg.uri)
+        except (DeployRefused, CheckpointRejected, RegistryError, OSError) as exc:
+            self.get_logger().error(f'checkpoint v{version} announced on learner/checkpoint '
+                                    f'NOT deployed: {exc}')
             return
-        self._approved[int(msg.version)] = msg.uri
-        self._deployed = int(msg.version)
-        self._pub_ckpt.publish(msg)
-        self.get_logger().info(f'deploying checkpoint v{msg.version} (metric {msg.metric:.4f}, '
-                               f'{msg.size_bytes / 1e6:.1f} MB): the actor loads it at the next '
-                               'episode boundary')
+        self._deploy(rec, path, verified, 'approved')
+
+    def _deployable(self, version: int, sha256: str = '', uri: str = ''):
+        """The registry record, file and verification of ``version``, or an exception
+        saying why it must not be deployed."""
+        rec, path = check_announcement(read_index(self._registry_root), version, sha256, uri)
+        verified = verify_checkpoint(path, trust=self._trust, robot=self._robot.hash,
+                                     expected_sha256=rec.sha256, expected_version=version)
+        return rec, path, verified
+
+    def _deploy(self, rec, path: Path, verified, reason: str) -> dict:
+        with self._deploy_lock:
+            entry = self._deploy_log.record(rec.version, verified.sha256, reason)
+            self._served[rec.version] = path
+            for old in sorted(self._served)[:-SERVED_VERSIONS]:
+                if old != rec.version:
+                    self._served.pop(old)
+            self._deployed = rec.version
+            self._high_water = max(self._high_water, rec.version)
+            msg = self._announcement(rec, verified, entry.generation, reason)
+            self._pub_ckpt.publish(msg)
+        self.get_logger().info(
+            f'deploying checkpoint v{rec.version} ({reason}, generation {entry.generation}, '
+            f'metric {msg.metric:.4f}, {verified.size / 1e6:.1f} MB, signed by '
+            f'{verified.key_id}): the actor loads it at the next episode boundary')
+        return {'generation': entry.generation, 'version': rec.version, 'reason': reason,
+                'sha256': verified.sha256}
+
+    def _announcement(self, rec, verified, generation: int, reason: str) -> CheckpointInfo:
+        record = DeployRecord(self._ecu, generation, rec.version, verified.sha256,
+                              self._robot.hash, reason)
+        token = sign_deploy_record(record, self._signer)
+        msg = CheckpointInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.version, msg.parent = int(rec.version), int(rec.parent or 0)
+        msg.policy, msg.sha256 = rec.policy or verified.header.policy, verified.sha256
+        msg.size_bytes = int(verified.size)
+        msg.metric = float(rec.metrics.get('open_loop_error', 0.0))
+        msg.approved, msg.uri = True, token
+        self._deploy_token, self._deploy_msg = token, msg
+        return msg
+
+    def _restore_deploy(self, current) -> None:
+        """At configure: the deploy in force before a restart, if its file still verifies."""
+        try:
+            rec, path, verified = self._deployable(current.version)
+            if verified.sha256 != current.sha256:
+                raise DeployRefused(f'the file of v{current.version} changed since it was '
+                                    'deployed')
+        except (DeployRefused, CheckpointRejected, RegistryError, OSError, KeyError) as exc:
+            self.get_logger().error(f'the deployed checkpoint v{current.version} cannot be '
+                                    f'served any more ({exc}): deploy another with '
+                                    'scarls deploy')
+            return
+        self._served[rec.version] = path
+        self._deployed = rec.version
+        self._announcement(rec, verified, current.generation, current.reason)
+
+    def _on_deploy(self, request, response):
+        """~/deploy: make approved registry version ``request.version`` the deployed one."""
+        version = int(request.version)
+        response.ok = False
+        if version < 1:
+            response.error = 'give the version to deploy (>= 1)'
+            return response
+        try:
+            rec, path, verified = self._deployable(version)
+        except (DeployRefused, CheckpointRejected, RegistryError, OSError) as exc:
+            response.error = f'v{version} cannot be deployed: {exc}'
+            self.get_logger().error(f'~/deploy: {response.error}')
+            return response
+        if version == self._deployed:
+            entry = {'generation': self._deploy_log.generation, 'version': version,
+                     'reason': 'already deployed', 'sha256': verified.sha256}
+        else:
+            reason = 'rollback' if version < self._deployed else 'deploy'
+            entry = self._deploy(rec, path, verified, reason)
+        response.ok, response.error = True, ''
+        response.total_size, response.sha256 = int(verified.size), verified.sha256
+        response.data = json.dumps(entry).encode()
+        return response
 
     def _on_get_checkpoint(self, request, response):
+        if int(request.version) == 0:   # the current signed deploy record
+            token = self._deploy_token.encode()
+            response.ok, response.error = True, ''
+            response.total_size, response.sha256 = len(token), ''
+            response.data = token
+            return response
         reply = self._chunks.handle(int(request.version), int(request.offset),
                                     int(request.length))
         response.ok, response.error = bool(reply.ok), reply.error
