@@ -338,3 +338,14 @@ def test_announcements_must_name_a_registry_record_and_file(tmp_path, keys):
     assert registry_file(tmp_path / 'reg', good.path, good.version) == good.path.resolve()
     with pytest.raises(RegistryError, match='not the file of'):
         registry_file(tmp_path / 'reg', good.path, good.version + 5)
+
+
+def test_retention_keeps_the_version_the_scheduler_rolled_back_to(tmp_path, keys):
+    signer, _ = keys
+    reg = CheckpointRegistry(tmp_path / 'reg', keep_last=1, signer=signer, robot=ROBOT)
+    first = reg.publish(make_policy('mlp'), metrics={'open_loop_error': 0.5}, approved=True)
+    DeployLog(tmp_path / 'reg' / 'deploys.json').record(first.version, first.sha256, 'rollback')
+    for seed in range(3):
+        reg.publish(make_policy('mlp', seed=seed), metrics={'open_loop_error': 0.1},
+                    approved=True)
+    assert reg.get(first.version).has_weights and first.path.exists()

@@ -15,11 +15,12 @@ weights; rejected ones are recorded for lineage and stored without weights unles
 ``'registry.approved'``, so the index can be rebuilt from the files.
 
 Retention (after each publish, or :meth:`CheckpointRegistry.prune`): keep the weights of the
-best approved checkpoint (``best_metric``), the deployed one and the last ``keep_last``
-versions; delete the other files. Their records stay in the index without weights (lineage:
-version, parent, metrics, approval, for the learning curve and the dashboard) until there are
-more than ``keep_records`` records, then the oldest weightless ones go. The deployed and the
-best checkpoints are never deleted.
+best approved checkpoint (``best_metric``), the deployed one, the one the scheduler's deploy log
+(``deploys.json``, see scarls.checkpoints.deploy) names as deployed - e.g. after a rollback - and
+the last ``keep_last`` versions; delete the other files. Their records stay in the index
+without weights (lineage: version, parent, metrics, approval, for the learning curve and the
+dashboard) until there are more than ``keep_records`` records, then the oldest weightless
+ones go. The deployed and the best checkpoints are never deleted.
 
 Integrity: :meth:`CheckpointRegistry.verify` re-hashes every stored file and reports missing
 or corrupted ones; :meth:`CheckpointRegistry.latest`, :meth:`CheckpointRegistry.best`,
@@ -626,6 +627,16 @@ class CheckpointRegistry:
             )
             return target
 
+    def _scheduler_deployed(self) -> set[int]:
+        """The version the scheduler's deploy log names as deployed (it may differ from ours
+        after a rollback); unreadable logs name nothing."""
+        try:
+            current = json.loads((self._root / 'deploys.json').read_text()).get('current')
+            version = current.get('version') if isinstance(current, dict) else None
+        except (OSError, ValueError, AttributeError):
+            return set()
+        return {version} if isinstance(version, int) and version in self._records else set()
+
     def prune(self) -> list[int]:
         """Apply retention (see the module docstring); return the versions whose weights were
         deleted."""
@@ -634,6 +645,7 @@ class CheckpointRegistry:
             keep = set(ordered[-self.keep_last :])
             if self._deployed is not None:
                 keep.add(self._deployed)
+            keep.update(self._scheduler_deployed())
             best = self._best(self.best_metric, self.lower_is_better)
             if best is not None:
                 keep.add(best.version)
