@@ -79,11 +79,14 @@ class FakeRobot:
         self.driver.publish(msg)
 
     def run_episode(self, episode_id: int, n_steps: int, *, missing=(), malformed=(),
-                    driver=None):
+                    driver=None, before_step=None):
         """Publish frames + steps; returns the frames each kept step used. ``driver`` maps a
-        step to the driver state reported by the tick that executes it (2 ms after it)."""
+        step to the driver state reported by the tick that executes it (2 ms after it);
+        ``before_step(i)`` is called before step i is published."""
         used = []
         for i in range(n_steps):
+            if before_step is not None:
+                before_step(i)
             self.t_ns += 33_333_333
             stamp = ns_to_stamp(self.t_ns)
             frames = {c: self.rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for c in CAMS}

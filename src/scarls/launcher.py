@@ -188,8 +188,20 @@ class ProcessGroup:
 
 
 def clean_fastdds_shm() -> None:
-    """Remove Fast DDS shared-memory files whose owners are gone (after a SIGKILL)."""
+    """Remove Fast DDS shared-memory files whose owners are gone (after a SIGKILL).
+
+    Runs Fast DDS's own tool with this interpreter: its `fastdds` wrapper runs whatever
+    `python3` is first on PATH, which may lack the tool's dependency (psutil) and then cleans
+    nothing."""
+    tool = Path(sys.prefix) / 'tools' / 'fastdds' / 'fastdds.py'
     fastdds = Path(sys.executable).with_name('fastdds')
-    if fastdds.exists():
-        subprocess.run([str(fastdds), 'shm', 'clean'], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=30, check=False)
+    if tool.is_file():
+        cmd = [sys.executable, str(tool), 'shm', 'clean']
+    elif fastdds.exists():
+        cmd = [str(fastdds), 'shm', 'clean']
+    else:
+        return
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0 or 'shm.clean' not in result.stdout:
+        log.warning('cleaning Fast DDS shared memory failed: %s',
+                    (result.stderr or result.stdout).strip()[-300:])

@@ -1,4 +1,5 @@
-"""CPU priorities of an ECU's processes: control > recording > training."""
+"""Processes of an ECU: CPU priorities (control > recording > training) and the cleanup of
+Fast DDS shared memory after a kill."""
 
 from __future__ import annotations
 
@@ -51,3 +52,21 @@ def test_process_group_starts_the_learner_niced(tmp_path, monkeypatch) -> None:
     assert driver[0] == sys.executable
     assert scheduler[1:3] == ['-n', '2'] and scheduler[3] == sys.executable
     assert learner[1:3] == ['-n', '10'] and learner[3] == sys.executable
+
+
+def test_clean_fastdds_shm_removes_segments_of_dead_owners() -> None:
+    """The cleanup really runs (Fast DDS's `fastdds` wrapper may pick a python without the
+    tool's dependencies and clean nothing): an unlocked (zombie) segment goes, nothing else."""
+    import secrets
+    from pathlib import Path
+    shm = Path('/dev/shm')
+    name = 'fastdds_' + secrets.token_hex(8)
+    segment, lock = shm / name, shm / f'{name}_el'
+    try:
+        segment.write_bytes(b'\0' * 64)
+        lock.write_bytes(b'')
+        launcher.clean_fastdds_shm()
+        assert not segment.exists() and not lock.exists()
+    finally:
+        segment.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
