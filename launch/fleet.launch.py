@@ -28,7 +28,7 @@ def _nodes(context):
     specs = fleet_nodes(int(value['ecus']), data_root=value['data_root'], task=value['task'],
                         rendezvous_addr=value['rendezvous_addr'],
                         rendezvous_port=int(value['rendezvous_port']), seed=int(value['seed']),
-                        robot=value['robot'])
+                        robot=value['robot'], fleet_key_file=value['fleet_key_file'])
     rendezvous = ExecuteProcess(
         cmd=[sys.executable, '-m', 'scarls.fleet', 'rendezvous', '--addr',
              value['rendezvous_addr'], '--port', value['rendezvous_port']],

@@ -51,6 +51,9 @@ FLEET_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('rendezvous_addr', '127.0.0.1', 'Address of the rendezvous store'),
     LaunchArgument('rendezvous_port', '29500', 'Port of the rendezvous store'),
     LaunchArgument('seed', '0', 'ECU i draws its scenes from seed + 1000 i'),
+    LaunchArgument('fleet_key_file', '', 'The fleet key (HMAC of every rendezvous record; make '
+                   'one with `python -m scarls.fleet keygen FILE`); required with more than '
+                   'one ECU unless SCARLS_FLEET_KEY_FILE is exported'),
 )
 
 
@@ -191,7 +194,7 @@ variation: the fleet sees more of the state space than one robot)."""
 
 def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_cube',
                 rendezvous_addr: str = '127.0.0.1', rendezvous_port: int = 29500,
-                seed: int = 0, robot: str = 'sim_dual6',
+                seed: int = 0, robot: str = 'sim_dual6', fleet_key_file: str = '',
                 extra: dict[str, dict] | None = None) -> list[NodeSpec]:
     """The nodes of a fleet of simulated ECUs ``ecu0 .. ecu<N-1>``: each a complete ECU with its
     own namespace, data folder ``<data_root>/ecu<i>`` and scene seed, and a learner that joins
@@ -210,7 +213,8 @@ def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_c
         per['learner'] = {**per.get('learner', {}), 'seed': seed, 'fleet': True,
                           'offline_root': str(Path(data_root) / 'offline'),
                           'fleet_addr': rendezvous_addr, 'fleet_port': int(rendezvous_port),
-                          'fleet_rank': i, 'fleet_world_size': ecus}
+                          'fleet_rank': i, 'fleet_world_size': ecus,
+                          **({'fleet_key_file': str(fleet_key_file)} if fleet_key_file else {})}
         specs += ecu_nodes(f'ecu{i}', task=task, data_root=str(Path(data_root) / f'ecu{i}'),
                            learner=True, robot=robot, key_dir=str(Path(data_root) / 'keys'),
                            extra=per)
