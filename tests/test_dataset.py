@@ -393,3 +393,31 @@ def test_tune_malloc_in_a_fresh_process() -> None:
                          timeout=60)
     expect = 0 if platform.libc_ver()[0] == 'glibc' else 3
     assert out.returncode == expect, out.stderr
+
+
+def test_steps_not_executed_are_masked_and_flagged(tmp_path: Path) -> None:
+    """An episode with a safety array: a frame whose action the robot did not execute is
+    flagged (``executed``) and never a target (``action_mask``); episodes without the array
+    count as executed throughout."""
+    from scarls.episodes.schema import SAFETY_CODES as C
+    rec = write_episode(tmp_path, 'pick', 6, finalize=False)
+    codes = [C['ok'], C['estopped'], C['clamped'], C['holding'], C['clamped_heavily'], C['ok']]
+    rec['writer'].finalize('success', 1, safety=codes)
+    write_episode(tmp_path, 'pick', 3, seed=1)
+    ds = EpisodeDataset(tmp_path, 'pick', chunk_size=3, cameras=CAMS)
+    executed = [True, False, True, False, False, True]
+    assert ds.episode_info(0).executed.tolist() == executed
+    assert ds.episode_info(1).executed.tolist() == [True] * 3
+    assert [ds.get(0, t)['executed'] for t in range(6)] == executed
+    assert ds.get(0, 0)['action_mask'].tolist() == [True, False, True]
+    assert ds.get(0, 5)['action_mask'].tolist() == [True, False, False]   # padding
+    assert ds.get(1, 1)['action_mask'].tolist() == [True, True, False]
+    batch = ds.get_batch([0, 2, 7])
+    assert batch['executed'].tolist() == [True, True, True]
+    assert batch['action_mask'].tolist() == [[True, False, True], [True, False, False],
+                                             [True, True, False]]
+    # the safety array is verified like the other low-dimensional arrays
+    z = zarr.open_array(str(tmp_path / 'pick' / 'episode_0.zarr' / 'safety'), mode='r+')
+    z[0] = C['fault']
+    ds = EpisodeDataset(tmp_path, 'pick', chunk_size=3, cameras=CAMS)
+    assert ds.num_episodes == 1 and 'sha256 mismatch' in str(ds.skipped())

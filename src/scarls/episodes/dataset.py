@@ -10,8 +10,12 @@ and Python scalars (the default ``torch`` collate turns them into tensors)::
     'state'         float32 (D_state,)
     'action'        float32 (K, D_action)  actions of frames t .. t+K-1; past the episode end
                                            the last action is repeated
-    'action_mask'   bool    (K,)       False on the padded rows
+    'action_mask'   bool    (K,)       False on the padded rows and on steps the robot did not
+                                       execute (see 'executed')
     'intervention'  bool               human in control at frame t
+    'executed'      bool               the robot executed the action of frame t (the episode's
+                                       ``safety`` array; True throughout without one) - a
+                                       frame that was not is no training sample
     'timestamp'     float              seconds
     'episode'       int                position of the episode in :meth:`episode_keys`
     'frame'         int                t
@@ -20,8 +24,8 @@ and Python scalars (the default ``torch`` collate turns them into tensors)::
 
 Reading strategy:
 
-* The low-dimensional arrays (state, action, intervention, timestamp) of an episode are read
-  once, when the episode is added, checked against the sha256 in its meta and kept in memory.
+* The low-dimensional arrays (state, action, intervention, timestamp, safety) of an episode are
+  read once, when the episode is added, checked against the sha256 in its meta and kept in memory.
 * Camera frames are read per item.  When a camera array is stored the way
   :class:`~scarls.episodes.writer.EpisodeWriter` stores it - one plain chunk file per frame,
   codecs ``bytes + blosc``, ``bytes`` alone (``raw``) or the ``scarls.image`` codec, no
@@ -96,10 +100,12 @@ from scarls.episodes.schema import (
     ACTION_PATH,
     INTERVENTION_PATH,
     LOWDIM_DTYPES,
+    SAFETY_PATH,
     STATE_PATH,
     TIMESTAMP_PATH,
     EpisodeMeta,
     camera_path,
+    executed_mask,
 )
 
 __all__ = [
@@ -143,6 +149,8 @@ class EpisodeInfo:
     intervention: np.ndarray
     timestamp: np.ndarray
     meta: EpisodeMeta
+    executed: np.ndarray | None = None
+    """(T,) bool: the robot executed the step's action (all True without a safety array)."""
 
     @property
     def intervention_steps(self) -> int:
@@ -173,6 +181,7 @@ class _Episode:
     intervention: np.ndarray  # (T,) bool
     timestamp: np.ndarray  # (T,) float64
     cameras: tuple[_Camera, ...]
+    executed_padded: np.ndarray  # (T + K - 1,) bool, False on the padding
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
@@ -492,6 +501,17 @@ class EpisodeDataset(Dataset):
                         'recorded; the episode is corrupt)'
                     )
             low[name] = data
+        codes = None
+        if SAFETY_PATH in meta.shapes:
+            try:
+                codes = np.ascontiguousarray(np.asarray(reader.safety[...]))
+            except Exception as exc:  # noqa: BLE001 - codec errors of corrupt chunks
+                raise SchemaError(f'{path / SAFETY_PATH}: array is unreadable: {exc}') from exc
+            if self.verify != 'none' and \
+                    hashlib.sha256(codes.data).hexdigest() != meta.sha256.get(SAFETY_PATH):
+                raise SchemaError(f'{path / SAFETY_PATH}: sha256 mismatch (stored data differs '
+                                  'from what was recorded; the episode is corrupt)')
+        executed = executed_mask(codes, t)
         state, action = low[STATE_PATH], low[ACTION_PATH]
         if state.ndim != 2 or action.ndim != 2:
             raise SchemaError(
@@ -507,6 +527,7 @@ class EpisodeDataset(Dataset):
         cams = tuple(self._camera(reader, path, c, t) for c in self.cameras)
         k = self.chunk_size
         padded = np.concatenate([action, np.repeat(action[-1:], k - 1, axis=0)], axis=0)
+        executed_padded = np.concatenate([executed, np.zeros(k - 1, dtype=bool)])
         return _Episode(
             key=key,
             position=len(self._episodes),
@@ -520,6 +541,7 @@ class EpisodeDataset(Dataset):
             intervention=_readonly(low[INTERVENTION_PATH]),
             timestamp=_readonly(low[TIMESTAMP_PATH]),
             cameras=cams,
+            executed_padded=_readonly(executed_padded),
         )
 
     def _camera(self, reader: EpisodeReader, path: Path, cam: str, steps: int) -> _Camera:
@@ -620,6 +642,7 @@ class EpisodeDataset(Dataset):
             intervention=ep.intervention,
             timestamp=ep.timestamp,
             meta=ep.meta,
+            executed=ep.executed_padded[: ep.steps],
         )
 
     def episodes(self) -> list[EpisodeInfo]:
@@ -709,13 +732,15 @@ class EpisodeDataset(Dataset):
             batch['image.' + name] = out
         self._run_jobs(jobs)
         k = self.chunk_size
-        steps = np.asarray([ep.steps for ep, _ in locs])
         frames = np.asarray([t for _, t in locs], dtype=np.int64)
         batch['state'] = torch.from_numpy(np.stack([ep.state[t] for ep, t in locs]))
         batch['action'] = torch.from_numpy(
             np.stack([ep.action_padded[t : t + k] for ep, t in locs])
         )
-        batch['action_mask'] = torch.from_numpy(np.arange(k) < (steps - frames)[:, None])
+        batch['action_mask'] = torch.from_numpy(
+            np.stack([ep.executed_padded[t : t + k] for ep, t in locs]))
+        batch['executed'] = torch.from_numpy(
+            np.asarray([ep.executed_padded[t] for ep, t in locs], dtype=np.bool_))
         batch['intervention'] = torch.from_numpy(
             np.asarray([ep.intervention[t] for ep, t in locs], dtype=np.bool_)
         )
@@ -745,8 +770,9 @@ class EpisodeDataset(Dataset):
             item['image.' + cam.name] = img
         item['state'] = ep.state[t].copy()
         item['action'] = ep.action_padded[t : t + k].copy()
-        item['action_mask'] = np.arange(k) < (ep.steps - t)
+        item['action_mask'] = ep.executed_padded[t : t + k].copy()
         item['intervention'] = bool(ep.intervention[t])
+        item['executed'] = bool(ep.executed_padded[t])
         item['timestamp'] = float(ep.timestamp[t])
         item['episode'] = ep.position
         item['frame'] = t
