@@ -301,3 +301,30 @@ def test_not_executed_states(tmp_path: Path, state: str) -> None:
     rig.end(1, 2)
     r = EpisodeReader(rig.saved[0].ref.path)
     assert not r.executed().any()
+
+
+def test_episodes_without_an_end_are_counted_lost_when_the_next_one_begins(
+        tmp_path: Path) -> None:
+    """The actor never reported the end (it died): a lost or unrecordable episode is counted
+    as soon as a newer episode begins, not never."""
+    calls = {'n': 0}
+
+    def factory(*args, **kwargs):
+        calls['n'] += 1
+        if calls['n'] == 1:
+            raise StorageError('creating episode arrays failed (ENOSPC)')
+        return EpisodeWriter(*args, **kwargs)
+
+    rig = Rig(tmp_path, writer_factory=factory)
+    for i in range(4):
+        rig.step(1, i)                           # lost: no writer
+    for i in range(2):
+        rig.step(2, i, frames=False)             # nothing recordable
+    rig.tick(1.0)
+    assert rig.lost == []                        # no end yet: maybe still coming
+    for i in range(3):
+        rig.step(3, i)
+    assert [(d.actor_episode_id, d.steps_seen) for d in rig.lost] == [(1, 4), (2, 2)]
+    assert (rig.aligner.losses.episodes, rig.aligner.losses.steps) == (2, 6)
+    rig.end(3, 3)
+    assert rig.saved[0].ref.index == 0

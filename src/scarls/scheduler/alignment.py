@@ -438,6 +438,7 @@ class StepAligner:
     def _ensure_episode(self, step: Any, images) -> _Episode | None:
         if self._episode is not None:
             return self._episode
+        self._settle_older(step.episode_id)
         c = self.config
         first = next(iter(images.values()))
         try:
@@ -457,10 +458,23 @@ class StepAligner:
                                  first_stamp_ns=stamp_ns(step.header.stamp),
                                  steps_seen=sum(early.values()), dropped=sum(early.values()),
                                  drops=early)
-        # older actor episodes can no longer open: whatever was dropped of them is settled
-        for old in [k for k in self._early if k < step.episode_id]:
-            self._early.pop(old)
         return self._episode
+
+    def _settle_older(self, episode_id: int) -> None:
+        """A newer actor episode has begun: older ones without an episode on disk are lost,
+        also when their end was never reported (e.g. the actor died)."""
+        for old in sorted(k for k in self._lost if k < episode_id):
+            steps, error = self._lost.pop(old)
+            with self.cond:
+                self._ends.pop(old, None)
+            self._lose(old, steps, f'could not be stored: {error}')
+        for old in sorted(k for k in self._early if k < episode_id):
+            steps = sum(self._early.pop(old).values())
+            with self.cond:
+                self._ends.pop(old, None)
+            self._log.error(f'actor episode {old}: no step could be recorded ({steps} '
+                            'dropped), nothing written')
+            self._lose(old, steps, 'no step could be recorded')
 
     def _append(self, step: Any, images: dict[str, np.ndarray]) -> None:
         episode = self._ensure_episode(step, images)
