@@ -229,7 +229,8 @@ class FleetState:
             ecu.successes_without_help = int(successes_without_help)
             ecu.recent_success_rate = num(recent_success_rate)
             ecu.recent_intervention_rate = num(recent_intervention_rate)
-            ecu.deployed_version = max(ecu.deployed_version, int(deployed_version))
+            # the scheduler's current deployment (a rollback lowers it)
+            ecu.deployed_version = int(deployed_version)
             if ecu.actor_seen is None and phase:
                 self._set_phase(ecu, phase, t)   # no actor/state heard (yet): heartbeat's phase
                 ecu.model_version = int(model_version)
@@ -313,7 +314,7 @@ class FleetState:
         """<ecu>/scheduler/checkpoint (CheckpointInfo: the version deployed to the actor)."""
         with self._lock:
             ecu = self._ecu(ecu_id)
-            ecu.deployed_version = max(ecu.deployed_version, int(version))
+            ecu.deployed_version = int(version)   # the newest deploy decision (or rollback)
             ckpt = ecu.checkpoints.get(int(version))
             if ckpt is not None and ckpt.deployed is None:
                 ckpt.deployed = t
