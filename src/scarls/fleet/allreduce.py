@@ -61,7 +61,8 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    (:func:`check_reduced`): finite, and within ``max_param_change`` of its own parameters
    (relative norm). A member whose check fails keeps its parameters (``'failed'``) and posts
    a veto as its verdict, so no participant deploys the model.
-   The all-reduce has a timeout (``reduce_timeout_s``); when a member dies
+   The all-reduce has a timeout (``reduce_timeout_s``, by default the deadline plus the
+   payload's transfer time at ``reduce_min_mb_s``); when a member dies
    mid-reduce the others get an error at once (connection closed) or at the timeout, and the
    round ends ``'failed'`` with the parameters untouched. A group of one does not communicate
    (``'alone'``).
@@ -172,8 +173,13 @@ class FleetConfig:
     """Longest wait for the other ECUs to post, counted from this ECU's own post."""
     ready_timeout_s: float = 5.0
     """Longest wait for the eligible ECUs to get ready and connect once membership is fixed."""
-    reduce_timeout_s: float = 120.0
-    """Timeout of the all-reduce itself (must exceed its duration on the fleet's network)."""
+    reduce_timeout_s: float | None = None
+    """Timeout of the all-reduce itself (must exceed its duration on the fleet's network).
+    None: ``deadline_s`` plus the payload at ``reduce_min_mb_s`` - so a member that hangs
+    inside the reduction (stopped, cut off: its sockets stay open) costs the others about the
+    deadline, not minutes; a failed round leaves every model as it was."""
+    reduce_min_mb_s: float = 50.0
+    """Slowest transfer rate (MB/s) the default reduce timeout allows for."""
     store_timeout_s: float = 10.0
     """Timeout of connecting to the rendezvous store and of a single store operation."""
     poll_s: float = 0.05
@@ -207,7 +213,7 @@ class FleetConfig:
             'eps',
             'deadline_s',
             'ready_timeout_s',
-            'reduce_timeout_s',
+            'reduce_min_mb_s',
             'store_timeout_s',
             'poll_s',
             'max_param_change',
@@ -215,6 +221,9 @@ class FleetConfig:
             value = getattr(self, name)
             if not is_number(value) or value <= 0:
                 self._fail(name, 'must be a finite number > 0')
+        if self.reduce_timeout_s is not None and (
+                not is_number(self.reduce_timeout_s) or self.reduce_timeout_s <= 0):
+            self._fail('reduce_timeout_s', 'must be None or a finite number > 0')
         if self.backend not in BACKENDS:
             self._fail('backend', f'must be one of {BACKENDS}')
         if not isinstance(self.host_store, bool):
@@ -1097,6 +1106,12 @@ class FleetReducer:
             store.delete_key(k)
 
     # -- communication -------------------------------------------------------------------
+    def reduce_timeout(self, payload_bytes: int) -> float:
+        """The all-reduce's timeout for ``payload_bytes`` (see ``reduce_timeout_s``)."""
+        if self.config.reduce_timeout_s is not None:
+            return float(self.config.reduce_timeout_s)
+        return self.config.deadline_s + payload_bytes / (self.config.reduce_min_mb_s * 1e6)
+
     def _backend(self, params: Sequence[tuple[str, torch.Tensor]]) -> str:
         return choose_backend(self.config.backend, (p.device for _, p in params))
 
@@ -1106,7 +1121,7 @@ class FleetReducer:
             pg_cls = dist.ProcessGroupNCCL  # type: ignore[attr-defined]
             opts = pg_cls.Options()
             opts.is_high_priority_stream = False
-            opts._timeout = _td(self.config.reduce_timeout_s)
+            opts._timeout = _td(self._reduce_timeout)
             return pg_cls(store, idx, n, opts)
         gloo = dist.ProcessGroupGloo
         if not os.environ.get('GLOO_SOCKET_IFNAME'):
@@ -1135,6 +1150,8 @@ class FleetReducer:
         backend, params = info.backend, info.params
         device = reduction_device(backend, (p.device for _, p in params))
         buffers = flatten_trainable(params, device)
+        self._reduce_timeout = self.reduce_timeout(
+            sum(buf.numel() * buf.element_size() for buf, _ in buffers))
         for buf, _ in buffers:
             buf.mul_(weight)
         prefix = self._key(r, 'pg')
@@ -1148,7 +1165,7 @@ class FleetReducer:
         try:
             opts = dist.AllreduceOptions()
             opts.reduceOp = dist.ReduceOp.SUM
-            opts.timeout = _td(self.config.reduce_timeout_s)
+            opts.timeout = _td(self._reduce_timeout)
             for buf, _ in buffers:
                 pg.allreduce([buf], opts).wait()
         finally:
