@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bag_parser(sub)
     from scarls.dashboard import register as add_dashboard_parser
     add_dashboard_parser(sub)
+    from scarls.foxglove import register as add_foxglove_parser
+    add_foxglove_parser(sub)
     from scarls.robot_check.probe import register as add_robot_parser
     add_robot_parser(sub)
     from scarls.checkpoints.cli import register as add_checkpoint_parsers  # keys, deploy
