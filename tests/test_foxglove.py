@@ -19,7 +19,7 @@ from rosutil import Probe, log_text, start_nodes
 from scarls.bags.types import default_registry
 from scarls.bringup import NodeSpec, ecu_nodes
 from scarls.foxglove import parse_args, serve
-from scarls.foxglove.topics import TopicFilter, channel_spec
+from scarls.foxglove.topics import RateCap, TopicFilter, channel_spec
 from scarls.robot import JOINT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +58,15 @@ def test_topic_filter(namespace, topics, exclude, topic, served):
 def test_topic_filter_refuses_bad_input(namespace, exclude):
     with pytest.raises(ValueError):
         TopicFilter(namespace, (), exclude)
+
+
+def test_rate_cap():
+    assert all(RateCap(0).allow(t) for t in (0.0, 0.0, 0.001))
+    cap = RateCap(4)                                   # one per 0.25 s
+    frames = [i / 32 for i in range(64)]               # 2 s of a 32 Hz camera (exact floats)
+    assert [t for t in frames if cap.allow(t)] == [k / 4 for k in range(8)]
+    with pytest.raises(ValueError):
+        RateCap(-1)
 
 
 def test_the_command_refuses_bad_input_before_touching_ros(capsys):

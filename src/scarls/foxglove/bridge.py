@@ -30,7 +30,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from scarls.bags.errors import BagError
 from scarls.bags.record import import_message
 from scarls.bags.rosqos import subscription_profile
-from scarls.foxglove.topics import ChannelSpec, TopicFilter, channel_spec
+from scarls.foxglove.topics import ChannelSpec, RateCap, TopicFilter, channel_spec
 from scarls.ros.node_utils import declare
 
 DISCOVERY_INTERVAL_S = 0.5
@@ -49,9 +49,9 @@ class _Topic:
     spec: ChannelSpec
     msg_class: type
     channel: foxglove.Channel
+    cap: RateCap
     subscription: object | None = None
     last_seen: float = field(default_factory=time.monotonic)
-    last_sent: float = 0.0
     sent: int = 0
 
 
@@ -100,8 +100,8 @@ class FoxgloveBridge(Node):
         p = self.get_parameter
         self.filter = TopicFilter(str(p('namespace').value), str(p('topics').value),
                                   str(p('exclude').value))
-        rate = float(p('max_image_rate').value)
-        self._min_interval = 1.0 / rate if rate > 0 else 0.0
+        self._image_rate = float(p('max_image_rate').value)
+        RateCap(self._image_rate)   # ValueError now rather than at the first frame
         self._topics: dict[str, _Topic] = {}
         self._skipped: set[str] = set()
         self._guard = self.create_guard_condition(self._update_subscriptions)
@@ -155,7 +155,8 @@ class FoxgloveBridge(Node):
             topic, message_encoding=spec.encoding, context=self._fg,
             schema=foxglove.Schema(name=spec.schema_name, encoding=spec.schema_encoding,
                                    data=spec.schema.encode()))
-        self._topics[topic] = _Topic(spec, msg_class, channel)
+        cap = RateCap(self._image_rate if spec.heavy else 0.0)
+        self._topics[topic] = _Topic(spec, msg_class, channel, cap)
         self.get_logger().info(f'advertised {topic} [{spec.schema_name}]')
 
     def _remove(self, topic: str) -> None:
@@ -191,11 +192,8 @@ class FoxgloveBridge(Node):
         state = self._topics.get(topic)
         if state is None:
             return
-        if state.spec.heavy and self._min_interval:
-            now = time.monotonic()
-            if now - state.last_sent < self._min_interval:
-                return
-            state.last_sent = now
+        if not state.cap.allow(time.monotonic()):
+            return
         state.channel.log(data, log_time=time.time_ns())
         state.sent += 1
 

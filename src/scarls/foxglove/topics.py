@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from scarls.bags.errors import BagError
 from scarls.bags.types import TypeRegistry, default_registry
 
-__all__ = ['HEAVY_TYPES', 'ChannelSpec', 'TopicFilter', 'channel_spec', 'is_heavy']
+__all__ = ['HEAVY_TYPES', 'ChannelSpec', 'RateCap', 'TopicFilter', 'channel_spec', 'is_heavy']
 
 #: Types sent best effort with a history of 1 (a viewer must never slow the robot's publishers
 #: down) and subject to ``--max-image-rate``.
@@ -87,3 +87,22 @@ def channel_spec(topic: str, msgtype: str, registry: TypeRegistry | None = None)
     except BagError as exc:
         raise ValueError(str(exc)) from exc
     return ChannelSpec(topic, full, definition, heavy=is_heavy(full))
+
+
+class RateCap:
+    """At most ``hz`` messages per second (0 = no cap): ``allow(now)`` says whether to send
+    one received at ``now`` (monotonic seconds)."""
+
+    def __init__(self, hz: float) -> None:
+        if hz < 0:
+            raise ValueError(f'a rate cap must be >= 0, got {hz}')
+        self.interval = 1.0 / hz if hz > 0 else 0.0
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if not self.interval:
+            return True
+        if self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
