@@ -268,7 +268,8 @@ def test_foxglove_client_sees_a_running_driver(ros, node_group):
                 await _until(c, lambda: all(c.messages.get(t) for t in wanted), 60,
                              'a message on every subscribed topic',
                              tick=heartbeat)
-                assert probe.node.count_subscribers(top) == 1
+                await _until(c, lambda: probe.node.count_subscribers(top) == 1, 30,
+                             'the bridge subscribed to the camera (in the ROS graph)')
                 assert probe.node.count_subscribers(left) == 0
 
                 _, js = c.messages[f'/{NS}/joint_states'][-1]
