@@ -22,7 +22,7 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')
-         + glob('config/*.xml')),
+         + glob('config/*.xml') + glob('config/*.json')),
         ('share/' + PACKAGE + '/config/robots', glob('config/robots/*.yaml')),
     ],
     zip_safe=False,
@@ -31,6 +31,7 @@ setup(
             'scarls = scarls.cli:main',
             'dashboard = scarls.dashboard:main',
             'camera = scarls.camera.capture:main',
+            'foxglove = scarls.foxglove:main',
             *[f'{node} = scarls.{node}.node:main' for node in NODES],
         ],
     },
