@@ -508,7 +508,7 @@ def _corruptions():
         'short array': (short_array, "'timestamp' has shape"),
         'checksum state': (bad_checksum, "checksum mismatch for 'observation/obs_state'"),
         'swapped frame': (swapped_frame, "checksum mismatch for 'observation/left'"),
-        'garbage chunk': (garbage_chunk, "'observation/top' has corrupt data"),
+        'garbage chunk': (garbage_chunk, "frame 2 of 'observation/top' cannot be decoded"),
         'missing chunk': (missing_chunk, "frame 4 of 'observation/right' is missing"),
         'bad zarr.json': (bad_zarr_json, "'intervention'"),
         'intervention count': (wrong_interventions, 'intervention_steps=0'),

@@ -173,10 +173,16 @@ def validate_episode(path: str | os.PathLike[str], check_checksums: bool = True,
                 f'got shape {arr.shape} chunks {arr.chunks}'
             )
         adir = p / key
+        frame_bytes = int(np.prod(arr.shape[1:]))
+        codec = str(meta.image_codec.get('name', ''))
         for i in range(t):
             chunk = adir / arr.metadata.encode_chunk_key((i, 0, 0, 0))
             if not chunk.is_file():
                 raise SchemaError(f'{p}: frame {i} of {key!r} is missing (no chunk file {chunk})')
+            problem = _chunk_problem(chunk, codec, frame_bytes)
+            if problem:
+                raise DamagedChunk(f'{p}: frame {i} of {key!r} cannot be decoded: the chunk '
+                                   f'file is damaged ({problem})', chunk)
     for key, dtype in LOWDIM_DTYPES.items():
         _check_array(p, key, reader._arrays[key], dtype, meta)
     for key, dtype in OPTIONAL_DTYPES.items():
@@ -206,6 +212,42 @@ def validate_episode(path: str | os.PathLike[str], check_checksums: bool = True,
                 'recorded; the episode is corrupt)'
             )
     return meta
+
+
+_BLOSC_HEADER = 16
+
+
+class DamagedChunk(SchemaError):
+    """One frame's chunk file is damaged (``chunk``: its path)."""
+
+    def __init__(self, message: str, chunk: Path) -> None:
+        super().__init__(message)
+        self.chunk = chunk
+
+
+def _chunk_problem(chunk: Path, codec: str, frame_bytes: int) -> str:
+    """A cheap integrity check of one frame's chunk file without decoding it: a blosc chunk's
+    header must announce the frame's size and exactly the file's length (a truncated or padded
+    chunk can otherwise decode without an error into a partly black frame); a raw chunk must
+    be the frame's size. '' when nothing is wrong (other codecs: not checked here)."""
+    try:
+        size = chunk.stat().st_size
+        if codec in ('lz4', 'zstd'):
+            with open(chunk, 'rb') as fh:
+                head = fh.read(_BLOSC_HEADER)
+            if len(head) < _BLOSC_HEADER:
+                return f'{size} bytes, shorter than a blosc header'
+            nbytes, cbytes = (int.from_bytes(head[4:8], 'little'),
+                              int.from_bytes(head[12:16], 'little'))
+            if nbytes != frame_bytes:
+                return f'blosc header says {nbytes} bytes decoded, a frame is {frame_bytes}'
+            if cbytes != size:
+                return f'blosc header says {cbytes} bytes, the file has {size}'
+        elif codec == 'raw' and size != frame_bytes:
+            return f'{size} bytes, a raw frame is {frame_bytes}'
+    except OSError as exc:
+        return f'cannot read it: {exc}'
+    return ''
 
 
 def _check_array(p: Path, key: str, arr: zarr.Array, dtype: np.dtype, meta: EpisodeMeta) -> None:

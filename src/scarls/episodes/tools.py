@@ -83,7 +83,7 @@ from scarls.episodes.layout import (
     reserve_index,
     task_lock,
 )
-from scarls.episodes.reader import EpisodeReader, validate_episode
+from scarls.episodes.reader import DamagedChunk, EpisodeReader, validate_episode
 from scarls.episodes.schema import EpisodeMeta, camera_path, meta_array_paths
 
 __all__ = [
@@ -793,6 +793,9 @@ def check_episode(
             f'meta says task {meta.task!r} but the episode is in the task directory {task!r}'))
     try:
         validate_episode(path, check_checksums=False)
+    except DamagedChunk as exc:
+        problems.append(problem('error', _rel(root_path, exc.chunk), _strip(str(exc), path)))
+        return problems
     except SchemaError as exc:
         problems.append(problem('error', rel, _strip(str(exc), path)))
         return problems

@@ -35,6 +35,7 @@ from scarls.device import (
     to_device,
 )
 from scarls.episodes import EpisodeReader, StepRecord
+from scarls.episodes.errors import SchemaError
 from scarls.learner.config import LearnerError, TrainerConfig
 from scarls.policies import ACTION_KEY, STATE_KEY, Policy, image_key
 
@@ -177,7 +178,23 @@ class EpisodeData:
         cameras: Sequence[str] | None = None,
         keep: np.ndarray | None = None,
     ) -> EpisodeData:
-        """Load a stored episode (all low-dim arrays; images of ``keep``-ed frames only)."""
+        """Load a stored episode (all low-dim arrays; images of ``keep``-ed frames only).
+
+        Raises:
+            SchemaError: a chunk cannot be decoded (the codec's own error, whatever its type -
+                some decompressors raise SystemError on damaged input - named and wrapped).
+        """
+        try:
+            return cls._load(reader, source=source, cameras=cameras, keep=keep)
+        except SchemaError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codec errors have no common type
+            raise SchemaError(f'{reader.path}: cannot decode the episode: '
+                              f'{type(exc).__name__}: {exc}') from exc
+
+    @classmethod
+    def _load(cls, reader: EpisodeReader, *, source: str, cameras: Sequence[str] | None,
+              keep: np.ndarray | None) -> EpisodeData:
         t = reader.steps
         frames = cls._keep(t, keep)
         cams = reader.cameras if cameras is None else list(cameras)
