@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 from rclpy.node import Node
-from scarls_interfaces.msg import ActorState, ActorStep, OperatorSignal, TaskState
+from scarls_interfaces.msg import ActorState, ActorStep, EcuStatus, OperatorSignal, TaskState
 from sensor_msgs.msg import JointState
 from visualization_msgs.msg import Marker
 
@@ -71,6 +71,9 @@ class TeleopNode(Node):
         declare(self, 'min_takeover_ticks', 10, 'Minimum ticks of a takeover')
         declare(self, 'fail_margin_steps', 60, 'Take over when this few steps remain')
         declare(self, 'start_delay_s', 0.5, 'Pause in IDLE before the next START')
+        declare(self, 'wait_for_recorder_s', 20.0, 'Before the first START, wait at most this '
+                "long for this ECU's scheduler to be up (its first heartbeat), so the first "
+                'steps are recorded; 0 = do not wait')
         declare(self, 'robot', DEFAULT_ROBOT,
                 'Robot description: a built-in name (config/robots) or a YAML file',
                 read_only=True)
@@ -169,6 +172,16 @@ class TeleopNode(Node):
         self._policy_action: np.ndarray | None = None
         self.create_subscription(TaskState, 'task_state', self._on_task, qos.JOINT_STATE)
         self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS)
+        # the first episode waits for the recorder (a run's processes start in any order)
+        self._recorder_wait = float(p('wait_for_recorder_s').value)
+        self._recorder_seen: float | None = None
+        self._started_at = time.monotonic()
+        if self._recorder_wait > 0:
+            ecu = str(p('ecu_id').value)
+            self.create_subscription(
+                EcuStatus, '/fleet/status',
+                lambda m: self._recorder_seen is None and m.ecu_id == ecu and setattr(
+                    self, '_recorder_seen', time.monotonic()), qos.EVENTS)
         # where the scripted expert steers the working arm's grasp centre, for RViz (~10 Hz)
         self._pub_target = self.create_publisher(Marker, 'viz/expert_target', qos.JOINT_STATE)
         self._target_ticks = 0
@@ -196,9 +209,27 @@ class TeleopNode(Node):
                     self._done_logged = True
                     self.get_logger().info(f'{started} episodes done: not starting more')
                 return
+            if started == 0 and not self._recorder_ready(now):
+                return
             if now - since >= self._start_delay:
                 self.send('START', f'episode {started + 1}')
             return
+
+    def _recorder_ready(self, now: float) -> bool:
+        """The scheduler of this ECU is up (its heartbeat was heard half a second ago: its
+        camera subscriptions are matched by then), or the wait is over (said once)."""
+        if self._recorder_wait <= 0:
+            return True
+        if self._recorder_seen is not None:
+            return now - self._recorder_seen >= 0.5
+        if now - self._started_at >= self._recorder_wait:
+            if not getattr(self, '_recorder_warned', False):
+                self._recorder_warned = True
+                self.get_logger().warning(
+                    f'no heartbeat of this ECU\'s scheduler in {self._recorder_wait:g} s: '
+                    'starting without waiting for it (episodes may not be recorded)')
+            return True
+        return False
 
     def _scripted_act(self) -> None:
         with self._lock:
