@@ -325,6 +325,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             f'{c} {v["p50"]:.1f}/{v["max"]:.1f} ms' for c, v in tot.camera_skew_ms.items()))
     for line in _recording_lines(tot):
         print(line)
+    if tot.crash_lost_episodes:
+        print(f'lost with a killed writer: {tot.crash_lost_episodes} episodes, '
+              f'{tot.crash_lost_steps} steps on disk (more may have been in its memory)')
     for item in tot.unreadable:
         print(f'unreadable meta: {item}')
     return EXIT_OK

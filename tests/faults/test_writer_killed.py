@@ -25,5 +25,8 @@ def test_sixty_random_kills_leave_no_half_episode_no_gap_and_no_leftover(tmp_pat
     assert summary['trials'] == 60 and summary['episodes_written'] > 60
     # the kills really landed inside episodes (not only between them)
     assert summary['kills_with_a_lost_episode'] >= 30
+    # every one of them journaled by the next writer, with at most the steps it had appended
+    assert summary['journaled_episodes'] >= summary['kills_with_a_lost_episode']
+    assert 0 < summary['journaled_steps'] <= summary['lost_steps'] + summary['journaled_episodes']
     modes = {r['mode'] for r in summary['results']}
     assert modes == {'append', 'background'}

@@ -13,7 +13,9 @@ reaps it, then checks what a restarted writer and a reader see:
 * nothing lost silently: every episode the writer finalised is visible, and the steps of the
   episode it was writing when killed are the lost ones (reported);
 * leftovers cleaned: after a new writer opens the task, no temp file or reservation of the dead
-  writer is left.
+  writer is left;
+* every lost episode counted: the new writer journals the dead writer's unfinished episode with
+  the steps it had on disk (`<task>/.lost_episodes.jsonl`, shown by `scarls dataset stats`).
 
     python tests/faults/writer_kill_campaign.py --trials 300 --json kills.json
 """
@@ -42,6 +44,7 @@ from scarls.episodes import (  # noqa: E402 - after the path set-up for a plain 
     list_episodes,
     validate_episode,
 )
+from scarls.episodes.layout import lost_episodes  # noqa: E402
 
 CAMS = ('top', 'left', 'right')
 SHAPE = (24, 32)
@@ -107,10 +110,19 @@ def trial(root: Path, mode: str, delay: float, seed: int, checked: int = 0) -> d
     unfinished = [i for i in appended if i not in finalised]
     lost_steps = sum(appended[i] for i in unfinished if i not in before)
     # a restarted writer cleans the dead writer's leftovers and continues the numbering
+    journal_before = len(lost_episodes(root / 'pick'))
     w = EpisodeWriter(root, 'pick', 'ecu-restart', image_shape=SHAPE, state_dim=14,
                       action_dim=14, fsync=False)
     next_index = w.index
     w.abort()
+    journal = [j for j in lost_episodes(root / 'pick')[journal_before:] if j['pid'] == pid]
+    lost_now = [i for i in unfinished if i not in before]
+    counted = sum(j['steps_on_disk'] for j in journal)
+    if lost_now and not journal:
+        problems.append(f'episode {lost_now} of the dead writer lost without a journal entry')
+    # (+1: the kill may land between an append and its report on the pipe)
+    if counted > lost_steps + len(lost_now):
+        problems.append(f'journal counts {counted} steps lost, the writer appended {lost_steps}')
     left = [n for n in os.listdir(root / 'pick') if n.endswith(f'-{pid}') or
             (f'.tmp-{pid}' in n)]
     if left:
@@ -120,6 +132,7 @@ def trial(root: Path, mode: str, delay: float, seed: int, checked: int = 0) -> d
     return {'delay_s': round(delay, 4), 'mode': mode, 'visible': len(before),
             'finalised_now': len(finalised), 'lost_episode': bool(unfinished and any(
                 i not in before for i in unfinished)), 'lost_steps': lost_steps,
+            'journal_episodes': len(journal), 'journal_steps': counted,
             'problems': problems}
 
 
@@ -147,6 +160,8 @@ def run(trials: int, seed: int = 0, max_delay: float = 0.6) -> dict:
             'episodes_written': episodes,
             'kills_with_a_lost_episode': sum(r['lost_episode'] for r in results),
             'lost_steps': sum(r['lost_steps'] for r in results),
+            'journaled_episodes': sum(r['journal_episodes'] for r in results),
+            'journaled_steps': sum(r['journal_steps'] for r in results),
             'trials_with_problems': [r for r in results if r['problems']],
             'results': results}
 

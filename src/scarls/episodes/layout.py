@@ -44,7 +44,11 @@ from scarls.episodes.errors import StorageError, storage_error
 
 __all__ = [
     'EpisodeEntry',
+    'LOST_JOURNAL',
     'cleanup_task_dir',
+    'frames_on_disk',
+    'lost_episodes',
+    'record_lost_episode',
     'episode_dir_name',
     'fsync_dir',
     'fsync_file',
@@ -214,6 +218,54 @@ def task_lock(task_dir: Path, timeout: float = 10.0):
         os.close(fd)
 
 
+#: Journal of episodes lost with a dead writer (one JSON object per line), in the task folder.
+LOST_JOURNAL = '.lost_episodes.jsonl'
+
+
+def frames_on_disk(episode_dir: Path) -> int:
+    """Frames (steps) an unfinished episode had written: the chunk files of its first camera
+    (one frame per chunk). Steps still in a dead writer's memory or queue are not on disk."""
+    obs = episode_dir / 'observation'
+    try:
+        cams = sorted(p for p in obs.iterdir() if p.is_dir() and (p / 'zarr.json').is_file())
+    except OSError:
+        return 0
+    if not cams:
+        return 0
+    return sum(1 for p in cams[0].rglob('*') if p.is_file() and p.name != 'zarr.json')
+
+
+def record_lost_episode(task_dir: Path, index: int, pid: int, steps: int) -> None:
+    """Append a lost episode to the task's journal (best effort: a full disk cannot stop the
+    clean-up that frees it)."""
+    import json
+    line = json.dumps({'index': int(index), 'pid': int(pid), 'steps_on_disk': int(steps),
+                       'found_unix': round(time.time(), 3)})
+    try:
+        with open(task_dir / LOST_JOURNAL, 'a', encoding='utf-8') as fh:
+            fh.write(line + '\n')
+    except OSError as exc:
+        log.warning('%s: could not journal lost episode %d (%s)', task_dir, index, exc)
+
+
+def lost_episodes(task_dir: Path) -> list[dict]:
+    """The journal of episodes lost with dead writers (oldest first; unreadable lines skipped)."""
+    import json
+    try:
+        lines = (task_dir / LOST_JOURNAL).read_text(encoding='utf-8').splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and isinstance(item.get('steps_on_disk'), int):
+            out.append(item)
+    return out
+
+
 def cleanup_task_dir(task_dir: Path) -> list[str]:
     """Remove leftovers of dead writers in ``task_dir``; return what was done (also logged).
 
@@ -263,6 +315,8 @@ def cleanup_task_dir(task_dir: Path) -> list[str]:
             continue
         path = task_dir / name
         if path.is_dir():
+            if _TEMP_RE.match(name):   # a dead writer's episode: say what was lost with it
+                record_lost_episode(task_dir, key[0], pid, frames_on_disk(path))
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):

@@ -75,6 +75,7 @@ from scarls.episodes.layout import (
     fsync_dir,
     fsync_file,
     lock_name,
+    lost_episodes,
     meta_name,
     meta_temp_name,
     owner_alive,
@@ -248,6 +249,10 @@ class TaskSummary:
     fps: list[float] = field(default_factory=list)
     ecu_ids: dict[str, int] = field(default_factory=dict)
     model_versions: dict[str, int] = field(default_factory=dict)
+    #: episodes lost with a killed writer (found and cleaned by the next writer) and the steps
+    #: they had on disk (steps still in the dead writer's memory are not known)
+    crash_lost_episodes: int = 0
+    crash_lost_steps: int = 0
     #: robot description name -> episodes (from the meta's ``extra.robot``; 'unknown' before)
     robots: dict[str, int] = field(default_factory=dict)
     #: camera -> worst per-episode p50 and max |frame stamp - joint state stamp| (ms)
@@ -630,6 +635,9 @@ def _summarize_task(root: Path, task: str, sizes: bool) -> TaskSummary:
     summary.action_dims = sorted(action_dims)
     summary.fps = sorted(fps)
     summary.leftovers = scan.leftovers()
+    crashed = lost_episodes(task_dir)
+    summary.crash_lost_episodes = len(crashed)
+    summary.crash_lost_steps = sum(int(c['steps_on_disk']) for c in crashed)
     summary.active_writers = scan.active()
     if sizes:
         summary.bytes = sum(
@@ -676,6 +684,8 @@ def _totals(tasks: list[TaskSummary], sizes: bool) -> TaskSummary:
         total.fps = sorted(set(total.fps) | set(t.fps))
         total.unreadable += [f'{t.task}: {u}' for u in t.unreadable]
         total.leftovers += [f'{t.task}/{x}' for x in t.leftovers]
+        total.crash_lost_episodes += t.crash_lost_episodes
+        total.crash_lost_steps += t.crash_lost_steps
         total.active_writers += [f'{t.task}: {x}' for x in t.active_writers]
     total.outcomes = {k: outcomes.get(k, 0) for k in ('success', 'fail', 'aborted')}
     total.codecs = dict(sorted(codecs.items()))
