@@ -29,6 +29,7 @@ from scarls.episodes.layout import (
     cleanup_task_dir,
     lock_alive,
     lock_owner,
+    lost_episodes,
     process_start_time,
     read_lock_owner,
     task_lock,
@@ -97,7 +98,7 @@ def test_reservation_of_a_reused_pid_is_stale_and_cleaned(tmp_path: Path) -> Non
     assert any('episode_0.lock' in a and 'reused' in a for a in actions)
     names = sorted(os.listdir(task))
     assert names == ['.episode_5.lock', '.episode_6.lock', f'.episode_6.zarr.tmp-{me}',
-                     '.scarls-task.lock']
+                     '.lost_episodes.jsonl', '.scarls-task.lock']   # the lost one journaled
     # the live reservations keep their indices: the next episode takes 7
     assert _writer(tmp_path).index == 7
 
@@ -111,7 +112,10 @@ def test_dead_writer_leftovers_cleaned_with_new_lock_format(tmp_path: Path) -> N
     w = _writer(tmp_path)
     assert w.index == 0
     assert sorted(os.listdir(task)) == [
-        '.episode_0.lock', f'.episode_0.zarr.tmp-{os.getpid()}', '.scarls-task.lock']
+        '.episode_0.lock', f'.episode_0.zarr.tmp-{os.getpid()}', '.lost_episodes.jsonl',
+        '.scarls-task.lock']
+    assert [(j['index'], j['pid'], j['steps_on_disk']) for j in lost_episodes(task)] == [
+        (0, dead, 0)]
     w.abort()
 
 
