@@ -119,6 +119,57 @@ def default_params_file() -> Path:
     raise BringupError('config/ecu.yaml not found next to the scarls package; pass params_file')
 
 
+_PARAM_SCALARS = (bool, int, float, str)
+
+
+def load_params_file(path: str | Path) -> dict:
+    """Read and check a ROS parameters YAML before any node gets it: a mapping of node
+    patterns (``/**/driver``) to ``{ros__parameters: {name: value}}`` with scalar or
+    list-of-scalar values, as rcl accepts. A node handed a malformed file would only die at
+    start with rcl's own message; this says what is wrong and where.
+
+    Raises:
+        BringupError: unreadable, not YAML, or not of that shape (the message names the key).
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > 1_000_000:
+            raise BringupError(f'{p}: {size} bytes; a parameters file is at most 1 MB')
+        text = p.read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BringupError(f'{p}: cannot read the parameters file: {exc}') from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BringupError(f'{p}: not valid YAML: {exc}') from exc
+    if not isinstance(data, dict) or not data:
+        raise BringupError(f'{p}: must map node names (e.g. /**/driver) to '
+                           '{ros__parameters: {...}}')
+    for node, body in data.items():
+        if not isinstance(node, str) or not node:
+            raise BringupError(f'{p}: node key {node!r} must be a node name or pattern')
+        if not isinstance(body, dict) or set(body) != {'ros__parameters'} or \
+                not isinstance(body['ros__parameters'], dict):
+            raise BringupError(f'{p}: {node!r} must hold exactly one key, ros__parameters, '
+                               'with a mapping of parameters')
+        for name, value in body['ros__parameters'].items():
+            ok = isinstance(name, str) and name and (
+                isinstance(value, _PARAM_SCALARS) or (
+                    isinstance(value, list) and value and
+                    all(isinstance(v, _PARAM_SCALARS) for v in value) and
+                    len({type(v) for v in value}) == 1))
+            if not ok:
+                raise BringupError(f'{p}: {node}.{name}: {value!r} is not a ROS parameter value '
+                                   '(a bool, int, float, string or a non-empty list of one '
+                                   'of those)')
+            if isinstance(value, float) and value != value:
+                raise BringupError(f'{p}: {node}.{name} is NaN')
+    return data
+
+
 def ecu_nodes(ecu_id: str = 'ecu0', *, backend: str = '', task: str = 'pick_cube',
               data_root: str = 'data', teleop: str = 'scripted', learner: bool = False,
               robot: str = 'sim_dual6', key_dir: str = '',

@@ -286,6 +286,8 @@ def cmd_ecu(args) -> int:
     # a learner (or a capture process) that dies is restarted: the robot keeps acting and
     # recording with its deployed model meanwhile, and the learner resumes from its registry
     restart = ('learner', *(s.name for s in specs if s.module == 'scarls.camera.capture'))
+    from scarls.bringup import load_params_file
+    load_params_file(args.params_file or default_params_file())   # a bad file: say why now
     options = RunOptions(
         specs=specs, params_file=str(args.params_file or default_params_file()),
         episodes=args.episodes, minutes=args.minutes, domain_id=domain,
@@ -395,6 +397,8 @@ def cmd_fleet(args) -> int:
                                 'learner': {'fleet_deadline_s': args.deadline,
                                             'fleet_key_file': key_file},
                             })
+        from scarls.bringup import load_params_file
+        load_params_file(args.params_file or default_params_file())
         run = EcuRun(RunOptions(
             specs=specs, params_file=str(args.params_file or default_params_file()),
             episodes=args.episodes, minutes=args.minutes, domain_id=domain,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from scarls.bags.errors import BagError
 from scarls.bags.io import BagReader
+from scarls.bringup import BringupError, default_params_file, load_params_file
 from scarls.checkpoints import CheckpointRejected, load_checkpoint, save_checkpoint
 from scarls.episodes import EpisodeReader, EpisodeWriter, StepRecord, validate_episode
 from scarls.episodes.errors import EpisodeFormatError
@@ -226,3 +227,47 @@ def test_checkpoints_of_damaged_bytes_fail_typed(good_checkpoint, data):
 def test_the_fuzzed_robot_file_format_is_the_shipped_one():
     # the mutations above start from a description that loads
     assert RobotDescription.from_dict(yaml.safe_load(yaml.safe_dump(ROBOT)), 'x').num_joints == 16
+
+
+PARAMS = yaml.safe_load(default_params_file().read_text())
+PARAM_PATHS = list(_paths(PARAMS))
+
+
+@FUZZ
+@given(st.sampled_from(PARAM_PATHS), _values)
+def test_params_files_fail_typed_before_any_node_starts(tmp_path, path, value):
+    import tempfile
+    data = json.loads(json.dumps(PARAMS))
+    _mutate(data, list(path), value)
+    f = Path(tempfile.mkdtemp(dir=tmp_path)) / 'params.yaml'
+    f.write_text(yaml.safe_dump(data))
+    try:
+        load_params_file(f)
+    except BringupError as exc:
+        assert 'params.yaml' in str(exc)
+
+
+@FUZZ
+@given(st.binary(max_size=3000))
+def test_params_files_of_random_bytes_fail_typed(tmp_path, blob):
+    import tempfile
+    f = Path(tempfile.mkdtemp(dir=tmp_path)) / 'params.yaml'
+    f.write_bytes(blob)
+    try:
+        load_params_file(f)
+    except BringupError as exc:
+        assert 'params.yaml' in str(exc)
+
+
+def test_a_bad_params_file_stops_scarls_ecu_before_it_starts(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / 'params.yaml'
+    bad.write_text('/**/driver:\n  ros__parameters:\n    rate_hz: {nested: 1}\n')
+    out = subprocess.run([sys.executable, '-m', 'scarls.cli', 'ecu', '--episodes', '1',
+                          '--params-file', str(bad), '--data-root', str(tmp_path / 'd')],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert '/**/driver.rate_hz' in out.stderr and 'not a ROS parameter value' in out.stderr
+    assert not (tmp_path / 'd' / 'logs').exists() or not any((tmp_path / 'd' / 'logs').rglob(
+        '*.log'))
