@@ -248,7 +248,7 @@ def test_scarls_ecu_learns_on_a_16_joint_robot(tmp_path, domain_id):
     summary = tmp_path / 'summary.json'
     data_root = tmp_path / 'data'
     cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--robot', 'sim_dual7', '--learn',
-           '--episodes', '0', '--minutes', '2.5', '--demos', '4', '--data-root', str(data_root),
+           '--episodes', '8', '--minutes', '3', '--demos', '4', '--data-root', str(data_root),
            '--summary', str(summary), '--height', '32', '--width', '40', '--max-steps', '150',
            '--train-interval', '5', '--params-file', str(params_file),
            '--domain-id', str(domain_id), '--ecu-id', 'ecu7']

@@ -235,12 +235,16 @@ def frames_on_disk(episode_dir: Path) -> int:
     return sum(1 for p in cams[0].rglob('*') if p.is_file() and p.name != 'zarr.json')
 
 
-def record_lost_episode(task_dir: Path, index: int, pid: int, steps: int) -> None:
+def record_lost_episode(task_dir: Path, index: int, pid: int, steps: int,
+                        kept: str = '') -> None:
     """Append a lost episode to the task's journal (best effort: a full disk cannot stop the
-    clean-up that frees it)."""
+    clean-up that frees it); ``kept`` names a folder kept for manual recovery."""
     import json
-    line = json.dumps({'index': int(index), 'pid': int(pid), 'steps_on_disk': int(steps),
-                       'found_unix': round(time.time(), 3)})
+    item = {'index': int(index), 'pid': int(pid), 'steps_on_disk': int(steps),
+            'found_unix': round(time.time(), 3)}
+    if kept:
+        item['kept'] = kept
+    line = json.dumps(item)
     try:
         with open(task_dir / LOST_JOURNAL, 'a', encoding='utf-8') as fh:
             fh.write(line + '\n')
@@ -299,6 +303,8 @@ def cleanup_task_dir(task_dir: Path) -> list[str]:
         if final in name_set and meta_name(index) not in name_set:
             orphan = f'.episode_{index}.zarr.orphan-{pid}'
             os.rename(task_dir / final, task_dir / orphan)
+            record_lost_episode(task_dir, index, pid, frames_on_disk(task_dir / orphan),
+                                kept=orphan)
             actions.append(f'moved uncommitted {final} of dead writer pid {pid} to {orphan}')
             log.warning('%s: %s', task_dir, actions[-1])
         os.unlink(task_dir / name)
