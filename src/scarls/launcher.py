@@ -98,6 +98,16 @@ def apply_ros_env(env: dict) -> None:
             os.environ.pop(key, None)
 
 
+def apply_tool_env(domain_id: int | None, network: bool) -> None:
+    """A standalone tool's DDS settings from its ``--domain-id`` / ``--network`` flags: the ones
+    `scarls ecu` gives its nodes. With neither, the tool was started by a launcher and keeps
+    the environment it was given."""
+    if domain_id is None and not network:
+        return
+    domain = domain_id if domain_id is not None else int(os.environ.get('ROS_DOMAIN_ID', '0') or 0)
+    apply_ros_env(ros_env(domain, localhost_only=not network))
+
+
 @dataclass
 class RunningNode:
     spec: NodeSpec

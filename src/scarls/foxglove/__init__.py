@@ -16,7 +16,6 @@ or start it from a launcher that already set up the environment. Also accepts th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 DESCRIPTION = ("Serve a ROS domain's topics (one ECU's with --namespace) to Foxglove over a "
@@ -57,14 +56,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _apply_environment(args) -> None:
     """With --domain-id or --network: the same DDS settings `scarls ecu` gives its nodes."""
-    if args.domain_id is None and not args.network:
-        return   # started by a launcher: its environment is already the ECUs'
-    from scarls.launcher import apply_ros_env, ros_env
-
-    domain = args.domain_id
-    if domain is None:
-        domain = int(os.environ.get('ROS_DOMAIN_ID', '0') or 0)
-    apply_ros_env(ros_env(domain, localhost_only=not args.network))
+    from scarls.launcher import apply_tool_env
+    apply_tool_env(args.domain_id, args.network)
 
 
 def serve(args, ros_args: list[str] | None = None) -> int:

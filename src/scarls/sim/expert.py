@@ -97,9 +97,7 @@ class ScriptedExpert:
             for arm in ARMS
         }
         self._contact, _, _ = gripper_thresholds(self.config.cube_size)
-        vel = np.full(self._n, self.config.max_joint_velocity)
-        vel[list(self._grip.values())] = self.config.max_gripper_velocity
-        self._max_step = vel * self.config.dt
+        self._max_step = lay.velocity_limits(self.config) * self.config.dt
         self._half = self.config.cube_size / 2.0
         self._lift_to = self._half + self.config.lift_success_height + 0.04
 

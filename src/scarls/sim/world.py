@@ -94,6 +94,14 @@ class SimLayout:
     def num_joints(self) -> int:
         return len(self.joint_names)
 
+    def velocity_limits(self, config: SimConfig) -> np.ndarray:
+        """Per-joint speed limits (n,): ``config``'s arm speed, its gripper speed on the
+        grippers (read-only)."""
+        vel = np.full(self.num_joints, config.max_joint_velocity)
+        vel[list(self.gripper_index.values())] = config.max_gripper_velocity
+        vel.setflags(write=False)
+        return vel
+
 
 def sim_layout(robot=None) -> SimLayout:
     """The layout of ``robot`` (a :class:`scarls.robot.RobotDescription`, a name, or None for
@@ -168,10 +176,7 @@ class DualArmSim:
         self._grip = lay.gripper_index
         self.lower = lay.lower
         self.upper = lay.upper
-        vel = np.full(self._n, cfg.max_joint_velocity)
-        vel[list(self._grip.values())] = cfg.max_gripper_velocity
-        vel.setflags(write=False)
-        self.max_velocity = vel
+        self.max_velocity = vel = lay.velocity_limits(cfg)
         self._max_step = vel * cfg.dt
         self.arms = {
             arm: ArmKinematics(np.array(BASE_POSITIONS[arm]), BASE_YAWS[arm], lay.dof)
