@@ -4,7 +4,7 @@
 ARGS ?= --learn --episodes 0 --minutes 10 --summary data/summary.json
 PYTEST_ARGS ?=
 
-.PHONY: setup run test fleet bench clean
+.PHONY: setup run test test-fast fleet bench clean
 
 setup:
 	@bash tools/bootstrap.sh
@@ -14,6 +14,10 @@ run: setup
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# the edit-test loop: no ROS node processes, no fault campaign (`-m ros` / `-m faults` select them)
+test-fast: setup
+	.venv/bin/python -m pytest -m "not ros and not faults" $(PYTEST_ARGS)
 
 clean:
 	rm -rf build install log build.log

@@ -43,5 +43,45 @@ def node_group(tmp_path, domain_id):
         group.stop()
 
 
+def _our_processes() -> list[str]:
+    """Processes of this test run still alive: a scarls module or test helper started with
+    this run's ROS_DOMAIN_ID in its environment (found through /proc)."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f'/proc/{entry}/cmdline', 'rb') as fh:
+                cmd = fh.read().replace(b'\0', b' ').decode(errors='replace').strip()
+            if 'scarls' not in cmd and 'fakes.' not in cmd:
+                continue
+            with open(f'/proc/{entry}/environ', 'rb') as fh:
+                env = fh.read().split(b'\0')
+        except OSError:
+            continue   # gone meanwhile, or not ours to read
+        if f'ROS_DOMAIN_ID={_DOMAIN}'.encode() in env:
+            found.append(f'{entry}: {cmd[:160]}')
+    return found
+
+
 def pytest_sessionfinish(session, exitstatus):
+    """No test may leave a process behind: anything of this run still alive fails the run
+    (after a grace period for processes that are stopping), then Fast DDS shared memory is
+    cleaned."""
+    import time
+    left = _our_processes()
+    end = time.monotonic() + 15
+    while left and time.monotonic() < end:
+        time.sleep(0.5)
+        left = _our_processes()
+    if left:
+        import signal
+        print('\nprocesses left behind by the tests (killed now):\n  ' + '\n  '.join(left))
+        for item in left:
+            try:
+                os.kill(int(item.split(':', 1)[0]), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        session.exitstatus = 1
     clean_fastdds_shm()
