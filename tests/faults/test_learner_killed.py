@@ -45,7 +45,7 @@ def test_a_learner_killed_three_times_never_stops_the_robot(tmp_path, domain_id)
     summary = tmp_path / 'summary.json'
     ecu = 'ecukill'
     cmd = [sys.executable, '-m', 'scarls.cli', 'ecu', '--learn', '--episodes', '0',
-           '--minutes', '1.75', '--demos', '3', '--data-root', str(tmp_path / 'data'),
+           '--minutes', '1.3', '--demos', '3', '--data-root', str(tmp_path / 'data'),
            '--summary', str(summary), '--height', '32', '--width', '40', '--max-steps', '120',
            '--train-interval', '3', '--params-file', str(params_file),
            '--domain-id', str(domain_id), '--ecu-id', ecu]
@@ -61,7 +61,7 @@ def test_a_learner_killed_three_times_never_stops_the_robot(tmp_path, domain_id)
             if not _has_approved(registry):
                 continue
             pids = _learner_pids(ecu)
-            if len(pids) == 1 and (not kills or time.monotonic() - kills[-1][0] > 15):
+            if len(pids) == 1 and (not kills or time.monotonic() - kills[-1][0] > 12):
                 os.kill(pids[0], signal.SIGKILL)
                 kills.append((time.monotonic(), pids[0]))
         out, _ = proc.communicate(timeout=400)
