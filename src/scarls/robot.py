@@ -385,6 +385,14 @@ class RobotDescription:
     def home(self) -> np.ndarray:
         return self._stack('home', lambda g: g.home)
 
+    def camera_spec(self, name: str) -> CameraSpec:
+        """The camera's spec, or the simulator's defaults for a camera the description does
+        not list (named by a node parameter only)."""
+        try:
+            return self.camera(name)
+        except RobotDescriptionError:
+            return CameraSpec(name)
+
     def camera(self, name: str) -> CameraSpec:
         for c in self.cameras:
             if c.name == name:

@@ -73,7 +73,7 @@ from scarls.checkpoints.deploy import (
 from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, resolve_key_dir
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
 from scarls.policies import Observation, get_policy_class, make_policy
-from scarls.robot import DEFAULT_ROBOT, CameraSpec, RobotDescriptionError, load_robot
+from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import (
     MessageError,
@@ -157,7 +157,7 @@ class ActorNode(LifecycleNode):
         self._joints = self._robot.joint_names
         self._cameras = tuple(c for c in self.get_parameter('cameras').value if c) \
             or self._robot.camera_names
-        self._specs = {c: self._camera_spec(c) for c in self._cameras}
+        self._specs = {c: self._robot.camera_spec(c) for c in self._cameras}
         rate = float(self.get_parameter('rate_hz').value) or self._robot.control_rate_hz
         self._dt = 1.0 / rate
         key_dir = resolve_key_dir(str(self.get_parameter('key_dir').value), None)
@@ -309,16 +309,10 @@ class ActorNode(LifecycleNode):
         self._latest_js = msg
         self._remember(self._recent_js, msg)
 
-    def _camera_spec(self, camera: str) -> CameraSpec:
-        try:
-            return self._robot.camera(camera)
-        except RobotDescriptionError:   # a camera named by parameter only: the sim's defaults
-            return CameraSpec(camera)
-
     def _camera_subscription(self, camera: str, group):
         """The camera's topic as the robot description says: raw ``sensor_msgs/Image`` in any
         of the supported encodings or ``CompressedImage`` (jpeg/png), newest frame only."""
-        spec = self._camera_spec(camera)
+        spec = self._robot.camera_spec(camera)
         return self.create_subscription(
             CompressedImage if spec.compressed else Image, spec.topic_name,
             lambda m, c=camera: self._on_image(c, m), qos.camera_qos(spec.qos, depth=1),

@@ -337,10 +337,11 @@ def _stamp_ns(msg: Any) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
-def msg_to_frame(msg: Any, spec: Any) -> tuple[np.ndarray, int]:
+def msg_to_frame(msg: Any, spec: Any, *, fit: bool = True) -> tuple[np.ndarray, int]:
     """A received ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` -> ``(frame,
     stamp_ns)`` at the camera's ``spec.height x spec.width`` (RGB uint8), fitted by
-    ``spec.fit``; ``stamp_ns`` is the header stamp in nanoseconds.
+    ``spec.fit`` (``fit=False``: at the size the camera delivered it); ``stamp_ns`` is the
+    header stamp in nanoseconds.
 
     Duck-typed (no rclpy needed): a message with ``format`` and no ``encoding`` is compressed.
     A raw image is read with ``spec.encoding`` when it is not ``auto`` (for drivers that
@@ -360,7 +361,9 @@ def msg_to_frame(msg: Any, spec: Any) -> tuple[np.ndarray, int]:
                                   'message is a raw sensor_msgs/Image; set compressed: true '
                                   'and the .../compressed topic, or the raw encoding')
             frame = frame_from_image(msg.height, msg.width, encoding, msg.step, msg.data)
-        return fit_frame(frame, spec.height, spec.width, spec.fit), stamp_ns
+        if fit:
+            frame = fit_frame(frame, spec.height, spec.width, spec.fit)
+        return frame, stamp_ns
     except CameraError as exc:
         raise CameraError(f'camera {spec.name!r} ({spec.topic_name}): {exc}') from None
     except AttributeError as exc:

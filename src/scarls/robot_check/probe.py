@@ -174,16 +174,11 @@ def listen(robot, namespace: str, seconds: float, *, move_home: bool = False):
         joints.positions.append(q)
 
     def on_frame(name: str, spec, msg) -> None:
-        from scarls.camera.convert import CameraError, frame_from_compressed, frame_from_image
+        from scarls.camera.convert import CameraError, msg_to_frame
         s = cams[name]
         try:   # the frame as the camera delivers it (the check reports its native size)
-            if spec.compressed:
-                frame = frame_from_compressed(msg.format, msg.data)
-            else:
-                encoding = msg.encoding if spec.encoding == 'auto' else spec.encoding
-                frame = frame_from_image(msg.height, msg.width, encoding, msg.step, msg.data)
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        except (CameraError, ValueError) as exc:
+            frame, stamp_ns = msg_to_frame(msg, spec, fit=False)
+        except CameraError as exc:
             s.bad += 1
             s.last_error = str(exc)
             return

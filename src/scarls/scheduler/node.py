@@ -91,7 +91,7 @@ from scarls.checkpoints.signing import (
 )
 from scarls.checkpoints.transfer import ChunkServer
 from scarls.episodes.schema import executed_mask
-from scarls.robot import DEFAULT_ROBOT, CameraSpec, RobotDescriptionError, load_robot
+from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
@@ -182,7 +182,7 @@ class SchedulerNode(LifecycleNode):
         self._fps = float(p('fps').value) or self._robot.control_rate_hz
         self._timeout = float(p('match_timeout_s').value)
         self._cameras = tuple(c for c in p('cameras').value if c) or self._robot.camera_names
-        self._specs = {c: self._camera_spec(c) for c in self._cameras}
+        self._specs = {c: self._robot.camera_spec(c) for c in self._cameras}
         try:
             (self._root / self._task).mkdir(parents=True, exist_ok=True)
             probe = self._root / self._task / f'.write-test-{os.getpid()}'
@@ -278,16 +278,10 @@ class SchedulerNode(LifecycleNode):
             f'{self._trust.path}')
         return True
 
-    def _camera_spec(self, camera: str) -> CameraSpec:
-        try:
-            return self._robot.camera(camera)
-        except RobotDescriptionError:   # a camera named by parameter only: the sim's defaults
-            return CameraSpec(camera)
-
     def _camera_subscription(self, camera: str):
         """The camera's topic as the robot description says (raw or compressed, its QoS); a
         deep reader history so a busy moment never overwrites unread frames."""
-        spec = self._camera_spec(camera)
+        spec = self._robot.camera_spec(camera)
         reader = qos.CAMERA_RECORD if spec.qos == 'reliable' else \
             qos.camera_qos('best_effort', depth=qos.CAMERA_RECORD.depth)
         return self.create_subscription(
