@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -421,6 +420,3 @@ def cmd_fleet(args) -> int:
     _write_summary(summary, args.summary)
     return 0 if summary['ok'] else 1
 
-
-if __name__ == '__main__':
-    sys.exit(main())
