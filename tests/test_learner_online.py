@@ -219,11 +219,14 @@ def test_steps_the_robot_did_not_execute_are_never_trained_on(tmp_path, demos):
     np.testing.assert_array_equal(learner.episodes[key].executed,
                                   ~np.isin(np.arange(t), not_executed))
     # never drawn as a sample, never a target inside a drawn chunk
+    drawn_online = 0
     for _ in range(30):
         learner._batch()
         for s in learner._drawn:
             if s.episode == key:
+                drawn_online += 1
                 assert s.frame not in not_executed
+    assert drawn_online > 0, 'the online episode was never drawn: the check above saw nothing'
     batch = learner._batch()
     assert batch['action_mask'].dtype == torch.bool
 

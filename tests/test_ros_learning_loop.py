@@ -58,6 +58,8 @@ def test_checkpoint_reaches_the_actor_only_between_episodes(ros, node_group, tmp
         probe.wait_for(lambda: len(ckpts) >= 2, 120, 'a triggered training round')
         probe.wait_for(lambda: status and status[-1].rounds >= 2, 10,
                        'the learner status after the round')
+        probe.wait_for(lambda: any(m.ingested_episodes for m in status), 120,
+                       'a round that reports the online episodes it loaded')
     finally:
         probe.close()
 
@@ -80,17 +82,16 @@ def test_checkpoint_reaches_the_actor_only_between_episodes(ros, node_group, tmp
     # samples and the ingestion latency of the online episodes it loaded
     states = [m.state for m in status]
     # (the 40 pre-training steps may be over before the probe matches)
-    assert {'pretraining', 'training'} & set(states) and 'idle' in states, states
-    assert 'evaluating' in states or 'training' in states, states
+    assert 'training' in states and 'idle' in states, states
     last = status[-1]
     assert last.ecu_id == NS and last.rounds >= 2 and last.version >= 2
     assert last.loss == last.loss and last.loss >= 0 and last.samples_trained >= 8 * 60
     assert last.offline_episodes >= 1 and last.deployed_version >= 1
     ingested = [(i, s) for m in status for i, s in zip(m.ingested_episodes,
                                                        m.ingest_latency_s, strict=True)]
-    if ingested:   # a round after the first saved episode loaded it
-        assert all(0 <= s < 240 for _, s in ingested), ingested
-        assert len({i for i, _ in ingested}) == len(ingested)   # each reported once
+    # a round after the first saved episode loaded it (waited for above)
+    assert ingested and all(0 <= s < 240 for _, s in ingested), ingested
+    assert len({i for i, _ in ingested}) == len(ingested)   # each reported once
     registry = CheckpointRegistry(data_root / 'checkpoints' / 'pick_cube')
     assert registry.get(1).sha256 == ckpts[0].sha256
     assert registry.verify() == {}
