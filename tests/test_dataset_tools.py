@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scarls import dataset_cli
+from scarls.cli import dataset as dataset_cli
 from scarls.episodes import (
     EpisodeReader,
     EpisodeWriter,
@@ -451,7 +451,7 @@ def test_merge_refuses_pending_delete(data, tmp_path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run([sys.executable, '-m', 'scarls.dataset_cli', 'dataset', *args],
+    return subprocess.run([sys.executable, '-m', 'scarls.cli.dataset', 'dataset', *args],
                           capture_output=True, text=True, env=env, timeout=120)
 
 

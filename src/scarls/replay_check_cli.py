@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from scarls.dataset_cli import parse_indices
+from scarls.cli.dataset import parse_indices
 
 __all__ = ['DESCRIPTION', 'build_parser', 'main', 'register', 'resolve_checkpoint', 'run']
 

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument('--watch', action='store_true', help='refresh every second until Ctrl-C')
     status.add_argument('--json', action='store_true', help='print JSON')
     status.set_defaults(func=cmd_status)
-    from scarls.dataset_cli import add_dataset_parser
+    from scarls.cli.dataset import add_dataset_parser
     add_dataset_parser(sub)
     from scarls.replay_check_cli import register as add_replay_check_parser
     add_replay_check_parser(sub)

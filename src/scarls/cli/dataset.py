@@ -2,7 +2,7 @@
 
 The argparse part of the dataset tools (the work is done by :mod:`scarls.episodes.tools`).
 :func:`add_dataset_parser` plugs the ``dataset`` command into the ``scarls`` parser (it sets
-``func=run_dataset``); ``python -m scarls.dataset_cli dataset ...`` runs it alone.  See
+``func=run_dataset``); ``python -m scarls.cli.dataset dataset ...`` runs it alone.  See
 ``DESCRIPTION`` for the commands and exit codes.
 """
 
