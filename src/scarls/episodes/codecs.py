@@ -93,19 +93,22 @@ def encode_image(fmt: str, frame: np.ndarray, level: int) -> bytes:
     raise ValueError(f'unknown image format {fmt!r}; expected one of {sorted(_IMAGE_FORMATS)}')
 
 
-def decode_image(fmt: str, data: bytes) -> np.ndarray:
-    """Decode one encoded frame back to a ``(H, W, 3)`` uint8 array."""
+def decode_image(fmt: str, data: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one encoded frame (any bytes-like) to a ``(H, W, 3)`` uint8 array.
+
+    With ``out`` (C-contiguous uint8 of the frame's shape) the frame is decoded into it.
+    """
     if fmt == 'jpeg':
-        out = imagecodecs.jpeg8_decode(data)
+        img = imagecodecs.jpeg8_decode(data, out=out)
     elif fmt == 'webp':
-        out = imagecodecs.webp_decode(data, hasalpha=False)
+        img = imagecodecs.webp_decode(data, hasalpha=False, out=out)
     elif fmt == 'jpegxl':
-        out = imagecodecs.jpegxl_decode(data)
+        img = imagecodecs.jpegxl_decode(data, out=out)
     elif fmt == 'avif':
-        out = imagecodecs.avif_decode(data)
+        img = imagecodecs.avif_decode(data, out=out)
     else:
         raise ValueError(f'unknown image format {fmt!r}; expected one of {sorted(_IMAGE_FORMATS)}')
-    return np.asarray(out, dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8)
 
 
 @dataclass(frozen=True)
