@@ -106,7 +106,7 @@ def validate_ecu_id(ecu_id: str) -> str:
 
 def default_params_file() -> Path:
     """config/ecu.yaml: from the source tree, else from the installed package's share dir."""
-    source = Path(__file__).resolve().parents[2] / 'config' / 'ecu.yaml'
+    source = Path(__file__).resolve().parents[3] / 'config' / 'ecu.yaml'
     if source.is_file():
         return source
     try:
