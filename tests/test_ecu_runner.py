@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from scarls.ecu_runner import EpisodeRow, fleet_curve, learning_curve
+from scarls.bringup.runner import EpisodeRow, fleet_curve, learning_curve
 
 
 def row(i: int, outcome: str, human: int, version: int, steps: int = 100) -> EpisodeRow:

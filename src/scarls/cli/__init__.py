@@ -246,7 +246,7 @@ def cmd_demos(args) -> int:
 
 
 def cmd_ecu(args) -> int:
-    from scarls.ecu_runner import EcuRun, RunOptions
+    from scarls.bringup.runner import EcuRun, RunOptions
     if (args.height is not None and args.height < 16) or \
             (args.width is not None and args.width < 16):
         log.error('error: camera resolution must be at least 16x16')
@@ -337,7 +337,7 @@ def cmd_fleet(args) -> int:
     import shutil
     import tempfile
 
-    from scarls.ecu_runner import EcuRun, RunOptions
+    from scarls.bringup.runner import EcuRun, RunOptions
     from scarls.episodes import list_episodes
     from scarls.fleet import FleetKey, FleetKeyError, serve_rendezvous, write_key_file
 
