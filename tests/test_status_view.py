@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from scarls.status import EcuView, format_table
+from scarls.bringup.status import EcuView, format_table
 
 
 def test_table_marks_silent_ecus_and_shows_the_last_round():
