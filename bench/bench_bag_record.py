@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 
-from scarls.launcher import clean_fastdds_shm, pick_domain_id, ros_env  # noqa: E402
+from scarls.bringup.launcher import clean_fastdds_shm, pick_domain_id, ros_env  # noqa: E402
 
 CAMS = ('top', 'left', 'right')
 NS = 'benchbag'

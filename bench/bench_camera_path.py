@@ -12,7 +12,7 @@ for each target size. Over the steady window (after ``--warmup`` seconds) it rep
 * frames dropped: published in the window but never converted.
 
 The processes run in their own ROS domain (localhost discovery, the project's Fast DDS
-shared-memory profile, see ``scarls.launcher.ros_env``).
+shared-memory profile, see ``scarls.bringup.launcher.ros_env``).
 
     python bench/bench_camera_path.py                        # 96x128 and 480x640, 30 s each
     python bench/bench_camera_path.py --sizes 96x128 --seconds 60 --fit crop --json cam.json
@@ -187,7 +187,7 @@ def machine() -> dict:
 
 
 def one_run(args, size: str) -> dict:
-    from scarls.launcher import clean_fastdds_shm, pick_domain_id, ros_env
+    from scarls.bringup.launcher import clean_fastdds_shm, pick_domain_id, ros_env
 
     env = ros_env(pick_domain_id())
     common = [sys.executable, __file__, '--warmup', str(args.warmup), '--seconds',

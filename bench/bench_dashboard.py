@@ -55,8 +55,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'src'))
 
+from scarls.bringup.launcher import clean_fastdds_shm, pick_domain_id, ros_env  # noqa: E402
 from scarls.dashboard.browser import CHROMEDRIVER, CHROMIUM, headless_chromium  # noqa: E402
-from scarls.launcher import clean_fastdds_shm, pick_domain_id, ros_env  # noqa: E402
 
 SETUPS = ('none', 'dashboard', 'page')
 SETUP_LABELS = {'none': 'no dashboard', 'dashboard': 'dashboard, no page',

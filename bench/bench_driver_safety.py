@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--json', default=None, help='write the results here')
     args = ap.parse_args(argv)
 
-    from scarls.launcher import ProcessGroup, pick_domain_id, ros_env
+    from scarls.bringup.launcher import ProcessGroup, pick_domain_id, ros_env
     env = ros_env(pick_domain_id())
     os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
                                            'FASTDDS_DEFAULT_PROFILES_FILE')

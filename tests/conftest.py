@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from scarls.launcher import clean_fastdds_shm, ros_env
+from scarls.bringup.launcher import clean_fastdds_shm, ros_env
 
 # Chosen before anything in this process initialises rclpy; child processes inherit it.
 _DOMAIN = int(os.environ.get('SCARLS_TEST_DOMAIN_ID') or (

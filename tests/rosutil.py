@@ -12,7 +12,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.executors import SingleThreadedExecutor
 
 from scarls.bringup import NodeSpec, default_params_file
-from scarls.launcher import ProcessGroup, ros_env
+from scarls.bringup.launcher import ProcessGroup, ros_env
 
 
 class Probe:

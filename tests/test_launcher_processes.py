@@ -7,8 +7,7 @@ import os
 import subprocess
 import sys
 
-from scarls import launcher
-from scarls.bringup import NodeSpec, ecu_nodes
+from scarls.bringup import NodeSpec, ecu_nodes, launcher
 
 
 def test_priority_order_control_recording_training() -> None:

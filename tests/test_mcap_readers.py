@@ -30,8 +30,8 @@ from test_bags import CAMS, _make_episodes
 from scarls.bags.convert import episodes_to_bag
 from scarls.bags.io import BagWriter
 from scarls.bags.types import default_registry
+from scarls.bringup.launcher import clean_fastdds_shm, ros_env
 from scarls.episodes import EpisodeReader, list_episodes
-from scarls.launcher import clean_fastdds_shm, ros_env
 
 DTYPES = {'bool': np.bool_, 'byte': np.uint8, 'char': np.uint8, 'octet': np.uint8,
           'int8': np.int8, 'uint8': np.uint8, 'int16': np.int16, 'uint16': np.uint16,

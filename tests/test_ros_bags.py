@@ -23,7 +23,7 @@ from scarls.bags.convert import bag_to_episodes
 from scarls.bags.errors import BagError
 from scarls.bags.io import BagReader, repair_bag
 from scarls.bringup import ecu_nodes
-from scarls.launcher import clean_fastdds_shm, ros_env
+from scarls.bringup.launcher import clean_fastdds_shm, ros_env
 from scarls.ros import qos
 from scarls.ros.conversions import image_to_msg, ns_to_stamp
 

@@ -188,8 +188,8 @@ def test_unwritable_data_root_fails_configure(ros, node_group, tmp_path):
 def test_sigkill_mid_episode_leaves_nothing_partial(ros, node_group, tmp_path):
     import signal
 
+    from scarls.bringup.launcher import clean_fastdds_shm
     from scarls.episodes import list_episodes
-    from scarls.launcher import clean_fastdds_shm
 
     data_root = tmp_path / 'data'
     probe = Probe(NS, 'probe_kill')

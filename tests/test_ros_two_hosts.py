@@ -55,10 +55,10 @@ import torch
 import yaml
 
 from scarls.bringup import default_params_file
+from scarls.bringup.launcher import clean_fastdds_shm
 from scarls.checkpoints import load_checkpoint
 from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
 from scarls.fleet import trainable_parameters
-from scarls.launcher import clean_fastdds_shm
 from scarls.learner.demos import generate_demos
 
 pytestmark = pytest.mark.ros

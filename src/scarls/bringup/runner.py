@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scarls.bringup import NodeSpec
-from scarls.launcher import ProcessGroup, apply_ros_env, pick_domain_id, ros_env
+from scarls.bringup.launcher import ProcessGroup, apply_ros_env, pick_domain_id, ros_env
 
 log = logging.getLogger('scarls')
 STARTUP_TIMEOUT_S = 60.0

@@ -165,7 +165,7 @@ def cmd_deploy(args) -> int:
     import rclpy
     from scarls_interfaces.srv import GetCheckpointChunk
 
-    from scarls.launcher import apply_ros_env, ros_env
+    from scarls.bringup.launcher import apply_ros_env, ros_env
 
     domain = args.domain_id
     if domain is None:

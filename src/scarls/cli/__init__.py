@@ -323,8 +323,8 @@ def _write_summary(summary: dict, path_arg: str | None) -> None:
 
 
 def cmd_status(args) -> int:
+    from scarls.bringup.launcher import apply_ros_env, ros_env
     from scarls.bringup.status import collect
-    from scarls.launcher import apply_ros_env, ros_env
 
     domain = args.domain_id
     if domain is None:

@@ -56,7 +56,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _apply_environment(args) -> None:
     """With --domain-id or --network: the same DDS settings `scarls ecu` gives its nodes."""
-    from scarls.launcher import apply_tool_env
+    from scarls.bringup.launcher import apply_tool_env
     apply_tool_env(args.domain_id, args.network)
 
 

@@ -102,7 +102,7 @@ def cmd_check(args) -> int:
         print('description OK (offline: nothing connected)')
         return 0
     from scarls.bringup import NodeSpec, capture_nodes, default_params_file
-    from scarls.launcher import ProcessGroup, apply_ros_env, pick_domain_id, ros_env
+    from scarls.bringup.launcher import ProcessGroup, apply_ros_env, pick_domain_id, ros_env
 
     domain = args.domain_id
     if domain is None:

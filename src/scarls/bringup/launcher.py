@@ -30,7 +30,7 @@ from pathlib import Path
 from scarls.bringup import NodeSpec
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / 'config'
+CONFIG_DIR = Path(__file__).resolve().parents[3] / 'config'
 #: Nice value added to a node's priority, by node name (others: 0, the launcher's own):
 #: recording below control, training below recording.
 NODE_NICENESS: dict[str, int] = {'scheduler': 2, 'learner': 10}
