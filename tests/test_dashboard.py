@@ -411,9 +411,9 @@ def test_browser_shows_a_running_ecu_live(ros, node_group, tmp_path):
         assert set(phases) & {'INFERENCE', 'HUMANINTERVENTION'}, phases
         before = js('window.scarlsDashboard.plots.success.points')
         updates = js('window.scarlsDashboard.updates')
-        probe.spin_for(3.5)
-        assert js('window.scarlsDashboard.plots.success.points') > before
-        assert js('window.scarlsDashboard.updates') > updates
+        probe.wait_for(lambda: js('window.scarlsDashboard.plots.success.points') > before
+                       and js('window.scarlsDashboard.updates') > updates, 30,
+                       'the success plot and the page to update')
         assert js('window.scarlsDashboard.errors') == 0
         # the camera frames of the running ECU
         probe.wait_for(lambda: js("document.querySelector('[data-ecu=\"dashtest\"] "
@@ -423,8 +423,8 @@ def test_browser_shows_a_running_ecu_live(ros, node_group, tmp_path):
         probe.wait_for(lambda: (js('window.scarlsDashboard.plots.loss.points') or 0) >= 3, 20,
                        'the loss plot to fill')
         loss_points = js('window.scarlsDashboard.plots.loss.points')
-        probe.spin_for(2.0)
-        assert js('window.scarlsDashboard.plots.loss.points') > loss_points
+        probe.wait_for(lambda: js('window.scarlsDashboard.plots.loss.points') > loss_points, 30,
+                       'the loss plot to grow')
         probe.wait_for(lambda: js("document.querySelectorAll('svg.lineage[data-ecu=\"ghost\"] "
                                   "g.ckpt').length") == 3, 20, 'the lineage of ghost')
         assert js("document.querySelectorAll('svg.lineage g.ckpt.rejected').length") == 1

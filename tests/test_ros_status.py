@@ -38,5 +38,6 @@ def test_status_lists_the_running_ecu(ros, node_group, tmp_path, domain_id):
     ecu = views['statustest']
     assert ecu['episodes'] == 1 and ecu['task'] == 'pick_cube'
     assert ecu['phase'] in ('IDLE', 'SUCCESS', 'FAIL', 'INFERENCE', 'HUMANINTERVENTION')
-    assert ecu['heartbeat_age_s'] is not None and ecu['heartbeat_age_s'] < 3.0
+    # a heartbeat heard while it listened (8 s), whatever the load
+    assert ecu['heartbeat_age_s'] is not None and ecu['heartbeat_age_s'] < 8.0
     assert 0.0 <= ecu['recent_intervention_rate'] <= 1.0
