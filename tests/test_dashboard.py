@@ -14,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from scarls.bringup.launcher import parent_death_preexec
 from scarls.dashboard import parse_args
 from scarls.dashboard.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from scarls.dashboard.frames import FrameStore, encode_jpeg, image_to_array
@@ -312,7 +313,8 @@ def test_the_dashboard_process_serves_and_stops_cleanly_on_sigterm(tmp_path):
     log = tmp_path / 'dashboard.log'
     with open(log, 'wb') as out:
         proc = subprocess.Popen([sys.executable, '-m', 'scarls.dashboard', '--port', '0'],
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=parent_death_preexec())
     try:
         url = _wait_for_url(log, proc, 30)
         assert _get(url + 'healthz')[1] == b'ok\n'

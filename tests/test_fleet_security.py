@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scarls.bringup.launcher import parent_death_preexec
 from scarls.fleet import (
     KEY_ENV,
     KEY_FILE_ENV,
@@ -251,6 +252,7 @@ ROGUE = r'''
 import datetime, json, sys, time
 import torch.distributed as dist
 from scarls.fleet.auth import FleetKey
+from scarls.bringup.launcher import parent_death_preexec
 
 addr, port, mode, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 key = FleetKey.generate() if mode == 'wrong-key' else None
@@ -391,7 +393,8 @@ def _start_rogue(addr: str, port: int, mode: str, log: Path, netns: str | None =
     f = open(log, 'w')  # noqa: SIM115 - handed to the child, closed below
     try:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=parent_death_preexec())
     finally:
         f.close()
     end = time.monotonic() + 90

@@ -1,4 +1,5 @@
-"""Processes of an ECU: CPU priorities (control > recording > training) and the cleanup of
+"""Processes of an ECU: CPU priorities (control > recording > training), nodes that stop with
+their launcher however it ends, and the cleanup of
 Fast DDS shared memory after a kill."""
 
 from __future__ import annotations
@@ -6,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+
+import pytest
 
 from scarls.bringup import NodeSpec, ecu_nodes, launcher
 
@@ -69,3 +72,47 @@ def test_clean_fastdds_shm_removes_segments_of_dead_owners() -> None:
     finally:
         segment.unlink(missing_ok=True)
         lock.unlink(missing_ok=True)
+
+
+PARENT = '''
+import sys, time
+from scarls.bringup import NodeSpec, default_params_file
+from scarls.bringup.launcher import ProcessGroup, ros_env
+group = ProcessGroup(ros_env(int(sys.argv[1])), sys.argv[2])
+node = group.start(NodeSpec('driver', 'scarls.driver.node', 'pdeath',
+                            {'image_height': 24, 'image_width': 32}),
+                   str(default_params_file()))
+print(node.process.pid, flush=True)
+time.sleep(600)
+'''
+
+
+@pytest.mark.ros
+def test_a_node_does_not_outlive_its_killed_launcher(tmp_path, domain_id) -> None:
+    """SIGKILL the launcher (no chance to stop its group): the node, in a session of its own,
+    still gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops."""
+    import signal
+    import time
+
+    import psutil
+    parent = subprocess.Popen([sys.executable, '-c', PARENT, str(domain_id), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True,
+                              preexec_fn=launcher.parent_death_preexec())
+    child = None
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running() and os.getsid(child.pid) != os.getsid(parent.pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        end = time.monotonic() + 60
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE \
+                and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, \
+            'the node outlived its launcher'
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child is not None and child.is_running():
+            child.kill()

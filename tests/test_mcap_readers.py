@@ -30,7 +30,7 @@ from test_bags import CAMS, _make_episodes
 from scarls.bags.convert import episodes_to_bag
 from scarls.bags.io import BagWriter
 from scarls.bags.types import default_registry
-from scarls.bringup.launcher import clean_fastdds_shm, ros_env
+from scarls.bringup.launcher import clean_fastdds_shm, parent_death_preexec, ros_env
 from scarls.episodes import EpisodeReader, list_episodes
 
 DTYPES = {'bool': np.bool_, 'byte': np.uint8, 'char': np.uint8, 'octet': np.uint8,
@@ -222,7 +222,7 @@ def test_recorded_bag_reads_back_with_foxglove_readers(ros, tmp_path, domain_id)
         rec = subprocess.Popen(
             [sys.executable, '-m', 'scarls.bag_cli', 'record', '-o', str(bag), '--namespace',
              NS], env=ros_env(domain_id), stdout=log_path.open('w'), stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, preexec_fn=parent_death_preexec())
         probe.wait_for(lambda: all(p.get_subscription_count() >= 1 for p in pubs.values()),
                        60, 'the recorder on every topic')
         rng = np.random.default_rng(3)

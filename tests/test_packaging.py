@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 COLCON = str(Path(sys.executable).with_name('colcon'))
 
@@ -19,6 +21,7 @@ def test_colcon_detects_both_packages():
     assert rows.get('scarls_interfaces') == '(ros.ament_cmake)', out
 
 
+@pytest.mark.timeout(420)   # the build may take its 300 s
 def test_ament_python_install_layout(tmp_path):
     env = dict(os.environ, AMENT_PREFIX_PATH=str(Path(sys.prefix)))
     subprocess.run(

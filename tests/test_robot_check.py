@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from scarls.bringup.launcher import parent_death_preexec
 from scarls.robot import load_robot
 from scarls.robot_check import CameraSamples, JointSamples, evaluate
 
@@ -62,7 +63,7 @@ def test_problems_are_named():
 
 def _run(args, timeout=180):
     return subprocess.run([sys.executable, '-m', 'scarls.cli', *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, preexec_fn=parent_death_preexec())
 
 
 def test_offline_check_and_bad_files(tmp_path):

@@ -23,7 +23,7 @@ from scarls.bags.convert import bag_to_episodes
 from scarls.bags.errors import BagError
 from scarls.bags.io import BagReader, repair_bag
 from scarls.bringup import ecu_nodes
-from scarls.bringup.launcher import clean_fastdds_shm, ros_env
+from scarls.bringup.launcher import clean_fastdds_shm, parent_death_preexec, ros_env
 from scarls.ros import qos
 from scarls.ros.conversions import image_to_msg, ns_to_stamp
 
@@ -37,7 +37,8 @@ H, W = 12, 16
 def _bag_cli(domain_id, log_path, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, '-m', 'scarls.bag_cli', *args],
                             env=ros_env(domain_id), stdout=log_path.open('w'),
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=parent_death_preexec())
 
 
 def _stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.0) -> int:

@@ -18,6 +18,7 @@ from scarls_interfaces.msg import OperatorSignal
 from sensor_msgs.msg import JointState
 
 from scarls.bringup import default_params_file, ecu_nodes
+from scarls.bringup.launcher import parent_death_preexec
 from scarls.robot import JOINT_NAMES
 from scarls.ros import qos
 from scarls.ros.conversions import joint_state_to_msg, msg_to_positions
@@ -111,7 +112,7 @@ def test_keyboard_operator_sends_signals(ros, tmp_path, domain_id):
     proc = subprocess.Popen([sys.executable, '-m', spec.module,
                              *spec.ros_args(str(default_params_file()))],
                             stdin=slave, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True, preexec_fn=parent_death_preexec())
     os.close(slave)
     try:
         probe.wait_for(lambda: probe.node.count_publishers('operator/signal') > 0, 20,

@@ -50,6 +50,7 @@ def _robot_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(540)
 def test_whole_ecu_on_a_ros2_control_robot(ros, node_group, tmp_path):
     robot_path = _robot_file(tmp_path)
     robot = load_robot(str(robot_path))

@@ -17,6 +17,7 @@ from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker
 
 from scarls.bringup import default_params_file, ecu_nodes
+from scarls.bringup.launcher import parent_death_preexec
 from scarls.episodes import EpisodeReader, list_episodes, validate_episode
 from scarls.robot import load_robot
 from scarls.ros import qos
@@ -150,7 +151,8 @@ def test_scarls_ecu_command_writes_summary(tmp_path, domain_id, robot, joints):
            str(tmp_path / 'data'), '--summary', str(summary), '--height', '32', '--width', '40',
            '--max-steps', '120', '--domain-id', str(domain_id), '--ecu-id', 'ecucli',
            '--robot', robot]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                         preexec_fn=parent_death_preexec())
     assert out.returncode == 0, out.stdout + out.stderr
     data = json.loads(summary.read_text())
     assert data['ok'] is True and len(data['episodes']) == 2
@@ -188,7 +190,8 @@ def test_run_stops_early_when_the_learner_cannot_start(tmp_path, domain_id):
            '--params-file', str(params_file), '--domain-id', str(domain_id),
            '--ecu-id', 'ecubad']
     t0 = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                         preexec_fn=parent_death_preexec())
     assert out.returncode == 1, out.stdout + out.stderr
     assert time.monotonic() - t0 < 150
     data = json.loads(summary.read_text())
@@ -210,7 +213,8 @@ def test_scarls_ecu_serves_the_dashboard(tmp_path, domain_id):
            str(tmp_path / 'data'), '--summary', str(summary), '--height', '32', '--width', '40',
            '--max-steps', '100', '--domain-id', str(domain_id), '--ecu-id', 'ecudash',
            '--dashboard', str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=parent_death_preexec())
     seen: dict = {}
     try:
         deadline = time.monotonic() + 180
@@ -236,6 +240,7 @@ def test_scarls_ecu_serves_the_dashboard(tmp_path, domain_id):
     assert data['ok'] is True and data['node_exit_codes']['/dashboard'] == 0
 
 
+@pytest.mark.timeout(480)
 def test_scarls_ecu_learns_on_a_16_joint_robot(tmp_path, domain_id):
     """`scarls ecu --robot sim_dual7 --learn`: 16-wide demonstrations and episodes, a policy
     trained on them, approved checkpoints deployed to the actor, and the summary's learning
@@ -253,7 +258,8 @@ def test_scarls_ecu_learns_on_a_16_joint_robot(tmp_path, domain_id):
            '--summary', str(summary), '--height', '32', '--width', '40', '--max-steps', '150',
            '--train-interval', '5', '--params-file', str(params_file),
            '--domain-id', str(domain_id), '--ecu-id', 'ecu7']
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
+                         preexec_fn=parent_death_preexec())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     data = json.loads(summary.read_text())
     demos = list_episodes(data_root / 'offline', 'pick_cube')

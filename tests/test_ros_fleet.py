@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from scarls.bringup import default_params_file
+from scarls.bringup.launcher import parent_death_preexec
 from scarls.checkpoints import load_checkpoint
 from scarls.checkpoints.registry import CheckpointRegistry
 from scarls.episodes.schema import EpisodeMeta
@@ -36,6 +37,7 @@ def small_fleet_params(tmp_path):
     return params_file
 
 
+@pytest.mark.timeout(480)
 def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     """A fleet of two 16-joint robots (sim_dual7; the killed-learner test below runs the
     default 14-joint robot): both record, average and deploy the same model."""
@@ -47,7 +49,8 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
            '--height', '32', '--width', '40', '--max-steps', '120', '--demos', '4',
            '--train-interval', '0', '--deadline', '20', '--params-file', str(params_file),
            '--domain-id', str(domain_id), '--robot', 'sim_dual7']
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
+                         preexec_fn=parent_death_preexec())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     summary = json.loads(summary_path.read_text())
     assert set(summary['ecus']) == {'ecu0', 'ecu1'}
@@ -103,6 +106,7 @@ def test_two_ecus_deploy_the_same_synchronised_model(tmp_path, domain_id):
     assert 'fleet round' in out.stderr + out.stdout
 
 
+@pytest.mark.timeout(540)
 def test_a_killed_learner_does_not_block_the_fleet_and_rejoins(tmp_path, domain_id):
     """SIGKILL ecu1's learner after the first synchronised round: ecu0 keeps training and
     deploying without waiting past the deadline, the runner restarts the learner, and it
@@ -120,7 +124,8 @@ def test_a_killed_learner_does_not_block_the_fleet_and_rejoins(tmp_path, domain_
            '--data-root', str(root), '--summary', str(summary_path), '--height', '32',
            '--width', '40', '--max-steps', '120', '--demos', '4', '--train-interval', '0',
            '--deadline', '5', '--params-file', str(params_file), '--domain-id', str(domain_id)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=parent_death_preexec())
     killed_at = None
     try:
         deadline = time.monotonic() + 150

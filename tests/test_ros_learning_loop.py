@@ -21,6 +21,7 @@ NS = 'learntest'
 H, W = 48, 64
 
 
+@pytest.mark.timeout(600)
 def test_checkpoint_reaches_the_actor_only_between_episodes(ros, node_group, tmp_path):
     data_root = tmp_path / 'data'
     generate_demos(data_root / 'offline', 'pick_cube', 4, seed=10_000, image_shape=(H, W))

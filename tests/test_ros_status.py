@@ -11,6 +11,7 @@ from rosutil import Probe, start_nodes
 from scarls_interfaces.msg import EcuStatus
 
 from scarls.bringup import ecu_nodes
+from scarls.bringup.launcher import parent_death_preexec
 
 pytestmark = pytest.mark.ros
 
@@ -30,7 +31,8 @@ def test_status_lists_the_running_ecu(ros, node_group, tmp_path, domain_id):
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
         out = subprocess.run(
             [sys.executable, '-m', 'scarls.cli', 'status', '--domain-id', str(domain_id),
-             '--seconds', '8', '--json'], capture_output=True, text=True, timeout=60)
+             '--seconds', '8', '--json'], capture_output=True, text=True, timeout=60,
+            preexec_fn=parent_death_preexec())
     finally:
         probe.close()
     assert out.returncode == 0, out.stdout + out.stderr

@@ -55,7 +55,7 @@ import torch
 import yaml
 
 from scarls.bringup import default_params_file
-from scarls.bringup.launcher import clean_fastdds_shm
+from scarls.bringup.launcher import clean_fastdds_shm, parent_death_preexec
 from scarls.checkpoints import load_checkpoint
 from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
 from scarls.fleet import trainable_parameters
@@ -208,7 +208,7 @@ def _start(h: Host, cmd: list[str], env: dict, log_path: Path) -> subprocess.Pop
     try:
         return subprocess.Popen(['ip', 'netns', 'exec', h.netns, *cmd], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=parent_death_preexec())
     finally:
         out.close()
 
@@ -322,7 +322,8 @@ def test_one_ecu_per_host_reduce_across_a_veth_pair(two_hosts, tmp_path, domain_
             procs.append(ecus[ecu])
         # discovery across the hosts: a node on host B receives ecu0's state from host A
         probe = subprocess.run(['ip', 'netns', 'exec', b.netns, sys.executable, '-c', PROBE,
-                                '120'], env=env, capture_output=True, text=True, timeout=180)
+                                '120'], env=env, capture_output=True, text=True, timeout=180,
+                               preexec_fn=parent_death_preexec())
         assert probe.returncode == 0, probe.stdout + probe.stderr[-3000:]
         # all ECU processes are up now: none of them may use DDS shared memory
         shm = _shm_segments((a, b))

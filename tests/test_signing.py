@@ -256,7 +256,7 @@ def test_a_crafted_1kb_header_fails_fast_within_bounded_memory(tmp_path):
             print('MEMORY')
     ''')
     out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+                         timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert out.stdout.startswith('REJECTED'), (out.stdout, out.stderr[-2000:])
     assert 'parameters' in out.stdout
 

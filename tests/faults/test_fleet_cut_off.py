@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from scarls.bringup.launcher import parent_death_preexec
+
 pytestmark = pytest.mark.faults
 SRC = Path(__file__).resolve().parents[2] / 'src'
 DEADLINE = 3.0
@@ -83,7 +85,7 @@ def test_a_learner_cut_off_inside_an_all_reduce_costs_the_deadline_and_rejoins(t
             if rank == 2:
                 cmd = ['ip', 'netns', 'exec', veth.netns, *cmd]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=env))
+                                          text=True, env=env, preexec_fn=parent_death_preexec()))
         events: list[dict] = []
 
         def pull(pred, timeout: float) -> dict:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from scarls.bags.errors import BagError
 from scarls.bags.io import BagReader
 from scarls.bringup import BringupError, default_params_file, load_params_file
+from scarls.bringup.launcher import parent_death_preexec
 from scarls.checkpoints import CheckpointRejected, load_checkpoint, save_checkpoint
 from scarls.episodes import EpisodeReader, EpisodeWriter, StepRecord, validate_episode
 from scarls.episodes.errors import EpisodeFormatError
@@ -266,7 +267,8 @@ def test_a_bad_params_file_stops_scarls_ecu_before_it_starts(tmp_path):
     bad.write_text('/**/driver:\n  ros__parameters:\n    rate_hz: {nested: 1}\n')
     out = subprocess.run([sys.executable, '-m', 'scarls.cli', 'ecu', '--episodes', '1',
                           '--params-file', str(bad), '--data-root', str(tmp_path / 'd')],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120,
+                         preexec_fn=parent_death_preexec())
     assert out.returncode == 2, out.stderr[-2000:]
     assert '/**/driver.rate_hz' in out.stderr and 'not a ROS parameter value' in out.stderr
     assert not (tmp_path / 'd' / 'logs').exists() or not any((tmp_path / 'd' / 'logs').rglob(

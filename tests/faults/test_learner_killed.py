@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from scarls.bringup import default_params_file
+from scarls.bringup.launcher import parent_death_preexec
 
 pytestmark = [pytest.mark.ros, pytest.mark.faults]
 
@@ -36,6 +37,7 @@ def _has_approved(registry) -> bool:
     return any(r.get('approved') for r in records)
 
 
+@pytest.mark.timeout(720)
 def test_a_learner_killed_three_times_never_stops_the_robot(tmp_path, domain_id):
     params = yaml.safe_load(default_params_file().read_text())
     params['/**/learner']['ros__parameters'].update(
@@ -49,7 +51,8 @@ def test_a_learner_killed_three_times_never_stops_the_robot(tmp_path, domain_id)
            '--summary', str(summary), '--height', '32', '--width', '40', '--max-steps', '120',
            '--train-interval', '3', '--params-file', str(params_file),
            '--domain-id', str(domain_id), '--ecu-id', ecu]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=parent_death_preexec())
     kills = []
     try:
         registry = tmp_path / 'data' / 'checkpoints' / 'pick_cube' / 'registry.json'

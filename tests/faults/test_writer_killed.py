@@ -15,6 +15,7 @@ pytestmark = pytest.mark.faults
 CAMPAIGN = Path(__file__).resolve().parent / 'writer_kill_campaign.py'
 
 
+@pytest.mark.timeout(360)
 def test_thirty_random_kills_leave_no_half_episode_no_gap_and_no_leftover(tmp_path):
     out_json = tmp_path / 'kills.json'
     out = subprocess.run([sys.executable, str(CAMPAIGN), '--trials', '30', '--seed', '7',

@@ -12,6 +12,10 @@ CPU priorities (:data:`NODE_NICENESS`): control > recording > training. The cont
 control loop and the recorder get the CPU first, and training - which can wait - takes what is
 left (the learner also trains on one torch thread). Started through `nice -n`, so every thread
 of the node inherits it. With launch_ros, the same: `prefix='nice -n 10'` on the learner's Node.
+
+A node never outlives its launcher: on Linux every child asks the kernel for a SIGTERM when the
+process that started it dies (:func:`parent_death_preexec`, PR_SET_PDEATHSIG), so a launcher that
+is killed - or a test run that times out - takes its nodes with it (they stop as on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -56,6 +60,39 @@ def renice(pid: int, niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
     except OSError as exc:
         log.warning('could not lower the priority of pid %d: %s', pid, exc)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc_prctl():
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
+def parent_death_preexec(sig: int = signal.SIGTERM):
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` when the
+    process starting it dies (Linux PR_SET_PDEATHSIG; kept across exec and ``nice``). None
+    where the kernel has no such thing. Resolved before the fork: the child only calls prctl.
+    Strictly, the signal comes when the *thread* that started the child ends: start children
+    from a thread that lives as long as they should (the launchers use their main thread)."""
+    if _PRCTL is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:   # the parent died before the prctl: act as if after
+            os.kill(os.getpid(), sig)
+    return preexec
 
 
 class LaunchError(RuntimeError):
@@ -141,7 +178,8 @@ class ProcessGroup:
         out = open(log_path, 'ab')  # noqa: SIM115 - owned by the child; closed below
         try:
             proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=parent_death_preexec())
         except OSError as exc:
             raise LaunchError(f'could not start {spec.fqn}: {exc}') from exc
         finally:
