@@ -84,7 +84,7 @@ def run(seconds: float, storage: str, height: int, width: int, fps: float,
     bag = workdir / f'bench_{storage}'
     rec_log = (workdir / 'recorder.log').open('w')
     rec = subprocess.Popen(
-        [sys.executable, '-m', 'scarls.bag_cli', 'record', '-o', str(bag), '-s', storage,
+        [sys.executable, '-m', 'scarls.cli.bag', 'record', '-o', str(bag), '-s', storage,
          '--namespace', NS, '--json'], env=env, stdout=subprocess.PIPE, stderr=rec_log,
         text=True)
     proc = psutil.Process(rec.pid)

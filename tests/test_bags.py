@@ -237,7 +237,7 @@ def test_to_zarr_reports_missing_topics_and_unfinished_episodes(tmp_path):
 
 
 def test_command_lines_export_info_to_zarr(tmp_path, capsys):
-    from scarls.bag_cli import main as bag_main
+    from scarls.cli.bag import main as bag_main
     from scarls.cli.dataset import main as dataset_main
     _make_episodes(tmp_path / 'src', 2, 6)
     assert dataset_main(['dataset', 'export', '--format', 'sqlite3', '--data-root',

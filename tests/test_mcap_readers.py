@@ -220,7 +220,7 @@ def test_recorded_bag_reads_back_with_foxglove_readers(ros, tmp_path, domain_id)
         bag = tmp_path / 'rec'
         log_path = tmp_path / 'record.log'
         rec = subprocess.Popen(
-            [sys.executable, '-m', 'scarls.bag_cli', 'record', '-o', str(bag), '--namespace',
+            [sys.executable, '-m', 'scarls.cli.bag', 'record', '-o', str(bag), '--namespace',
              NS], env=ros_env(domain_id), stdout=log_path.open('w'), stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, preexec_fn=parent_death_preexec())
         probe.wait_for(lambda: all(p.get_subscription_count() >= 1 for p in pubs.values()),

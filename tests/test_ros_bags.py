@@ -35,7 +35,7 @@ H, W = 12, 16
 
 
 def _bag_cli(domain_id, log_path, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, '-m', 'scarls.bag_cli', *args],
+    return subprocess.Popen([sys.executable, '-m', 'scarls.cli.bag', *args],
                             env=ros_env(domain_id), stdout=log_path.open('w'),
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             preexec_fn=parent_death_preexec())

@@ -6,7 +6,7 @@ Zarr episodes. Built on the rosbags library; compatible with `ros2 bag` and Foxg
 - :mod:`scarls.bags.record`, :mod:`scarls.bags.play`: the ROS side (rclpy, raw bytes)
 - :mod:`scarls.bags.convert`: bag -> episodes (the scheduler's alignment), episodes -> bag
 
-The command line is :mod:`scarls.bag_cli`; user documentation in docs/BAGS.md.
+The command line is :mod:`scarls.cli.bag`; user documentation in docs/BAGS.md.
 """
 
 from scarls.bags.errors import BagError

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_parser(sub)
     from scarls.replay_check_cli import register as add_replay_check_parser
     add_replay_check_parser(sub)
-    from scarls.bag_cli import register as add_bag_parser
+    from scarls.cli.bag import register as add_bag_parser
     add_bag_parser(sub)
     from scarls.dashboard import register as add_dashboard_parser
     add_dashboard_parser(sub)

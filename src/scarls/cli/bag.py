@@ -2,7 +2,7 @@
 and Foxglove.
 
 :func:`register` adds the ``bag`` command to the ``scarls`` parser (it sets ``func=run_bag``);
-``python -m scarls.bag_cli record ...`` runs it alone. See ``DESCRIPTION`` and docs/BAGS.md.
+``python -m scarls.cli.bag record ...`` runs it alone. See ``DESCRIPTION`` and docs/BAGS.md.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser: ``python -m scarls.bag_cli record ...``."""
+    """A stand-alone parser: ``python -m scarls.cli.bag record ...``."""
     parser = argparse.ArgumentParser(prog='scarls bag', description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
