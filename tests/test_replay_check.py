@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from scarls.checkpoints import CheckpointRegistry, load_checkpoint, save_checkpoint
+from scarls.cli.replay_check import main
 from scarls.episodes import EpisodeReader, EpisodeWriter, list_episodes
 from scarls.learner.config import TrainerConfig
 from scarls.learner.demos import generate_demos, record_expert_episode
@@ -28,7 +29,6 @@ from scarls.learner.replay_check import (
 )
 from scarls.learner.trainer import EpisodeData, Trainer, build_batch, fit_normalization
 from scarls.policies import Policy, PolicyConfig, make_policy
-from scarls.replay_check_cli import main
 from scarls.sim import DualArmSim, ScriptedExpert, SimConfig
 
 SHAPE = (24, 32)
@@ -358,7 +358,7 @@ def test_cli_bad_checkpoints_and_policies_that_do_not_fit(world, capsys, tmp_pat
 def test_cli_registers_as_a_subcommand(world, capsys):
     import argparse
 
-    from scarls.replay_check_cli import register
+    from scarls.cli.replay_check import register
 
     parser = argparse.ArgumentParser(prog='scarls')
     register(parser.add_subparsers(dest='command', required=True))

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     from scarls.cli.dataset import add_dataset_parser
     add_dataset_parser(sub)
-    from scarls.replay_check_cli import register as add_replay_check_parser
+    from scarls.cli.replay_check import register as add_replay_check_parser
     add_replay_check_parser(sub)
     from scarls.cli.bag import register as add_bag_parser
     add_bag_parser(sub)

@@ -2,7 +2,7 @@
 
 The argparse part of :mod:`scarls.learner.replay_check`. :func:`register` adds the
 ``replay-check`` command to the ``scarls`` parser (it sets ``func=run``);
-``python -m scarls.replay_check_cli ...`` runs it alone (a leading ``replay-check`` is optional).
+``python -m scarls.cli.replay_check ...`` runs it alone (a leading ``replay-check`` is optional).
 See ``DESCRIPTION`` for the arguments and exit codes.
 """
 
