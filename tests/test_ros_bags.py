@@ -53,6 +53,16 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.0) -> i
         raise
 
 
+def _reap(*procs: subprocess.Popen | None) -> None:
+    """Kill what a failing test left running (a passing one stopped its processes itself)."""
+    left = [p for p in procs if p is not None and p.poll() is None]
+    for proc in left:
+        proc.kill()
+        proc.wait()
+    if left:
+        clean_fastdds_shm()
+
+
 def _scheduler(data_root):
     return ecu_nodes(NS, data_root=str(data_root),
                      extra={'scheduler': {'match_timeout_s': 0.5}})[1]
@@ -107,6 +117,7 @@ class Robot:
 def test_record_play_rebuilds_the_same_episodes(ros, node_group, tmp_path, domain_id):
     bag = tmp_path / 'ecu_bag'
     probe = Probe(NS)
+    rec = play = None
     try:
         robot = Robot(probe)
         start_nodes(node_group, [_scheduler(tmp_path / 'live')])
@@ -176,11 +187,13 @@ def test_record_play_rebuilds_the_same_episodes(ros, node_group, tmp_path, domai
         assert np.median(np.abs(played - original)) < 0.02
     finally:
         probe.close()
+        _reap(rec, play)
 
 
 def test_pause_service_and_sigkill_recovery(ros, tmp_path, domain_id):
     bag = tmp_path / 'chatter'
     probe = Probe(NS, 'probe_chatter')
+    rec = play = None
     try:
         pub = probe.node.create_publisher(String, 'chatter', qos.EVENTS)
         rec = _bag_cli(domain_id, tmp_path / 'record.log', 'record', '-o', str(bag),
@@ -190,7 +203,16 @@ def test_pause_service_and_sigkill_recovery(ros, tmp_path, domain_id):
         for i in range(100):
             pub.publish(String(data=str(i)))
             probe.spin_for(0.02)
-        probe.spin_for(1.6)   # the recorder flushes every second
+        # the recorder flushes every second: wait until all 100 are in the file on disk
+        tries = iter(range(10_000))
+
+        def flushed() -> bool:
+            try:
+                report = repair_bag(bag, tmp_path / f'flushed{next(tries)}')
+            except BagError:   # nothing complete on disk yet
+                return False
+            return report['topics'].get(f'/{NS}/chatter') == 100
+        probe.wait_for(flushed, 30, 'the recorder to flush the 100 messages')
         rec.send_signal(signal.SIGKILL)
         rec.wait(timeout=10)
         clean_fastdds_shm()
@@ -217,3 +239,4 @@ def test_pause_service_and_sigkill_recovery(ros, tmp_path, domain_id):
         assert _stop(play) == 0
     finally:
         probe.close()
+        _reap(rec, play)
