@@ -72,6 +72,8 @@ from scarls.checkpoints.deploy import (
 )
 from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, resolve_key_dir
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
+from scarls.diagnostics import RateMeter, Status
+from scarls.diagnostics.rules import actor_status
 from scarls.policies import Observation, get_policy_class, make_policy
 from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
 from scarls.ros import qos
@@ -82,6 +84,7 @@ from scarls.ros.conversions import (
     msg_to_positions,
     stamp_to_ns,
 )
+from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import (
     FAILURE,
     SUCCESS,
@@ -146,6 +149,8 @@ class ActorNode(LifecycleNode):
         self._state_timer = None
         self._warned_at: dict[str, float] = {}
         self._controller: ChunkedController | None = None
+        self._tick_meter, self._stale_reported = RateMeter(), 0   # wall time: the host's ticks
+        self._diagnostics = NodeDiagnostics(self, 'control', self._diagnostic_status)
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state):
@@ -651,6 +656,7 @@ class ActorNode(LifecycleNode):
         return js, images, msg_to_positions(js, self._joints)
 
     def _tick(self) -> None:
+        self._tick_meter.tick(time.monotonic())
         with self._lock:
             phase = self.fsm.phase
             if not is_episode_active(phase):
@@ -702,6 +708,20 @@ class ActorNode(LifecycleNode):
             step.is_intervention = human
             step.model_version = self._model_version
             self._pub_step.publish(step)
+
+    def _diagnostic_status(self) -> Status:
+        stats, now, driver = self.fsm.episode, time.monotonic(), self._driver_state
+        stale = self._stale_observations
+        stale_new, self._stale_reported = stale - self._stale_reported, stale
+        return actor_status(
+            phase=self.fsm.phase.name, episode_id=stats.episode_id, steps=stats.steps,
+            intervention_steps=stats.intervention_steps, model_version=self._model_version,
+            policy=self._policy_name, in_episode=is_episode_active(self.fsm.phase),
+            tick_rate_hz=self._tick_meter.rate(now),
+            max_tick_gap_s=self._tick_meter.max_interval(now), expected_hz=1.0 / self._dt,
+            ticks=self._tick_count, stale_observations=stale, stale_in_window=stale_new,
+            sync=self._sync, sync_reason=self._sync_reason,
+            driver_state=driver.state if driver is not None else '')
 
     def _publish_hold(self) -> None:
         js = self._latest_js

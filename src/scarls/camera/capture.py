@@ -42,8 +42,10 @@ from scarls.camera.sources import (
     load_calibration,
     make_source,
 )
+from scarls.diagnostics.rules import camera_status
 from scarls.ros import qos
 from scarls.ros.conversions import ns_to_stamp
+from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import declare, run_node
 
 __all__ = ['CameraCaptureNode', 'build_camera_info', 'main']
@@ -158,6 +160,9 @@ class CameraCaptureNode(Node):
         self.rate_hz = 0.0
         self._rate_mark = (self.published, self.get_clock().now().nanoseconds)
         self._rate_timer = self.create_timer(1.0, self._measure_rate)
+        self._diagnostics = NodeDiagnostics(self, 'camera', lambda: camera_status(
+            camera=cfg.name, rate_hz=self.rate_hz, expected_hz=cfg.fps,
+            published=self.published, source=cfg.source))
 
     # ------------------------------------------------------------------ grabber thread
     def _camera_info(self, width: int, height: int) -> CameraInfo:

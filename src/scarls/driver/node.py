@@ -39,6 +39,8 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
+from scarls.diagnostics import RateMeter, Status
+from scarls.diagnostics.rules import driver_status
 from scarls.driver.backends import make_backend
 from scarls.driver.safety import (
     BackendError,
@@ -58,6 +60,7 @@ from scarls.ros.conversions import (
     msg_to_positions,
     stamp_to_sec,
 )
+from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.ros.viz import VizError, robot_markers
 
@@ -99,6 +102,8 @@ class DriverNode(LifecycleNode):
         self._resetting = False
         self._status = SafetyStatus()
         self._safety_sent_at = -1e9
+        self._camera_rates: dict[str, RateMeter] = {}   # wall time: frames published per s
+        self._diagnostics = NodeDiagnostics(self, 'safety', self._diagnostic_status)
 
     # -- lifecycle -------------------------------------------------------------------------
     def _backend_params(self) -> tuple[str, dict]:
@@ -492,6 +497,17 @@ class DriverNode(LifecycleNode):
         self._pub_safety.publish(msg)
         self._safety_sent_at = time.monotonic()
 
+    def _diagnostic_status(self) -> Status:
+        st, now = self._status, time.monotonic()
+        return driver_status(
+            state=st.state, reason=self._estop.reason or '' if self._estop.engaged else st.reason,
+            ticks=dict(st.ticks), estopped=self._estop.engaged, fault=self._fault,
+            backend=type(self._backend).__name__ if self._backend is not None else '',
+            robot=self._robot.name, rate_hz=self._rate,
+            camera_rates={c: self._camera_rates[c].rate(now) if c in self._camera_rates else 0.0
+                          for c in self._cameras},
+            expected_camera_hz=self._rate)
+
     def _publish(self) -> None:
         backend = self._backend
         stamp = self.get_clock().now().to_msg()
@@ -500,6 +516,7 @@ class DriverNode(LifecycleNode):
                                                 sample.velocities))
         for name, frame in backend.read_cameras().items():
             self._pub_cam[name].publish(image_to_msg(frame, stamp, f'camera_{name}'))
+            self._camera_rates.setdefault(name, RateMeter()).tick(time.monotonic())
         task = backend.task_state()
         if task is not None:
             msg = TaskState()

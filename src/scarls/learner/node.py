@@ -51,6 +51,8 @@ from scarls.checkpoints.signing import (
     resolve_key_dir,
 )
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
+from scarls.diagnostics import Status
+from scarls.diagnostics.rules import learner_status
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
 from scarls.learner.online import (
     METRIC,
@@ -63,6 +65,7 @@ from scarls.learner.online import (
 from scarls.policies import make_policy
 from scarls.robot import DEFAULT_ROBOT, load_robot
 from scarls.ros import qos
+from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import (
     FAILURE,
     SUCCESS,
@@ -152,6 +155,8 @@ class LearnerNode(LifecycleNode):
         self._pub_learners = self.create_publisher(LearnerStatus, LEARNERS_TOPIC, qos.EVENTS)
         self._status_sent = (None, 0.0)
         self.create_timer(0.2, self._status_tick)
+        self._diagnostics = NodeDiagnostics(self, 'learner', self._diagnostic_status,
+                                            any_state=True)
 
     def on_configure(self, state):
         p = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -323,6 +328,24 @@ class LearnerNode(LifecycleNode):
         last_state, last_t = self._status_sent
         if state != last_state or time.monotonic() - last_t >= STATUS_PERIOD_S:
             self._publish_status()
+
+    def _diagnostic_status(self) -> Status:
+        state, detail = self._current_state()
+        learner, last = self._learner, self._last
+        reducer, fleet = getattr(self, '_reducer', None), None
+        if reducer is not None:
+            f = getattr(last, 'fleet', None)
+            fleet = {'rank': reducer.rank, 'world_size': reducer.world_size,
+                     'round': f.round if f else 0, 'status': f.status if f else '',
+                     'reason': f.reason if f else '',
+                     'participants': tuple(f.participants) if f else ()}
+        return learner_status(
+            state=state, detail=detail, rounds=len(learner.rounds) if learner else 0,
+            loss=learner.progress.loss if learner else math.nan,
+            metric=float(last.metric) if last is not None else math.nan,
+            version=int(last.version) if last is not None else 0,
+            approved=bool(last.approved) if last is not None else False,
+            deployed_version=int(learner.deployed_version or 0) if learner else 0, fleet=fleet)
 
     def _publish_status(self) -> None:
         state, detail = self._current_state()

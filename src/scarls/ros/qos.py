@@ -8,6 +8,7 @@
 | control commands                | reliable    | volatile        | 1     |
 | FSM state, latest checkpoint    | reliable    | transient local | 1     |
 | episode/step events             | reliable    | volatile        | 100   |
+| /diagnostics (1 Hz per node)    | reliable    | volatile        | 10    |
 
 Camera publishers are reliable so the recorder can store every frame the actor used (the actor
 itself subscribes best effort: it only wants the newest frame). Control commands carry a deadline;
@@ -59,6 +60,11 @@ STATE = QoSProfile(
 JOINT_STATE_ANY = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10,
     reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+# /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz per node): what diagnostic_updater uses
+DIAGNOSTICS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
 def camera_qos(reliability: str, depth: int = 5) -> QoSProfile:

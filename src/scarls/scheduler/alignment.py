@@ -364,6 +364,14 @@ class StepAligner:
         with self.cond:
             return len(self._pending)
 
+    def open_episode_counters(self) -> tuple[Any | None, int]:
+        """The open episode's writer counters (``WriterStats``: queue depth and capacity,
+        drops) and its dropped steps; ``(None, 0)`` between episodes. Safe from any thread."""
+        episode = self._episode
+        if episode is None:
+            return None, 0
+        return episode.writer.stats(), int(episode.dropped)
+
     def abort(self) -> DiscardedEpisode | None:
         """Stop: an unfinished episode is discarded (never left half-visible)."""
         episode, self._episode = self._episode, None

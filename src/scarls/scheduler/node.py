@@ -90,10 +90,13 @@ from scarls.checkpoints.signing import (
     resolve_key_dir,
 )
 from scarls.checkpoints.transfer import ChunkServer
+from scarls.diagnostics import Status
+from scarls.diagnostics.rules import recorder_status
 from scarls.episodes.schema import executed_mask
 from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image
+from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.scheduler.alignment import (
     AlignerConfig,
@@ -166,8 +169,23 @@ class SchedulerNode(LifecycleNode):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._entities: list = []
+        self._diagnostics = NodeDiagnostics(self, 'recorder', self._diagnostic_status)
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _diagnostic_status(self) -> Status:
+        writer, episode_dropped = self._aligner.open_episode_counters()
+        losses = self._aligner.losses
+        with self._status_lock:
+            saved, problem = self._saved, self._recording_problem
+        return recorder_status(
+            phase=self._phase, saved=saved, open_episode=self._aligner.open_episode,
+            pending_steps=self._aligner.pending_steps(),
+            queue_depth=writer.queue_depth if writer else 0,
+            queue_capacity=writer.queue_capacity if writer else 0,
+            writer_dropped=writer.dropped if writer else 0, episode_dropped=episode_dropped,
+            lost_episodes=losses.episodes, lost_steps=losses.steps, recording_problem=problem,
+            deployed_version=int(self._deployed))
+
     def on_configure(self, state):
         p = self.get_parameter
         self._root = Path(str(p('data_root').value)).expanduser().resolve()

@@ -32,9 +32,12 @@ from scarls_interfaces.msg import ActorState, ActorStep, EcuStatus, OperatorSign
 from sensor_msgs.msg import JointState
 from visualization_msgs.msg import Marker
 
+from scarls.diagnostics import Status
+from scarls.diagnostics.rules import teleop_status
 from scarls.robot import DEFAULT_ROBOT, load_robot
 from scarls.ros import qos
 from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_positions
+from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import declare, run_node
 from scarls.ros.viz import VizError, expert_target_marker
 from scarls.teleop.gate import DecisionKind, GateConfig, InterventionGate
@@ -106,7 +109,15 @@ class TeleopNode(Node):
             self.create_subscription(JointState, topic, self._on_leader, qos.JOINT_STATE)
         if self.source in ('keyboard', 'leader'):
             self._start_keyboard()
+        self._diagnostics = NodeDiagnostics(self, 'operator', self._diagnostic_status)
         self.get_logger().info(f'teleop source: {self.source}')
+
+    def _diagnostic_status(self) -> Status:
+        awaiting = self._awaiting
+        return teleop_status(
+            source=self.source, phase=self._phase, episode_id=self._episode_id,
+            have_joint_state=self._q is not None, awaiting=awaiting[0] if awaiting else '',
+            awaiting_s=time.monotonic() - awaiting[1] if awaiting else 0.0)
 
     # -- common ----------------------------------------------------------------------------
     def send(self, name: str, reason: str = '') -> None:
