@@ -32,6 +32,7 @@ EXPECTED = {
 OK, ERROR = DiagnosticStatus.OK, DiagnosticStatus.ERROR
 
 
+@pytest.mark.timeout(420)   # the waits below add up to more than the default
 def test_every_node_reports_on_diagnostics_and_an_estop_is_an_error(ros, node_group, tmp_path):
     # the learner has no demonstrations under this data root: it cannot start, and says so
     specs = ecu_nodes(NS, data_root=str(tmp_path / 'data'), learner=True)
