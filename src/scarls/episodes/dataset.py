@@ -31,9 +31,17 @@ Reading strategy:
   codecs ``bytes + blosc``, ``bytes`` alone (``raw``) or the ``scarls.image`` codec, no
   sharding - the frame's chunk file is read with one ``pread`` and decoded directly (blosc with
   one thread, or the project's image decoder; ``raw`` is read straight into the output array),
-  bypassing zarr's per-call machinery.  Any other layout (sharded or re-chunked
+  bypassing zarr's per-call machinery.  Compacted episodes (``scarls.video`` chunks of K frames,
+  one H.264 GOP each, see :mod:`scarls.episodes.compact`) are read the same way: the GOP's
+  chunk file, decoded up to the requested frame.  Any other layout (sharded or re-chunked
   arrays, other codecs or chunk key encodings) is read through zarr (``io='zarr'`` forces this
   path for every episode).
+* Memory: compressed chunk files are read into a per-thread buffer, and frames are decoded into
+  buffers of a per-process pool (:class:`_BufferPool`) that are handed out again once the
+  caller dropped every reference to them - no allocation and no page faults per sample in a
+  loop that uses and drops its items or batches (or the default collate, which copies them).
+  Batches built in a DataLoader worker must be fresh shared memory; their pages are faulted in
+  with one ``madvise(MADV_POPULATE_WRITE)`` instead of one fault per page.
 
 Batches: ``dataset[list_of_indices]`` (:meth:`EpisodeDataset.get_batch`) returns the batch the
 default collate would build from the items - torch tensors, ``'task'``/``'outcome'`` as lists -
@@ -94,7 +102,7 @@ from torch.utils.data import (
 )
 from zarr.codecs import BloscCodec, BytesCodec
 
-from scarls.episodes.codecs import ImageCodec, decode_image
+from scarls.episodes.codecs import ImageCodec, VideoCodec, decode_image, decode_video_chunk
 from scarls.episodes.errors import SchemaError
 from scarls.episodes.layout import EpisodeEntry, list_episodes
 from scarls.episodes.reader import EpisodeReader, validate_episode
@@ -163,10 +171,12 @@ class EpisodeInfo:
 class _Camera:
     name: str
     direct: bool  # read the chunk file ourselves (else through zarr)
-    decoder: str  # 'blosc' or an image format name ('jpeg', ...); '' for the zarr path
+    decoder: str  # 'blosc', 'raw', an image format ('jpeg', ...), 'video'; '' for zarr
     shape: tuple[int, int, int]
-    prefix: str  # chunk file path = prefix + str(frame) + suffix
+    prefix: str  # chunk file path = prefix + str(frame // gop) + suffix
     suffix: str
+    gop: int = 1  # frames per chunk (> 1 only for video chunks)
+    video_format: str = ''
 
 
 @dataclass
@@ -320,7 +330,7 @@ def _decode_blosc(data: bytes, out: np.ndarray) -> None:
 
 
 def _check_chunk_files(adir: Path, prefix: str, suffix: str, steps: int) -> None:
-    """Raise SchemaError unless every frame's chunk file exists (a missing one would read as 0)."""
+    """Raise SchemaError unless chunk files 0..steps-1 exist (a missing one would read as 0)."""
     nested = '/' in prefix + suffix  # nested chunk keys: stat each file
     try:
         names = set() if nested else set(os.listdir(adir))
@@ -654,18 +664,23 @@ class EpisodeDataset(Dataset):
             or arr.ndim != 4
             or arr.shape[0] != steps
             or arr.shape[3] != 3
-            or arr.chunks != (1, *arr.shape[1:])
+            or arr.chunks[1:] != tuple(arr.shape[1:])
+            or (arr.chunks[0] != 1 and not isinstance(md.codecs[0], VideoCodec))
         ):
             raise SchemaError(
-                f'{path / key}: expected uint8 (T={steps}, H, W, 3) with one frame per chunk, '
-                f'got {arr.dtype} {arr.shape} chunks {arr.chunks}'
+                f'{path / key}: expected uint8 (T={steps}, H, W, 3) with one frame per chunk '
+                f'(or K per video chunk), got {arr.dtype} {arr.shape} chunks {arr.chunks}'
             )
         shape = (int(arr.shape[1]), int(arr.shape[2]), 3)
         probe = md.encode_chunk_key((_KEY_PROBE, 0, 0, 0))
         prefix, _, suffix = probe.partition(str(_KEY_PROBE))
         codecs = tuple(md.codecs)
         decoder = ''
-        if (
+        gop = 1
+        if len(codecs) == 1 and isinstance(codecs[0], VideoCodec):
+            decoder = 'video'
+            gop = int(arr.chunks[0])
+        elif (
             len(codecs) == 2
             and isinstance(codecs[0], BytesCodec)
             and isinstance(codecs[1], BloscCodec)
@@ -677,7 +692,7 @@ class EpisodeDataset(Dataset):
             decoder = 'raw'
         adir = path / key
         if adir.is_dir():
-            _check_chunk_files(adir, prefix, suffix, steps)
+            _check_chunk_files(adir, prefix, suffix, -(-steps // gop))
         direct = self.io == 'auto' and bool(decoder) and adir.is_dir()
         return _Camera(
             name=cam,
@@ -686,6 +701,8 @@ class EpisodeDataset(Dataset):
             shape=shape,
             prefix=os.path.join(str(adir), prefix),
             suffix=suffix,
+            gop=gop,
+            video_format=codecs[0].format if decoder == 'video' else '',
         )
 
     # -- index -------------------------------------------------------------------------------
@@ -899,7 +916,39 @@ class EpisodeDataset(Dataset):
     def _frame(
         self, ep: _Episode, cam: _Camera, t: int, out: np.ndarray | None = None
     ) -> np.ndarray:
-        """Read frame ``t`` of a camera (into ``out`` if given, a C-contiguous (H, W, 3))."""
+        """Read frame ``t`` of a camera (into ``out`` if given, a C-contiguous (H, W, 3)).
+
+        If the frame cannot be read because the episode was rewritten in place since it was
+        indexed (compacted: see :mod:`scarls.episodes.compact`), the episode's camera layout
+        is read again and the frame read once more.
+        """
+        try:
+            return self._read_frame(ep, cam, t, out)
+        except FrameReadError:
+            new = next((c for c in ep.cameras if c.name == cam.name), cam)
+            if new == cam and not self._reprobe(ep):  # (else: re-read by another call)
+                raise
+        new = next(c for c in ep.cameras if c.name == cam.name)
+        return self._read_frame(ep, new, t, out)
+
+    def _reprobe(self, ep: _Episode) -> bool:
+        """Re-read an episode's camera layouts; True if they changed."""
+        try:
+            reader = EpisodeReader(ep.path)
+            cams = tuple(self._camera(reader, ep.path, c, ep.steps) for c in self.cameras)
+        except Exception:  # noqa: BLE001 - unreadable now: report the original error
+            return False
+        if cams == ep.cameras:
+            return False
+        log.info('episode %s was rewritten in place; reading its new layout', ep.key)
+        ep.cameras = cams
+        for c in self.cameras:
+            self._zarr_cache.pop(f'{ep.key}:{c}', None)
+        return True
+
+    def _read_frame(
+        self, ep: _Episode, cam: _Camera, t: int, out: np.ndarray | None
+    ) -> np.ndarray:
         if not cam.direct:
             try:
                 img = np.asarray(self._zarr_array(ep, cam.name)[t])
@@ -917,7 +966,7 @@ class EpisodeDataset(Dataset):
                 return img
             out[...] = img
             return out
-        fpath = f'{cam.prefix}{t}{cam.suffix}'
+        fpath = f'{cam.prefix}{t // cam.gop}{cam.suffix}'
         if out is None:
             out = self._buffers.get(cam.shape)
         if cam.decoder == 'raw':
@@ -937,6 +986,10 @@ class EpisodeDataset(Dataset):
         try:
             if cam.decoder == 'blosc':
                 _decode_blosc(data, out)
+                return out
+            if cam.decoder == 'video':
+                decode_video_chunk(data, cam.gop, out[None], fmt=cam.video_format,
+                                   first=t % cam.gop)
                 return out
             img = decode_image(cam.decoder, data, out=out)
             if img.shape != cam.shape:

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from scarls.episodes import codecs as _codecs  # noqa: F401 - registers the image codec
+from scarls.episodes import codecs as _codecs  # registers the image and video codecs
 from scarls.episodes.errors import SchemaError
 from scarls.episodes.schema import (
     ACTION_PATH,
@@ -167,7 +167,9 @@ def validate_episode(path: str | os.PathLike[str], check_checksums: bool = True,
         key = camera_path(cam)
         arr = reader._arrays[key]
         _check_array(p, key, arr, IMAGE_DTYPE, meta)
-        if arr.ndim != 4 or arr.shape[3] != 3 or arr.chunks != (1, *arr.shape[1:]):
+        # one frame per chunk, or K frames per chunk of the video codec (compacted episodes)
+        gop = int(arr.chunks[0]) if isinstance(arr.metadata.codecs[0], _codecs.VideoCodec) else 1
+        if arr.ndim != 4 or arr.shape[3] != 3 or arr.chunks != (gop, *arr.shape[1:]):
             raise SchemaError(
                 f'{p}: image array {key!r} must be (T, H, W, 3) with one frame per chunk, '
                 f'got shape {arr.shape} chunks {arr.chunks}'
@@ -175,7 +177,7 @@ def validate_episode(path: str | os.PathLike[str], check_checksums: bool = True,
         adir = p / key
         frame_bytes = int(np.prod(arr.shape[1:]))
         codec = str(meta.image_codec.get('name', ''))
-        for i in range(t):
+        for i in range(-(-t // gop)):
             chunk = adir / arr.metadata.encode_chunk_key((i, 0, 0, 0))
             if not chunk.is_file():
                 raise SchemaError(f'{p}: frame {i} of {key!r} is missing (no chunk file {chunk})')
