@@ -13,6 +13,7 @@ from __future__ import annotations
 from scarls.episodes.codecs import CODEC_NAMES, ImageCodec, available_codecs
 from scarls.episodes.errors import EpisodeError, EpisodeFormatError, SchemaError, StorageError
 from scarls.episodes.layout import EpisodeEntry, list_episodes
+from scarls.episodes.offline import write_episode
 from scarls.episodes.reader import EpisodeReader, validate_episode
 from scarls.episodes.schema import OUTCOMES, SCHEMA_VERSION, EpisodeMeta
 from scarls.episodes.writer import (
@@ -43,4 +44,5 @@ __all__ = [
     'available_codecs',
     'list_episodes',
     'validate_episode',
+    'write_episode',
 ]

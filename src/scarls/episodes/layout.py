@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scarls.episodes.errors import StorageError, storage_error
+from scarls.episodes.errors import EpisodeError, StorageError, storage_error
 
 __all__ = [
     'EpisodeEntry',
@@ -353,10 +353,23 @@ def next_index(task_dir: Path) -> int:
     return best + 1
 
 
-def reserve_index(task_dir: Path, pid: int) -> int:
+def reserve_index(task_dir: Path, pid: int, index: int | None = None) -> int:
     """Reserve and return a fresh episode index in ``task_dir`` for process ``pid`` (must hold
-    :func:`task_lock`); the reservation records the pid and its start time."""
+    :func:`task_lock`); the reservation records the pid and its start time.
+
+    With ``index``, reserve exactly that one: :class:`EpisodeError` if an episode (or another
+    writer's reservation) already has it.
+    """
     owner = lock_owner(pid)
+    if index is not None:
+        if (task_dir / episode_dir_name(index)).exists() or (task_dir / meta_name(index)).exists():
+            raise EpisodeError(f'{task_dir}: episode {index} already exists')
+        try:
+            os.symlink(owner, task_dir / lock_name(index))
+        except FileExistsError:
+            raise EpisodeError(
+                f'{task_dir}: episode {index} is being written by another writer') from None
+        return index
     index = next_index(task_dir)
     for _ in range(10_000):
         if (

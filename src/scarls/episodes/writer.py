@@ -169,6 +169,8 @@ class EpisodeWriter:
     task directory) and creates the hidden temp episode.  Not thread-safe: call from one thread
     (use :class:`BackgroundEpisodeWriter` to move disk I/O off the caller's thread).
     ``fsync=False`` skips per-chunk fsync (faster, not crash-durable; renames stay atomic).
+    ``index`` writes that episode number instead of the next free one (:class:`EpisodeError`
+    if the task already has it).
     """
 
     def __init__(
@@ -186,8 +188,12 @@ class EpisodeWriter:
         codec_level: int | None = None,
         fsync: bool = True,
         block_size: int = 256,
+        index: int | None = None,
     ) -> None:
         check_task_name(task)
+        if index is not None and (
+                isinstance(index, bool) or not isinstance(index, int) or index < 0):
+            raise ValueError(f'index must be an int >= 0 or None, got {index!r}')
         cams = tuple(cameras)
         if not cams or len(set(cams)) != len(cams) or not all(isinstance(c, str) for c in cams):
             raise ValueError(f'cameras must be unique non-empty names, got {cameras!r}')
@@ -231,7 +237,7 @@ class EpisodeWriter:
         try:
             with task_lock(self.task_dir):
                 cleanup_task_dir(self.task_dir)
-                self.index = reserve_index(self.task_dir, self._pid)
+                self.index = reserve_index(self.task_dir, self._pid, index)
                 self.temp_path = self.task_dir / temp_dir_name(self.index, self._pid)
                 try:
                     self.temp_path.mkdir()
