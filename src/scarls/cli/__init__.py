@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--version', action='version', version=f'scarls {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
-    from scarls.cli import demos, ecu, fleet, status
+    from scarls.cli import demos, deploy, ecu, fleet, keys, status
     for command in (ecu, demos, fleet, status):
         command.register(sub)
     from scarls.cli.dataset import add_dataset_parser
@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_foxglove_parser(sub)
     from scarls.robot_check.probe import register as add_robot_parser
     add_robot_parser(sub)
-    from scarls.checkpoints.cli import register as add_checkpoint_parsers  # keys, deploy
-    add_checkpoint_parsers(sub)
+    keys.register(sub)
+    deploy.register(sub)
     return parser
 
 
