@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -132,7 +133,7 @@ def write_episodes(args: argparse.Namespace, root: Path, codec: str, frames: dic
 
 def sample_files(ds: EpisodeDataset, i: int) -> list[str]:
     ep, t = ds._locate(i)
-    return [f'{c.prefix}{t}{c.suffix}' for c in ep.cameras]
+    return [f'{c.prefix}{t // c.gop}{c.suffix}' for c in ep.cameras]
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -315,7 +316,10 @@ def bench_codec(args: argparse.Namespace, root: Path, codec: str, frames: dict) 
     log.info('%s: warm random access', codec)
     warm(all_files)
     time_each(idx[:20], ds.__getitem__)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     res['fast_warm'] = stats_ms(time_each(idx, ds.__getitem__))
+    res['fast_warm']['minflt_per_sample'] = round(
+        (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / len(idx), 1)
     time_each(idx[:20], dz.__getitem__)
     res['zarr_path_warm'] = stats_ms(time_each(idx, dz.__getitem__))
     naive = naive_sample(ds, args.chunk)
@@ -338,10 +342,13 @@ def bench_codec(args: argparse.Namespace, root: Path, codec: str, frames: dict) 
     batches = idx[: (len(idx) // args.batch_size) * args.batch_size].reshape(-1, args.batch_size)
     for shared in (False, True):  # what a DataLoader worker pays for shared-memory batches
         ds.get_batch(batches[0], shared=shared)
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = time_each(range(len(batches)), lambda j, s=shared: ds.get_batch(batches[j], shared=s))
-        res[f'get_batch_{"shared" if shared else "private"}'] = stats_ms(
-            [x / args.batch_size for x in t]
-        )
+        key = f'get_batch_{"shared" if shared else "private"}'
+        res[key] = stats_ms([x / args.batch_size for x in t])
+        res[key]['minflt_per_sample'] = round(
+            (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            / (len(batches) * args.batch_size), 1)
     if dt is not None:
         time_each(idx[:20], dt.__getitem__)
         res['fast_warm_threads'] = stats_ms(time_each(idx, dt.__getitem__))
@@ -392,7 +399,8 @@ def report(doc: dict) -> None:
             (f'{c}: naive open_group per sample, cold', r['naive_cold']),
         ]
     for name, s in rows:
-        print(f'  {name:44} {s["mean_ms"]:8.3f} {s["p50_ms"]:8.3f} {s["p90_ms"]:8.3f}')
+        faults = f'  {s["minflt_per_sample"]} faults' if 'minflt_per_sample' in s else ''
+        print(f'  {name:44} {s["mean_ms"]:8.3f} {s["p50_ms"]:8.3f} {s["p90_ms"]:8.3f}{faults}')
     for r in doc['results']:
         print(f'{r["codec"]}: {r["image_bytes_on_disk_per_sample"]} B on disk per sample; '
               f'build {r["dataset_build_s"]} s for {r["episodes"]} episodes; refresh() no-op '

@@ -22,6 +22,15 @@ and Python scalars (the default ``torch`` collate turns them into tensors)::
     'task'          str
     'outcome'       str                'success' | 'fail' | 'aborted'
 
+Options for code written against LeRobot's items: ``images='stacked'`` replaces the
+``'image.<cam>'`` entries by one ``'images'`` uint8 ``(n_cams, 3, H, W)`` (channels first,
+cameras in ``cameras`` order; a view with channels-last strides of the decoded frames, as
+``torch.channels_last``: call ``.contiguous()`` if a model needs packed CHW), and
+``action_is_pad=True`` adds ``'action_is_pad'`` bool ``(K,)``, the negation of
+``'action_mask'`` (True on the rows past the episode end and on steps not executed; for data
+without a safety array, exactly LeRobot's padding flag).  :meth:`EpisodeDataset.get_item` with
+``out=`` (an item returned before) reads the next item into the same arrays.
+
 Reading strategy:
 
 * The low-dimensional arrays (state, action, intervention, timestamp, safety) of an episode are
@@ -131,6 +140,7 @@ log = logging.getLogger(__name__)
 
 VERIFY_LEVELS = ('none', 'lowdim', 'full')
 IO_MODES = ('auto', 'zarr')
+IMAGE_LAYOUTS = ('per_camera', 'stacked')
 _KEY_PROBE = 987654321
 _HAVE_IMAGECODECS_BLOSC = bool(getattr(getattr(imagecodecs, 'BLOSC', None), 'available', False))
 
@@ -342,6 +352,40 @@ def _check_chunk_files(adir: Path, prefix: str, suffix: str, steps: int) -> None
             raise SchemaError(f'{adir / name}: chunk file of frame {i} is missing')
 
 
+def _one_resolution(key: str, cameras: list[str]) -> str:
+    return (f"images='stacked' needs one resolution for all cameras {cameras}; episode {key} "
+            'has several')
+
+
+def _frame_target(arr: Any, shape: tuple[int, ...], chw: bool = False) -> np.ndarray | None:
+    """The writable C-contiguous HWC uint8 buffer behind a previous item's image entry."""
+    if isinstance(arr, torch.Tensor):
+        if arr.device.type != 'cpu':
+            return None
+        arr = arr.numpy()
+    if not isinstance(arr, np.ndarray):
+        return None
+    if chw:
+        if arr.ndim != 4:
+            return None
+        arr = arr.transpose(0, 2, 3, 1)
+    if (arr.shape != shape or arr.dtype != np.uint8 or not arr.flags.c_contiguous
+            or not arr.flags.writeable):
+        return None
+    return arr
+
+
+def _fill(dst: Any, src: np.ndarray) -> np.ndarray:
+    """``src`` copied into ``dst`` if it fits (same shape and dtype, writable), else a copy."""
+    if isinstance(dst, torch.Tensor) and dst.device.type == 'cpu':
+        dst = dst.numpy()
+    if (isinstance(dst, np.ndarray) and dst.shape == src.shape and dst.dtype == src.dtype
+            and dst.flags.writeable):
+        np.copyto(dst, src)
+        return dst
+    return src.copy()
+
+
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
     """An uninitialised tensor; in shared memory if ``shared`` (as the default collate does).
 
@@ -387,6 +431,12 @@ class EpisodeDataset(Dataset):
     decode_threads:
         Read the frames of one item/batch on this many threads (0 or 1: on the caller's
         thread).  Helps with ``num_workers=0`` when a core is free.
+    images:
+        ``'per_camera'`` (default): one ``'image.<cam>'`` (H, W, 3) entry per camera;
+        ``'stacked'``: one ``'images'`` (n_cams, 3, H, W) entry (batches: (B, n_cams, 3, H, W);
+        every camera must have the same resolution).
+    action_is_pad:
+        Also return ``'action_is_pad'`` (``~action_mask``), LeRobot's name and sense.
 
     ``episode_filter`` must be picklable if DataLoader workers are started with ``spawn``.
 
@@ -415,6 +465,8 @@ class EpisodeDataset(Dataset):
         io: str = 'auto',
         on_new_episode: Callable[[str], Any] | None = None,
         decode_threads: int = 0,
+        images: str = 'per_camera',
+        action_is_pad: bool = False,
     ) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f'chunk_size must be an int >= 1, got {chunk_size!r}')
@@ -426,7 +478,11 @@ class EpisodeDataset(Dataset):
             0 <= decode_threads <= 64
         ):
             raise ValueError(f'decode_threads must be an int in [0, 64], got {decode_threads!r}')
+        if images not in IMAGE_LAYOUTS:
+            raise ValueError(f'images must be one of {IMAGE_LAYOUTS}, got {images!r}')
         cams = (cameras,) if isinstance(cameras, str) else tuple(cameras)
+        if images == 'stacked' and not cams:
+            raise ValueError("images='stacked' needs at least one camera")
         if len(set(cams)) != len(cams) or not all(isinstance(c, str) and c for c in cams):
             raise ValueError(f'cameras must be unique non-empty names, got {cameras!r}')
         self.root = Path(root)
@@ -446,6 +502,8 @@ class EpisodeDataset(Dataset):
         self._filtered: set[str] = set()
         self._dims: tuple[int, int] | None = None  # (state_dim, action_dim) of the first episode
         self.decode_threads = decode_threads
+        self.images = images
+        self.action_is_pad = bool(action_is_pad)
         # per-process state, created lazily and never inherited (see _local)
         self._pid = os.getpid()
         self._zarr_cache: dict[str, Any] = {}
@@ -844,15 +902,18 @@ class EpisodeDataset(Dataset):
                         f'camera {name!r}: {ep.key} has frames {ep.cameras[c].shape}, '
                         f'{locs[0][0].key} has {shape}; one batch needs one resolution'
                     )
-            if shared:
-                out = _empty((n, *shape), torch.uint8, True)
-                arr = out.numpy()
+            if self.images == 'stacked':
+                if c == 0:
+                    stack = self._batch_buffer((n, len(self.cameras), *shape), shared)
+                    batch['images'] = stack.permute(0, 1, 4, 2, 3)
+                elif shape != tuple(stack.shape[2:]):
+                    raise ValueError(_one_resolution(locs[0][0].key, list(self.cameras)))
+                arr = stack[:, c].numpy()
             else:
-                self._local()
-                arr = self._buffers.get((n, *shape))
-                out = torch.from_numpy(arr)
+                out = self._batch_buffer((n, *shape), shared)
+                arr = out.numpy()
+                batch['image.' + name] = out
             jobs.extend((ep, ep.cameras[c], t, arr[j]) for j, (ep, t) in enumerate(locs))
-            batch['image.' + name] = out
         self._run_jobs(jobs)
         k = self.chunk_size
         frames = np.asarray([t for _, t in locs], dtype=np.int64)
@@ -862,6 +923,8 @@ class EpisodeDataset(Dataset):
         )
         batch['action_mask'] = torch.from_numpy(
             np.stack([ep.executed_padded[t : t + k] for ep, t in locs]))
+        if self.action_is_pad:
+            batch['action_is_pad'] = ~batch['action_mask']
         batch['executed'] = torch.from_numpy(
             np.asarray([ep.executed_padded[t] for ep, t in locs], dtype=np.bool_))
         batch['intervention'] = torch.from_numpy(
@@ -876,24 +939,61 @@ class EpisodeDataset(Dataset):
         batch['outcome'] = [ep.meta.outcome for ep, _ in locs]
         return batch
 
-    def get(self, key: str | int, frame: int) -> dict[str, Any]:
-        """The item of ``frame`` of an episode given by key (or position)."""
+    def get(self, key: str | int, frame: int, *, out: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+        """The item of ``frame`` of an episode given by key (or position); ``out``: see
+        :meth:`get_item`."""
         ep = self._episode(key)
         if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
             raise TypeError(f'frame must be an int, got {type(frame).__name__}')
         if not 0 <= frame < ep.steps:
             raise IndexError(f'frame {frame} out of range for {ep.key} ({ep.steps} frames)')
-        return self._item(ep, int(frame))
+        return self._item(ep, int(frame), out)
 
-    def _item(self, ep: _Episode, t: int) -> dict[str, Any]:
+    def get_item(self, i: int | tuple[str, int], *, out: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+        """Item ``i`` (a flat index or an ``(episode_key, frame)`` tuple), as ``dataset[i]``.
+
+        With ``out`` (an item this dataset returned before), the item is read into ``out``'s
+        arrays and ``out`` is returned: no allocation per item in a loop that reuses one dict.
+        An array that does not fit (another resolution or dimension, or an image entry that is
+        not the C-contiguous frame buffer an item returns) is replaced by a new one.
+        """
+        ep, t = self._resolve(i)
+        return self._item(ep, t, out)
+
+    def _batch_buffer(self, shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+        if shared:
+            return _empty(shape, torch.uint8, True)
+        self._local()
+        return torch.from_numpy(self._buffers.get(shape))
+
+    def _item(self, ep: _Episode, t: int, out: dict[str, Any] | None = None) -> dict[str, Any]:
         k = self.chunk_size
-        item: dict[str, Any] = {}
-        frames = self._run_jobs([(ep, cam, t, None) for cam in ep.cameras])
-        for cam, img in zip(ep.cameras, frames, strict=True):
-            item['image.' + cam.name] = img
-        item['state'] = ep.state[t].copy()
-        item['action'] = ep.action_padded[t : t + k].copy()
-        item['action_mask'] = ep.executed_padded[t : t + k].copy()
+        item: dict[str, Any] = {} if out is None else out
+        if self.images == 'stacked':
+            shape = ep.cameras[0].shape
+            if any(cam.shape != shape for cam in ep.cameras):
+                raise ValueError(_one_resolution(ep.key, list(self.cameras)))
+            dst = _frame_target(item.get('images'), (len(ep.cameras), *shape), chw=True)
+            if dst is None:
+                self._local()
+                dst = self._buffers.get((len(ep.cameras), *shape))
+            self._run_jobs([(ep, cam, t, dst[c]) for c, cam in enumerate(ep.cameras)])
+            item['images'] = dst.transpose(0, 3, 1, 2)
+        else:
+            frames = self._run_jobs([
+                (ep, cam, t, _frame_target(item.get('image.' + cam.name), cam.shape))
+                for cam in ep.cameras
+            ])
+            for cam, img in zip(ep.cameras, frames, strict=True):
+                item['image.' + cam.name] = img
+        item['state'] = _fill(item.get('state'), ep.state[t])
+        item['action'] = _fill(item.get('action'), ep.action_padded[t : t + k])
+        item['action_mask'] = _fill(item.get('action_mask'), ep.executed_padded[t : t + k])
+        if self.action_is_pad:
+            pad = _fill(item.get('action_is_pad'), item['action_mask'])
+            item['action_is_pad'] = np.logical_not(pad, out=pad)
         item['intervention'] = bool(ep.intervention[t])
         item['executed'] = bool(ep.executed_padded[t])
         item['timestamp'] = float(ep.timestamp[t])
@@ -1040,15 +1140,16 @@ _M_MMAP_THRESHOLD = -3
 
 
 def tune_malloc(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20) -> bool:
-    """Opt-in, process-wide: let glibc reuse freed frame and batch buffers instead of unmapping.
+    """Opt-in, process-wide: let glibc reuse freed large blocks instead of unmapping them.
 
-    A decoded 480x640 frame is 0.9 MB and a batch of 8 samples 22 MB.  By default glibc serves
-    such blocks with ``mmap`` or trims them off the heap when freed, so the next item or batch
-    page-faults fresh memory in again; on virtual machines with expensive page faults this costs
-    as much as decoding (see docs/bench_loader.md).  Raising ``M_MMAP_THRESHOLD`` and
+    Not needed for :class:`EpisodeDataset`: its items and batches reuse pooled buffers and never
+    allocate frames per sample.  It still helps other code that allocates and frees large
+    arrays per step (e.g. model inputs built outside the dataset): by default glibc serves
+    blocks of ~1 MB and more with ``mmap`` or trims them off the heap when freed, so the next
+    allocation page-faults fresh memory in again.  Raising ``M_MMAP_THRESHOLD`` and
     ``M_TRIM_THRESHOLD`` with ``mallopt`` keeps up to ``trim_threshold`` bytes of freed memory for
-    reuse.  Call it once in the learner process before creating DataLoader iterators (forked
-    workers inherit it).  Returns False if ``mallopt`` is unavailable (not glibc) or refused.
+    reuse (forked workers inherit it).  Returns False if ``mallopt`` is unavailable (not glibc)
+    or refused.
     """
     try:
         libc = ctypes.CDLL(None)
