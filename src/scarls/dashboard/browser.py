@@ -4,10 +4,30 @@ paths, so it never downloads a driver; the flags keep Chromium off the network."
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
-CHROMIUM = '/usr/bin/chromium'
-CHROMEDRIVER = '/usr/bin/chromedriver'
+
+def _find(env: str, names: tuple[str, ...], default: str, env_dir: str | None = None) -> str:
+    """A browser program: $<env> if set, else the first of ``names`` on PATH (or in the
+    directory $<env_dir>, where GitHub's runners keep their chromedriver), else ``default``."""
+    if os.environ.get(env):
+        return os.environ[env]
+    path = os.environ.get('PATH', '')
+    if env_dir and os.environ.get(env_dir):
+        path = os.environ[env_dir] + os.pathsep + path
+    for name in names:
+        found = shutil.which(name, path=path)
+        if found:
+            return found
+    return default
+
+
+CHROMIUM = _find('SCARLS_CHROMIUM', ('chromium', 'chromium-browser', 'google-chrome',
+                                     'google-chrome-stable'), '/usr/bin/chromium')
+CHROMEDRIVER = _find('SCARLS_CHROMEDRIVER', ('chromedriver',), '/usr/bin/chromedriver',
+                     env_dir='CHROMEWEBDRIVER')
 FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
          '--disable-background-networking', '--disable-component-update', '--disable-sync')
 
