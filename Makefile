@@ -15,9 +15,11 @@ run: setup
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-# the edit-test loop: no ROS node processes, no fault campaign (`-m ros` / `-m faults` select them)
+# the edit-test loop, one process: no ROS nodes, no fault campaign, no process of its own
+# (`-m ros` / `-m faults` / `-m multiproc` select those; SCARLS_TEST_TIER=fast fails a test
+# that starts a Python process without the multiproc marker)
 test-fast: setup
-	.venv/bin/python -m pytest -m "not ros and not faults" $(PYTEST_ARGS)
+	SCARLS_TEST_TIER=fast .venv/bin/python -m pytest -m "not ros and not faults and not multiproc" $(PYTEST_ARGS)
 
 clean:
 	rm -rf build install log build.log

@@ -4,12 +4,17 @@ shared-memory files cleaned after the run; and the rules that keep a green run m
 * no process of the run may outlive it (checked at the end: a leftover fails the run);
 * under CI=true nothing skips: a skipped test fails (a CI machine must have what every test
   needs: root for network namespaces and tmpfs mounts, Chromium for the browser test);
+* the fast tier (SCARLS_TEST_TIER=fast, `make test-fast`) starts no Python process and no
+  multiprocessing child: a test that does is marked ``multiproc`` (or ``ros`` / ``faults``)
+  and runs in the full suite only.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -23,6 +28,7 @@ os.environ.update(ros_env(_DOMAIN, base={}))
 _RUN = f'{os.getpid()}.{random.SystemRandom().randint(0, 1 << 30)}'
 os.environ['SCARLS_TEST_RUN'] = _RUN
 _CI = os.environ.get('CI', '').lower() in ('true', '1', 'yes')
+_FAST = os.environ.get('SCARLS_TEST_TIER') == 'fast'
 
 
 @pytest.fixture(scope='session')
@@ -61,6 +67,39 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = 'failed'
         report.longrepr = f'skipped under CI=true, where nothing may skip: {reason}'
+
+
+def _is_python(args) -> bool:
+    words = [args] if isinstance(args, (str, bytes)) else list(args)[:6]  # nice, ip netns exec
+    return any(os.path.basename(os.fsdecode(w)).startswith('python') or
+               os.fsdecode(w) == sys.executable for w in words)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request, monkeypatch):
+    """In the fast tier a test that starts a Python process or a multiprocessing child fails
+    with a pointer to the ``multiproc`` marker (so the tier stays a single-process loop)."""
+    if not _FAST:
+        yield
+        return
+    import multiprocessing.process
+
+    name = request.node.nodeid
+    real_child = subprocess.Popen._execute_child
+
+    def execute_child(self, args, executable, *rest, **kw):
+        if _is_python(args) or (executable and _is_python([executable])):
+            pytest.fail(f'{name} starts a Python process ({args!r:.120}) in the fast tier: '
+                        'mark it multiproc', pytrace=False)
+        return real_child(self, args, executable, *rest, **kw)
+
+    def start(self):
+        pytest.fail(f'{name} starts a multiprocessing child in the fast tier: mark it '
+                    'multiproc', pytrace=False)
+
+    monkeypatch.setattr(subprocess.Popen, '_execute_child', execute_child)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, 'start', start)
+    yield
 
 
 def _our_processes() -> list[str]:

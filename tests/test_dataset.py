@@ -261,6 +261,7 @@ def test_get_batch_equals_default_collate(three) -> None:
         threaded.close()
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize('codec', ['lz4', 'raw', 'jpeg'])
 def test_dataloader_workers_return_the_same_as_direct_access(tmp_path: Path, codec: str) -> None:
     write_episode(tmp_path, 'a', 5, seed=1, codec=codec)
@@ -385,6 +386,7 @@ def test_missing_camera_is_skipped(tmp_path: Path, caplog) -> None:
     assert len(lowdim) == 2 and not any(k.startswith('image.') for k in lowdim[0])
 
 
+@pytest.mark.multiproc
 def test_tune_malloc_in_a_fresh_process() -> None:
     code = ('import logging, sys\n'
             'from scarls.episodes.dataset import tune_malloc\n'

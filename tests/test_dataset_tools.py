@@ -379,6 +379,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.multiproc
 def test_sigkilled_delete_is_completed_by_repair(data, tmp_path) -> None:
     root, recs = data
     env = dict(os.environ, PYTHONPATH=str(SRC))
@@ -455,6 +456,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.multiproc
 def test_cli_subprocess(data, tmp_path) -> None:
     root, recs = data
     out = run_cli('stats', str(root), '--json')

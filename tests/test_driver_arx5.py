@@ -349,6 +349,7 @@ def test_connect_deadline_when_the_sdk_constructor_hangs(sdk) -> None:
         Arx5Backend(config(right_interface='can_down')).connect()
 
 
+@pytest.mark.multiproc
 def test_probe_process_catches_a_hang_that_holds_the_gil(sdk, monkeypatch) -> None:
     """The real bindings keep the GIL while the constructor loops: only a child process can be
     stopped at the deadline."""

@@ -347,6 +347,7 @@ def test_two_open_writers_do_not_collide(tmp_path: Path) -> None:
     assert [e.index for e in list_episodes(tmp_path)] == [0, 1]
 
 
+@pytest.mark.multiproc
 def test_two_processes_reserve_distinct_indices(tmp_path: Path) -> None:
     code = (
         'import sys; from scarls.episodes import EpisodeWriter\n'
@@ -375,7 +376,7 @@ def test_two_processes_reserve_distinct_indices(tmp_path: Path) -> None:
 
 
 def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, '-c', 'pass'])
+    p = subprocess.Popen(['true'])   # any short-lived program
     p.wait(timeout=30)
     return p.pid
 

@@ -19,6 +19,8 @@ import pytest
 
 from scarls.episodes import EpisodeWriter, StepRecord, list_episodes, validate_episode
 
+pytestmark = pytest.mark.multiproc   # a writer in a child process, killed
+
 SRC = Path(__file__).resolve().parents[1] / 'src'
 CAMS = ('top', 'left', 'right')
 

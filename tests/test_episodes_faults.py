@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,7 @@ def _writer(root: Path, **kw) -> EpisodeWriter:
 
 
 def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, '-c', 'pass'])
+    p = subprocess.Popen(['true'])   # any short-lived program
     p.wait(timeout=30)
     return p.pid
 

@@ -56,6 +56,7 @@ FAST = {
     'max_param_change': 100.0,
 }
 KEY = FleetKey.generate()
+pytestmark = pytest.mark.multiproc   # every ECU is a process (multiprocessing spawn)
 SLACK_S = 1.0  # scheduling slack on a busy 2-core machine
 
 

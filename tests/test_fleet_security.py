@@ -81,6 +81,7 @@ def test_seal_and_open():
     assert KEY.hex() not in repr(KEY) and KEY.key_id in repr(KEY)
 
 
+@pytest.mark.multiproc
 def test_key_files_and_environment(tmp_path, monkeypatch):
     path = tmp_path / 'keys' / 'fleet.key'
     key = write_key_file(path)
@@ -224,6 +225,7 @@ def veth():
             v.remove()
 
 
+@pytest.mark.multiproc
 def test_the_store_listens_only_on_the_address_it_is_given(veth):
     loop = serve_rendezvous('127.0.0.1', 0)
     try:
@@ -412,6 +414,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
+@pytest.mark.multiproc
 @pytest.mark.parametrize('mode', ['no-key', 'wrong-key'])
 def test_a_rogue_on_loopback_is_refused_and_the_rounds_are_unaffected(mode, tmp_path):
     host = serve_rendezvous('127.0.0.1', 0)
@@ -429,6 +432,7 @@ def test_a_rogue_on_loopback_is_refused_and_the_rounds_are_unaffected(mode, tmp_
     assert all(out[k][1] > 0 for k in (0, 1)), {k: out[k][1] for k in (0, 1)}
 
 
+@pytest.mark.multiproc
 def test_a_rogue_in_another_network_namespace_is_refused(veth, tmp_path):
     """The store on the veth address (the fleet's network); the rogue on the other end with a
     wrong key; and a store bound to 127.0.0.1 it cannot even reach."""

@@ -110,6 +110,7 @@ def test_a_tiny_reported_error_takes_at_most_the_cap():
             cap_weights({'a': 1.0}, bad)
 
 
+@pytest.mark.multiproc
 def test_package_import_is_light():
     code = (
         'import sys, scarls.fleet\n'

@@ -21,6 +21,7 @@ def test_priority_order_control_recording_training() -> None:
     assert 0 < nice['scheduler'] < nice['learner']
 
 
+@pytest.mark.multiproc
 def test_nice_prefix_really_lowers_every_thread_of_the_child() -> None:
     code = ('import os, threading\n'
             'out = []\n'
@@ -56,6 +57,7 @@ def test_process_group_starts_the_learner_niced(tmp_path, monkeypatch) -> None:
     assert learner[1:3] == ['-n', '10'] and learner[3] == sys.executable
 
 
+@pytest.mark.multiproc
 def test_clean_fastdds_shm_removes_segments_of_dead_owners() -> None:
     """The cleanup really runs (Fast DDS's `fastdds` wrapper may pick a python without the
     tool's dependencies and clean nothing): an unlocked (zombie) segment goes, nothing else."""

@@ -66,6 +66,7 @@ def _run(args, timeout=180):
                           text=True, timeout=timeout, preexec_fn=parent_death_preexec())
 
 
+@pytest.mark.multiproc
 def test_offline_check_and_bad_files(tmp_path):
     out = _run(['robot', 'check', '--robot', 'agibot_g1', '--offline'])
     assert out.returncode == 0, out.stderr

@@ -232,6 +232,7 @@ def test_declared_tensor_layout_must_fit_the_file():
         load_checkpoint(data, limits=CheckpointLimits(max_header_bytes=16))
 
 
+@pytest.mark.multiproc
 def test_a_crafted_1kb_header_fails_fast_within_bounded_memory(tmp_path):
     """In a process whose address space may grow by only 256 MB, a ~1 KB checkpoint declaring
     a 4-billion-parameter MLP is refused with CheckpointRejected (building it would need 16 GB;
