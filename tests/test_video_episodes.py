@@ -239,3 +239,17 @@ def test_private_batches_reuse_buffers_only_once_dropped(tmp_path: Path) -> None
     for i in range(8):
         ds.get_batch([i, i + 1])
     np.testing.assert_array_equal(row.numpy(), rec['images']['top'][6])
+
+
+def test_dataset_compact_command(tmp_path: Path, capsys) -> None:
+    from scarls.cli import dataset as dataset_cli
+
+    rec = write(tmp_path, 'pick', 5)
+    assert dataset_cli.main(['dataset', 'compact', str(tmp_path), '--gop', '2',
+                             '--no-fsync']) == 0
+    assert '1 compacted' in capsys.readouterr().out
+    assert is_compacted(rec['path'])
+    assert dataset_cli.main(['dataset', 'compact', str(tmp_path), '--json']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r['skipped'] for r in out['compacted']] == [True] and out['failed'] == []
+    assert dataset_cli.main(['dataset', 'validate', str(tmp_path)]) == 0
