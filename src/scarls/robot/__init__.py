@@ -505,7 +505,7 @@ def robot_search_path() -> list[Path]:
     """Folders searched for ``<name>.yaml``: ``$SCARLS_ROBOT_PATH`` (``:``-separated), the
     source tree's ``config/robots``, the installed package's ``share/scarls/config/robots``."""
     paths = [Path(p) for p in os.environ.get('SCARLS_ROBOT_PATH', '').split(os.pathsep) if p]
-    paths.append(Path(__file__).resolve().parents[2] / 'config' / 'robots')
+    paths.append(Path(__file__).resolve().parents[3] / 'config' / 'robots')
     try:
         from ament_index_python.packages import get_package_share_directory
         paths.append(Path(get_package_share_directory('scarls')) / 'config' / 'robots')
