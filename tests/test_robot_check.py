@@ -13,7 +13,7 @@ import yaml
 
 from scarls.bringup.launcher import parent_death_preexec
 from scarls.robot import load_robot
-from scarls.robot_check import CameraSamples, JointSamples, evaluate
+from scarls.robot.check import CameraSamples, JointSamples, evaluate
 
 
 def _samples(robot, *, rate=30.0, n=60, offset=0.0, q=None):

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
     from scarls.foxglove import register as add_foxglove_parser
     add_foxglove_parser(sub)
-    from scarls.robot_check.probe import register as add_robot_parser
+    from scarls.robot.probe import register as add_robot_parser
     add_robot_parser(sub)
     keys.register(sub)
     deploy.register(sub)

@@ -11,7 +11,7 @@ A lab engineer points it at the one file that describes the robot (`--robot NAME
    whatever the robot does), unless `--move-home` asks the driver to go to the home pose.
 
 This module is the pure part: the statistics and the verdict from recorded samples (no rclpy).
-The ROS side is `scarls.robot_check.probe`.
+The ROS side is `scarls.robot.probe`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scarls.robot_check import CameraSamples, JointSamples, describe_limits, evaluate
+from scarls.robot.check import CameraSamples, JointSamples, describe_limits, evaluate
 
 log = logging.getLogger('scarls')
 
