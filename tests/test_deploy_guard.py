@@ -94,9 +94,13 @@ def test_aborted_episodes_and_version_zero_are_not_counted():
     guard.on_deploy(2)
     assert guard.predecessor == {2: 1}
     # the initial policy (v0) is never a predecessor: nothing approved to roll back to
-    fresh = DeployGuard()
+    fresh = DeployGuard(GuardConfig(min_episodes=2))
     fresh.on_deploy(1)
-    assert fresh.predecessor == {} and fresh.hold() is None
+    assert fresh.predecessor == {}
+    # every version runs its probation, the first one too (it is the next one's reference)
+    assert 'probation' in fresh.hold()
+    run(fresh, 1, 1, 1)
+    assert fresh.hold() is None
 
 
 def test_rejected_versions_and_their_descendants_are_tainted():

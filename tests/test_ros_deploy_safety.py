@@ -46,6 +46,9 @@ from scarls.ros import qos
 pytestmark = pytest.mark.ros
 ROBOT = load_robot('sim_dual6').hash
 IMAGE = {'image_height': 24, 'image_width': 32}
+# these tests deploy versions back to back, with no episode in between: no deploy guard
+# (its probation and rollback: tests/test_ros_guard.py)
+NO_GUARD = {'guard': False}
 UINT32_MAX = 2 ** 32 - 1
 
 
@@ -141,7 +144,8 @@ def test_scheduler_deploys_only_signed_registry_checkpoints(ros, node_group, tmp
                           GetCheckpointChunk.Request(version=version, offset=0, length=1 << 20))
 
     try:
-        start_nodes(node_group, [s for s in ecu_nodes(ns, data_root=str(data))
+        start_nodes(node_group, [s for s in ecu_nodes(ns, data_root=str(data),
+                                                      extra={'scheduler': NO_GUARD})
                                  if s.name == 'scheduler'])
         probe.wait_for(lambda: 'deploys from registry' in log(), 30, 'the scheduler')
         # a rogue announces a file outside the registry: refused, never served
@@ -334,7 +338,8 @@ def test_restarted_actor_runs_the_deployed_version_and_scarls_deploy_rolls_back(
                                    qos.LATCHED)
     learner = probe.node.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.STATE)
     op = Operator(probe)
-    specs = {s.name: s for s in ecu_nodes(ns, data_root=str(data), extra={'driver': IMAGE})}
+    specs = {s.name: s for s in ecu_nodes(ns, data_root=str(data),
+                                          extra={'driver': IMAGE, 'scheduler': NO_GUARD})}
     try:
         start_nodes(node_group, [specs['scheduler']])
         v1 = _publish(registry, 1)

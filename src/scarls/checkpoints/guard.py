@@ -4,10 +4,10 @@ Every deployed checkpoint passed the learner's gate, an estimate from held-out d
 episodes are the real test. :class:`DeployGuard` tracks, per model version, the episodes the
 robot ran with it (outcome, steps, steps by the human) and decides after each episode:
 
-* **probation** - a freshly deployed version with a predecessor runs at least
-  ``min_episodes`` episodes before a newer checkpoint may replace it (:meth:`DeployGuard.hold`):
-  otherwise a version is replaced after 2-3 episodes and no test could ever tell whether it was
-  worse;
+* **probation** - a freshly deployed version runs at least ``min_episodes`` episodes before a
+  newer checkpoint may replace it (:meth:`DeployGuard.hold`): otherwise a version is replaced
+  after 2-3 episodes and no test could ever tell whether it was worse (nor serve as the next
+  version's reference);
 * **rollback** - when the deployed version's rate of episodes that needed help (a takeover, or
   a failure) is significantly higher than its predecessor's: a one-sided Fisher exact test on
   the 2x2 table (version, predecessor) x (success without help, needed help), p < ``alpha``,
@@ -181,7 +181,7 @@ class DeployGuard:
         """Why a newer checkpoint must wait before replacing the deployed one (probation),
         or None."""
         cfg, v = self.config, self.deployed
-        if not cfg.enabled or v == 0 or v in self.passed or v not in self.predecessor:
+        if not cfg.enabled or v == 0 or v in self.passed:
             return None
         n = self.stats[v].episodes if v in self.stats else 0
         if n >= cfg.min_episodes:

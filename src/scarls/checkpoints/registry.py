@@ -15,9 +15,10 @@ weights; rejected ones are recorded for lineage and stored without weights unles
 ``'registry.approved'``, so the index can be rebuilt from the files.
 
 Retention (after each publish, or :meth:`CheckpointRegistry.prune`): keep the weights of the
-best approved checkpoint (``best_metric``), the deployed one, the one the scheduler's deploy log
-(``deploys.json``, see scarls.checkpoints.deploy) names as deployed - e.g. after a rollback - and
-the last ``keep_last`` versions; delete the other files. Their records stay in the index
+best approved checkpoint (``best_metric``), the deployed one, the ones the scheduler's deploy log
+(``deploys.json``, see scarls.checkpoints.deploy) names in its newest entries - the deployed one
+(e.g. after a rollback) and its predecessors, which the deploy guard may roll back to - and the
+last ``keep_last`` versions; delete the other files. Their records stay in the index
 without weights (lineage: version, parent, metrics, approval, for the learning curve and the
 dashboard) until there are more than ``keep_records`` records, then the oldest weightless
 ones go. The deployed and the best checkpoints are never deleted.
@@ -91,6 +92,7 @@ APPROVED_KEY = 'registry.approved'
 _INDEX_FORMAT = 1
 _FILE_RE = re.compile(r'^v(\d+)\.safetensors$')
 _KEEP: Any = object()  # "leave the deployed mark as it is"
+_DEPLOY_LOG_KEEP = 3   # retention keeps the versions of the deploy log's newest entries
 
 
 class RegistryError(RuntimeError):
@@ -627,15 +629,35 @@ class CheckpointRegistry:
             )
             return target
 
+    def revoke(self, versions) -> list[int]:
+        """Mark ``versions`` revoked (e.g. rejected by the scheduler's deploy guard, and the
+        candidates trained from them): :meth:`latest`, :meth:`best` and deploys skip them, a
+        restarted learner does not resume from them. Unknown versions are ignored; returns the
+        versions newly revoked."""
+        with self._lock:
+            records = dict(self._records)
+            done = []
+            for v in versions:
+                rec = records.get(int(v))
+                if rec is not None and not rec.revoked:
+                    records[rec.version] = dataclasses.replace(rec, revoked=True)
+                    done.append(rec.version)
+            if done:
+                self._save_index(records, deployed=None if self._deployed in done else _KEEP)
+                _log.warning('checkpoint versions %s revoked', done)
+            return done
+
     def _scheduler_deployed(self) -> set[int]:
-        """The version the scheduler's deploy log names as deployed (it may differ from ours
-        after a rollback); unreadable logs name nothing."""
+        """The versions the scheduler's deploy log names in its last entries (the deployed one,
+        which may differ from ours after a rollback, and the ones before it: the deploy
+        guard's rollback target); unreadable logs name nothing."""
         try:
-            current = json.loads((self._root / 'deploys.json').read_text()).get('current')
-            version = current.get('version') if isinstance(current, dict) else None
-        except (OSError, ValueError, AttributeError):
+            log = json.loads((self._root / 'deploys.json').read_text())
+            entries = [log.get('current'), *log.get('history', [])[-_DEPLOY_LOG_KEEP:]]
+            versions = {e.get('version') for e in entries if isinstance(e, dict)}
+        except (OSError, ValueError, AttributeError, TypeError):
             return set()
-        return {version} if isinstance(version, int) and version in self._records else set()
+        return {v for v in versions if isinstance(v, int) and v in self._records}
 
     def prune(self) -> list[int]:
         """Apply retention (see the module docstring); return the versions whose weights were

@@ -14,6 +14,12 @@ list on first start), for the robot description's hash; a resumed registry file 
 signed by a trusted key is signed in place. A peer's checkpoint (bootstrap_from) is adopted only
 if it is signed by a trusted key. Key parameters: key_dir, trust_file, signing_key.
 
+The deploy guard (docs/GATE.md): the learner follows the scheduler's deploy records
+(scheduler/checkpoint, verified against the trust list); a `guard rollback from vN` makes it
+revoke vN and the candidates trained from it in its registry, take the version rolled back to as
+the deployed model its gate compares with, and train on from that version's weights (applied
+between rounds, on the training thread).
+
 Topics: out learner/checkpoint (scarls_interfaces/CheckpointInfo, reliable, transient local);
 learner/status and /fleet/learners (LearnerStatus: 1 Hz and on every change of state, also
 while unconfigured, so a failed configuration is visible - state 'failed', detail = why);
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -40,8 +47,9 @@ from scarls_interfaces.srv import GetCheckpointChunk
 from std_srvs.srv import Trigger
 
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
+from scarls.checkpoints.deploy import DeployRefused, open_deploy_token
 from scarls.checkpoints.format import SignatureRejected, verify_checkpoint
-from scarls.checkpoints.registry import CheckpointRegistry
+from scarls.checkpoints.registry import CheckpointRegistry, RegistryError
 from scarls.checkpoints.signing import (
     TRUST_FILE,
     Signer,
@@ -78,6 +86,8 @@ PEER_WAIT_S = 60.0      # wait this long for the peer's deployed checkpoint to b
 PEER_TIMEOUT_S = 10.0   # per chunk request to the peer
 LEARNERS_TOPIC = '/fleet/learners'   # global: every ECU's learner status
 STATUS_PERIOD_S = 1.0
+
+GUARD_ROLLBACK = re.compile(r'^guard rollback from v(\d+)$')   # scheduler's deploy reason
 
 DEFAULT_POLICY_CONFIG = json.dumps({'cameras': ['top'], 'channels': [8],
                                     'keypoints': 8, 'chunk_size': 10, 'hidden_dim': 256})
@@ -147,6 +157,7 @@ class LearnerNode(LifecycleNode):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = threading.Lock()
+        self._rollback: tuple[int, int] | None = None   # (to version, rejected version)
         self._learner: OnlineLearner | None = None
         self._last: RoundResult | None = None
         self._state, self._detail = 'starting', ''
@@ -231,6 +242,8 @@ class LearnerNode(LifecycleNode):
         # the same reports on one global topic: a fleet view sees every ECU's rounds
         self._pub_rounds = self.create_publisher(FleetRound, '/fleet/rounds', qos.ROUNDS)
         self._srv = self.create_service(Trigger, '~/train', self._on_train)
+        self.create_subscription(CheckpointInfo, 'scheduler/checkpoint', self._on_deploy_record,
+                                 qos.LATCHED)
         self._peer = str(p('bootstrap_from')).strip('/')
         self._peer_info: CheckpointInfo | None = None
         if self._peer and resume is None:
@@ -378,8 +391,38 @@ class LearnerNode(LifecycleNode):
         self._pub_learners.publish(msg)
         self._status_sent = (state, time.monotonic())
 
+    # -- the deploy guard's rollbacks --------------------------------------------------------
+    def _on_deploy_record(self, msg: CheckpointInfo) -> None:
+        try:
+            record = open_deploy_token(msg.uri, self._trust,
+                                       ecu=str(self.get_parameter('ecu_id').value),
+                                       robot=self._robot.hash)
+        except (DeployRefused, SignatureRejected, ValueError) as exc:
+            self.get_logger().warning(f'deploy record of v{msg.version} ignored: {exc}')
+            return
+        m = GUARD_ROLLBACK.match(record.reason)
+        if m is not None:
+            self._rollback = (int(record.version), int(m.group(1)))
+
+    def _follow_rollback(self) -> None:
+        """Training thread, between rounds: apply the guard's rollback, if one came."""
+        pending, self._rollback = self._rollback, None
+        if pending is None:
+            return
+        to, bad = pending
+        try:
+            revoked = self._learner.follow_rollback(to, bad)
+        except (LearnerError, RegistryError, CheckpointRejected, OSError, KeyError) as exc:
+            self.get_logger().error(f'cannot follow the rollback from v{bad} to v{to}: {exc}')
+            return
+        if revoked is not None:
+            self.get_logger().warning(
+                f'deploy guard rolled back from v{bad} to v{to}: revoked {revoked} in the '
+                f'registry; the gate compares with v{to} and training goes on from its weights')
+
     def _round(self, steps: int, what: str) -> None:
         with self._busy:
+            self._follow_rollback()
             added = self._learner.refresh_online(self._data_root, self._task)
             if self._learner.last_ingested:
                 # exact per-episode ingestion latency (episode end -> loaded for training)
@@ -448,6 +491,9 @@ class LearnerNode(LifecycleNode):
                 self._wake.wait(timeout=1.0)
                 if self._stop.is_set():
                     return
+                if self._rollback is not None:
+                    with self._busy:
+                        self._follow_rollback()
                 if not self._wake.is_set():
                     continue
                 self._wake.clear()

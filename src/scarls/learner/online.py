@@ -391,6 +391,35 @@ class OnlineLearner:
         self._deployed_weights = {k: v.detach().clone()
                                   for k, v in self.policy.state_dict().items()}
 
+    def follow_rollback(self, to_version: int, rejected: int) -> list[int] | None:
+        """The scheduler's deploy guard rolled back from ``rejected`` to ``to_version``
+        (docs/GATE.md): revoke ``rejected`` and every candidate trained from it in the
+        registry, make ``to_version`` the deployed model the gate compares with, and train on
+        from its weights - the data, the rejected model's episodes included, is kept (their
+        takeovers are corrections of the states a worse model visits). Returns the versions
+        revoked, or None when the rollback was followed before (e.g. the learner restarted)."""
+        records = {r.version: r for r in self.registry.records()}
+        lineage = {int(rejected)}
+        for v in sorted(records):
+            if v > rejected and records[v].parent in lineage:
+                lineage.add(v)
+        revoked = self.registry.revoke(sorted(lineage))
+        if not revoked and self.deployed_version not in lineage:
+            return None
+        from scarls.checkpoints import load_checkpoint
+        rec = self.registry.get(int(to_version))
+        model, _ = load_checkpoint(rec.path, expected_sha256=rec.sha256)
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.policy.load_state_dict(weights)
+        self.trainer.sync_ema()
+        self._deployed_weights = weights
+        self.deployed_version = rec.version
+        self.deployed_metric = self.evaluate(weights) if self.heldout else None
+        self.registry.mark_deployed(rec.version)
+        log.warning('deploy guard rolled back from v%d to v%d: revoked %s; training goes on '
+                    'from v%d', rejected, rec.version, revoked, rec.version)
+        return revoked
+
     def adopt(self, policy: Policy, source: str) -> RoundResult:
         """Start from another ECU's model (e.g. the fleet's deployed checkpoint fetched from a
         peer): its weights replace the current ones, it is measured on the held-out set, gated

@@ -28,6 +28,15 @@ verified chunks by ~/get_checkpoint (only deployed versions, only registry files
 computer needs no shared disk. ~/deploy makes an earlier approved version the deployed one
 (rollback: a new generation, so the actor follows it at its next episode boundary).
 
+The deploy guard (scarls.checkpoints.guard, docs/GATE.md; parameters guard*) keeps what the robot
+has: it counts every saved episode for its model version; a newly deployed version runs
+guard_min_episodes episodes before a newer checkpoint replaces it (newer approved checkpoints wait,
+the newest is deployed once the probation is over), and if its episodes needed help
+significantly more often than its predecessor's, the scheduler redeploys the predecessor (only an
+approved, signed, intact registry version; reason `guard rollback from vN` in the signed deploy
+record, which tells the learner), and rejects the bad version: neither it nor a candidate trained
+from it is deployed automatically again. State in <registry>/guard.json.
+
 Topics (relative to the ECU namespace):
   in  camera/{top,left,right}/image_raw (reliable, depth 5), actor/step, actor/state,
       driver/state (DriverState, transient local: the robot's safety state),
@@ -43,7 +52,7 @@ client learner/train (std_srvs/Trigger).
 Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_seconds,
 writer_queue_s, cameras,
 train_interval_s, min_train_steps, max_dropped_fraction, checkpoint_dir, key_dir, trust_file,
-signing_key, autostart.
+signing_key, guard, guard_min_episodes, guard_alpha, guard_reference_episodes, autostart.
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ from scarls.checkpoints.deploy import (
     sign_deploy_record,
 )
 from scarls.checkpoints.format import CheckpointRejected, verify_checkpoint
+from scarls.checkpoints.guard import GUARD_STATE_NAME, DeployGuard, GuardConfig, GuardVerdict
 from scarls.checkpoints.registry import RegistryError, read_index
 from scarls.checkpoints.signing import (
     TRUST_FILE,
@@ -165,6 +175,14 @@ class SchedulerNode(LifecycleNode):
         declare(self, 'signing_key', '', 'Key that signs deploy records (default '
                 '<key_dir>/learner-<ecu_id>.key, the ECU learner\'s; created and trusted if '
                 'missing)', read_only=True)
+        declare(self, 'guard', False, 'Deploy guard: probation of a new version and rollback '
+                'when its episodes need help significantly more often than its predecessor\'s '
+                '(config/ecu.yaml turns it on)')
+        declare(self, 'guard_min_episodes', 8, 'Episodes a new version runs before a newer '
+                'checkpoint may replace it, and before it is judged')
+        declare(self, 'guard_alpha', 0.05, 'Significance level of the guard\'s one-sided test')
+        declare(self, 'guard_reference_episodes', 40, "The predecessor's newest episodes the "
+                'guard compares with')
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -267,9 +285,17 @@ class SchedulerNode(LifecycleNode):
             self._signer = Signer.load(key) if key else \
                 ensure_key(key_dir, learner_key_name(self._ecu))
             self._deploy_log = DeployLog(self._registry_root / DEPLOY_LOG_NAME)
-        except (OSError, KeyStoreError, RegistryError) as exc:
+            self._guard_path = self._registry_root / GUARD_STATE_NAME
+            self._guard = DeployGuard.load(self._guard_path, GuardConfig(
+                enabled=bool(p('guard').value),
+                min_episodes=int(p('guard_min_episodes').value),
+                alpha=float(p('guard_alpha').value),
+                reference_episodes=int(p('guard_reference_episodes').value)))
+        except (OSError, KeyStoreError, RegistryError, ValueError) as exc:
             self.get_logger().error(f'deployment cannot start: {exc}')
             return False
+        self._guard_lock = threading.RLock()
+        self._held: CheckpointInfo | None = None
         self._deploy_lock = threading.Lock()
         self._served: dict[int, Path] = {}
         self._deployed = 0
@@ -280,6 +306,8 @@ class SchedulerNode(LifecycleNode):
         current = self._deploy_log.current
         if current is not None and current.version > 0:
             self._restore_deploy(current)
+        with self._guard_lock:
+            self._guard.on_deploy(self._deployed, rollback=True)   # as it was before a restart
         self._chunks = ChunkServer(lambda version: self._served.get(version),
                                    allowed_root=self._registry_root)
         self._deploy_jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -396,6 +424,7 @@ class SchedulerNode(LifecycleNode):
             self._recent.append(info)
             self._saved += 1
             self._saved_alone += int(outcome == 'success' and info.intervention_steps == 0)
+        self._guard_episode(info)
         with self._trigger_lock:
             quality = self._trigger.on_episode(info.steps, info.dropped_steps, outcome)
         if not quality.ok:
@@ -454,7 +483,10 @@ class SchedulerNode(LifecycleNode):
             if msg is None or self._stop.is_set():
                 return
             try:
-                self._deploy_announced(msg)
+                if isinstance(msg, GuardVerdict):
+                    self._guard_rollback(msg)
+                else:
+                    self._deploy_announced(msg)
             except Exception as exc:  # noqa: BLE001 - keep deploying, say what happened
                 self.get_logger().error(f'deploy of v{msg.version} failed: {exc!r}')
 
@@ -469,6 +501,21 @@ class SchedulerNode(LifecycleNode):
             self.get_logger().error(f'checkpoint v{version} announced on learner/checkpoint '
                                     f'NOT deployed: {exc}')
             return
+        with self._guard_lock:
+            # the registry's parent, not the announcement's: the lineage the learner recorded
+            tainted = self._guard.tainted(version, rec.parent)
+            hold = self._guard.hold() if tainted is None else None
+            if hold is not None:
+                replaced, self._held = self._held, msg   # the newest approved candidate waits
+        if tainted is not None:
+            self.get_logger().warning(f'checkpoint v{version} NOT deployed (deploy guard): '
+                                      f'{tainted}')
+            return
+        if hold is not None:
+            self.get_logger().info(
+                f'checkpoint v{version} held (deploy guard): {hold}'
+                + (f'; it replaces the held v{replaced.version}' if replaced else ''))
+            return
         self._deploy(rec, path, verified, 'approved')
 
     def _deployable(self, version: int, sha256: str = '', uri: str = ''):
@@ -481,7 +528,11 @@ class SchedulerNode(LifecycleNode):
 
     def _deploy(self, rec, path: Path, verified, reason: str) -> dict:
         with self._deploy_lock:
+            rollback = rec.version < self._deployed
             entry = self._deploy_log.record(rec.version, verified.sha256, reason)
+            with self._guard_lock:
+                self._guard.on_deploy(rec.version, rollback=rollback)
+                self._save_guard()
             self._served[rec.version] = path
             for old in sorted(self._served)[:-SERVED_VERSIONS]:
                 if old != rec.version:
@@ -535,6 +586,11 @@ class SchedulerNode(LifecycleNode):
             response.error = 'give the version to deploy (>= 1)'
             return response
         try:
+            with self._guard_lock:
+                why = self._guard.rejected.get(version)
+            if why is not None:
+                raise DeployRefused(f'the deploy guard rejected it ({why}); remove it from '
+                                    f'"rejected" in {self._guard_path} to deploy it anyway')
             rec, path, verified = self._deployable(version)
         except (DeployRefused, CheckpointRejected, RegistryError, OSError) as exc:
             response.error = f'v{version} cannot be deployed: {exc}'
@@ -564,6 +620,60 @@ class SchedulerNode(LifecycleNode):
         response.total_size, response.sha256 = int(reply.total_size), reply.sha256
         response.data = reply.data
         return response
+
+    # -- deploy guard (scarls.checkpoints.guard) ------------------------------------------------
+    def _save_guard(self) -> None:
+        try:
+            self._guard.save(self._guard_path)
+        except OSError as exc:
+            self.get_logger().error(f'deploy guard state not saved ({exc}): a restart forgets '
+                                    'the episodes counted since the last save',
+                                    throttle_duration_sec=60.0)
+
+    def _guard_episode(self, info: EpisodeInfo) -> None:
+        """Recorder thread: count the episode; act on the guard's verdict on the deploy
+        thread."""
+        with self._guard_lock:
+            verdict = self._guard.record(int(info.model_version), info.outcome, int(info.steps),
+                                         int(info.intervention_steps))
+            self._save_guard()
+            held = None
+            if verdict.action != 'rollback' and self._held is not None \
+                    and self._guard.hold() is None:
+                held, self._held = self._held, None   # probation over: the newest one deploys
+        if verdict.action == 'rollback':
+            self.get_logger().warning(f'deploy guard: v{verdict.version} {verdict.reason}: '
+                                      f'rolling back to v{verdict.target}')
+            self._deploy_jobs.put(verdict)
+            return
+        if verdict.action == 'passed':
+            self.get_logger().info(f'deploy guard: v{verdict.version} {verdict.reason}')
+        if held is not None:
+            self.get_logger().info(f'deploy guard: v{self._deployed} ran its probation: '
+                                   f'deploying the held v{held.version}')
+            self._deploy_jobs.put(held)
+
+    def _guard_rollback(self, verdict: GuardVerdict) -> None:
+        """Deploy thread: redeploy the predecessor (approved, signed, intact) and reject the
+        bad version, or say why the bad version stays."""
+        bad, target = verdict.version, int(verdict.target)
+        if self._deployed != bad:
+            return   # something else was deployed meanwhile
+        try:
+            rec, path, verified = self._deployable(target)
+        except (DeployRefused, CheckpointRejected, RegistryError, OSError) as exc:
+            self.get_logger().error(f'deploy guard: v{bad} is worse than v{target} but v{target} '
+                                    f'cannot be redeployed ({exc}): v{bad} stays deployed')
+            return
+        with self._guard_lock:
+            self._guard.reject(bad, verdict.reason)
+            dropped, self._held = self._held, None   # gated against the rejected model
+            self._save_guard()
+        self._deploy(rec, path, verified, f'guard rollback from v{bad}')
+        self.get_logger().warning(
+            f'deploy guard: ROLLED BACK from v{bad} to v{target} ({verdict.reason}); v{bad} '
+            'is rejected: neither it nor a candidate trained from it is deployed again'
+            + (f'; the held v{dropped.version} is dropped' if dropped is not None else ''))
 
     # -- training trigger (Algorithm 2) ------------------------------------------------------
     def _poll_trigger(self) -> None:
