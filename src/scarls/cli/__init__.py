@@ -41,12 +41,12 @@ log = logging.getLogger('scarls')
 
 def build_parser() -> argparse.ArgumentParser:
     """The `scarls` parser: one sub-command per module of this package (their ``register``),
-    plus the tools of the rooms that bring their own (dashboard, foxglove, robot, keys/deploy)."""
+    plus `dashboard` and `foxglove`, whose rooms also run them as nodes and keep their parsers."""
     parser = argparse.ArgumentParser(prog='scarls', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--version', action='version', version=f'scarls {__version__}')
     sub = parser.add_subparsers(dest='command', required=True)
-    from scarls.cli import demos, deploy, ecu, fleet, keys, status
+    from scarls.cli import demos, deploy, ecu, fleet, keys, robot, status
     for command in (ecu, demos, fleet, status):
         command.register(sub)
     from scarls.cli.dataset import add_dataset_parser
@@ -59,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
     from scarls.foxglove import register as add_foxglove_parser
     add_foxglove_parser(sub)
-    from scarls.robot.probe import register as add_robot_parser
-    add_robot_parser(sub)
+    robot.register(sub)
     keys.register(sub)
     deploy.register(sub)
     return parser
