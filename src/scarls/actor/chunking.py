@@ -185,6 +185,9 @@ class AsyncInference:
         self._lat_sum = 0.0
         self._lat_max = 0.0
         self._closed = False
+        #: called on the worker thread whenever the last request in flight finished (the
+        #: actor's lockstep progress report waits for it under simulated time)
+        self.on_idle: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -290,6 +293,7 @@ class AsyncInference:
                 stale = job.generation != self._generation
             if stale:
                 self._finish(job, None, None, None)
+                self._notify_idle()
                 continue
             start = time.perf_counter()
             try:
@@ -304,6 +308,12 @@ class AsyncInference:
                 self._finish(job, None, err, time.perf_counter() - start)
             else:
                 self._finish(job, chunk, None, time.perf_counter() - start)
+            self._notify_idle()
+
+    def _notify_idle(self) -> None:
+        callback = self.on_idle
+        if callback is not None and self.pending == 0:
+            callback()
 
     def _finish(
         self,

@@ -37,6 +37,13 @@ announcement is not. At activation the actor asks the scheduler which checkpoint
 is not loaded, START is refused with the reason, so a restarted actor never runs its initial
 policy in place of a deployed one. No scheduler within deploy_wait_s, or nothing deployed: the
 configured initial policy runs.
+
+Clocks: the control tick, the stale-observation and stale-teleop checks, retries and every stamp
+run on ROS time (simulated time under use_sim_time). Wall time (time.monotonic) guards our own
+processes: the reset service call's deadline, the checkpoint transfer, rate-limited logs. Under
+use_sim_time the actor reports each finished tick on /sim/progress (scarls.ros.simtime) for the
+lockstep clock, once the policy inference in flight is done: an inference costs at most the tick
+it was requested in, whatever the host's load.
 """
 
 from __future__ import annotations
@@ -92,6 +99,7 @@ from scarls.ros.node_utils import (
     request_checkpoint_chunk,
     run_node,
 )
+from scarls.ros.simtime import ProgressReporter, now_ns
 from scarls.ros.viz import actor_state_marker
 
 SIGNAL_EVENTS = {
@@ -227,6 +235,10 @@ class ActorNode(LifecycleNode):
         self._fetch_thread: threading.Thread | None = None
         # (policy, deploy record) fetched + verified, swapped in at the next boundary
         self._ready: tuple[object, DeployRecord] | None = None
+        self._progress = ProgressReporter(self)   # lockstep clock (inert on wall time)
+        self._progress_due: int | None = None     # a tick's report waiting for the inference
+        if self._progress.enabled:
+            self._controller.inference.on_idle = self._inference_idle
         self.get_logger().info(
             f'configured: policy={self._policy_name} v{self._model_version} '
             f'chunk={self._policy.chunk_size} cameras={list(self._cameras)}; '
@@ -271,6 +283,7 @@ class ActorNode(LifecycleNode):
 
     def on_activate(self, state):
         self._timer = self.create_timer(self._dt, self._tick, callback_group=self._control)
+        self._progress.done_now()   # joined: the clock waits for this node's ticks from now on
         self._state_timer = self.create_timer(1.0, self._publish_state,
                                               callback_group=self._control)
         self._publish_state()
@@ -300,7 +313,7 @@ class ActorNode(LifecycleNode):
 
     # -- inputs ----------------------------------------------------------------------------
     def _warn(self, key: str, text: str, period: float = 2.0) -> None:
-        now = time.monotonic()
+        now = time.monotonic()   # wall: a log rate limit
         if now - self._warned_at.get(key, -1e9) >= period:
             self._warned_at[key] = now
             self.get_logger().warning(text)
@@ -348,7 +361,7 @@ class ActorNode(LifecycleNode):
 
     def _on_teleop(self, msg: JointState) -> None:
         try:
-            self._latest_teleop = (time.monotonic(), msg_to_positions(msg, self._joints),
+            self._latest_teleop = (now_ns(self), msg_to_positions(msg, self._joints),
                                    stamp_to_ns(msg.header.stamp))
         except MessageError as exc:
             self._warn('bad_teleop', f'teleop/command dropped: {exc}')
@@ -471,7 +484,7 @@ class ActorNode(LifecycleNode):
                 ready = self._ready
             if record is None or (ready is not None and ready[1].generation >= record.generation):
                 return
-            t0 = time.monotonic()
+            t0 = time.monotonic()   # wall: the transfer's duration, for the log
             try:
                 data = ChunkFetcher(self._request_chunk, record.version,
                                     expected_sha256=record.sha256 or None,
@@ -579,7 +592,7 @@ class ActorNode(LifecycleNode):
             self._retry_later(lambda: self._start_reset(after, attempt), 0.2)
             return
         future = self._reset_client.call_async(Trigger.Request())
-        deadline = time.monotonic() + RESET_TIMEOUT_S
+        deadline = time.monotonic() + RESET_TIMEOUT_S   # wall: guards a service call
 
         def check() -> None:
             if future.done():
@@ -657,6 +670,35 @@ class ActorNode(LifecycleNode):
 
     def _tick(self) -> None:
         self._tick_meter.tick(time.monotonic())
+        try:
+            self._control_tick()
+        finally:
+            self._report_tick()
+
+    def _report_tick(self) -> None:
+        """Lockstep: this tick is done once no policy inference is in flight (else the
+        inference's end reports it, :meth:`_inference_idle`)."""
+        if not self._progress.enabled:
+            return
+        now = now_ns(self)
+        controller = self._controller
+        with self._lock:
+            if controller is not None and controller.inference.pending:
+                self._progress_due = now
+                return
+            self._progress_due = None
+        self._progress.done(now)
+
+    def _inference_idle(self) -> None:
+        with self._lock:
+            controller = self._controller
+            if controller is not None and controller.inference.pending:
+                return   # another request went in meanwhile: its end reports
+            due, self._progress_due = self._progress_due, None
+        if due is not None:
+            self._progress.done(due)
+
+    def _control_tick(self) -> None:
         with self._lock:
             phase = self.fsm.phase
             if not is_episode_active(phase):
@@ -675,7 +717,7 @@ class ActorNode(LifecycleNode):
             human = phase is Phase.HUMANINTERVENTION
             if human:
                 teleop = self._latest_teleop
-                if teleop is None or time.monotonic() - teleop[0] > TELEOP_STALE_S:
+                if teleop is None or (now_ns(self) - teleop[0]) * 1e-9 > TELEOP_STALE_S:
                     self._warn('stale_teleop', 'no fresh teleop command: holding')
                     action = q
                 else:

@@ -17,10 +17,18 @@ Topics (relative to the ECU namespace):
                                       commanded now ('' = OK; the driver holds meanwhile)
   ros2_bridge: in the robot's joint states, out one command topic per controller (the robot
   description's backend settings, see scarls.driver.bridge)
+  out /sim/progress                   std_msgs/Header (under use_sim_time: the tick finished, for
+                                      the lockstep clock; scarls.ros.simtime)
 Services: ~/reset_pose (std_srvs/Trigger), ~/estop (std_srvs/SetBool).
 Parameters: see config/ecu.yaml (robot, backend, backend_overrides, rate_hz, image_height/width,
-seed, watchdog_timeout_s, autostart). The robot description (`robot`, config/robots/*.yaml) gives
-the joints, limits, cameras, control rate and the backend's own settings.
+seed, watchdog_timeout_s, autostart; use_sim_time). The robot description (`robot`,
+config/robots/*.yaml) gives the joints, limits, cameras, control rate and the backend's own
+settings.
+
+Clocks: the control tick, the command watchdog and every stamp run on ROS time (simulated time
+under use_sim_time; a clock jump restarts the watchdog). Wall time (time.monotonic) is kept for
+what guards the host, not the robot: rate-limited logs, the 1 s safety/fault status heartbeats,
+and polling a real robot's reset motion.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from scarls.ros.conversions import (
 )
 from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.ros.simtime import ProgressReporter, now_s, on_time_jump
 from scarls.ros.viz import VizError, robot_markers
 
 VIZ_RATE_HZ = 10.0
@@ -180,6 +189,8 @@ class DriverNode(LifecycleNode):
             self._setup_bridge(self._backend.config)
         self._setup_fault_report()
         self._timer_group = group
+        self._progress = ProgressReporter(self)   # lockstep: the tick finished (sim time only)
+        self._jump = on_time_jump(self, self._on_time_jump)
         self.get_logger().info(
             f"configured: backend={p['backend']} joints={len(self._names)} "
             f"cameras={list(self._cameras)} rate={rate:.1f} Hz")
@@ -238,7 +249,7 @@ class DriverNode(LifecycleNode):
         when it clears); True while it lasts (the tick then commands nothing and publishes no
         joint state: a faulted robot's state is not to be trusted)."""
         why = backend.fault()
-        now = time.monotonic()
+        now = time.monotonic()   # wall: the fault re-send heartbeat
         if why is None:
             if self._fault is not None:
                 self.get_logger().info(f'robot fault cleared (was: {self._fault})')
@@ -263,6 +274,7 @@ class DriverNode(LifecycleNode):
         with self._lock:
             self._target = None
         self._timer = self.create_timer(self._dt, self._tick, callback_group=self._timer_group)
+        self._progress.done_now()   # joined: the clock waits for this node's ticks from now on
         self.get_logger().info('active: publishing state, accepting commands')
         return super().on_activate(state)
 
@@ -334,7 +346,7 @@ class DriverNode(LifecycleNode):
 
     # -- callbacks -------------------------------------------------------------------------
     def _warn(self, key: str, text: str, period: float = 2.0) -> None:
-        now = time.monotonic()
+        now = time.monotonic()   # wall: a log rate limit
         if now - self._warned_at.get(key, -1e9) >= period:
             self._warned_at[key] = now
             self.get_logger().warning(text)
@@ -347,7 +359,12 @@ class DriverNode(LifecycleNode):
             return
         with self._lock:
             self._target = target
-        self._watchdog.feed(time.monotonic())
+        self._watchdog.feed(now_s(self))   # ROS time: the robot's clock
+
+    def _on_time_jump(self) -> None:
+        """The ROS clock jumped (a simulation reset): the watchdog counts from now again."""
+        if self._watchdog.last_feed is not None:
+            self._watchdog.feed(now_s(self))
 
     async def _on_reset(self, request, response):
         """Move to the home pose. Refused while e-stopped, faulted or already resetting. The
@@ -375,7 +392,7 @@ class DriverNode(LifecycleNode):
                     with self._backend_lock:
                         backend.reset_pose()
                 while backend.moving and not self._estop.engaged:
-                    time.sleep(self._dt)
+                    time.sleep(self._dt)   # wall: polls a real robot's motion (sim: instant)
                 done.set_result('' if not self._estop.engaged else 'aborted by the e-stop')
             except Exception as exc:  # noqa: BLE001 - MotionAborted, BackendError: report
                 done.set_result(f'{type(exc).__name__}: {exc}')
@@ -428,6 +445,8 @@ class DriverNode(LifecycleNode):
             self._control_tick()
         except BackendError as exc:  # e.g. no state from a bridged robot yet: say so, go on
             self._warn(f'backend:{exc}', f'robot backend: {exc}')
+        finally:
+            self._progress.done_now()
 
     def _control_tick(self) -> None:
         backend = self._backend
@@ -438,7 +457,7 @@ class DriverNode(LifecycleNode):
                 self._safety('fault', self._fault or 'fault')
                 self._publish_bridge_commands(self.get_clock().now().to_msg())
                 return
-            now = time.monotonic()
+            now = now_s(self)   # the watchdog runs on ROS time
             current = backend.read_state().positions
             with self._lock:
                 target = self._target
@@ -479,7 +498,7 @@ class DriverNode(LifecycleNode):
 
     def _safety(self, state: str, reason: str) -> None:
         if self._status.update(state, reason) or \
-                time.monotonic() - self._safety_sent_at >= 1.0:
+                time.monotonic() - self._safety_sent_at >= 1.0:   # wall: status heartbeat
             self._report_safety()
 
     def _report_safety(self) -> None:

@@ -28,7 +28,16 @@ Services: ~/train (std_srvs/Trigger: queues one round; during a round, the next 
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
 replay_gate, bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port,
-fleet_rank, fleet_world_size, fleet_key_file, seed, autostart.
+fleet_rank, fleet_world_size, fleet_key_file, seed, autostart; train_steps_per_s (compute-fair
+training budget under use_sim_time, 0 = off).
+
+Clocks: stamps and the ingestion latency (episode end -> trainable) are ROS time (simulated time
+under use_sim_time). With `train_steps_per_s` > 0 under use_sim_time a round trains exactly that
+many steps per simulated second: the training thread waits when it is ahead, and it reports on
+/sim/progress how far it got, so the lockstep clock waits while it is behind (scarls.ros.simtime
+BudgetGate; only the training steps are budgeted: loading, evaluation and the all-reduce take
+the wall time they take). Wall time guards our own processes: the status heartbeat, the wait for
+a peer's checkpoint, round durations in the log.
 """
 
 from __future__ import annotations
@@ -81,6 +90,7 @@ from scarls.ros.node_utils import (
     request_checkpoint_chunk,
     run_node,
 )
+from scarls.ros.simtime import BudgetGate, ProgressReporter, now_s, uses_sim_time, wall_clock
 
 PEER_WAIT_S = 60.0      # wait this long for the peer's deployed checkpoint to be announced
 PEER_TIMEOUT_S = 10.0   # per chunk request to the peer
@@ -152,8 +162,12 @@ class LearnerNode(LifecycleNode):
         declare(self, 'signing_key', '', 'Key that signs every checkpoint published (default '
                 '<key_dir>/learner-<ecu_id>.key; created and trusted if missing)',
                 read_only=True)
+        declare(self, 'train_steps_per_s', 0.0, 'Compute-fair mode (use_sim_time only): '
+                'training steps per simulated second of a round; the clock waits for them '
+                '(0 = train as fast as the host allows)', read_only=True)
         declare(self, 'autostart', True, 'Configure and activate at start')
         self._thread: threading.Thread | None = None
+        self._gate: BudgetGate | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = threading.Lock()
@@ -165,7 +179,7 @@ class LearnerNode(LifecycleNode):
         self._pub_status = self.create_publisher(LearnerStatus, 'learner/status', qos.EVENTS)
         self._pub_learners = self.create_publisher(LearnerStatus, LEARNERS_TOPIC, qos.EVENTS)
         self._status_sent = (None, 0.0)
-        self.create_timer(0.2, self._status_tick)
+        self.create_timer(0.2, self._status_tick, clock=wall_clock())   # wall: a heartbeat
         self._diagnostics = NodeDiagnostics(self, 'learner', self._diagnostic_status,
                                             any_state=True)
 
@@ -237,6 +251,13 @@ class LearnerNode(LifecycleNode):
         if resume is not None:
             self._learner.resume(resume.version, resume.metrics.get(METRIC))
         self._resume = resume
+        self._learner.clock = lambda: now_s(self)
+        budget = float(p('train_steps_per_s'))
+        if budget > 0 and uses_sim_time(self):
+            progress = ProgressReporter(self)
+            progress.idle()   # joined, holding nothing until a round starts
+            self._gate = BudgetGate(self, budget, progress, self._learner.stop_event)
+            self._learner.step_hook = self._budget_step
         self._pub = self.create_publisher(CheckpointInfo, 'learner/checkpoint', qos.STATE)
         self._pub_fleet = self.create_publisher(FleetRound, 'learner/fleet_round', qos.ROUNDS)
         # the same reports on one global topic: a fleet view sees every ECU's rounds
@@ -339,6 +360,7 @@ class LearnerNode(LifecycleNode):
     def _status_tick(self) -> None:
         state, _ = self._current_state()
         last_state, last_t = self._status_sent
+        # wall: a heartbeat for people and monitors
         if state != last_state or time.monotonic() - last_t >= STATUS_PERIOD_S:
             self._publish_status()
 
@@ -428,8 +450,14 @@ class LearnerNode(LifecycleNode):
                 # exact per-episode ingestion latency (episode end -> loaded for training)
                 self.get_logger().info('ingested: ' + ', '.join(
                     f'episode {i} after {sec:.2f} s' for i, sec in self._learner.last_ingested))
-            t0 = time.monotonic()
-            result = self._learner.train_round(steps, self._reducer, self._selector)
+            t0 = time.monotonic()   # wall: the round's duration, for the log
+            if self._gate is not None:
+                self._gate.start()
+            try:
+                result = self._learner.train_round(steps, self._reducer, self._selector)
+            finally:
+                if self._gate is not None:
+                    self._gate.finish()
             self._last, self._detail = result, ''
             if result.fleet is not None:
                 self._announce_fleet(result)
@@ -439,6 +467,15 @@ class LearnerNode(LifecycleNode):
                 f'{steps} steps, loss {result.train_loss:.4f}, {time.monotonic() - t0:.1f} s, '
                 f'+{added} new episodes ({result.online_episodes} online in use)')
             self._announce(result)
+
+    def _budget_step(self) -> None:
+        """After each training step: wait for the budget (the round's last step ends it:
+        evaluation, the gate and the all-reduce hold no budget)."""
+        progress = self._learner.progress
+        if progress.round_step >= progress.round_steps:
+            self._gate.finish()
+        else:
+            self._gate.after_step()
 
     # -- start from a peer's checkpoint (training thread; the executor keeps spinning) ------
     def _on_peer_checkpoint(self, msg: CheckpointInfo) -> None:

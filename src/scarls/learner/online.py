@@ -161,6 +161,11 @@ class OnlineLearner:
         self._online_seen = 0
         self.stop_event = threading.Event()
         """Set it to abandon a running round at its next training step (nothing is published)."""
+        self.step_hook: Callable[[], None] | None = None
+        """Called after each training step (the compute-fair budget waits there)."""
+        self.clock: Callable[[], float] = time.time
+        """The robot's clock in seconds, the one episode stamps use (the node: ROS time, which
+        is simulated time under use_sim_time): ingestion latency = clock() - episode end."""
         self.stale_labels = 0
         """Takeover steps not used as labels because their command was a stale repeat."""
         self.not_executed_steps = 0
@@ -322,7 +327,7 @@ class OnlineLearner:
                 continue
             self._online_seen += 1
             # episode end (its last step's stamp) -> trainable, for the fleet's latency view
-            ingested = (int(entry.index), max(0.0, time.time() - float(reader.meta.end_time)))
+            ingested = (int(entry.index), max(0.0, self.clock() - float(reader.meta.end_time)))
             self.progress.ingested.append(ingested)
             self.last_ingested.append(ingested)
             every = self.config.holdout_every
@@ -488,6 +493,8 @@ class OnlineLearner:
             per.setdefault(s.buffer, []).append(float(loss))
         for key, losses in per.items():
             self.sampler.report_loss(key, float(np.mean(losses)))
+        if self.step_hook is not None:
+            self.step_hook()
 
     def evaluate(self, weights: dict[str, torch.Tensor] | None = None) -> float:
         """Open-loop error of the deployable policy (the weight average when the trainer keeps

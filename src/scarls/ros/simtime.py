@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 
 from builtin_interfaces.msg import Time
-from rclpy.clock import JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
@@ -37,9 +37,14 @@ from std_msgs.msg import Header
 from scarls.sim.clock import IDLE, IDLE_NS, NS, TrainingBudget
 
 PROGRESS_TOPIC = '/sim/progress'
+# each participant's latest report is latched (transient local, depth 1 per writer), so a clock
+# that starts or matches late still learns it; the clock reads with a deep history (many writers)
 PROGRESS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+PROGRESS_READER_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=100,
-    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # a forward jump this large is a skip, not a step (the clock steps one tick at a time)
 JUMP_FORWARD_S = 1.0
 
@@ -57,6 +62,12 @@ def now_s(node) -> float:
     """The node's ROS time in seconds: the clock of everything the robot's behaviour depends
     on (wall time on a real robot, simulated time under ``use_sim_time``)."""
     return now_ns(node) / NS
+
+
+def wall_clock() -> Clock:
+    """A steady (wall) clock for ``node.create_timer(..., clock=wall_clock())``: heartbeats
+    for people and monitors that must keep their pace whatever simulated time does."""
+    return Clock(clock_type=ClockType.STEADY_TIME)
 
 
 def on_time_jump(node, callback) -> object:

@@ -53,6 +53,10 @@ Parameters: data_root, task, ecu_id, image_codec, match_timeout_s, buffer_second
 writer_queue_s, cameras,
 train_interval_s, min_train_steps, max_dropped_fraction, checkpoint_dir, key_dir, trust_file,
 signing_key, guard, guard_min_episodes, guard_alpha, guard_reference_episodes, autostart.
+
+Clocks: the train interval and every stamp run on ROS time (simulated time under use_sim_time;
+a step's recorded timestamp is its actor stamp). Wall time guards our own processes: the
+aligner's wait for messages still in flight (match_timeout_s), the learner/train call's timeout.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ from scarls.ros import qos
 from scarls.ros.conversions import msg_to_image
 from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
+from scarls.ros.simtime import now_s, wall_clock
 from scarls.scheduler.alignment import (
     AlignerConfig,
     DiscardedEpisode,
@@ -343,7 +348,8 @@ class SchedulerNode(LifecycleNode):
 
     def on_activate(self, state):
         self._trigger_timer = self.create_timer(1.0, self._poll_trigger)
-        self._status_timer = self.create_timer(1.0, self._publish_status)
+        # wall: a heartbeat for monitors (and the operator's wait for the recorder)
+        self._status_timer = self.create_timer(1.0, self._publish_status, clock=wall_clock())
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name='recorder', daemon=True)
         self._thread.start()
@@ -680,6 +686,7 @@ class SchedulerNode(LifecycleNode):
         future = self._train_future
         if future is not None:
             if not future.done():
+                # wall: guards a service call to another process
                 if time.monotonic() - self._train_called < TRAIN_CALL_TIMEOUT_S:
                     return
                 # the learner died or hangs with our call in flight: forget it, try again
@@ -702,7 +709,7 @@ class SchedulerNode(LifecycleNode):
         if not self._train_client.service_is_ready():
             return  # no learner on this ECU (yet): data stays pending
         with self._trigger_lock:
-            fire = self._trigger.poll(time.monotonic())
+            fire = self._trigger.poll(now_s(self))   # ROS time: the robot's schedule
         if fire:
             self._train_called = time.monotonic()
             self._train_future = self._train_client.call_async(Trigger.Request())

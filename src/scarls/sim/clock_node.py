@@ -33,7 +33,7 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Header
 
 from scarls.ros.node_utils import declare
-from scarls.ros.simtime import PROGRESS_QOS, PROGRESS_TOPIC, stamp_ns
+from scarls.ros.simtime import PROGRESS_READER_QOS, PROGRESS_TOPIC, stamp_ns
 from scarls.sim.clock import NS, Lockstep, Pacer, step_ns
 
 CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
@@ -72,7 +72,8 @@ class ClockNode(Node):
         self.now = 0
         self.waited_s = 0.0
         self._pub = self.create_publisher(Clock, '/clock', CLOCK_QOS)
-        self.create_subscription(Header, PROGRESS_TOPIC, self._on_progress, PROGRESS_QOS)
+        self.create_subscription(Header, PROGRESS_TOPIC, self._on_progress,
+                                 PROGRESS_READER_QOS)
         self.get_logger().info(
             f'clock: {self.step / 1e6:.3f} ms steps at rtf {self.pacer.rtf:g}'
             + (f', lockstep on {sorted(self.lockstep.participants)}' if self.wait_for

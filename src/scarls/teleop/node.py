@@ -18,6 +18,13 @@ Topics (relative to the ECU namespace):
       teleop/command (sensor_msgs/JointState position targets, reliable depth 1)
       viz/expert_target (visualization_msgs/Marker, scripted, ~10 Hz: the grasp-centre target
       the expert steers to; cyan while the policy acts, orange while the expert has control)
+      /sim/progress (std_msgs/Header, scripted under use_sim_time: the joint state answered,
+      for the lockstep clock; scarls.ros.simtime)
+
+Clocks: the pause before a START (start_delay_s) and every stamp run on ROS time (simulated time
+under use_sim_time). Wall time guards the exchange with other processes: a signal the actor has
+not reacted to is re-sent after SIGNAL_RETRY_S, and the first START waits at most
+wait_for_recorder_s for this ECU's scheduler to be up.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from scarls.ros import qos
 from scarls.ros.conversions import MessageError, joint_state_to_msg, msg_to_positions
 from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import declare, run_node
+from scarls.ros.simtime import ProgressReporter, now_s
 from scarls.ros.viz import VizError, expert_target_marker
 from scarls.teleop.gate import DecisionKind, GateConfig, InterventionGate
 
@@ -97,7 +105,7 @@ class TeleopNode(Node):
         self._q: np.ndarray | None = None
         self._leader: np.ndarray | None = None
         self._phase = 'UNKNOWN'
-        self._phase_since = time.monotonic()
+        self._phase_since = now_s(self)   # ROS time: the robot's pauses
         self._episode_id = 0
         self._finished: set[int] = set()
         self._awaiting: tuple[str, float] | None = None
@@ -127,7 +135,7 @@ class TeleopNode(Node):
         msg.source = self.source
         msg.reason = reason
         self._pub_signal.publish(msg)
-        self._awaiting = (name, time.monotonic())
+        self._awaiting = (name, time.monotonic())   # wall: re-send guard
         self.get_logger().info(f'signal {name} ({reason})' if reason else f'signal {name}')
 
     def _on_js(self, msg: JointState) -> None:
@@ -142,12 +150,14 @@ class TeleopNode(Node):
             # timer beats against the driver's and the actor's clocks, so ticks would alternate
             # between a stale command - a "hold" label - and a double step)
             self._scripted_act()
+            # lockstep: this state is answered (the clock waits for it under sim time)
+            self._progress.done(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
 
     def _on_state(self, msg: ActorState) -> None:
         with self._lock:
             if msg.phase != self._phase:
                 self._phase = msg.phase
-                self._phase_since = time.monotonic()
+                self._phase_since = now_s(self)
                 self._awaiting = None
                 if msg.phase == 'INFERENCE' and msg.event == 'START' and self.source == 'scripted':
                     self._gate.reset()
@@ -186,7 +196,7 @@ class TeleopNode(Node):
         # the first episode waits for the recorder (a run's processes start in any order)
         self._recorder_wait = float(p('wait_for_recorder_s').value)
         self._recorder_seen: float | None = None
-        self._started_at = time.monotonic()
+        self._started_at = time.monotonic()   # wall: waits for another process
         if self._recorder_wait > 0:
             ecu = str(p('ecu_id').value)
             self.create_subscription(
@@ -198,6 +208,9 @@ class TeleopNode(Node):
         self._target_ticks = 0
         self._done_logged = False
         self.create_timer(1.0 / float(p('rate_hz').value), self._scripted_tick)
+        # joins the lockstep with its first answered state (no report before: a state the
+        # driver published before this node matched it would never be answered)
+        self._progress = ProgressReporter(self)
 
     def _on_task(self, msg: TaskState) -> None:
         self._task = msg
@@ -210,7 +223,7 @@ class TeleopNode(Node):
     def _scripted_tick(self) -> None:
         with self._lock:
             phase, since, awaiting = self._phase, self._phase_since, self._awaiting
-        now = time.monotonic()
+        now = time.monotonic()   # wall: the signal re-send guard and the recorder wait
         if awaiting is not None and now - awaiting[1] < SIGNAL_RETRY_S:
             return  # the actor has not reacted to our last signal yet
         if phase == 'IDLE':
@@ -222,7 +235,7 @@ class TeleopNode(Node):
                 return
             if started == 0 and not self._recorder_ready(now):
                 return
-            if now - since >= self._start_delay:
+            if now_s(self) - since >= self._start_delay:
                 self.send('START', f'episode {started + 1}')
             return
 
