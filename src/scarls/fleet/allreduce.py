@@ -120,9 +120,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scarls.common.validation import is_int, is_number
 from scarls.fleet.auth import KEY_FILE_ENV, FleetKey, RejectLog, SignedStore
 from scarls.fleet.weights import DEFAULT_EPS, cap_weights, passes_threshold, reduction_weights
-from scarls.validation import is_int, is_number
 
 __all__ = [
     'BACKENDS',

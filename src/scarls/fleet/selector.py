@@ -29,6 +29,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
+from scarls.common.validation import is_number
 from scarls.fleet.weights import cap_weights
 from scarls.learner.evaluation import (
     CheckpointGate,
@@ -40,7 +41,6 @@ from scarls.learner.evaluation import (
 from scarls.learner.rollout import policy_cameras
 from scarls.learner.trainer import EpisodeData
 from scarls.policies import Policy
-from scarls.validation import is_number
 
 __all__ = [
     'DEFAULT_MAX_EPISODE_FRAMES',

@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from scarls.common.validation import is_int, is_number
 from scarls.device import DEVICES, PRECISIONS, DeviceError, parse_device
-from scarls.validation import is_int, is_number
 
 __all__ = [
     'LOSSES',

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from scarls.common.validation import is_number
 from scarls.learner.config import RolloutConfig
 from scarls.learner.evaluation import GateDecision
 from scarls.learner.rollout import SyncChunkedController, policy_cameras
 from scarls.policies import Observation, Policy
 from scarls.sim import DualArmSim, ScriptedExpert, SimConfig, sim_layout
-from scarls.validation import is_number
 
 __all__ = [
     'MAX_PROGRESS',
