@@ -229,6 +229,35 @@ def replay_training(src: Path, out: Path, task: str, rounds: int, per_round: int
               f'episodes) [{time.time() - t0:.0f} s]', flush=True)
 
 
+def guard_characteristics(trials: int = 4000, seed: int = 0) -> list[dict]:
+    """How often the deploy guard (scarls.checkpoints.guard, the scheduler's settings) rolls
+    back a new version, by simulation: the predecessor ran ``ref`` episodes with success-alone
+    probability ``p_old``, the new version runs ``looks`` episodes with ``p_new`` and is judged
+    after each one from the ``min_episodes``-th on (every look can roll back)."""
+    from scarls.checkpoints.guard import DeployGuard, GuardConfig
+
+    rng = np.random.default_rng(seed)
+    out = []
+    cases = [(0.5, 0.5), (0.7, 0.7), (0.9, 0.9), (0.7, 0.5), (0.7, 0.4), (0.7, 0.3),
+             (0.6, 0.2), (0.9, 0.5)]
+    for ref, looks in ((8, 8), (20, 8), (20, 20)):
+        for p_old, p_new in cases:
+            rolled = 0
+            for _ in range(trials):
+                guard = DeployGuard(GuardConfig(min_episodes=8))
+                guard.on_deploy(1)
+                for ok in rng.random(ref) < p_old:
+                    guard.record(1, 'success', 100, 0 if ok else 30)
+                guard.on_deploy(2)
+                for ok in rng.random(looks) < p_new:
+                    if guard.record(2, 'success', 100, 0 if ok else 30).action == 'rollback':
+                        rolled += 1
+                        break
+            out.append({'reference_episodes': ref, 'new_episodes': looks, 'p_old': p_old,
+                        'p_new': p_new, 'rollback_rate': rolled / trials})
+    return out
+
+
 METRICS = [  # (key, label, higher is better)
     ('recorded', "gate's open-loop error as recorded by the learner", False),
     ('open_loop', 'open-loop error, fixed held-out demos', False),
@@ -262,8 +291,21 @@ def main(argv=None) -> int:
                     help='scenes of the short closed-loop evaluation')
     ap.add_argument('--heldout-demos', type=int, default=8)
     ap.add_argument('--json', type=Path)
+    ap.add_argument('--guard-only', action='store_true',
+                    help="only simulate the deploy guard's rollback rates (no checkpoints)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.guard_only:
+        rows = guard_characteristics()
+        print('| predecessor episodes | new version episodes (judged from the 8th) | '
+              'success alone: predecessor -> new | rolled back |')
+        print('|---|---|---|---|')
+        for r in rows:
+            print(f"| {r['reference_episodes']} | {r['new_episodes']} | {r['p_old']:.0%} -> "
+                  f"{r['p_new']:.0%} | {100 * r['rollback_rate']:.1f} % |")
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1) + '\n')
+        return 0
     root = args.data_root
     if args.replay_from is not None:
         root = root or Path(tempfile.mkdtemp(prefix='scarls_gate_'))

@@ -20,6 +20,8 @@ def test_fisher_exact_matches_reference_values():
     assert fisher_exact_less(1, 3, 3, 1) == pytest.approx(0.242857, abs=1e-6)
     # R: fisher.test(matrix(c(1, 11, 9, 3), 2), alternative = 'less') -> p = 0.001380
     assert fisher_exact_less(1, 9, 11, 3) == pytest.approx(0.0013797, abs=1e-6)
+    # mid-p: half the probability of the observed table counts (0.2429 - 16/70 / 2)
+    assert fisher_exact_less(1, 3, 3, 1, mid_p=True) == pytest.approx(0.128571, abs=1e-6)
     # equal shares: no evidence at all
     assert fisher_exact_less(5, 5, 5, 5) > 0.5
     # a better first row is never "significantly worse"

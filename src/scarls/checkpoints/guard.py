@@ -10,7 +10,8 @@ robot ran with it (outcome, steps, steps by the human) and decides after each ep
   version's reference);
 * **rollback** - when the deployed version's rate of episodes that needed help (a takeover, or
   a failure) is significantly higher than its predecessor's: a one-sided Fisher exact test on
-  the 2x2 table (version, predecessor) x (success without help, needed help), p < ``alpha``,
+  the 2x2 table (version, predecessor) x (success without help, needed help) (mid-p by
+  default), p < ``alpha``,
   once both have at least ``min_episodes`` episodes (the predecessor's newest
   ``reference_episodes`` count). The verdict names the version to roll back to; the caller
   (the scheduler) checks that it is approved, signed and intact before deploying it, and
@@ -53,10 +54,13 @@ GUARD_STATE_NAME = 'guard.json'
 COUNTED = ('success', 'fail')
 
 
-def fisher_exact_less(a: int, b: int, c: int, d: int) -> float:
+def fisher_exact_less(a: int, b: int, c: int, d: int, *, mid_p: bool = False) -> float:
     """One-sided Fisher exact p-value that the first row's success share is lower than the
     second's, for the table ``[[a, b], [c, d]]`` (rows: groups; columns: success, not): the
-    probability, with all margins fixed, of ``a`` or fewer successes in the first row."""
+    probability, with all margins fixed, of ``a`` or fewer successes in the first row. With
+    ``mid_p`` only half the probability of exactly ``a`` counts (Lancaster's mid-p: the
+    exact test's false-alarm rate at these sample sizes is far below its level, the mid-p's
+    close to it)."""
     for v in (a, b, c, d):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f'table entries must be ints >= 0, got {(a, b, c, d)}')
@@ -65,8 +69,10 @@ def fisher_exact_less(a: int, b: int, c: int, d: int) -> float:
         return 1.0
     total = math.comb(n, n1)
     lo = max(0, n1 - (n - k))
-    return min(1.0, sum(math.comb(k, x) * math.comb(n - k, n1 - x)
-                        for x in range(lo, a + 1)) / total)
+    tail = sum(math.comb(k, x) * math.comb(n - k, n1 - x) for x in range(lo, a + 1))
+    if mid_p:
+        tail -= 0.5 * math.comb(k, a) * math.comb(n - k, n1 - a)
+    return min(1.0, tail / total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +88,8 @@ class GuardConfig:
     """The predecessor's newest episodes that are compared with."""
     alpha: float = 0.05
     """Significance level of the one-sided test."""
+    mid_p: bool = True
+    """Mid-p Fisher test (False: the exact, conservative one; see :func:`fisher_exact_less`)."""
 
     def __post_init__(self) -> None:
         for name in ('min_episodes', 'reference_episodes'):
@@ -222,11 +230,12 @@ class DeployGuard:
                                 f'{ref.describe(cfg.reference_episodes)})')
         a, b = st.counts()
         c, d = ref.counts(cfg.reference_episodes)
-        p = fisher_exact_less(a, b, c, d)
+        p = fisher_exact_less(a, b, c, d, mid_p=self.config.mid_p)
         compared = f'{st.describe()} vs predecessor {ref.describe(cfg.reference_episodes)}'
         if p < cfg.alpha:
+            test = 'mid-p' if cfg.mid_p else 'exact'
             return GuardVerdict('rollback', v, f'significantly worse than its predecessor '
-                                f'({compared}; one-sided Fisher exact p = {p:.3f} < '
+                                f'({compared}; one-sided Fisher {test} p = {p:.3f} < '
                                 f'{cfg.alpha:g})', target=prev, p_value=p)
         if v not in self.passed:
             self.passed.add(v)
