@@ -15,7 +15,7 @@ from scarls.actor.chunking import (
     PolicyInferenceError,
     PolicyRunner,
 )
-from scarls.device import DeviceError
+from scarls.common.device import DeviceError
 from scarls.policies import Observation, make_policy
 
 D = 14

@@ -21,7 +21,7 @@ from scarls.checkpoints import (
     save_checkpoint,
     tensors_sha256,
 )
-from scarls.device import DeviceError
+from scarls.common.device import DeviceError
 from scarls.policies import CAMERAS, Observation, make_policy
 
 torch.set_num_threads(1)

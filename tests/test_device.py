@@ -1,5 +1,5 @@
-"""Device handling (scarls.device) on a CPU-only machine: every CUDA decision is checked with the
-availability passed in or faked, the CPU path for real."""
+"""Device handling (scarls.common.device) on a CPU-only machine: every CUDA decision is checked
+with the availability passed in or faked, the CPU path for real."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from scarls import device as dev
-from scarls.device import (
+from scarls.common import device as dev
+from scarls.common.device import (
     DeviceError,
     autocast,
     make_grad_scaler,

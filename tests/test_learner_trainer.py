@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scarls.device import DeviceError
+from scarls.common.device import DeviceError
 from scarls.episodes import StepRecord
 from scarls.learner import (
     EpisodeData,

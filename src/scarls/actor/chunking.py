@@ -17,7 +17,7 @@ control loop keeps executing the previous chunk:
   control period; it swaps in finished chunks, returns this tick's action (or ``None``) and
   requests a new chunk when fewer than ``refill_when_remaining`` actions remain.
 * :class:`PolicyRunner` turns a :class:`~scarls.policies.Policy` into a policy function on a
-  device (``'auto'``: CUDA when available, else the CPU; see :mod:`scarls.device`), with mixed
+  device (``'auto'``: CUDA when available, else the CPU; :mod:`scarls.common.device`), with mixed
   precision where it is safe. Give :class:`ChunkedController` the policy itself (not a
   function) and its ``device``/``precision`` settings apply.
 
@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from scarls.device import autocast, parse_device, place_module, resolve_device, resolve_precision
+from scarls.common.device import (
+    autocast,
+    parse_device,
+    place_module,
+    resolve_device,
+    resolve_precision,
+)
 
 __all__ = [
     'AsyncInference',
@@ -340,12 +346,12 @@ class AsyncInference:
 class PolicyRunner:
     """A policy as a policy function on a device: ``runner(obs) -> (K, D)`` float32 array.
 
-    The policy is moved to ``device`` once (:func:`scarls.device.place_module`; the observation
+    The policy moves to ``device`` once (:func:`scarls.common.device.place_module`; the observation
     batch follows it through pinned memory on CUDA and the chunk comes back to the CPU) and set
     to eval mode; each call runs :meth:`~scarls.policies.Policy.predict_chunk` under autocast
     when ``precision`` resolves to bf16/fp16 (``'auto'``: on CUDA only; fp32 on the CPU and
     MPS). On the CPU in fp32 a call is exactly ``policy.predict_chunk(obs)``. Raises
-    :class:`scarls.device.DeviceError` for a device or precision this machine lacks.
+    :class:`scarls.common.device.DeviceError` for a device or precision this machine lacks.
     """
 
     def __init__(
@@ -383,7 +389,7 @@ class ChunkedController:
     ``precision`` through a :class:`PolicyRunner`, here and in :meth:`set_policy_fn`. A policy
     *function* runs where it is: with one, ``device`` must be ``'auto'`` or ``'cpu'``
     (``ValueError`` otherwise, as it could not be honoured). The device is resolved here, so an
-    unavailable one fails at construction (:class:`scarls.device.DeviceError`).
+    unavailable one fails at construction (:class:`scarls.common.device.DeviceError`).
     """
 
     def __init__(

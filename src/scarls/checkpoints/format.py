@@ -57,7 +57,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from scarls.device import place_module, resolve_device
+from scarls.common.device import place_module, resolve_device
 from scarls.policies import Policy, PolicyConfigError, UnknownPolicy, make_policy
 
 __all__ = [
@@ -727,9 +727,9 @@ def load_checkpoint(
 
     The checks run on the CPU; the policy is then moved to ``device`` (``'auto'``, ``'cpu'``,
     ``'cuda'``, ``'cuda:N'``, ``'mps'`` or a :class:`torch.device`, see
-    :func:`scarls.device.resolve_device` - an unavailable device raises
-    :class:`scarls.device.DeviceError` before anything is read) with
-    :func:`scarls.device.place_module`, so it also takes CPU batches.
+    :func:`scarls.common.device.resolve_device` - an unavailable device raises
+    :class:`scarls.common.device.DeviceError` before anything is read) with
+    :func:`scarls.common.device.place_module`, so it also takes CPU batches.
 
     Raises :class:`CheckpointRejected` when: the whole-file sha256 differs from
     ``expected_sha256``; the bytes are not safetensors (pickle included) or are truncated;

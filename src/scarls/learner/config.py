@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from scarls.common.device import DEVICES, PRECISIONS, DeviceError, parse_device
 from scarls.common.validation import is_int, is_number
-from scarls.device import DEVICES, PRECISIONS, DeviceError, parse_device
 
 __all__ = [
     'LOSSES',
@@ -109,12 +109,12 @@ class TrainerConfig(_Config):
     the average is what gets evaluated and deployed (:meth:`Trainer.deployable`)."""
     device: str = 'auto'
     """Where to train: ``'auto'`` (CUDA when available, else the CPU), ``'cpu'``, ``'cuda'``,
-    ``'cuda:N'`` or ``'mps'`` (:func:`scarls.device.resolve_device`; a device this machine
+    ``'cuda:N'`` or ``'mps'`` (:func:`scarls.common.device.resolve_device`; a device this machine
     lacks is an error when the trainer is built)."""
     precision: str = 'auto'
     """Mixed precision of the forward pass: ``'auto'`` (on CUDA bf16 when the GPU supports it,
     else fp16 with loss scaling; fp32 on the CPU and MPS), ``'fp32'``, ``'bf16'`` (CUDA or
-    CPU) or ``'fp16'`` (CUDA), see :func:`scarls.device.resolve_precision`."""
+    CPU) or ``'fp16'`` (CUDA), see :func:`scarls.common.device.resolve_precision`."""
 
     def __post_init__(self) -> None:
         self._positive('lr')

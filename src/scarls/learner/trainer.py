@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from scarls.device import (
+from scarls.common.device import (
     autocast,
     make_grad_scaler,
     module_device,
@@ -353,13 +353,13 @@ class TrainStats:
 class Trainer:
     """AdamW on ``masked_chunk_loss(policy(batch), batch['action'], batch['action_mask'])``.
 
-    The policy is moved to ``config.device`` (:func:`scarls.device.place_module`: it keeps
+    The policy is moved to ``config.device`` (:func:`scarls.common.device.place_module`: it keeps
     accepting CPU batches elsewhere, e.g. in the open-loop evaluation) and every training batch
-    is sent there (:func:`scarls.device.to_device`). The forward pass runs under autocast when
+    is sent there (:func:`scarls.common.device.to_device`). The forward pass uses autocast when
     ``config.precision`` resolves to bf16/fp16 (CUDA by default; never on the CPU unless asked
     for); fp16 scales the loss with a :class:`torch.amp.GradScaler`. The loss itself is always
     computed in fp32. On the CPU in fp32 every step is exactly what it was without a device.
-    Raises :class:`scarls.device.DeviceError` for a device or precision this machine lacks.
+    Raises :class:`scarls.common.device.DeviceError` for a device or precision this machine lacks.
     """
 
     def __init__(self, policy: Policy, config: TrainerConfig | None = None) -> None:
