@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from scarls.driver.backends import JointSample, RobotBackend, validate_command
+from scarls.driver.base import JointSample, RobotBackend, validate_command
 from scarls.driver.safety import BackendError, ConfigError, JointLimits
 from scarls.robot import RobotDescription, RobotDescriptionError, load_robot
 
