@@ -40,8 +40,8 @@ from scarls.fleet.allreduce import (
     choose_backend,
     reduction_device,
 )
-from scarls.fleet.selector import fleet_decision
 from scarls.learner.evaluation import CheckpointGate
+from scarls.learner.selector import fleet_decision
 
 EPS = 1e-4
 FAST = {

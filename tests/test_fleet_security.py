@@ -53,8 +53,8 @@ from scarls.fleet import (
     trainable_parameters,
     write_key_file,
 )
-from scarls.fleet.selector import fleet_decision
 from scarls.learner.evaluation import CheckpointGate
+from scarls.learner.selector import fleet_decision
 
 KEY = FleetKey.generate()
 CFG = dict(threshold=0.05, deadline_s=30.0, ready_timeout_s=10.0, reduce_timeout_s=30.0,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from scarls.fleet import CheckpointSelector, Selection, flatten_trainable, trainable_parameters
+from scarls.fleet import flatten_trainable, trainable_parameters
 from scarls.fleet.allreduce import _write_back
-from scarls.fleet.selector import fleet_decision
 from scarls.learner import EpisodeData
 from scarls.learner.evaluation import CheckpointGate
+from scarls.learner.selector import CheckpointSelector, Selection, fleet_decision
 from scarls.policies import make_policy
 
 CHUNK = 5

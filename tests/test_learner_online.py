@@ -110,7 +110,8 @@ def test_stale_takeover_commands_are_not_labels_and_held_out_episodes_still_eval
 
 
 def test_fleet_round_of_one_goes_through_the_selector(tmp_path, demos):
-    from scarls.fleet import CheckpointSelector, FleetConfig, FleetReducer, Rendezvous
+    from scarls.fleet import FleetConfig, FleetReducer, Rendezvous
+    from scarls.learner.selector import CheckpointSelector
 
     learner = _learner(tmp_path, demos, threshold=100.0)
     solo = Rendezvous('127.0.0.1', 1, rank=0, world_size=1)

@@ -1,19 +1,19 @@
 """The fleet: ECUs that learn one policy by a metric-weighted all-reduce of their parameters.
 
-Nothing here imports ROS; importing the package imports neither torch nor the learner (the
-names below load their module on first use).
+Nothing here imports ROS or the learner (the learner builds on the fleet: its selector, the
+second open-loop test before a deploy, is :mod:`scarls.learner.selector`); importing the
+package does not import torch (the names below load their module on first use).
 
 * :mod:`~scarls.fleet.weights` - open-loop errors -> reduction weights (normalised inverse
   error over the ECUs that pass the threshold). Pure Python.
 * :mod:`~scarls.fleet.allreduce` - :class:`FleetReducer`: one round of rendezvous (TCPStore,
   torchrun variables), membership with deadlines, and the all-reduce of the trainable
   parameters over torch.distributed (Gloo / NCCL); :func:`serve_rendezvous` hosts the store.
-* :mod:`~scarls.fleet.selector` - :class:`CheckpointSelector`: the second open-loop test of
-  the synchronised model before it is published, and the fleet's deploy rule.
 * :mod:`~scarls.fleet.auth` - :class:`FleetKey`: the fleet's shared secret; every store record
   is sealed with HMAC-SHA256 and verified by its readers.
 
-Per round, on every ECU's learner::
+Per round, on every ECU's learner (``selector``: a
+:class:`scarls.learner.selector.CheckpointSelector`)::
 
     result = reducer.reduce(policy, metric=local_eval.mse)
     if result.status in ('reduced', 'alone'):
@@ -54,10 +54,6 @@ _LAZY = {
     'KEY_FILE_ENV': 'auth',
     'SignedStore': 'auth',
     'write_key_file': 'auth',
-    'CheckpointSelector': 'selector',
-    'FleetDecision': 'selector',
-    'Selection': 'selector',
-    'fleet_decision': 'selector',
 }
 
 __all__ = ['DEFAULT_EPS', 'cap_weights', 'passes_threshold', 'reduction_weights', *_LAZY]

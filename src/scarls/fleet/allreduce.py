@@ -73,7 +73,7 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    the verdicts present when all participants have posted or ``deadline_s`` after the ECU's
    own post are fixed on ``r/verdicts`` like the membership. Every participant reads the
    same verdicts and so takes the same deploy decision
-   (:func:`scarls.fleet.selector.fleet_decision`: every participant's verdict present and
+   (:func:`scarls.learner.selector.fleet_decision`: every participant's verdict present and
    plausible, every participant's own error passing, the union's shares capped): the fleet
    deploys a synchronised model everywhere or nowhere.
 
@@ -646,7 +646,7 @@ class FleetReducer:
         """Take part in the fleet's next round with ``model`` and its open-loop ``metric``.
 
         On ``'reduced'`` the trainable parameters of ``model`` hold the fleet's weighted
-        average (re-evaluate them before deploying, see :mod:`scarls.fleet.selector`); on any
+        average (re-evaluate them before deploying, see :mod:`scarls.learner.selector`); on any
         other status they are unchanged. Never raises for fleet trouble (an unreachable store,
         a dead peer): that is a ``'failed'`` result. Raises :class:`FleetError` for a model
         whose trainable parameters cannot be averaged.
@@ -690,7 +690,7 @@ class FleetReducer:
         the fleet's agreed verdicts ``{ecu id: verdict}`` (step 6 of the module docstring).
 
         ``verdict`` is a JSON-serialisable mapping (see
-        :func:`scarls.fleet.selector.fleet_decision`). For a round this ECU did not reduce
+        :func:`scarls.learner.selector.fleet_decision`). For a round this ECU did not reduce
         with others (``'alone'``, a fleet of one) the answer is its own verdict. Never raises
         for fleet trouble: an unreachable store answers with the own verdict only, marked
         ``'store'`` error in the log.

@@ -223,13 +223,8 @@ class LearnerNode(LifecycleNode):
             self._reducer = self._selector = None
             fleet_key = None
             if bool(p('fleet')):
-                from scarls.fleet import (
-                    CheckpointSelector,
-                    FleetConfig,
-                    FleetKey,
-                    FleetReducer,
-                    Rendezvous,
-                )
+                from scarls.fleet import FleetConfig, FleetKey, FleetReducer, Rendezvous
+                from scarls.learner.selector import CheckpointSelector
                 rendezvous = Rendezvous.from_env(
                     addr=str(p('fleet_addr')) or None, port=int(p('fleet_port')) or None,
                     rank=int(p('fleet_rank')) if int(p('fleet_rank')) >= 0 else None,

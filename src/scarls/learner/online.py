@@ -523,7 +523,7 @@ class OnlineLearner:
         """Train, evaluate open-loop, gate and publish one candidate.
 
         With a fleet (``reducer``: :class:`scarls.fleet.FleetReducer`, ``selector``:
-        :class:`scarls.fleet.CheckpointSelector`) the candidate then takes part in the fleet's
+        :class:`scarls.learner.selector.CheckpointSelector`) the candidate joins the fleet's
         round: ``'reduced'``/``'alone'`` - the synchronised parameters replace the local ones
         (training continues from them) and only the selector's second open-loop test decides
         the deploy, taken fleet-wide from every participant's verdict (the same decision on
