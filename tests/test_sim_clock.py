@@ -141,3 +141,23 @@ def test_pacer_unpaced_and_bad_values():
         Pacer(0, 1.0)
     with pytest.raises(ClockError):
         Pacer(TICK, math.inf)
+
+
+def test_sim_time_nodes_puts_every_node_on_the_clock_and_lists_the_participants():
+    from scarls.bringup import BringupError, ecu_nodes, fleet_nodes, sim_time_nodes
+
+    specs = sim_time_nodes(ecu_nodes('ecu3', learner=True), rtf=0.5, rate_hz=30.0)
+    clock = specs[0]
+    assert (clock.name, clock.module, clock.namespace) == ('clock', 'scarls.sim.clock_node', '')
+    assert clock.parameters['rtf'] == 0.5 and clock.parameters['rate_hz'] == 30.0
+    assert clock.parameters['participants'] == ['/ecu3/driver', '/ecu3/actor']
+    assert all(s.parameters['use_sim_time'] is True for s in specs[1:])
+    assert all('train_steps_per_s' not in s.parameters for s in specs)
+    # compute-fair: the learners are budgeted and waited for too
+    fair = sim_time_nodes(fleet_nodes(2), rtf=0.0, rate_hz=30.0, train_steps_per_s=45.0)
+    assert fair[0].parameters['participants'] == [
+        '/ecu0/driver', '/ecu0/actor', '/ecu0/learner',
+        '/ecu1/driver', '/ecu1/actor', '/ecu1/learner']
+    assert [s.parameters['train_steps_per_s'] for s in fair if s.name == 'learner'] == [45.0] * 2
+    with pytest.raises(BringupError):
+        sim_time_nodes(specs[1:], rtf=-1.0, rate_hz=30.0)

@@ -272,6 +272,33 @@ def fleet_nodes(ecus: int, *, data_root: str = 'data/fleet', task: str = 'pick_c
     return specs
 
 
+def sim_time_nodes(specs: list[NodeSpec], *, rtf: float, rate_hz: float,
+                   train_steps_per_s: float = 0.0) -> list[NodeSpec]:
+    """The same nodes on simulated time (docs/SIM_TIME.md): ``use_sim_time`` on every node and
+    one clock process first (``scarls.sim.clock_node``) that advances ``/clock`` one control
+    tick (``rate_hz``) at a time at real-time factor ``rtf``, in lockstep with every driver and
+    actor (the scripted operators join with their first answered state). With
+    ``train_steps_per_s`` > 0 (compute-fair mode) every learner trains that many steps per
+    simulated second of a round and the clock waits for it too."""
+    if not rtf >= 0:
+        raise BringupError(f'the real-time factor must be >= 0 (0 = as fast as possible), '
+                           f'got {rtf}')
+    if not train_steps_per_s >= 0:
+        raise BringupError(f'train_steps_per_s must be >= 0, got {train_steps_per_s}')
+    out, participants = [], []
+    for s in specs:
+        params = {**s.parameters, 'use_sim_time': True}
+        if s.name in ('driver', 'actor'):
+            participants.append(s.fqn)
+        if s.name == 'learner' and train_steps_per_s > 0:
+            params['train_steps_per_s'] = float(train_steps_per_s)
+            participants.append(s.fqn)
+        out.append(NodeSpec(s.name, s.module, s.namespace, params, s.exe))
+    clock = NodeSpec('clock', 'scarls.sim.clock_node', '', {
+        'rate_hz': float(rate_hz), 'rtf': float(rtf), 'participants': participants})
+    return [clock, *out]
+
+
 def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:
     """The managed (lifecycle) nodes among `specs`, which a launcher must configure + activate."""
     return [s for s in specs if s.name in ('driver', 'actor', 'scheduler', 'learner')]

@@ -42,6 +42,10 @@ class RunOptions:
     extras: list[NodeSpec] = field(default_factory=list)
     """Helper processes that are no part of an ECU (e.g. the dashboard): started with the
     nodes, stopped with them; one that dies is reported, and the robots go on."""
+    sim_time: bool = False
+    """The nodes run on simulated time (``bringup.sim_time_nodes``): ``minutes`` and every
+    time in the summary (``saved_s``, ``at_s``, ...) are simulated; the wall time is reported
+    beside it (``duration_s``). The stall timeout stays wall time (it guards the run)."""
 
 
 @dataclass
@@ -201,7 +205,8 @@ class EcuRun:
         opts = self.options
         domain = opts.domain_id if opts.domain_id is not None else pick_domain_id()
         env = ros_env(domain, localhost_only=opts.localhost_only)
-        namespaces = list(dict.fromkeys(s.namespace for s in opts.specs))
+        # every ECU node has its namespace; the root one holds run-wide processes (the clock)
+        namespaces = list(dict.fromkeys(s.namespace for s in opts.specs if s.namespace))
         fleet = opts.fleet or len(namespaces) > 1
         log.info('scarls %s: %s nodes in namespace%s %s, ROS_DOMAIN_ID=%d%s; logs in %s',
                  'fleet' if fleet else 'ecu',
@@ -229,7 +234,16 @@ class EcuRun:
         interrupted = False
         rclpy.init(args=[])
         group = ProcessGroup(env, opts.log_dir)
-        node = rclpy.create_node('ecu_monitor', namespace='' if fleet else namespaces[0])
+        from rclpy.parameter import Parameter
+        node = rclpy.create_node('ecu_monitor', namespace='' if fleet else namespaces[0],
+                                 parameter_overrides=[Parameter(
+                                     'use_sim_time', Parameter.Type.BOOL, opts.sim_time)])
+
+        def elapsed() -> float:
+            """Run time: simulated seconds (the clock starts at 0) or wall seconds."""
+            if opts.sim_time:
+                return node.get_clock().now().nanoseconds * 1e-9
+            return time.monotonic() - t0
 
         def subscribe(ns: str) -> None:
             me = seen[ns]
@@ -237,7 +251,7 @@ class EcuRun:
             topic = (lambda name: f'/{ns}/{name}') if fleet else (lambda name: name)
 
             def on_episode(msg) -> None:
-                row = EpisodeRow.from_msg(msg, time.monotonic() - t0)
+                row = EpisodeRow.from_msg(msg, elapsed())
                 me.episodes.append(row)
                 me.last_progress = time.monotonic()
                 total = f'/{opts.episodes}' if opts.episodes else ''
@@ -258,7 +272,7 @@ class EcuRun:
                 me.checkpoints[msg.version] = {
                     'version': int(msg.version), 'metric': round(float(msg.metric), 6),
                     'approved': bool(msg.approved), 'parent': int(msg.parent),
-                    'announced_s': round(time.monotonic() - t0, 2)}
+                    'announced_s': round(elapsed(), 2)}
                 me.last_progress = time.monotonic()
                 log.info('%scheckpoint v%d: open-loop error %.4f, %s', pre, msg.version,
                          msg.metric,
@@ -276,7 +290,7 @@ class EcuRun:
                     'selector_passed': bool(msg.selector_passed), 'version': int(msg.version),
                     'approved': bool(msg.approved), 'payload_bytes': int(msg.payload_bytes),
                     'seconds': round(float(msg.wait_seconds + msg.reduce_seconds), 3),
-                    'at_s': round(time.monotonic() - t0, 2)})
+                    'at_s': round(elapsed(), 2)})
                 log.info('%sfleet round %d: %s, participants %s, weights %s%s', pre, msg.round,
                          msg.status, list(msg.participants),
                          {k: round(float(w), 3) for k, w in zip(msg.member_ids,
@@ -315,7 +329,7 @@ class EcuRun:
             for spec in opts.extras:
                 group.start(spec, opts.params_file)
             extra_names = {s.fqn for s in opts.extras}
-            deadline = t0 + opts.minutes * 60.0 if opts.minutes else None
+            deadline = opts.minutes * 60.0 if opts.minutes else None
             ready: set[str] = set()
             restarts: dict[str, int] = {}
             while True:
@@ -334,8 +348,9 @@ class EcuRun:
                 if opts.episodes and all(len(me.episodes) >= opts.episodes
                                          for me in seen.values()):
                     break
-                if deadline is not None and now >= deadline:
-                    log.info('time is up (%.1f min)', opts.minutes)
+                if deadline is not None and elapsed() >= deadline:
+                    log.info('time is up (%.1f %smin)', opts.minutes,
+                             'simulated ' if opts.sim_time else '')
                     break
                 failed = [(ns, me.learner['detail']) for ns, me in seen.items()
                           if me.learner is not None and me.learner['state'] == 'failed']
@@ -382,6 +397,7 @@ class EcuRun:
             interrupted = True
             log.info('interrupted: stopping the %s', 'fleet' if fleet else 'ECU')
         finally:
+            end_s = elapsed()
             exit_codes = group.stop()
             executor.shutdown()
             node.destroy_node()
@@ -412,6 +428,12 @@ class EcuRun:
         else:
             out.update(reports[namespaces[0]])
         log.info('finished in %.1f s', time.monotonic() - t0)
+        if opts.sim_time:
+            out['simulated_s'] = round(end_s, 3)
+            out['achieved_rtf'] = round(out['simulated_s'] / max(1e-9, time.monotonic() - t0),
+                                        3)
+            log.info('simulated %.1f s in %.1f s of wall time (real-time factor %.2f)',
+                     out['simulated_s'], time.monotonic() - t0, out['achieved_rtf'])
         out.update({
             'duration_s': round(time.monotonic() - t0, 3),
             'domain_id': domain,

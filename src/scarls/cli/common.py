@@ -51,6 +51,38 @@ def dashboard_specs(args) -> list:
     return [NodeSpec('dashboard', 'scarls.dashboard', '', {'port': int(args.dashboard)})]
 
 
+def add_sim_time_args(parser) -> None:
+    """--rtf and --compute-fair (docs/SIM_TIME.md)."""
+    from scarls.sim.clock import DEFAULT_TRAIN_STEPS_PER_S
+    parser.add_argument('--rtf', type=float, default=None, metavar='X',
+                        help='run the simulated robot(s) on simulated time at real-time factor '
+                        'X (0.5: half speed, 2: twice; 0: as fast as the nodes keep up); '
+                        '--minutes and --train-interval are then simulated (default: wall '
+                        'time)')
+    parser.add_argument('--compute-fair', type=float, nargs='?', default=None,
+                        const=DEFAULT_TRAIN_STEPS_PER_S, metavar='STEPS_PER_S',
+                        help='compute-fair lockstep (implies simulated time; --rtf defaults to '
+                        '0): every learner trains STEPS_PER_S steps per simulated second of a '
+                        'round and the clock waits for it (default '
+                        f'{DEFAULT_TRAIN_STEPS_PER_S:g}: one learner alone on one core of the '
+                        'reference host)')
+
+
+def apply_sim_time(args, specs: list, robot) -> tuple[list, bool]:
+    """The node specs on simulated time when --rtf or --compute-fair asks for it."""
+    if args.rtf is None and args.compute_fair is None:
+        return specs, False
+    from scarls.bringup import sim_time_nodes
+    rtf = args.rtf if args.rtf is not None else 0.0
+    specs = sim_time_nodes(specs, rtf=rtf, rate_hz=robot.control_rate_hz,
+                           train_steps_per_s=args.compute_fair or 0.0)
+    log.info('simulated time at real-time factor %s%s', f'{rtf:g}' if rtf > 0 else
+             'max (as fast as the nodes keep up)',
+             f', compute-fair: {args.compute_fair:g} training steps per simulated second'
+             if args.compute_fair else '')
+    return specs, True
+
+
 def write_summary(summary: dict, path_arg: str | None) -> None:
     if not path_arg:
         return

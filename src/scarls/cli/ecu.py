@@ -12,6 +12,8 @@ from pathlib import Path
 from scarls.bringup import default_params_file, ecu_nodes
 from scarls.cli.common import (
     ROBOT_HELP,
+    add_sim_time_args,
+    apply_sim_time,
     dashboard_specs,
     image_overrides,
     positive_int,
@@ -61,6 +63,7 @@ def register(sub) -> None:
                      help='demonstrations to generate for --learn when none exist (default 20)')
     ecu.add_argument('--train-interval', type=float, default=10.0,
                      help='T_interval: minimum seconds between training rounds (default 10)')
+    add_sim_time_args(ecu)
     ecu.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     ecu.set_defaults(func=cmd_ecu)
 
@@ -105,13 +108,14 @@ def cmd_ecu(args) -> int:
     # a learner (or a capture process) that dies is restarted: the robot keeps acting and
     # recording with its deployed model meanwhile, and the learner resumes from its registry
     restart = ('learner', *(s.name for s in specs if s.module == 'scarls.camera.capture'))
+    specs, sim_time = apply_sim_time(args, specs, robot)
     from scarls.bringup import load_params_file
     load_params_file(args.params_file or default_params_file())   # a bad file: say why now
     options = RunOptions(
         specs=specs, params_file=str(args.params_file or default_params_file()),
         episodes=args.episodes, minutes=args.minutes, domain_id=domain,
         localhost_only=not args.network, log_dir=log_dir, extras=dashboard_specs(args),
-        restart=restart, max_restarts=10)
+        restart=restart, max_restarts=10, sim_time=sim_time)
     run = EcuRun(options)
     summary = run.run()
     summary.update({'task': args.task, 'ecu_id': args.ecu_id, 'data_root': str(data_root),

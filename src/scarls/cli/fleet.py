@@ -11,6 +11,8 @@ from pathlib import Path
 from scarls.bringup import default_params_file, fleet_nodes
 from scarls.cli.common import (
     ROBOT_HELP,
+    add_sim_time_args,
+    apply_sim_time,
     dashboard_specs,
     image_overrides,
     positive_int,
@@ -68,6 +70,7 @@ def register(sub) -> None:
     fleet.add_argument('--dashboard', type=int, default=None, metavar='PORT',
                        help='also serve the live web dashboard of the fleet on '
                        'http://127.0.0.1:PORT')
+    add_sim_time_args(fleet)
     fleet.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     fleet.set_defaults(func=cmd_fleet)
 
@@ -137,11 +140,12 @@ def cmd_fleet(args) -> int:
                             })
         from scarls.bringup import load_params_file
         load_params_file(args.params_file or default_params_file())
+        specs, sim_time = apply_sim_time(args, specs, robot)
         run = EcuRun(RunOptions(
             specs=specs, params_file=str(args.params_file or default_params_file()),
             episodes=args.episodes, minutes=args.minutes, domain_id=domain,
             localhost_only=not args.network, log_dir=log_dir, restart=('learner',),
-            fleet=True, extras=dashboard_specs(args)))
+            fleet=True, extras=dashboard_specs(args), sim_time=sim_time))
         summary = run.run()
     finally:
         host.close()

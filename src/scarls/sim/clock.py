@@ -168,3 +168,9 @@ class Pacer:
             return math.nan
         wall = wall_now_ns - self.started_wall_ns
         return (self.steps - 1) * self.step_ns / wall if wall > 0 else math.nan
+
+
+DEFAULT_TRAIN_STEPS_PER_S = 45.0
+"""Compute-fair mode's default training budget (steps per simulated second): what one learner
+achieves alone on one core of the reference 2-core host with the default policy, batch 32 and
+96 x 128 images (``bench/bench_paper.py budget``, docs/SIM_TIME.md)."""

@@ -22,6 +22,7 @@ This node itself runs on wall time (it makes ROS time; it must not follow it).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -152,12 +153,19 @@ class ClockNode(Node):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    node = None
+    node = executor = spinner = None
     try:
         node = ClockNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, name='spin', daemon=True)
+
+        def spin() -> None:
+            try:
+                executor.spin()
+            except ExternalShutdownException:   # SIGINT/SIGTERM: the loop sees rclpy.ok()
+                pass
+
+        spinner = threading.Thread(target=spin, name='spin', daemon=True)
         spinner.start()
         node.run()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -165,9 +173,13 @@ def main(args=None) -> int:
     finally:
         if node is not None:
             node.stop()
-            node.get_logger().info(
-                f'stopped at simulated {node.now / NS:.3f} s, achieved rtf '
-                f'{node.pacer.achieved_rtf(time.monotonic_ns()):.2f}')
+            sys.stderr.write(f'clock stopped at simulated {node.now / NS:.3f} s, achieved rtf '
+                             f'{node.pacer.achieved_rtf(time.monotonic_ns()):.2f}, '
+                             f'{node.waited_s:.1f} s waited for participants\n')
+            if executor is not None:
+                executor.shutdown(timeout_sec=2.0)
+            if spinner is not None:
+                spinner.join(timeout=2.0)
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -1,0 +1,463 @@
+"""The paper's two claims, measured on simulated time (docs/SIM_TIME.md, Table IV of the paper).
+
+    .venv/bin/python bench/bench_paper.py budget           # the compute-fair default
+    .venv/bin/python bench/bench_paper.py all --size small # both experiments (make bench-paper)
+    .venv/bin/python bench/bench_paper.py all --size full  # 10 sim min, 3 seeds, N = 1..8
+
+budget          training steps per CPU second of one learner alone on one core (the default
+                policy, batch and image size; torch with one thread): the default budget of
+                compute-fair mode (`--compute-fair` with no value).
+online-offline  experiment 1, one ECU, the same simulated minutes and the same training budget
+                (compute-fair): (a) demonstrations only - the learner trains on the offline
+                demonstrations and never on the robot's episodes (`algorithm: bc`, online share
+                0), (b) HG-DAgger with the robot's takeovers (the default). Success of the
+                deployed policy alone on unseen scenes (the closed-loop evaluation of
+                scarls.learner.rollout) with a 95 % Wilson interval, per seed, and the curve
+                over simulated minutes.
+scaling         experiment 2, N ECUs compute-fair (`scarls fleet --rtf 0 --compute-fair`): the
+                same simulated minutes for every N; episodes, labels, learner samples, final and
+                best success alone, time to reach 50/70/90 %, and the wall time it took.
+
+Every run writes its JSON under --out (default docs/paper/); `report` rebuilds the table
+(docs/paper/table.md) and the plots (docs/paper/*.png, matplotlib) from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'src'))
+
+TASK = 'pick_cube'
+EVAL_SEED = 900_000          # unseen scenes: far from the demonstrations' and the ECUs' seeds
+SIZES = {
+    # sim minutes, seeds, closed-loop scenes per checkpoint, curve checkpoints, fleet sizes
+    'small': {'sim_minutes': 1.5, 'seeds': [0], 'scenes': 20, 'curve': 2, 'ecus': [1, 2]},
+    'full': {'sim_minutes': 10.0, 'seeds': [0, 1, 2], 'scenes': 200, 'curve': 6,
+             'ecus': [1, 2, 4, 8]},
+}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate k / n."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+# -- budget -------------------------------------------------------------------------------------
+def measure_budget(args) -> dict:
+    """Steps per CPU second (and per wall second) of one learner alone, on one thread."""
+    import torch
+
+    from scarls.checkpoints.registry import CheckpointRegistry
+    from scarls.learner.config import MixingConfig, TrainerConfig
+    from scarls.learner.demos import generate_demos
+    from scarls.learner.node import DEFAULT_POLICY_CONFIG
+    from scarls.learner.online import OnlineConfig, OnlineLearner, policy_config_for
+    from scarls.policies import make_policy
+    from scarls.robot import load_robot
+
+    torch.set_num_threads(1)
+    robot = load_robot('sim_dual6')
+    with tempfile.TemporaryDirectory() as tmp:
+        offline = Path(tmp) / 'offline'
+        generate_demos(offline, TASK, 4, seed=0, image_shape=robot.image_shape)
+        policy = make_policy('spatial', policy_config_for(
+            json.loads(DEFAULT_POLICY_CONFIG), robot, offline, TASK), seed=0)
+        learner = OnlineLearner(policy, CheckpointRegistry(Path(tmp) / 'ckpt'), OnlineConfig(
+            trainer=TrainerConfig(batch_size=32, device='cpu', precision='fp32'),
+            mixing=MixingConfig()))
+        learner.load_offline(offline, TASK, heldout=1)
+        learner.trainer.train_steps(learner._batch, 20)   # warm-up
+        out = []
+        for _ in range(args.repeats):
+            c0, w0 = time.process_time(), time.perf_counter()
+            learner.trainer.train_steps(learner._batch, args.steps)
+            cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            out.append({'steps': args.steps, 'cpu_s': round(cpu, 3), 'wall_s': round(wall, 3),
+                        'steps_per_cpu_s': round(args.steps / cpu, 2),
+                        'steps_per_wall_s': round(args.steps / wall, 2)})
+            print(json.dumps(out[-1]), flush=True)
+    best = max(r['steps_per_cpu_s'] for r in out)
+    load = os.getloadavg()[0]
+    result = {'runs': out, 'steps_per_cpu_s_best': best, 'load_avg_1min': load,
+              'batch_size': 32, 'image_shape': list(robot.image_shape), 'threads': 1}
+    print(f'one learner alone, one thread: {best:.1f} training steps per CPU second '
+          f'(best of {len(out)}; load average {load:.1f})')
+    return result
+
+
+# -- running scarls -----------------------------------------------------------------------------
+def run_cli(cmd: list[str], log_path: Path, timeout_s: float) -> dict:
+    """Run a `scarls` command, return its JSON summary (the last --summary argument)."""
+    summary = Path(cmd[cmd.index('--summary') + 1])
+    t0 = time.monotonic()
+    with open(log_path, 'w') as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                              cwd=ROOT, check=False)
+    wall = time.monotonic() - t0
+    if not summary.exists():
+        raise RuntimeError(f'{" ".join(cmd)} wrote no summary (exit {proc.returncode}); '
+                           f'see {log_path}')
+    out = json.loads(summary.read_text())
+    out['_wall_s'] = round(wall, 1)
+    out['_exit'] = proc.returncode
+    return out
+
+
+def write_params(path: Path, learner: dict) -> Path:
+    """The default parameters with the learner's overrides (for the offline-only arm)."""
+    import yaml
+
+    from scarls.bringup import default_params_file
+    params = yaml.safe_load(default_params_file().read_text())
+    params.setdefault('learner', {}).setdefault('ros__parameters', {}).update(learner)
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def registry_records(root: Path) -> list[dict]:
+    reg = root / 'checkpoints' / TASK / 'registry.json'
+    if not reg.exists():
+        return []
+    data = json.loads(reg.read_text())
+    return data.get('records', data if isinstance(data, list) else [])
+
+
+def deployed_versions(summary: dict) -> list[dict]:
+    """Checkpoints that acted on the robot, in order, with the simulated time they were
+    announced (``announced_s``)."""
+    return [c for c in summary.get('checkpoints', [])
+            if c.get('approved') and c.get('deployed_at_episode') is not None]
+
+
+def closed_loop(root: Path, version: int, scenes: int, image_shape) -> dict:
+    """Success alone of checkpoint ``version`` of the registry under ``root`` on ``scenes``
+    unseen scenes (scarls.learner.rollout.evaluate_closed_loop, synchronous simulator)."""
+    import torch
+
+    from scarls.checkpoints import load_checkpoint
+    from scarls.checkpoints.registry import CheckpointRegistry
+    from scarls.learner.rollout import evaluate_closed_loop
+
+    torch.set_num_threads(1)
+    registry = CheckpointRegistry(root / 'checkpoints' / TASK, keep_last=10_000,
+                                  keep_records=10_000)
+    rec = registry.get(version)
+    policy, _ = load_checkpoint(rec.path, expected_sha256=rec.sha256)
+    stats = evaluate_closed_loop(policy, scenes, seed=EVAL_SEED, image_shape=tuple(image_shape))
+    k = round(stats.success_rate * stats.n_episodes)
+    lo, hi = wilson(k, stats.n_episodes)
+    return {'version': version, 'success_rate': stats.success_rate, 'successes': k,
+            'scenes': stats.n_episodes, 'ci95': [lo, hi]}
+
+
+def stored(root: Path, version: int) -> bool:
+    from scarls.checkpoints.registry import CheckpointRegistry
+    registry = CheckpointRegistry(root / 'checkpoints' / TASK, keep_last=10_000,
+                                  keep_records=10_000)
+    return version in registry and registry.get(version).has_weights
+
+
+def curve_points(root: Path, summary: dict, k: int, scenes: int, image_shape) -> list[dict]:
+    """Success alone of about ``k`` deployed checkpoints spread over the run, at the simulated
+    time each was announced; the last deployed one is always included."""
+    deployed = [c for c in deployed_versions(summary) if stored(root, c['version'])]
+    if not deployed:
+        return []
+    picks = sorted({round(i * (len(deployed) - 1) / max(1, k - 1)) for i in range(k)})
+    out = []
+    for i in picks:
+        c = deployed[i]
+        point = closed_loop(root, c['version'], scenes, image_shape)
+        point['sim_minutes'] = round(c.get('announced_s', 0.0) / 60.0, 3)
+        out.append(point)
+        print(f"    v{c['version']} at {point['sim_minutes']:.2f} simulated min: "
+              f"{100 * point['success_rate']:.0f} % of {point['scenes']} "
+              f"[{100 * point['ci95'][0]:.0f}, {100 * point['ci95'][1]:.0f}]", flush=True)
+    return out
+
+
+def scarls_exe() -> str:
+    return str(ROOT / '.venv' / 'bin' / 'scarls')
+
+
+def common_args(args, root: Path, offline: Path | None = None) -> list[str]:
+    return ['--data-root', str(root), '--minutes', str(args.sim_minutes), '--episodes', '0',
+            '--rtf', str(args.rtf), '--compute-fair', str(args.budget),
+            '--train-interval', str(args.train_interval)]
+
+
+def prepare_demos(workdir: Path, n: int, image_shape) -> Path:
+    """One set of demonstrations for every arm and fleet size (the same start)."""
+    from scarls.episodes import list_episodes
+    from scarls.learner.demos import generate_demos
+    offline = workdir / 'offline'
+    if not list_episodes(offline, TASK):
+        generate_demos(offline, TASK, n, seed=0, image_shape=tuple(image_shape))
+    return offline
+
+
+def link_demos(offline: Path, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / 'offline'
+    if not target.exists():
+        target.symlink_to(offline, target_is_directory=True)
+
+
+# -- experiment 1 -------------------------------------------------------------------------------
+ARMS = {
+    'offline': {'learner': {'algorithm': 'bc'}, 'what': 'demonstrations only (BC, the robot '
+                'runs and is helped, its episodes are never trained on)'},
+    'hg_dagger': {'learner': {}, 'what': 'HG-DAgger with online takeovers (the default)'},
+}
+
+
+def experiment_online_offline(args, workdir: Path) -> list[dict]:
+    offline = prepare_demos(workdir, args.demos, args.image_shape)
+    results = []
+    for seed in args.seeds:
+        for arm in args.arms:
+            root = workdir / f'exp1_{arm}_seed{seed}'
+            link_demos(offline, root)
+            cmd = [scarls_exe(), 'ecu', '--learn', *common_args(args, root), '--seed',
+                   str(seed), '--summary', str(root / 'summary.json')]
+            if ARMS[arm]['learner']:
+                cmd += ['--params-file', str(write_params(root / 'params.yaml',
+                                                          ARMS[arm]['learner']))]
+            print(f'exp1 {arm} seed {seed}: {" ".join(cmd[1:])}', flush=True)
+            summary = run_cli(cmd, root / 'run.log', args.timeout)
+            row = summarise_ecu_run(summary, root, args, f'exp1 {arm} seed {seed}')
+            row.update({'experiment': 1, 'arm': arm, 'seed': seed})
+            results.append(row)
+            save(args, 'exp1', results)
+    return results
+
+
+def summarise_ecu_run(summary: dict, root: Path, args, label: str) -> dict:
+    eps = summary.get('episodes', [])
+    labels = sum(e['intervention_steps'] for e in eps)
+    print(f'  {label}: {len(eps)} episodes, {labels} human-labelled steps, simulated '
+          f"{summary.get('simulated_s', 0):.0f} s in {summary.get('_wall_s', 0):.0f} s wall "
+          f"(rtf {summary.get('achieved_rtf', 0):.2f}); ok={summary.get('ok')} "
+          f"{summary.get('error') or ''}", flush=True)
+    curve = curve_points(root, summary, args.curve, args.scenes, args.image_shape)
+    final = curve[-1] if curve else None
+    best = max(curve, key=lambda p: p['success_rate']) if curve else None
+    learner = summary.get('learner') or {}
+    return {
+        'ok': summary.get('ok'), 'error': summary.get('error'),
+        'simulated_s': summary.get('simulated_s'), 'wall_s': summary.get('_wall_s'),
+        'achieved_rtf': summary.get('achieved_rtf'), 'episodes': len(eps),
+        'labels': labels, 'samples_trained': learner.get('samples_trained'),
+        'success_with_help': summary.get('success_rate'),
+        'checkpoints': len(deployed_versions(summary)),
+        'final': final, 'best': best, 'curve': curve,
+        'time_to': {str(t): next((p['sim_minutes'] for p in curve
+                                  if p['success_rate'] >= t / 100), None)
+                    for t in (50, 70, 90)},
+    }
+
+
+# -- experiment 2 -------------------------------------------------------------------------------
+def experiment_scaling(args, workdir: Path) -> list[dict]:
+    offline = prepare_demos(workdir, args.demos, args.image_shape)
+    results = []
+    for seed in args.seeds:
+        for n in args.ecus:
+            root = workdir / f'exp2_n{n}_seed{seed}'
+            link_demos(offline, root)
+            cmd = [scarls_exe(), 'fleet', '--ecus', str(n), *common_args(args, root), '--seed',
+                   str(seed), '--summary', str(root / 'summary.json')]
+            print(f'exp2 N={n} seed {seed}: {" ".join(cmd[1:])}', flush=True)
+            summary = run_cli(cmd, root / 'run.log', args.timeout * max(1, n))
+            rows = {}
+            for ecu, view in (summary.get('ecus') or {}).items():
+                rows[ecu] = summarise_ecu_run({**view, **{k: summary.get(k) for k in (
+                    'simulated_s', '_wall_s', 'achieved_rtf', 'ok', 'error')}},
+                    root / ecu, args, f'exp2 N={n} seed {seed} {ecu}')
+                if n > 1:   # the fleet deploys the same averaged policy: one ECU's curve tells
+                    break
+            ecus = summary.get('ecus') or {}
+            row = {'experiment': 2, 'n': n, 'seed': seed, 'ok': summary.get('ok'),
+                   'error': summary.get('error'), 'simulated_s': summary.get('simulated_s'),
+                   'wall_s': summary.get('_wall_s'), 'achieved_rtf': summary.get('achieved_rtf'),
+                   'episodes': sum(len(v.get('episodes', [])) for v in ecus.values()),
+                   'labels': sum(e['intervention_steps'] for v in ecus.values()
+                                 for e in v.get('episodes', [])),
+                   'samples_trained': sum((v.get('learner') or {}).get('samples_trained') or 0
+                                          for v in ecus.values()),
+                   'rounds': len(summary.get('rounds', [])),
+                   'ecu0': next(iter(rows.values()), None)}
+            results.append(row)
+            save(args, 'exp2', results)
+    return results
+
+
+# -- report -------------------------------------------------------------------------------------
+def save(args, name: str, rows: list[dict]) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f'{name}.json').write_text(json.dumps({'args': {
+        k: v for k, v in vars(args).items() if k != 'func'}, 'results': rows}, indent=1))
+
+
+def pct(x) -> str:
+    return '-' if x is None else f'{100 * x:.0f} %'
+
+
+def ci(p: dict | None) -> str:
+    if not p:
+        return '-'
+    return f"{100 * p['success_rate']:.0f} % [{100 * p['ci95'][0]:.0f}, " \
+           f"{100 * p['ci95'][1]:.0f}] (n={p['scenes']})"
+
+
+def report(args) -> str:
+    out = Path(args.out)
+    lines = []
+    exp1 = json.loads((out / 'exp1.json').read_text())['results'] \
+        if (out / 'exp1.json').exists() else []
+    exp2 = json.loads((out / 'exp2.json').read_text())['results'] \
+        if (out / 'exp2.json').exists() else []
+    if exp1:
+        lines += ['### Experiment 1: online vs offline (one ECU, compute-fair)', '',
+                  '| arm | seed | simulated min | wall min | episodes | human labels | '
+                  'learner samples | final success alone [95 %] | best | t50 / t70 / t90 '
+                  '(sim min) |', '|---|---|---|---|---|---|---|---|---|---|']
+        for r in exp1:
+            t = r['time_to']
+            lines.append(
+                f"| {r['arm']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
+                f"{(r['wall_s'] or 0) / 60:.1f} | {r['episodes']} | {r['labels']} | "
+                f"{r['samples_trained']} | {ci(r['final'])} | {ci(r['best'])} | "
+                f"{t['50']} / {t['70']} / {t['90']} |")
+        lines.append('')
+    if exp2:
+        lines += ['### Experiment 2: N ECUs, compute-fair (Table IV analogue)', '',
+                  '| N | seed | simulated min | wall min | achieved rtf | episodes | human labels '
+                  '| learner samples | fleet rounds | final success alone [95 %] | best | '
+                  't50 / t70 / t90 (sim min) |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|']
+        for r in exp2:
+            e = r.get('ecu0') or {'final': None, 'best': None, 'time_to': {}}
+            t = e.get('time_to', {})
+            lines.append(
+                f"| {r['n']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
+                f"{(r['wall_s'] or 0) / 60:.1f} | {r['achieved_rtf']} | {r['episodes']} | "
+                f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | {ci(e['final'])} | "
+                f"{ci(e['best'])} | {t.get('50')} / {t.get('70')} / {t.get('90')} |")
+        lines.append('')
+    text = '\n'.join(lines)
+    (out / 'table.md').write_text(text + '\n')
+    print(text)
+    plot(out, exp1, exp2)
+    return text
+
+
+def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib is not installed: no plots (pip install matplotlib)')
+        return
+    for name, rows, key in (('exp1_curves.png', exp1, 'arm'), ('exp2_curves.png', exp2, 'n')):
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            curve = r['curve'] if 'curve' in r else (r.get('ecu0') or {}).get('curve', [])
+            if not curve:
+                continue
+            xs = [p['sim_minutes'] for p in curve]
+            ys = [100 * p['success_rate'] for p in curve]
+            lo = [100 * p['ci95'][0] for p in curve]
+            hi = [100 * p['ci95'][1] for p in curve]
+            label = f"{'N=' if key == 'n' else ''}{r[key]} seed {r['seed']}"
+            ax.plot(xs, ys, marker='o', label=label)
+            ax.fill_between(xs, lo, hi, alpha=0.15)
+        ax.set_xlabel('simulated minutes')
+        ax.set_ylabel('success alone on unseen scenes (%)')
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        print(f'wrote {out / name}')
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('what', choices=('budget', 'online-offline', 'scaling', 'all', 'report'))
+    ap.add_argument('--size', choices=sorted(SIZES), default=None,
+                    help='preset sizes (small: make bench-paper; full: the issue\'s sizes)')
+    ap.add_argument('--sim-minutes', type=float, default=None)
+    ap.add_argument('--seeds', default=None, help='comma-separated seeds')
+    ap.add_argument('--ecus', default=None, help='fleet sizes, comma-separated')
+    ap.add_argument('--scenes', type=int, default=None, help='closed-loop scenes per point')
+    ap.add_argument('--curve', type=int, default=None, help='checkpoints per curve')
+    ap.add_argument('--arms', default='offline,hg_dagger')
+    ap.add_argument('--rtf', type=float, default=0.0,
+                    help='target real-time factor (0: as fast as the lockstep allows)')
+    ap.add_argument('--budget', type=float, default=None,
+                    help='training steps per simulated second (default: the measured one)')
+    ap.add_argument('--train-interval', type=float, default=10.0)
+    ap.add_argument('--demos', type=int, default=20)
+    ap.add_argument('--timeout', type=float, default=3600.0, help='wall seconds per run')
+    ap.add_argument('--steps', type=int, default=150, help='budget: steps per repeat')
+    ap.add_argument('--repeats', type=int, default=3, help='budget: repeats')
+    ap.add_argument('--workdir', default=None, help='keep the runs here (default: a temp dir)')
+    ap.add_argument('--out', default=str(ROOT / 'docs' / 'paper'))
+    args = ap.parse_args(argv)
+    preset = SIZES[args.size or 'small']
+    args.sim_minutes = args.sim_minutes or preset['sim_minutes']
+    args.seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else preset['seeds']
+    args.ecus = [int(s) for s in args.ecus.split(',')] if args.ecus else preset['ecus']
+    args.scenes = args.scenes or preset['scenes']
+    args.curve = args.curve or preset['curve']
+    args.arms = [a for a in args.arms.split(',') if a]
+    args.image_shape = (96, 128)
+    if args.budget is None:
+        from scarls.sim.clock import DEFAULT_TRAIN_STEPS_PER_S
+        args.budget = DEFAULT_TRAIN_STEPS_PER_S
+    if args.what == 'budget':
+        result = measure_budget(args)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / 'budget.json').write_text(json.dumps(result, indent=1))
+        return 0
+    if args.what == 'report':
+        report(args)
+        return 0
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix='bench-paper-'))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f'runs under {work}; results to {args.out}', flush=True)
+    t0 = time.monotonic()
+    if args.what in ('online-offline', 'all'):
+        experiment_online_offline(args, work)
+    if args.what in ('scaling', 'all'):
+        experiment_scaling(args, work)
+    report(args)
+    print(f'bench-paper took {(time.monotonic() - t0) / 60:.1f} min of wall time')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
