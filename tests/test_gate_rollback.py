@@ -99,3 +99,25 @@ def test_closed_loop_scores_are_deterministic_per_scene():
     b = closed_loop_scores(policy, [3, 4], config=cfg)
     assert a == b and [s.seed for s in a] == [3, 4]
     assert all(0.0 <= s.progress <= 1.0 and not s.success and s.steps == 40 for s in a)
+
+
+def test_the_learner_can_gate_on_closed_loop_progress(tmp_path, demos):
+    config = OnlineConfig(steps_per_round=10, pretrain_steps=0, threshold=100.0,
+                          gate_metric='closed_loop', gate_scenes=2,
+                          trainer=TrainerConfig(batch_size=8))
+    learner = OnlineLearner(make_policy('mlp', seed=0), CheckpointRegistry(tmp_path / 'ckpt'),
+                            config)
+    learner.load_offline(demos, 'pick_cube', heldout=1)
+    first = learner.train_round()
+    assert first.approved and 'closed-loop progress' in first.reason
+    metrics = learner.registry.get(first.version).metrics
+    assert 0.0 <= metrics['closed_loop_progress'] <= 1.0
+    assert metrics['closed_loop_success'] in (0.0, 0.5, 1.0)
+    gate = learner.closed_loop_gate()
+    assert gate.seeds == (800_000, 800_001)
+    # the next candidate is compared with v1's scores on the same scenes
+    gate.floor = 1.0
+    second = learner.train_round()
+    assert not second.approved and 'below the floor' in second.reason
+    with pytest.raises(Exception, match='gate_metric'):
+        OnlineConfig(gate_metric='vibes')

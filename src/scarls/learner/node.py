@@ -27,9 +27,9 @@ fleet mode: learner/fleet_round and /fleet/rounds (FleetRound, one per round).
 Services: ~/train (std_srvs/Trigger: queues one round; during a round, the next one).
 Parameters: data_root, task, offline_root, checkpoint_dir, policy, policy_config (JSON),
 algorithm, steps_per_round, pretrain_steps, batch_size, lr, ema_decay, threshold, heldout_demos,
-replay_gate, bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s, fleet_addr, fleet_port,
-fleet_rank, fleet_world_size, fleet_key_file, seed, autostart; train_steps_per_s (compute-fair
-training budget under use_sim_time, 0 = off).
+replay_gate, gate_metric, gate_scenes, bootstrap_from, keep_checkpoints, fleet, fleet_deadline_s,
+fleet_addr, fleet_port, fleet_rank, fleet_world_size, fleet_key_file, seed, autostart;
+train_steps_per_s (compute-fair training budget under use_sim_time, 0 = off).
 
 Clocks: stamps and the ingestion latency (episode end -> trainable) are ROS time (simulated time
 under use_sim_time). With `train_steps_per_s` > 0 under use_sim_time a round trains exactly that
@@ -130,6 +130,11 @@ class LearnerNode(LifecycleNode):
         declare(self, 'replay_gate', False, 'Extra gate before a deploy: refuse a candidate '
                 'that regresses against the deployed model on a phase or joint group of the '
                 'held-out episodes (replay regression check)')
+        declare(self, 'gate_metric', 'open_loop', "What the gate compares with the deployed "
+                "model: 'open_loop' (error on held-out episodes) or 'closed_loop' (simulated "
+                'robots only: the candidate alone on gate_scenes held-out scenes, mean task '
+                'progress; docs/GATE.md)')
+        declare(self, 'gate_scenes', 10, 'Scenes of the closed-loop gate')
         declare(self, 'fleet', False, 'Take part in the fleet all-reduce (rendezvous from '
                 'MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)', read_only=True)
         declare(self, 'fleet_deadline_s', 30.0, 'Longest wait for the other ECUs in a fleet '
@@ -213,11 +218,16 @@ class LearnerNode(LifecycleNode):
                 pretrain_steps=int(p('pretrain_steps')), algorithm=str(p('algorithm')),
                 threshold=float(p('threshold')), seed=int(p('seed')),
                 replay_gate=bool(p('replay_gate')),
+                gate_metric=str(p('gate_metric')), gate_scenes=int(p('gate_scenes')),
                 trainer=TrainerConfig(lr=float(p('lr')), batch_size=int(p('batch_size')),
                                       ema_decay=float(p('ema_decay')),
                                       device=str(p('device')), precision=str(p('precision'))),
                 mixing=MixingConfig())
-            self._learner = OnlineLearner(policy, registry, config)
+            if config.gate_metric == 'closed_loop' and robot.backend != 'sim':
+                raise LearnerError(f"gate_metric 'closed_loop' runs the candidate in the "
+                                   f'simulator: robot {robot.name!r} is not simulated '
+                                   f'(backend {robot.backend!r})')
+            self._learner = OnlineLearner(policy, registry, config, robot=robot)
             n = self._learner.load_offline(self._offline, self._task,
                                            heldout=int(p('heldout_demos')))
             self._reducer = self._selector = None

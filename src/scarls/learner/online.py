@@ -72,6 +72,15 @@ class OnlineConfig:
     #: deployed model (:class:`scarls.learner.replay_check.ReplayGate`) and refuse a candidate
     #: that regresses on some phase or joint group, even when its overall error passes.
     replay_gate: bool = False
+    #: What the gate compares with the deployed model: 'open_loop' (the error on the held-out
+    #: episodes) or, with a simulated robot, 'closed_loop' - the candidate runs alone in the
+    #: simulator on ``gate_scenes`` held-out scenes and must reach at least the deployed
+    #: model's mean task progress there, less ``closed_loop_tolerance``
+    #: (:class:`scarls.learner.sim_gate.ClosedLoopGate`; the open-loop threshold still
+    #: applies). bench/bench_gate.py measures which of them predicts success alone better.
+    gate_metric: str = 'open_loop'
+    gate_scenes: int = 10
+    closed_loop_tolerance: float = 0.02
     #: Tries to load (verify + read) an episode before giving up on it (logged) ...
     load_attempts: int = 3
     #: ... waiting this long after the first failure, doubling after each next one.
@@ -86,6 +95,11 @@ class OnlineConfig:
             raise LearnerError('load_attempts must be >= 1 and load_backoff_s >= 0')
         if not (self.threshold > 0):
             raise LearnerError(f'threshold must be > 0, got {self.threshold}')
+        if self.gate_metric not in ('open_loop', 'closed_loop'):
+            raise LearnerError(f"gate_metric must be 'open_loop' or 'closed_loop', got "
+                               f'{self.gate_metric!r}')
+        if self.gate_scenes < 1 or not self.closed_loop_tolerance >= 0:
+            raise LearnerError('gate_scenes must be >= 1 and closed_loop_tolerance >= 0')
 
 
 @dataclass(frozen=True)
@@ -141,8 +155,14 @@ class LearnerStopped(LearnerError):
 
 class OnlineLearner:
     def __init__(self, policy: Policy, registry: CheckpointRegistry,
-                 config: OnlineConfig | None = None) -> None:
+                 config: OnlineConfig | None = None, *, robot: Any = None) -> None:
+        """``robot``: the simulated robot the closed-loop gate runs (``gate_metric:
+        closed_loop``; a description or its name, default ``sim_dual6``)."""
         self.config = config or OnlineConfig()
+        self.robot = robot
+        self._closed_gate: Any = None
+        self._deployed_scores: list | None = None
+        self._candidate_scores: list | None = None
         self.policy = policy
         self.registry = registry
         self.cameras = policy_cameras(policy)
@@ -418,6 +438,7 @@ class OnlineLearner:
         self.policy.load_state_dict(weights)
         self.trainer.sync_ema()
         self._deployed_weights = weights
+        self._deployed_scores = None   # measured again on first use
         self.deployed_version = rec.version
         self.deployed_metric = self.evaluate(weights) if self.heldout else None
         self.registry.mark_deployed(rec.version)
@@ -518,6 +539,48 @@ class OnlineLearner:
                 model.load_state_dict(current)
         return float(result.mse)
 
+    def closed_loop_gate(self) -> Any:
+        """The closed-loop gate (``gate_metric: closed_loop``), built on first use with the
+        held-out frames' size; None with the open-loop gate."""
+        if self.config.gate_metric != 'closed_loop':
+            return None
+        if self._closed_gate is None:
+            from scarls.learner.config import RolloutConfig
+            from scarls.learner.sim_gate import ClosedLoopGate
+            shape = (96, 128)
+            for ep in self.heldout:
+                if self.cameras and self.cameras[0] in ep.images:
+                    shape = tuple(int(x) for x in ep.images[self.cameras[0]].shape[1:3])
+                    break
+            self._closed_gate = ClosedLoopGate(
+                self.config.gate_scenes, tolerance=self.config.closed_loop_tolerance,
+                config=RolloutConfig(image_shape=shape), robot=self.robot)
+        return self._closed_gate
+
+    def _closed_loop_decision(self, model: Policy, metric: float, extra: dict
+                              ) -> tuple[bool, str]:
+        """The closed-loop gate's decision on ``model`` (the open-loop threshold still
+        applies); its scores go into ``extra`` (the registry's metrics)."""
+        import copy
+
+        from scarls.learner.sim_gate import mean_progress, success_rate
+        gate = self.closed_loop_gate()
+        scores = gate.scores(model)
+        extra.update(closed_loop_progress=mean_progress(scores),
+                     closed_loop_success=success_rate(scores),
+                     closed_loop_seconds=round(gate.last_seconds, 3))
+        if self._deployed_scores is None and self._deployed_weights is not None:
+            deployed = copy.deepcopy(model)
+            deployed.load_state_dict(self._deployed_weights)
+            self._deployed_scores = gate.scores(deployed)
+        threshold = CheckpointGate(self.config.threshold, must_not_be_worse=False).decide(
+            metric, None)
+        if not threshold.approved:
+            return False, threshold.reason
+        decision = gate.decide(scores, self._deployed_scores)
+        self._candidate_scores = scores
+        return decision.approved, f'{threshold.reason}; {decision.reason}'
+
     def train_round(self, steps: int | None = None, reducer: Any = None,
                     selector: Any = None) -> RoundResult:
         """Train, evaluate open-loop, gate and publish one candidate.
@@ -593,6 +656,9 @@ class OnlineLearner:
                 reason = f'fleet round {fleet.round} skipped: {fleet.reason}'
             else:
                 reason = f'fleet round {fleet.round} {fleet.status} ({fleet.reason}); ' + reason
+        if reducer is None and self.config.gate_metric == 'closed_loop':
+            progress.state = 'evaluating'
+            approved, reason = self._closed_loop_decision(model, metric, extra_metrics)
         if approved and not fleet_decided:
             veto = self.replay_veto(model)
             if veto is not None:
@@ -612,7 +678,9 @@ class OnlineLearner:
             self.deployed_metric, self.deployed_version = metric, record.version
             self._deployed_weights = {k: v.detach().clone()
                                       for k, v in model.state_dict().items()}
+            self._deployed_scores = getattr(self, '_candidate_scores', None)
             self.registry.mark_deployed(record.version)
+        self._candidate_scores = None
         result = RoundResult(record.version, parent, metric, approved, reason,
                              float(stats.loss_mean), steps, float(stats.seconds), eval_s,
                              self.online_episodes, record, fleet, local_metric)
