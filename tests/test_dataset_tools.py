@@ -612,7 +612,7 @@ def make_lerobot_v3(folder: Path) -> dict:
 
 
 def test_import_lerobot_v3(tmp_path, capsys) -> None:
-    from scarls.episodes.tools import import_lerobot_v3
+    from scarls.episodes.lerobot_import import import_lerobot_v3
 
     folder = tmp_path / 'so100_pick'
     src = make_lerobot_v3(folder)

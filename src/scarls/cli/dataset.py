@@ -1,6 +1,7 @@
 """`scarls dataset`: inspect, check and edit the episodes of a data root.
 
-The argparse part of the dataset tools (the work is done by :mod:`scarls.episodes.tools`).
+The argparse part of the dataset tools (the work is done by :mod:`scarls.episodes.tools`,
+:mod:`scarls.episodes.lerobot_import`).
 :func:`add_dataset_parser` plugs the ``dataset`` command into the ``scarls`` parser (it sets
 ``func=run_dataset``); ``python -m scarls.cli.dataset dataset ...`` runs it alone.  See
 ``DESCRIPTION`` for the commands and exit codes.
@@ -476,7 +477,7 @@ def _image_size(text: str | None) -> tuple[int, int] | None:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from scarls.episodes.tools import import_lerobot_v3
+    from scarls.episodes.lerobot_import import import_lerobot_v3
     cameras = [c.strip() for c in args.cameras.split(',') if c.strip()] if args.cameras else None
     episodes = sorted({i for part in args.episodes for i in part}) if args.episodes else None
     progress = _Progress('importing', not args.no_progress)
