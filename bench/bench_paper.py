@@ -8,9 +8,10 @@ budget          training steps per CPU second of one learner alone on one core (
                 policy, batch and image size; torch with one thread): the default budget of
                 compute-fair mode (`--compute-fair` with no value).
 online-offline  experiment 1, one ECU, the same simulated minutes and the same training budget
-                (compute-fair): (a) demonstrations only - the learner trains on the offline
-                demonstrations and never on the robot's episodes (`algorithm: bc`, online share
-                0), (b) HG-DAgger with the robot's takeovers (the default). Success of the
+                (compute-fair): (a) demonstrations only - the learner keeps training on the
+                offline demonstrations with the same budget and never sees the robot's episodes
+                (its online data folder is empty), (b) HG-DAgger with the robot's takeovers (the
+                default). Success of the
                 deployed policy alone on unseen scenes (the closed-loop evaluation of
                 scarls.learner.rollout) with a 95 % Wilson interval, per seed, and the curve
                 over simulated minutes.
@@ -119,17 +120,6 @@ def run_cli(cmd: list[str], log_path: Path, timeout_s: float) -> dict:
     return out
 
 
-def write_params(path: Path, learner: dict) -> Path:
-    """The default parameters with the learner's overrides (for the offline-only arm)."""
-    import yaml
-
-    from scarls.bringup import default_params_file
-    params = yaml.safe_load(default_params_file().read_text())
-    params.setdefault('learner', {}).setdefault('ros__parameters', {}).update(learner)
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
 def registry_records(root: Path) -> list[dict]:
     reg = root / 'checkpoints' / TASK / 'registry.json'
     if not reg.exists():
@@ -221,10 +211,22 @@ def link_demos(offline: Path, root: Path) -> None:
 
 # -- experiment 1 -------------------------------------------------------------------------------
 ARMS = {
-    'offline': {'learner': {'algorithm': 'bc'}, 'what': 'demonstrations only (BC, the robot '
-                'runs and is helped, its episodes are never trained on)'},
-    'hg_dagger': {'learner': {}, 'what': 'HG-DAgger with online takeovers (the default)'},
+    'offline': 'demonstrations only (the robot runs and is helped; its episodes are never '
+               'trained on)',
+    'hg_dagger': 'HG-DAgger with online takeovers (the default)',
 }
+
+
+def arm_params(arm: str, root: Path) -> list[str]:
+    if arm == 'hg_dagger':
+        return []
+    # the learner reads its online episodes from an empty folder; demonstrations, registry
+    # and keys are the run's own
+    empty = root / 'no_online_data'
+    empty.mkdir(parents=True, exist_ok=True)
+    return ['--param', f'learner.data_root={empty}',
+            '--param', f'learner.offline_root={root / "offline"}',
+            '--param', f'learner.checkpoint_dir={root / "checkpoints" / TASK}']
 
 
 def experiment_online_offline(args, workdir: Path) -> list[dict]:
@@ -235,10 +237,7 @@ def experiment_online_offline(args, workdir: Path) -> list[dict]:
             root = workdir / f'exp1_{arm}_seed{seed}'
             link_demos(offline, root)
             cmd = [scarls_exe(), 'ecu', '--learn', *common_args(args, root), '--seed',
-                   str(seed), '--summary', str(root / 'summary.json')]
-            if ARMS[arm]['learner']:
-                cmd += ['--params-file', str(write_params(root / 'params.yaml',
-                                                          ARMS[arm]['learner']))]
+                   str(seed), *arm_params(arm, root), '--summary', str(root / 'summary.json')]
             print(f'exp1 {arm} seed {seed}: {" ".join(cmd[1:])}', flush=True)
             summary = run_cli(cmd, root / 'run.log', args.timeout)
             row = summarise_ecu_run(summary, root, args, f'exp1 {arm} seed {seed}')

@@ -64,8 +64,29 @@ def register(sub) -> None:
     ecu.add_argument('--train-interval', type=float, default=10.0,
                      help='T_interval: minimum seconds between training rounds (default 10)')
     add_sim_time_args(ecu)
+    ecu.add_argument('--param', action='append', default=[], metavar='NODE.NAME=VALUE',
+                     help='a ROS parameter of one node, over everything else (repeatable; '
+                     'VALUE is YAML, e.g. --param learner.steps_per_round=200)')
     ecu.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     ecu.set_defaults(func=cmd_ecu)
+
+
+def with_params(specs: list, params: list[str]) -> list:
+    """``NODE.NAME=VALUE`` overrides (VALUE as YAML) applied to the node specs."""
+    import yaml
+
+    from scarls.bringup import NodeSpec
+    extra: dict[str, dict] = {}
+    for item in params:
+        key, sep, value = item.partition('=')
+        node, dot, name = key.partition('.')
+        if not sep or not dot or not node or not name:
+            raise ValueError(f'--param {item!r}: expected NODE.NAME=VALUE')
+        if node not in {s.name for s in specs}:
+            raise ValueError(f'--param {item!r}: no node {node!r} in this run')
+        extra.setdefault(node, {})[name] = yaml.safe_load(value) if value else ''
+    return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})},
+                     s.exe) for s in specs]
 
 
 def cmd_ecu(args) -> int:
@@ -107,6 +128,11 @@ def cmd_ecu(args) -> int:
                       })
     # a learner (or a capture process) that dies is restarted: the robot keeps acting and
     # recording with its deployed model meanwhile, and the learner resumes from its registry
+    try:
+        specs = with_params(specs, args.param)
+    except ValueError as exc:
+        log.error('error: %s', exc)
+        return 2
     restart = ('learner', *(s.name for s in specs if s.module == 'scarls.camera.capture'))
     specs, sim_time = apply_sim_time(args, specs, robot)
     from scarls.bringup import load_params_file
