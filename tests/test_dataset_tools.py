@@ -25,13 +25,12 @@ from scarls.episodes import (
     validate_episode,
 )
 from scarls.episodes.dataset import EpisodeDataset
+from scarls.episodes.stats import dataset_info, dataset_stats
 from scarls.episodes.tools import (
     JOURNAL_FILE,
     ActiveWriterError,
     DatasetToolError,
     PendingOperationError,
-    dataset_info,
-    dataset_stats,
     delete_episodes,
     merge_datasets,
     repair,

@@ -34,7 +34,8 @@ from scarls.episodes.layout import (
     task_lock,
 )
 from scarls.episodes.schema import SAFETY_CODES, executed_mask, safety_counts
-from scarls.episodes.tools import check_episode, dataset_stats
+from scarls.episodes.stats import dataset_stats
+from scarls.episodes.tools import check_episode
 
 CAMS = ('top', 'left', 'right')
 H, W, D = 12, 16, 4

@@ -1,7 +1,7 @@
 """`scarls dataset`: inspect, check and edit the episodes of a data root.
 
 The argparse part of the dataset tools (the work is done by :mod:`scarls.episodes.tools`,
-:mod:`scarls.episodes.lerobot_import`).
+:mod:`scarls.episodes.stats` and :mod:`scarls.episodes.lerobot_import`).
 :func:`add_dataset_parser` plugs the ``dataset`` command into the ``scarls`` parser (it sets
 ``func=run_dataset``); ``python -m scarls.cli.dataset dataset ...`` runs it alone.  See
 ``DESCRIPTION`` for the commands and exit codes.
@@ -279,7 +279,7 @@ def _print_json(data: Any) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from scarls.episodes.tools import dataset_info
+    from scarls.episodes.stats import dataset_info
     summary = dataset_info(args.root, args.task)
     if args.json:
         _print_json(summary.to_dict())
@@ -313,7 +313,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from scarls.episodes.tools import dataset_stats
+    from scarls.episodes.stats import dataset_stats
     summary = dataset_stats(args.root, args.task)
     if args.json:
         _print_json(summary.to_dict())
