@@ -42,7 +42,7 @@ TASK = 'pick_cube'
 EVAL_SEED = 900_000          # unseen scenes: far from the demonstrations' and the ECUs' seeds
 SIZES = {
     # sim minutes, seeds, closed-loop scenes per checkpoint, curve checkpoints, fleet sizes
-    'small': {'sim_minutes': 1.5, 'seeds': [0], 'scenes': 20, 'curve': 2, 'ecus': [1, 2]},
+    'small': {'sim_minutes': 1.5, 'seeds': [0], 'scenes': 20, 'curve': 3, 'ecus': [1, 2]},
     'full': {'sim_minutes': 10.0, 'seeds': [0, 1, 2], 'scenes': 200, 'curve': 6,
              'ecus': [1, 2, 4, 8]},
 }
@@ -335,9 +335,10 @@ def report(args) -> str:
         if (out / 'exp2.json').exists() else []
     if exp1:
         lines += ['### Experiment 1: online vs offline (one ECU, compute-fair)', '',
-                  '| arm | seed | simulated min | wall min | episodes | human labels | '
-                  'learner samples | final success alone [95 %] | best | t50 / t70 / t90 '
-                  '(sim min) |', '|---|---|---|---|---|---|---|---|---|---|']
+                  '| arm | seed | simulated min | wall min | episodes | '
+                  'human labels (collected) | learner samples | final success alone [95 %] | '
+                  'best | t50 / t70 / t90 (sim min) |',
+                  '|---|---|---|---|---|---|---|---|---|---|']
         for r in exp1:
             t = r['time_to']
             lines.append(
@@ -391,6 +392,7 @@ def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
             label = f"{'N=' if key == 'n' else ''}{r[key]} seed {r['seed']}"
             ax.plot(xs, ys, marker='o', label=label)
             ax.fill_between(xs, lo, hi, alpha=0.15)
+        ax.set_xlim(left=0)
         ax.set_xlabel('simulated minutes')
         ax.set_ylabel('success alone on unseen scenes (%)')
         ax.set_ylim(0, 100)
