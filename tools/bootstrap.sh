@@ -25,6 +25,10 @@ command -v cmake >/dev/null || { echo "bootstrap: cmake is required (apt-get ins
 command -v g++ >/dev/null || { echo "bootstrap: a C++ compiler is required (apt-get install g++)" >&2; exit 1; }
 echo "[bootstrap] creating $VENV and installing dependencies (about a minute)"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# a venv's bundled pip can be old (Debian 12: 23.0): such a pip installs an editable
+# package without pyproject.toml through `setup.py develop`, which puts the console scripts
+# where setup.cfg sends colcon's (lib/scarls) instead of the venv's bin/
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade 'pip>=23.2'
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
 "$VENV/bin/python" tools/fix_ament_cmake_paths.py
 echo "[bootstrap] building scarls_interfaces with colcon (about 20-40 s)"
@@ -36,5 +40,6 @@ AMENT_PREFIX_PATH=$VENV "$VENV/bin/colcon" --log-base build/log build \
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c 'import rclpy, scarls_interfaces.msg, scarls' || {
     echo "bootstrap: the environment does not import; see above" >&2; exit 1; }
+[ -x "$VENV/bin/scarls" ] || { echo "bootstrap: $VENV/bin/scarls was not installed" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "[bootstrap] ready in $(( $(date +%s) - t0 )) s: $VENV"

@@ -3,6 +3,8 @@
 # Installs them when missing and this user may (root, or passwordless sudo). Elsewhere it says
 # how, and the test skips with that reason, except under CI=true where a missing browser fails.
 set -euo pipefail
+# images that never run the browser test (docker/Dockerfile) opt out
+[ "${SCARLS_NO_BROWSER:-}" = 1 ] && exit 0
 if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
     exit 0
 fi
