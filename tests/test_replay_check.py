@@ -18,15 +18,9 @@ from scarls.episodes import EpisodeReader, EpisodeWriter, list_episodes
 from scarls.learner.config import TrainerConfig
 from scarls.learner.demos import generate_demos, record_expert_episode
 from scarls.learner.evaluation import evaluate_open_loop, open_loop_batches
-from scarls.learner.replay_check import (
-    JOINT_GROUPS,
-    ReplayConfig,
-    ReplayEpisode,
-    ReplayGate,
-    ReplayGateConfig,
-    iter_disk_episodes,
-    run_replay,
-)
+from scarls.learner.replay_check import JOINT_GROUPS, ReplayConfig, ReplayGateConfig, run_replay
+from scarls.learner.replay_episodes import ReplayEpisode, iter_disk_episodes
+from scarls.learner.replay_gate import ReplayGate
 from scarls.learner.trainer import EpisodeData, Trainer, build_batch, fit_normalization
 from scarls.policies import Policy, PolicyConfig, make_policy
 from scarls.sim import DualArmSim, ScriptedExpert, SimConfig

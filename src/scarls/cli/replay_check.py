@@ -390,13 +390,9 @@ def _episodes_from_bag(bag: str, root: Path, task: str) -> Path:
 def _run_on(args: argparse.Namespace, root: Path) -> int:
     """The check on the Zarr episodes under ``root`` (the data root, or a bag's rebuild)."""
     from scarls.episodes import list_episodes
-    from scarls.learner.replay_check import (
-        ReplayConfig,
-        ReplayGate,
-        ReplayGateConfig,
-        SkippedEpisode,
-        iter_disk_episodes,
-    )
+    from scarls.learner.replay_check import ReplayConfig, ReplayGateConfig
+    from scarls.learner.replay_episodes import SkippedEpisode, iter_disk_episodes
+    from scarls.learner.replay_gate import ReplayGate
     from scarls.learner.rollout import policy_cameras
 
     data_root = Path(args.data_root).expanduser() if args.data_root else None

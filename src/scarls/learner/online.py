@@ -69,7 +69,7 @@ class OnlineConfig:
     holdout_every: int = 5
     seed: int = 0
     #: Extra gate before a deploy: replay the held-out episodes through the candidate and the
-    #: deployed model (:class:`scarls.learner.replay_check.ReplayGate`) and refuse a candidate
+    #: deployed model (:class:`scarls.learner.replay_gate.ReplayGate`) and refuse a candidate
     #: that regresses on some phase or joint group, even when its overall error passes.
     replay_gate: bool = False
     #: What the gate compares with the deployed model: 'open_loop' (the error on the held-out
@@ -488,7 +488,8 @@ class OnlineLearner:
             return None
         import copy
 
-        from scarls.learner.replay_check import ReplayEpisode, ReplayGate
+        from scarls.learner.replay_episodes import ReplayEpisode
+        from scarls.learner.replay_gate import ReplayGate
         baseline = copy.deepcopy(model)
         baseline.load_state_dict(self._deployed_weights)
         episodes = [ReplayEpisode(f'heldout/{i}', ep) for i, ep in enumerate(self.heldout)]

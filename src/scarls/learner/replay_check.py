@@ -15,48 +15,50 @@ expert actions and a ``'policy'`` number purely a distance to the recorded polic
 ``'all'`` is both together. The gate judges ``'human'`` steps only by default: a better
 candidate *should* differ from what an older policy did.
 
-Within each mode the steps are split by progress (``'early'``/``'middle'``/``'late'`` thirds
-of the episode) and, when the recording names them, by task stage (``'stage:<name>'``; see
-:func:`stage_labels`). Every cell is measured for the whole action and per joint group
-(:data:`JOINT_GROUPS`: left arm, right arm, grippers): mean squared error (rad^2; grippers in
-their normalised 0..1 unit), mean absolute error, maximum absolute error, and the first step
-where the error exceeds a tolerance (``first_divergence``). The per-frame error is averaged over
-the valid chunk entries first, then over frames, as in
+Within each mode the steps are split by progress (``'early'``/``'middle'``/``'late'`` thirds of
+the episode) and, when the recording names them, by task stage (``'stage:<name>'``; see
+:func:`~scarls.learner.replay_episodes.stage_labels`). Every cell is measured for the whole
+action and per joint group (:data:`JOINT_GROUPS`: left arm, right arm, grippers): mean squared
+error (rad^2; grippers in their normalised 0..1 unit), mean absolute error, maximum absolute
+error, and the first step where the error exceeds a tolerance (``first_divergence``). The
+per-frame error is averaged over the valid chunk entries first, then over frames, as in
 :func:`scarls.learner.evaluation.evaluate_open_loop`, so the ``('human', 'all')`` MSE over the
 whole action equals the learner's open-loop metric on the same episodes and stride.
 
 With a baseline policy (e.g. the deployed checkpoint) the same batches also go through the
 baseline, and a cell *regresses* when the candidate's MSE exceeds the baseline's by more than
-a relative and an absolute margin. :class:`ReplayGate` turns a :class:`ReplayReport` into a
-:class:`ReplayDecision` (approved, reason, the regressions), usable before a deploy.
+a relative and an absolute margin (:class:`ReplayGateConfig`).
+:class:`scarls.learner.replay_gate.ReplayGate` turns a :class:`ReplayReport` into a
+:class:`~scarls.learner.replay_gate.ReplayDecision` (approved, reason, the regressions), usable
+before a deploy.
 
-Episodes are :class:`ReplayEpisode` objects (an :class:`~scarls.learner.trainer.EpisodeData`
-plus a name and optional stage labels): :meth:`ReplayEpisode.load` reads a Zarr episode,
-:meth:`ReplayEpisode.from_records` wraps steps from any other source (e.g. a converted bag).
+Episodes are :class:`~scarls.learner.replay_episodes.ReplayEpisode` objects (an
+:class:`~scarls.learner.trainer.EpisodeData` plus a name and optional stage labels), see
+:mod:`scarls.learner.replay_episodes`.
 Pure logic: no ROS.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
-import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from scarls.episodes import EpisodeReader, StepRecord, list_episodes
-from scarls.episodes.schema import ACTION_PATH, INTERVENTION_PATH, STATE_PATH
-from scarls.learner.config import LearnerError
+from scarls.learner.replay_episodes import (
+    ReplayEpisode,
+    ReplayInputError,
+    SkippedEpisode,
+    check_fit,
+)
 from scarls.learner.rollout import policy_cameras
-from scarls.learner.trainer import MASK_KEY, EpisodeData, build_batch
+from scarls.learner.trainer import MASK_KEY, build_batch
 from scarls.policies import ACTION_KEY, STATE_KEY, Policy
 from scarls.robot import (
     LEFT_ARM,
@@ -70,23 +72,14 @@ __all__ = [
     'JOINT_GROUPS',
     'MODES',
     'PROGRESS_SEGMENTS',
-    'STAGES_KEY',
     'CellResult',
     'EpisodeResult',
     'ErrorStats',
     'Regression',
     'ReplayConfig',
-    'ReplayDecision',
-    'ReplayEpisode',
-    'ReplayGate',
     'ReplayGateConfig',
-    'ReplayInputError',
     'ReplayReport',
-    'SkippedEpisode',
-    'check_fit',
-    'iter_disk_episodes',
     'run_replay',
-    'stage_labels',
 ]
 
 _log = logging.getLogger(__name__)
@@ -102,227 +95,6 @@ JOINT_GROUPS: dict[str, tuple[int, ...]] = {
 MODES = ('all', 'human', 'policy')
 #: Progress segments (thirds of the episode by step index).
 PROGRESS_SEGMENTS = ('early', 'middle', 'late')
-#: Key in an episode meta's ``extra`` holding its task stages: ``[[start_step, name], ...]``.
-STAGES_KEY = 'stages'
-
-
-class ReplayInputError(LearnerError):
-    """An episode or a policy cannot be replayed (the message names the file and the problem)."""
-
-
-# -- episodes ----------------------------------------------------------------------------------
-
-
-def stage_labels(stages: Any, steps: int, source: str = '<episode>') -> np.ndarray:
-    """``(T,)`` stage names from ``[[start_step, name], ...]`` (sorted starts, the first 0).
-
-    Each stage lasts until the next one starts. Raises :class:`ReplayInputError` naming
-    ``source`` for a malformed list.
-    """
-    if not isinstance(stages, (list, tuple)) or not stages:
-        raise ReplayInputError(f'{source}: {STAGES_KEY!r} must be a non-empty list of '
-                               f'[start_step, name] pairs, got {stages!r}')
-    starts, names = [], []
-    for item in stages:
-        if (not isinstance(item, (list, tuple)) or len(item) != 2
-                or isinstance(item[0], bool) or not isinstance(item[0], int)
-                or not isinstance(item[1], str) or not item[1]):
-            raise ReplayInputError(f'{source}: stage entry {item!r} must be [start_step, name]')
-        starts.append(int(item[0]))
-        names.append(item[1])
-    if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)) \
-            or starts[-1] >= max(steps, 1):
-        raise ReplayInputError(f'{source}: stage starts {starts} must begin at 0, increase and '
-                               f'stay below the {steps} steps')
-    out = np.empty(steps, dtype=object)
-    bounds = [*starts, steps]
-    for i, name in enumerate(names):
-        out[bounds[i]:bounds[i + 1]] = name
-    return out
-
-
-@dataclasses.dataclass
-class ReplayEpisode:
-    """One recorded episode to replay, from any source.
-
-    ``data`` holds the arrays (its ``images`` may keep only some frames: steps whose frames are
-    missing are not compared). ``stages`` (optional, ``(T,)`` str) names the task stage of every
-    step. ``fps`` turns step indices into seconds in reports.
-    """
-
-    name: str
-    """How reports name the episode, e.g. ``'pick_cube/episode_3'``."""
-    data: EpisodeData
-    fps: float | None = None
-    stages: np.ndarray | None = None
-    path: Path | None = None
-    """Where it was read from (None for in-memory sources)."""
-    model_version: int | None = None
-    """The model that drove its policy steps, when known."""
-
-    def __post_init__(self) -> None:
-        if self.stages is not None:
-            self.stages = np.asarray(self.stages, dtype=object)
-            if self.stages.shape != (self.data.steps,):
-                raise ReplayInputError(f'{self.name}: stages must be ({self.data.steps},), got '
-                                       f'{self.stages.shape}')
-
-    @property
-    def steps(self) -> int:
-        return self.data.steps
-
-    @classmethod
-    def from_records(
-        cls,
-        name: str,
-        records: Sequence[StepRecord],
-        *,
-        task: str,
-        outcome: str = 'success',
-        source: str = 'online',
-        fps: float | None = None,
-        stages: Sequence[str] | None = None,
-        cameras: Sequence[str] | None = None,
-        model_version: int | None = None,
-    ) -> ReplayEpisode:
-        """From in-memory steps (e.g. a bag converted to :class:`StepRecord` ticks)."""
-        data = EpisodeData.from_records(records, task=task, outcome=outcome, source=source,
-                                        cameras=cameras)
-        return cls(name, data, fps=fps,
-                   stages=None if stages is None else np.asarray(stages, dtype=object),
-                   model_version=model_version)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        cameras: Sequence[str] | None = None,
-        stride: int = 1,
-        name: str | None = None,
-    ) -> ReplayEpisode:
-        """Read a Zarr episode (``.../episode_<N>.zarr``).
-
-        Only the frames of the steps a replay with ``stride`` compares are read. The sha256 of
-        the state, action and intervention arrays is checked against the meta. Any problem
-        raises :class:`ReplayInputError` naming the file.
-        """
-        p = Path(path)
-        try:
-            reader = EpisodeReader(p)
-            arrays = {}
-            for key, arr in ((STATE_PATH, reader.state), (ACTION_PATH, reader.action),
-                             (INTERVENTION_PATH, reader.intervention)):
-                try:
-                    arrays[key] = np.asarray(arr[:])
-                except Exception as exc:  # noqa: BLE001 - codec errors of any type
-                    raise ReplayInputError(f'{p}: array {key!r} is unreadable (corrupt '
-                                           f'data): {exc}') from exc
-            keep = _sampled_mask(arrays[INTERVENTION_PATH].astype(bool), stride)
-            # cameras the episode lacks are left out here; check_fit names them
-            cams = tuple(c for c in (cameras or ()) if c in reader.cameras)
-            try:
-                data = EpisodeData.from_reader(reader, source=str(reader.meta.extra.get(
-                    'source', 'online')), cameras=cams, keep=keep)
-            except Exception as exc:  # noqa: BLE001
-                raise ReplayInputError(f'{p}: camera frames of {list(cams)} are unreadable '
-                                       f'(corrupt data): {exc}') from exc
-            for key, arr in ((STATE_PATH, data.state), (ACTION_PATH, data.action),
-                             (INTERVENTION_PATH, data.intervention)):
-                digest = hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
-                if digest != reader.meta.sha256.get(key):
-                    raise ReplayInputError(
-                        f'{p}: checksum mismatch for {key!r} (stored data differs from what '
-                        'was recorded; the episode is corrupt)')
-            meta = reader.meta
-            stages = (stage_labels(meta.extra[STAGES_KEY], data.steps, str(reader.meta_path))
-                      if STAGES_KEY in meta.extra else None)
-        except ReplayInputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - schema, codec and zarr errors alike
-            text = str(exc)
-            raise ReplayInputError(text if str(p) in text else f'{p}: {text}') from exc
-        return cls(name or f'{meta.task}/episode_{meta.episode_index}', data, fps=meta.fps,
-                   stages=stages, path=p, model_version=meta.model_version)
-
-
-def _sampled_mask(intervention: np.ndarray, stride: int) -> np.ndarray:
-    """(T,) bool: the steps a replay with ``stride`` compares (every stride-th of each mode)."""
-    keep = np.zeros(intervention.shape, dtype=bool)
-    for flags in (intervention, ~intervention):
-        keep[np.flatnonzero(flags)[:: max(1, int(stride))]] = True
-    return keep
-
-
-@dataclasses.dataclass(frozen=True)
-class SkippedEpisode:
-    """An episode that was not checked, and why."""
-
-    name: str
-    reason: str
-    path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def iter_disk_episodes(
-    root: str | os.PathLike[str],
-    task: str,
-    *,
-    indices: Iterable[int] | None = None,
-    cameras: Sequence[str] | None = None,
-    stride: int = 1,
-    skipped: list[SkippedEpisode] | None = None,
-) -> Iterator[ReplayEpisode]:
-    """Yield the episodes of ``<root>/<task>/`` (only ``indices`` if given), one at a time.
-
-    An episode that cannot be read is logged, appended to ``skipped`` and left out; the others
-    are still yielded. An index that does not exist is reported the same way.
-    """
-    entries = list_episodes(root, task)
-    if indices is not None:
-        wanted = sorted(set(int(i) for i in indices))
-        have = {e.index: e for e in entries}
-        for i in wanted:
-            if i not in have:
-                _skip(skipped, SkippedEpisode(
-                    f'{task}/episode_{i}', f'no episode {i} of {task!r} under {root}', None))
-        entries = [have[i] for i in wanted if i in have]
-    for entry in entries:
-        try:
-            yield ReplayEpisode.load(entry.path, cameras=cameras, stride=stride,
-                                     name=f'{entry.task}/episode_{entry.index}')
-        except ReplayInputError as exc:
-            _skip(skipped, SkippedEpisode(f'{entry.task}/episode_{entry.index}', str(exc),
-                                          str(entry.path)))
-
-
-def _skip(skipped: list[SkippedEpisode] | None, item: SkippedEpisode) -> None:
-    _log.warning('episode %s skipped: %s', item.name, item.reason)
-    if skipped is not None:
-        skipped.append(item)
-
-
-def check_fit(policy: Policy, episode: ReplayEpisode, label: str = 'policy') -> None:
-    """Raise :class:`ReplayInputError` when ``policy`` cannot read ``episode`` (cameras,
-    state or action dimension)."""
-    where = str(episode.path) if episode.path is not None else episode.name
-    cfg = policy.config
-    d = episode.data
-    cams = [c for c in policy_cameras(policy) if c not in d.images]
-    if cams:
-        raise ReplayInputError(
-            f'{label} ({policy.name} policy) reads camera(s) {cams} but episode {where} has '
-            f'{sorted(d.images)}')
-    if d.state.ndim != 2 or d.state.shape[1] != cfg.state_dim:
-        raise ReplayInputError(
-            f'{label} ({policy.name} policy) expects state_dim {cfg.state_dim} but episode '
-            f'{where} has states of shape {tuple(d.state.shape)}')
-    if d.action.ndim != 2 or d.action.shape[1] != cfg.action_dim:
-        raise ReplayInputError(
-            f'{label} ({policy.name} policy) predicts action_dim {cfg.action_dim} but episode '
-            f'{where} has actions of shape {tuple(d.action.shape)}')
 
 
 # -- per-frame errors --------------------------------------------------------------------------
@@ -903,7 +675,7 @@ def _totals(results: Sequence[EpisodeResult], config: ReplayConfig,
     return _cells(frames, config, gate, _groups(d), False, episodes_of)
 
 
-# -- the gate ----------------------------------------------------------------------------------
+# -- the regression margins (the gate itself: scarls.learner.replay_gate) -----------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -957,123 +729,3 @@ class ReplayGateConfig:
         if not math.isfinite(baseline_mse):
             return False
         return candidate_mse > baseline_mse * (1.0 + self.rel_margin) + self.abs_margin
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplayDecision:
-    """The replay check's verdict on a candidate."""
-
-    approved: bool
-    reason: str
-    regressions: tuple[Regression, ...]
-    """Every regressed cell in the gated modes: all episodes together (``episode='*'``)
-    first, then per episode."""
-    report: ReplayReport
-
-    @property
-    def regressed_episodes(self) -> list[str]:
-        return sorted({r.episode for r in self.regressions if r.episode != '*'})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {'approved': self.approved, 'reason': self.reason,
-                'regressions': [r.to_dict() for r in self.regressions],
-                'regressed_episodes': self.regressed_episodes}
-
-
-class ReplayGate:
-    """Replay episodes through a candidate (and a baseline) and decide whether it may deploy.
-
-    ``check(candidate, episodes, baseline=...)`` runs :func:`run_replay` and :meth:`decide`.
-    The rules, in order: reject when no episode could be checked, when an episode was skipped
-    and ``allow_skipped`` is False, when the gated modes hold fewer than ``min_frames`` compared
-    frames, when the candidate's error is not finite or above ``max_mse``, and - with a
-    baseline - when any cell of all episodes together (gated mode x segment x joint group)
-    regresses, or more than ``max_regressed_share`` of the episodes regress. Otherwise approve.
-    """
-
-    def __init__(self, config: ReplayGateConfig | None = None,
-                 replay: ReplayConfig | None = None) -> None:
-        self.config = config or ReplayGateConfig()
-        self.replay = replay or ReplayConfig()
-
-    def check(
-        self,
-        candidate: Policy,
-        episodes: Iterable[ReplayEpisode],
-        *,
-        baseline: Policy | None = None,
-        labels: tuple[str, str] = ('candidate', 'baseline'),
-        skipped: Sequence[SkippedEpisode] = (),
-        progress: Callable[[int, str], None] | None = None,
-    ) -> ReplayDecision:
-        """Replay and decide (see the class docstring)."""
-        report = run_replay(candidate, episodes, baseline=baseline, config=self.replay,
-                            gate=self.config, labels=labels, skipped=skipped,
-                            progress=progress)
-        return self.decide(report)
-
-    def decide(self, report: ReplayReport) -> ReplayDecision:
-        """The verdict on an existing report (its regressed cells are recomputed with this
-        gate's margins)."""
-        cfg = self.config
-        regs: list[Regression] = []
-        gated_total = [c for c in report.total if c.mode in cfg.gate_modes]
-        if report.baseline is not None:
-            for c in gated_total:
-                for g, s in c.candidate.items():
-                    b = c.baseline[g] if c.baseline else None
-                    if b is not None and cfg.regresses(s.mse, b.mse):
-                        regs.append(Regression('*', c.mode, c.segment, g, s.mse, b.mse))
-            for e in report.episodes:
-                for c in e.cells:
-                    if c.mode not in cfg.gate_modes or c.baseline is None:
-                        continue
-                    for g, s in c.candidate.items():
-                        if cfg.regresses(s.mse, c.baseline[g].mse):
-                            regs.append(Regression(e.name, c.mode, c.segment, g, s.mse,
-                                                   c.baseline[g].mse))
-
-        def done(ok: bool, reason: str) -> ReplayDecision:
-            return ReplayDecision(ok, reason, tuple(regs), report)
-
-        if not report.episodes:
-            why = '; '.join(f'{s.name}: {s.reason}' for s in report.skipped[:3])
-            return done(False, 'no episode could be checked' + (f' ({why})' if why else ''))
-        if report.skipped and not cfg.allow_skipped:
-            return done(False, f'{len(report.skipped)} episode(s) could not be checked: '
-                        + '; '.join(s.name for s in report.skipped[:5]))
-        frames = sum(c.frames for c in gated_total if c.segment == 'all')
-        modes = '+'.join(cfg.gate_modes)
-        if frames < cfg.min_frames:
-            return done(False, f'only {frames} compared frames in mode {modes} (need '
-                        f'{cfg.min_frames})')
-        main = [c for c in gated_total if c.segment == 'all']
-        for c in main:
-            m = c.candidate['all'].mse
-            if not math.isfinite(m):
-                return done(False, f'candidate error on {c.mode} steps is not finite')
-            if cfg.max_mse is not None and m > cfg.max_mse:
-                return done(False, f'candidate mse {m:.4g} on {c.mode} steps is above the '
-                            f'limit {cfg.max_mse:.4g}')
-        n_eps = len(report.episodes)
-        if report.baseline is not None:
-            total_regs = [r for r in regs if r.episode == '*']
-            if total_regs:
-                worst = sorted(total_regs, key=lambda r: -r.ratio)[:3]
-                return done(False, 'candidate is worse than the baseline: '
-                            + '; '.join(r.describe() for r in worst)
-                            + (f' (+{len(total_regs) - 3} more cells)'
-                               if len(total_regs) > 3 else ''))
-            bad = sorted({r.episode for r in regs if r.episode != '*'
-                          and r.segment == 'all' and r.group == 'all'})
-            if len(bad) > cfg.max_regressed_share * n_eps:
-                return done(False, f'candidate is worse than the baseline on {len(bad)} of '
-                            f'{n_eps} episodes (more than {cfg.max_regressed_share:.0%}): '
-                            + ', '.join(bad[:5]) + (' ...' if len(bad) > 5 else ''))
-        summary = ', '.join(f'{c.mode} mse {c.candidate["all"].mse:.4g}'
-                            + (f' (baseline {c.baseline["all"].mse:.4g})' if c.baseline else '')
-                            for c in main)
-        what = ('not worse than the baseline beyond the margins' if report.baseline is not None
-                else 'no baseline to compare with')
-        skipped = f'; {len(report.skipped)} episode(s) skipped' if report.skipped else ''
-        return done(True, f'{n_eps} episode(s), {frames} frames: {summary}; {what}{skipped}')
