@@ -182,3 +182,78 @@ def test_clock_holds_at_an_unfinished_participant(ros, node_group):
         assert not node_group.dead()
     finally:
         probe.close()
+
+
+def test_a_clock_jump_restarts_the_drivers_watchdog(ros, node_group):
+    """The driver's command watchdog runs on ROS time: commands that stop for more than its
+    timeout of simulated time make it hold, but a jump of the clock (a simulation reset) does
+    not - the watchdog counts from the jump. Here the test process is the clock."""
+    from scarls_interfaces.msg import DriverState
+    from sensor_msgs.msg import JointState
+
+    from scarls.robot import load_robot
+    from scarls.ros import qos
+    from scarls.ros.conversions import joint_state_to_msg, msg_to_positions, stamp_to_ns
+
+    ns = 'jumptest'
+    joints = load_robot('sim_dual6').joint_names
+    probe = Probe(ns)
+    n = probe.node
+    clock_pub = n.create_publisher(Clock, '/clock', 10)
+    cmd_pub = n.create_publisher(JointState, 'joint_command', qos.COMMAND)
+    seen = {'q': None, 'stamp': -1}
+    states: list[DriverState] = []
+
+    def on_js(msg):
+        seen['q'], seen['stamp'] = msg_to_positions(msg, joints), stamp_to_ns(msg.header.stamp)
+
+    n.create_subscription(JointState, 'joint_states', on_js, qos.JOINT_STATE)
+    n.create_subscription(DriverState, 'driver/state', states.append, qos.STATE)
+    t = {'ns': TICK}
+
+    def advance(dt: int = TICK, command: bool = True) -> None:
+        if command:
+            cmd_pub.publish(joint_state_to_msg(joints, seen['q'], n.get_clock().now().to_msg()))
+            probe.spin_for(0.05)   # delivered before the clock moves on
+        t['ns'] += dt
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = t['ns'] // NS, t['ns'] % NS
+        clock_pub.publish(msg)
+        probe.wait_for(lambda: seen['stamp'] >= t['ns'], 30, f'the driver tick at {t["ns"]}')
+
+    def watchdog_holds(since: int) -> list[DriverState]:
+        return [s for s in states if stamp_to_ns(s.header.stamp) >= since
+                and 'watchdog' in s.reason]
+
+    try:
+        start_nodes(node_group, [NodeSpec('driver', 'scarls.driver.node', ns, {
+            'use_sim_time': True, 'image_height': H, 'image_width': W,
+            'watchdog_timeout_s': 0.25})])
+        deadline = time.monotonic() + 60
+        while seen['q'] is None:   # tick until the driver is up and publishing
+            assert time.monotonic() < deadline and not node_group.dead(), 'no driver ticks'
+            t['ns'] += TICK
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = t['ns'] // NS, t['ns'] % NS
+            clock_pub.publish(msg)
+            probe.spin_for(0.1)
+        for _ in range(10):
+            advance()
+        probe.spin_for(0.3)
+        before_jump = t['ns']
+        assert not watchdog_holds(before_jump)
+        # a commanded tick, then the clock jumps 5 s ahead: the watchdog restarts, no hold
+        advance()
+        advance(5 * NS)
+        for _ in range(3):
+            advance()
+        probe.spin_for(0.5)
+        assert not watchdog_holds(before_jump), [s.reason for s in watchdog_holds(before_jump)]
+        # the control: commands stop for 10 ticks (> 0.25 s of simulated time): it holds
+        stopped = t['ns']
+        for _ in range(10):
+            advance(command=False)
+        probe.wait_for(lambda: watchdog_holds(stopped), 30, 'the watchdog to hold')
+        assert not node_group.dead(), [d.tail() for d in node_group.dead()]
+    finally:
+        probe.close()
