@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -616,7 +617,7 @@ def test_import_lerobot_v3(tmp_path, capsys) -> None:
     folder = tmp_path / 'so100_pick'
     src = make_lerobot_v3(folder)
     root = tmp_path / 'data'
-    res = import_lerobot_v3(folder, root, 'pick', fsync=False)
+    res = import_lerobot_v3(folder, root, 'pick', fsync=False, codec='lz4')  # exact frames
     assert [(i['episode_index'], i['index'], i['steps']) for i in res.imported] == [
         (0, 0, 5), (1, 1, 4)]
     [fail] = res.failed  # the broken episode is reported, the others imported
@@ -642,7 +643,7 @@ def test_import_lerobot_v3(tmp_path, capsys) -> None:
             top = np.asarray(r.images('top')[i]).astype(int)
             assert np.abs(top - lr_color(start + i)).mean() < 4  # lossy video, right frame
         start += n
-    again = import_lerobot_v3(folder, root, 'pick', fsync=False)
+    again = import_lerobot_v3(folder, root, 'pick', fsync=False, codec='lz4')
     assert again.imported == [] and again.already_present == [0, 1]
     # CLI: one episode, one camera, resized
     code = dataset_cli.main(['dataset', 'import-lerobot', str(folder), str(tmp_path / 'small'),
@@ -652,6 +653,55 @@ def test_import_lerobot_v3(tmp_path, capsys) -> None:
     assert '1 imported, 0 already present, 0 failed' in capsys.readouterr().out
     r = EpisodeReader(tmp_path / 'small' / 't' / 'episode_0.zarr')
     assert r.images('wrist').shape == (4, 8, 16, 3) and r.cameras == ['wrist']
+
+
+def test_import_lerobot_is_compressed_by_default_and_reports_sizes(tmp_path, capsys) -> None:
+    from scarls.episodes.lerobot_import import import_lerobot_v3
+
+    folder = tmp_path / 'so100_pick'
+    src = make_lerobot_v3(folder)
+    estimates = []
+    res = import_lerobot_v3(folder, tmp_path / 'jpeg', 'pick', fsync=False, episodes=[0, 1],
+                            on_estimate=lambda total, source: estimates.append((total, source)))
+    assert [i['index'] for i in res.imported] == [0, 1] and res.ok
+    meta = EpisodeReader(tmp_path / 'jpeg' / 'pick' / 'episode_0.zarr').meta
+    assert meta.image_codec['name'] == 'jpeg' and meta.image_codec['lossless'] is False
+    assert res.bytes_written == sum(i['bytes'] for i in res.imported) > 0
+    lengths = src['lengths']
+    assert 0 < res.source_bytes <= sum(p.stat().st_size for p in folder.rglob('*') if p.is_file())
+    [(total, source)] = estimates  # once, after the first episode, for both episodes' steps
+    per_step = res.imported[0]['bytes'] / lengths[0]
+    assert total == round(per_step * (lengths[0] + lengths[1]))
+    assert source == res.source_bytes or abs(source - res.source_bytes) <= 1
+    # compacted: H.264 GOPs, read back by the dataset; LeRobot numbers kept
+    comp = import_lerobot_v3(folder, tmp_path / 'h264', 'pick', fsync=False, episodes=[1],
+                             compact=True, keep_episode_index=True)
+    [item] = comp.imported
+    assert item['index'] == 1 and item['compacted'] is True
+    reader = EpisodeReader(tmp_path / 'h264' / 'pick' / 'episode_1.zarr')
+    assert reader.meta.image_codec['name'] == 'h264'
+    ds = EpisodeDataset(tmp_path / 'h264', chunk_size=2, cameras=('top', 'wrist'))
+    for t in range(lengths[1]):  # smooth colours (the wrist camera is noise: no lossy check)
+        top = ds.read_frame('pick/episode_1', 'top', t).astype(int)
+        assert np.abs(top - lr_color(lengths[0] + t)).mean() < 8
+    # a kept number that the task already has: that episode is reported, nothing overwritten
+    other = tmp_path / 'taken'
+    write_episode(other, 'pick', 3, 5)  # episode 0, not from LeRobot
+    taken = import_lerobot_v3(folder, other, 'pick', fsync=False, episodes=[0, 1],
+                              keep_episode_index=True)
+    assert [i['index'] for i in taken.imported] == [1]
+    assert [f['episode_index'] for f in taken.failed] == [0]
+    assert 'episode 0 already exists' in taken.failed[0]['reason']
+    # the CLI says what it is about to write, and warns when that is far above the source
+    code = dataset_cli.main(['dataset', 'import-lerobot', str(folder), str(tmp_path / 'cli'),
+                             '--task', 't', '--episodes', '0-1', '--codec', 'lz4',
+                             '--no-progress'])
+    out = capsys.readouterr()
+    assert code == 0
+    m = re.search(r'writing about .* \(lz4; the LeRobot source: .*, ([0-9.]+)x\)', out.err)
+    assert m, out.err
+    assert ('warning: the import will take' in out.err) == (float(m.group(1)) > 4)
+    assert 'written (the LeRobot source:' in out.out
 
 
 def test_stats_show_drops_by_cause_steps_not_executed_and_recorder_losses(tmp_path,

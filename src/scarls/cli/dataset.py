@@ -171,7 +171,14 @@ def add_dataset_parser(subparsers: Any) -> argparse.ArgumentParser:
     im.add_argument('--outcome', default='success', choices=('success', 'fail', 'aborted'),
                     help='outcome when the dataset has no next.success/next.reward '
                     '(default success)')
-    im.add_argument('--codec', default='lz4', help='image codec of the episodes (default lz4)')
+    im.add_argument('--codec', default='jpeg',
+                    help='image codec of the episodes (default jpeg: ~10x the source video\'s '
+                    'bytes; lossless lz4: ~200x)')
+    im.add_argument('--compact', action='store_true',
+                    help='then rewrite each imported episode\'s frames as H.264 GOPs (close to '
+                    'the source\'s size; see scarls dataset compact)')
+    im.add_argument('--keep-index', action='store_true',
+                    help='write LeRobot episode i as episode i (default: append)')
     im.add_argument('--no-progress', action='store_true', help='no progress on stderr')
     im.add_argument('--no-fsync', action='store_true', help='skip fsync (faster, not durable)')
     _common(im)
@@ -481,11 +488,23 @@ def _cmd_import(args: argparse.Namespace) -> int:
     cameras = [c.strip() for c in args.cameras.split(',') if c.strip()] if args.cameras else None
     episodes = sorted({i for part in args.episodes for i in part}) if args.episodes else None
     progress = _Progress('importing', not args.no_progress)
+
+    def estimate(total: int, source: int) -> None:
+        ratio = total / source if source else float('inf')
+        what = f'{args.codec}{" + H.264 compaction" if args.compact else ""}'
+        print(f'writing about {_mb(total)} ({what}; the LeRobot source: {_mb(source)}, '
+              f'{ratio:.1f}x)', file=sys.stderr)
+        if ratio > 4:
+            print(f'warning: the import will take {ratio:.0f}x the disk space of the LeRobot '
+                  'dataset; --compact stores H.264 GOPs close to its size', file=sys.stderr)
+
     try:
         res = import_lerobot_v3(args.folder, args.root, args.task, cameras=cameras,
                                 image_shape=_image_size(args.image_size), episodes=episodes,
-                                outcome=args.outcome, codec=args.codec,
-                                fsync=not args.no_fsync, progress=progress)
+                                outcome=args.outcome, codec=args.codec, compact=args.compact,
+                                keep_episode_index=args.keep_index,
+                                fsync=not args.no_fsync, progress=progress,
+                                on_estimate=None if args.json else estimate)
     finally:
         progress.close()
     if args.json:
@@ -498,6 +517,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
             print(f'FAILED LeRobot episode {item["episode_index"]}: {item["reason"]}')
         print(f'{len(res.imported)} imported, {len(res.already_present)} already present, '
               f'{len(res.failed)} failed')
+        if res.imported:
+            print(f'{_mb(res.bytes_written)} written (the LeRobot source: '
+                  f'{_mb(res.source_bytes)} for these episodes)')
     return EXIT_OK if res.ok else EXIT_PROBLEMS
 
 

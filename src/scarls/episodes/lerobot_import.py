@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,13 @@ import numpy as np
 
 from scarls.episodes.errors import EpisodeFormatError
 from scarls.episodes.layout import check_task_name, meta_name
-from scarls.episodes.tools import DatasetToolError, ProgressFn, _scan_task
+from scarls.episodes.tools import DatasetToolError, ProgressFn, _scan_task, _tree_bytes
 
-__all__ = ['ImportResult', 'import_lerobot_v3']
+__all__ = ['DEFAULT_IMPORT_CODEC', 'ImportResult', 'import_lerobot_v3']
+
+#: image codec of imported episodes unless asked otherwise: compressed (LeRobot's videos are a
+#: few kB per frame; a lossless per-frame codec would write ~200x their size)
+DEFAULT_IMPORT_CODEC = 'jpeg'
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,10 @@ class ImportResult:
     imported: list[dict[str, Any]] = field(default_factory=list)
     already_present: list[int] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    #: bytes on disk of the imported episodes, and of the source's share of them (its files'
+    #: size in proportion to the steps imported)
+    bytes_written: int = 0
+    source_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -45,7 +53,8 @@ class ImportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {'root': self.root, 'task': self.task, 'ok': self.ok, 'imported': self.imported,
-                'already_present': self.already_present, 'failed': self.failed}
+                'already_present': self.already_present, 'failed': self.failed,
+                'bytes_written': self.bytes_written, 'source_bytes': self.source_bytes}
 
 
 def _lerobot_modules() -> tuple[Any, Any]:
@@ -123,7 +132,8 @@ def _fit(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _imported_keys(task_dir: Path) -> set[tuple[str, int]]:
     out: set[tuple[str, int]] = set()
     for index in _scan_task(task_dir, task_dir.name).visible:
-        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        # (an episode not imported from LeRobot has no extra['lerobot']: KeyError)
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError, KeyError):
             data = json.loads((task_dir / meta_name(index)).read_text(encoding='utf-8'))
             src = data['extra']['lerobot']
             out.add((str(src['dataset']), int(src['episode_index'])))
@@ -209,7 +219,7 @@ class _LeRobotV3:
         return self._data
 
     def write_episode(self, row: dict[str, Any], root: Path, task: str, outcome: str,
-                      codec: str, fsync: bool) -> Any:
+                      codec: str, fsync: bool, index: int | None = None) -> Any:
         """Write one LeRobot episode with the episode writer; return its EpisodeRef."""
         import pyarrow.compute as pc
 
@@ -259,7 +269,7 @@ class _LeRobotV3:
         writer = EpisodeWriter(root, task, f'lerobot-{self.robot}', cameras=self.cameras,
                                image_shape=self.image_shape, state_dim=self.state_dim,
                                action_dim=self.action_dim, fps=self.fps, codec=codec,
-                               fsync=fsync)
+                               fsync=fsync, index=index)
         try:
             for i in range(steps):
                 images = {}
@@ -281,6 +291,21 @@ class _LeRobotV3:
                 stream.close()
 
 
+def _length(row: dict[str, Any]) -> int:
+    return int(row.get('length') or 0)
+
+
+def _compact(path: Path, fsync: bool, item: dict[str, Any]) -> None:
+    """Compact one imported episode; a failure leaves it as written (and says so)."""
+    from scarls.episodes.compact import compact_episode
+    try:
+        compact_episode(path, fsync=fsync)
+        item['compacted'] = True
+    except Exception as exc:  # noqa: BLE001 - the episode stays valid as written
+        item['compacted'] = False
+        log.warning('LeRobot import: %s stays uncompacted: %s', path, exc)
+
+
 def import_lerobot_v3(
     folder: str | os.PathLike[str],
     root: str | os.PathLike[str],
@@ -290,9 +315,12 @@ def import_lerobot_v3(
     image_shape: tuple[int, int] | None = None,
     episodes: Iterable[int] | None = None,
     outcome: str = 'success',
-    codec: str = 'lz4',
+    codec: str = DEFAULT_IMPORT_CODEC,
+    compact: bool = False,
+    keep_episode_index: bool = False,
     fsync: bool = True,
     progress: ProgressFn | None = None,
+    on_estimate: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Import a LeRobot v3.0 dataset folder as episodes of ``task`` under ``root``.
 
@@ -308,29 +336,52 @@ def import_lerobot_v3(
     meta's ``extra['lerobot']`` records the source, so importing again skips what is already
     there.  An episode that cannot be read is reported in ``failed`` with the file and the
     problem; the others are imported.
+
+    Size: LeRobot stores frames as AV1/H.264 video, a few kB per frame; a per-frame codec is
+    far larger (on 480x640 frames ``jpeg`` ~10x the video's bytes, lossless ``lz4`` ~200x).
+    The default is ``jpeg``; ``compact=True`` then rewrites each imported episode's frames as
+    short H.264 GOPs (:func:`~scarls.episodes.compact.compact_episode`), close to the source's
+    size.  ``on_estimate(estimated_bytes, source_bytes)`` is called once, after the first
+    imported episode, with the bytes the whole import will write at that episode's rate and
+    the source's bytes for the same steps.  ``keep_episode_index`` writes LeRobot episode
+    ``i`` as episode ``i`` (refused if the task has it already) instead of appending.
     """
     check_task_name(task)
     source = _LeRobotV3(Path(folder), cameras, image_shape)
-    rows = source.episodes()
+    rows = all_rows = source.episodes()
     if episodes is not None:
         wanted = {int(i) for i in episodes}
         rows = [r for r in rows if int(r['episode_index']) in wanted]
     root_path = Path(root)
     result = ImportResult(str(root_path), task)
     done = _imported_keys(root_path / task)
+    todo_steps = sum(_length(r) for r in rows
+                     if (source.name, int(r['episode_index'])) not in done)
+    all_steps = sum(_length(r) for r in all_rows) or 1
+    bytes_per_step = _tree_bytes(source.src) / all_steps  # the source's, over its whole length
     for n, row in enumerate(rows, 1):
         ep = int(row['episode_index'])
         if (source.name, ep) in done:
             result.already_present.append(ep)
         else:
             try:
-                ref = source.write_episode(row, root_path, task, outcome, codec, fsync)
+                ref = source.write_episode(row, root_path, task, outcome, codec, fsync,
+                                           ep if keep_episode_index else None)
             except (EpisodeFormatError, OSError, ValueError, KeyError) as exc:
                 result.failed.append({'episode_index': ep, 'reason': str(exc)})
                 log.info('LeRobot import: episode %d of %s failed: %s', ep, folder, exc)
             else:
-                result.imported.append({'episode_index': ep, 'index': ref.index,
-                                        'steps': ref.steps})
+                item = {'episode_index': ep, 'index': ref.index, 'steps': ref.steps}
+                if compact:
+                    _compact(ref.path, fsync, item)
+                written = _tree_bytes(ref.path) + _tree_bytes(ref.meta_path)
+                item['bytes'] = written
+                result.imported.append(item)
+                result.bytes_written += written
+                result.source_bytes += round(bytes_per_step * ref.steps)
+                if on_estimate is not None and len(result.imported) == 1:
+                    on_estimate(round(written / ref.steps * todo_steps),
+                                round(bytes_per_step * todo_steps))
         if progress is not None:
             progress(n, len(rows), f'episode {ep}')
     return result

@@ -65,10 +65,11 @@ def write_episode(
     ``action`` are ``(T, D)`` real arrays (stored as float32).  ``timestamps`` (seconds, strictly
     increasing) default to ``start_time + t / fps``; ``intervention`` (``T`` bools) to all False.
     ``episode_index`` writes that episode number (:class:`EpisodeError` if the task has it
-    already).  ``codec`` is the image codec (see ``scarls.episodes.CODEC_NAMES``; ``'lz4'`` is
-    lossless, ``'jpeg'`` ~10x smaller).  The other arguments are as for
-    :meth:`EpisodeWriter.finalize`.  Nothing is visible unless the whole episode was written:
-    on any error the partial episode is removed.
+    already; numbers left free in between are reported as gaps by ``scarls dataset validate``,
+    and ``scarls dataset repair`` renumbers).  ``codec`` is the image codec (see
+    ``scarls.episodes.CODEC_NAMES``; ``'lz4'`` is lossless, ``'jpeg'`` ~10x smaller).  The other
+    arguments are as for :meth:`EpisodeWriter.finalize`.  Nothing is visible unless the whole
+    episode was written: on any error the partial episode is removed.
     """
     if not frames:
         raise EpisodeError('frames must name at least one camera')
