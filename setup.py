@@ -15,6 +15,18 @@ setup(
     python_requires='>=3.10',
     package_dir={'': 'src'},
     packages=find_packages('src'),
+    # No install_requires: the ROS 2 side (rclpy, messages) comes from the ROS installation or
+    # requirements.txt. The data library alone (scarls.episodes: the Zarr episode format, the
+    # training dataset, the dataset tools) installs with `pip install scarls[data]` and imports
+    # no ROS; install the torch build you want first (an unpinned torch may pull a CUDA build).
+    extras_require={
+        # (OpenCV: the `scarls` command line builds every command's parser, the simulator's too)
+        'data': ['numpy>=1.26', 'zarr>=3.1,<4', 'numcodecs>=0.16', 'imagecodecs>=2024.12.30',
+                 'torch>=2.4', 'opencv-python-headless>=4.9'],
+        # compressed (video) episodes, and `scarls dataset import-lerobot`
+        'video': ['av>=14'],
+        'lerobot': ['pyarrow>=15', 'av>=14'],
+    },
     # the dashboard's page (read through Path(__file__): the package must stay a directory)
     package_data={'scarls.dashboard': ['static/*', 'static/vendor/*']},
     data_files=[
