@@ -245,6 +245,11 @@ class EcuRun:
                 return node.get_clock().now().nanoseconds * 1e-9
             return time.monotonic() - t0
 
+        def progress_now() -> float:
+            """The clock of the stall check: simulated time (a slow host stretches it, it is
+            no stall) or wall time."""
+            return elapsed() if opts.sim_time else time.monotonic()
+
         def subscribe(ns: str) -> None:
             me = seen[ns]
             pre = f'[{ns}] ' if fleet else ''
@@ -253,7 +258,7 @@ class EcuRun:
             def on_episode(msg) -> None:
                 row = EpisodeRow.from_msg(msg, elapsed())
                 me.episodes.append(row)
-                me.last_progress = time.monotonic()
+                me.last_progress = progress_now()
                 total = f'/{opts.episodes}' if opts.episodes else ''
                 log.info('%sepisode %d%s  %-7s  %3d steps (%3d by human)  model v%d  %s  '
                          '(visible %.2f s after the end%s)', pre, len(me.episodes), total,
@@ -264,7 +269,7 @@ class EcuRun:
             def on_state(msg) -> None:
                 if msg.phase != me.phase:
                     me.phase = msg.phase
-                    me.phase_changed = me.last_progress = time.monotonic()
+                    me.phase_changed = me.last_progress = progress_now()
 
             def on_checkpoint(msg) -> None:
                 if msg.version in me.checkpoints:
@@ -273,7 +278,7 @@ class EcuRun:
                     'version': int(msg.version), 'metric': round(float(msg.metric), 6),
                     'approved': bool(msg.approved), 'parent': int(msg.parent),
                     'announced_s': round(elapsed(), 2)}
-                me.last_progress = time.monotonic()
+                me.last_progress = progress_now()
                 log.info('%scheckpoint v%d: open-loop error %.4f, %s', pre, msg.version,
                          msg.metric,
                          'approved -> deploying' if msg.approved else 'rejected (not deployed)')
@@ -319,6 +324,9 @@ class EcuRun:
 
         for ns in namespaces:
             subscribe(ns)
+            if opts.sim_time:
+                seen[ns].phase_changed = seen[ns].last_progress = 0.0
+        sim_moved = (0.0, time.monotonic())   # simulated time, and when it last moved (wall)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         exit_codes: dict = {}
@@ -386,13 +394,22 @@ class EcuRun:
                         log.error('--- last lines of %s ---\n%s', d.log_path, d.tail())
                     break
                 stalled = [ns for ns, me in seen.items()
-                           if now - me.last_progress > opts.stall_timeout_s]
+                           if progress_now() - me.last_progress > opts.stall_timeout_s]
                 if stalled:
                     me = seen[stalled[0]]
-                    error = (f'no progress for {opts.stall_timeout_s:.0f} s '
+                    error = (f'no progress for {opts.stall_timeout_s:.0f} '
+                             f'{"simulated " if opts.sim_time else ""}s '
                              f'({stalled[0]}: actor phase {me.phase}); see the node logs in '
                              f'{opts.log_dir}')
                     break
+                if opts.sim_time and ready:
+                    if elapsed() != sim_moved[0]:
+                        sim_moved = (elapsed(), now)
+                    elif now - sim_moved[1] > opts.stall_timeout_s:
+                        error = (f'simulated time stopped at {sim_moved[0]:.3f} s for '
+                                 f'{now - sim_moved[1]:.0f} s (see the clock log in '
+                                 f'{opts.log_dir})')
+                        break
         except (KeyboardInterrupt, ExternalShutdownException):
             interrupted = True
             log.info('interrupted: stopping the %s', 'fleet' if fleet else 'ECU')
