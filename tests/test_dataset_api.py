@@ -167,3 +167,16 @@ def test_get_item_reuses_out(two_episodes, images: str) -> None:
     ds.get_item(5, out=out)
     np.testing.assert_array_equal(out['state'], ds[5]['state'])
     assert out['action'] is arrays_before['action']
+
+
+def test_dataset_info_lists_cameras_in_recorded_order(tmp_path: Path, capsys) -> None:
+    from scarls.cli import dataset as dataset_cli
+    from scarls.episodes.stats import dataset_info
+
+    a = arrays(3, cams=('wrist', 'top', 'left'))
+    write_episode(tmp_path, 'pick', a['frames'], a['state'], a['action'], fsync=False)
+    info = dataset_info(tmp_path)
+    assert list(info.tasks[0].image_shapes) == ['wrist', 'top', 'left']
+    assert list(info.totals.image_shapes) == ['wrist', 'top', 'left']
+    assert dataset_cli.main(['dataset', 'info', str(tmp_path)]) == 0
+    assert f'cameras: wrist {H}x{W}, top {H}x{W}, left {H}x{W}' in capsys.readouterr().out
