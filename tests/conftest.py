@@ -102,6 +102,11 @@ def _fast_tier_starts_no_process(request, monkeypatch):
     yield
 
 
+#: Helpers of pytest's own process that live until it exits (started by multiprocessing the
+#: first time a test uses it), not processes a test left behind.
+_RUN_HELPERS = ('multiprocessing.resource_tracker', 'multiprocessing.forkserver')
+
+
 def _our_processes() -> list[str]:
     """Processes of this test run still alive: anything started with this run's mark in its
     environment, or a scarls module / test helper with this run's ROS_DOMAIN_ID (found
@@ -118,6 +123,8 @@ def _our_processes() -> list[str]:
                 env = fh.read().split(b'\0')
         except OSError:
             continue   # gone meanwhile, or not ours to read
+        if any(helper in cmd for helper in _RUN_HELPERS):
+            continue
         if f'SCARLS_TEST_RUN={_RUN}'.encode() in env or (
                 ('scarls' in cmd or 'fakes.' in cmd) and
                 f'ROS_DOMAIN_ID={_DOMAIN}'.encode() in env):
