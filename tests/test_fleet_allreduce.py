@@ -57,7 +57,9 @@ FAST = {
 }
 KEY = FleetKey.generate()
 pytestmark = pytest.mark.multiproc   # every ECU is a process (multiprocessing spawn)
-SLACK_S = 1.0  # scheduling slack on a busy 2-core machine
+# scheduling slack: wide, since these bounds only tell a deadline (0.3-1.5 s) from the
+# 10-30 s waits it replaces; the lower bounds (it did wait the deadline) are exact
+SLACK_S = 5.0
 
 
 class _Net(nn.Module):
