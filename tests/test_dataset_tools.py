@@ -26,6 +26,7 @@ from scarls.episodes import (
     validate_episode,
 )
 from scarls.episodes.dataset import EpisodeDataset
+from scarls.episodes.merge import merge_datasets
 from scarls.episodes.stats import dataset_info, dataset_stats
 from scarls.episodes.tools import (
     JOURNAL_FILE,
@@ -33,7 +34,6 @@ from scarls.episodes.tools import (
     DatasetToolError,
     PendingOperationError,
     delete_episodes,
-    merge_datasets,
     repair,
     validate_dataset,
 )

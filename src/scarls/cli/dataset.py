@@ -1,7 +1,8 @@
 """`scarls dataset`: inspect, check and edit the episodes of a data root.
 
 The argparse part of the dataset tools (the work is done by :mod:`scarls.episodes.tools`,
-:mod:`scarls.episodes.stats` and :mod:`scarls.episodes.lerobot_import`).
+:mod:`scarls.episodes.stats`, :mod:`scarls.episodes.merge` and
+:mod:`scarls.episodes.lerobot_import`).
 :func:`add_dataset_parser` plugs the ``dataset`` command into the ``scarls`` parser (it sets
 ``func=run_dataset``); ``python -m scarls.cli.dataset dataset ...`` runs it alone.  See
 ``DESCRIPTION`` for the commands and exit codes.
@@ -431,7 +432,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from scarls.episodes.tools import merge_datasets
+    from scarls.episodes.merge import merge_datasets
     progress = _Progress('merging', not args.no_progress)
     try:
         res = merge_datasets(args.dst, args.src, args.task, verify=not args.no_verify,

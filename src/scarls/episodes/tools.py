@@ -1,4 +1,4 @@
-"""Dataset tools over a data root: validate, repair, delete and merge.
+"""Dataset tools over a data root: validate, repair and delete (renumbering).
 
 A data root holds task directories ``<root>/<task>/`` laid out as described in
 :mod:`scarls.episodes.layout`.  The functions here work on whole roots or single tasks and never
@@ -13,7 +13,8 @@ import ``torch`` or ``rclpy``:
 * :func:`delete_episodes` removes episodes and renumbers the later ones so that the indices
   stay contiguous ``0..N-1``; :func:`repair` completes an interrupted delete, moves half
   episodes aside and closes numbering gaps.
-* :func:`merge_datasets` appends verified copies of the episodes of other roots.
+* :func:`~scarls.episodes.merge.merge_datasets` (in its own module) appends verified copies
+  of the episodes of other roots.
 * :func:`~scarls.episodes.lerobot_import.import_lerobot_v3` (in its own module) imports a
   LeRobot v3.0 dataset folder (parquet + mp4) as an offline buffer.
 
@@ -38,10 +39,8 @@ checks the files it expects, so a crash anywhere leaves:
 
 The journal is removed last; trash is kept unless ``purge=True``.
 
-Merge copies each source episode into a hidden staging dir (``.scarls-merge-<pid>``), checks the
-copy, and publishes it with the writer's own protocol (reserve the next index under the task
-lock, rename data into place, write meta last), so a killed merge leaves nothing visible that is
-incomplete and frees its index for the next writer.
+A merge (:mod:`scarls.episodes.merge`) stages its copies in ``.scarls-merge-<pid>``; the scan
+here reports a killed merge's staging dir and :func:`repair` removes it.
 
 Renumbering changes which episode a path names: stop learners/loaders reading a task before
 deleting from it, and recreate :class:`~scarls.episodes.dataset.EpisodeDataset` objects after.
@@ -70,14 +69,12 @@ from scarls.episodes.layout import (
     cleanup_task_dir,
     episode_dir_name,
     fsync_dir,
-    fsync_file,
     lock_name,
     meta_name,
     meta_temp_name,
     owner_alive,
     pid_alive,
     read_lock_owner,
-    reserve_index,
     task_lock,
 )
 from scarls.episodes.reader import DamagedChunk, EpisodeReader, validate_episode
@@ -89,7 +86,6 @@ __all__ = [
     'ActiveWriterError',
     'DatasetToolError',
     'DeleteResult',
-    'MergeResult',
     'PendingOperationError',
     'Problem',
     'RepairResult',
@@ -98,7 +94,6 @@ __all__ = [
     'delete_episodes',
     'format_bytes',
     'format_ranges',
-    'merge_datasets',
     'repair',
     'validate_dataset',
 ]
@@ -235,24 +230,6 @@ class RepairResult:
     def to_dict(self) -> dict[str, Any]:
         return {'root': self.root, 'ok': self.ok, 'actions': self.actions,
                 'remaining': self.remaining}
-
-
-@dataclass
-class MergeResult:
-    """Result of :func:`merge_datasets`."""
-
-    root: str
-    copied: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.skipped
-
-    def to_dict(self) -> dict[str, Any]:
-        return {'root': self.root, 'ok': self.ok, 'copied': self.copied,
-                'skipped': self.skipped, 'duplicates': self.duplicates}
 
 
 # -- scanning a task directory ----------------------------------------------------------------
@@ -1038,153 +1015,9 @@ def _repair_task(root: Path, task: str, result: RepairResult, fsync: bool,
             f'({len(res.renamed)} episode(s) renumbered)')
 
 
-# -- merge -------------------------------------------------------------------------------------
-
-
-def _fingerprint(meta_data: dict[str, Any]) -> str:
-    """Identity of an episode's content: the digest of its per-array sha256 table."""
-    table = meta_data.get('sha256', {})
-    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
-
-
-def _dst_fingerprints(task_dir: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for index in _scan_task(task_dir, task_dir.name).visible:
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads((task_dir / meta_name(index)).read_text(encoding='utf-8'))
-            if isinstance(data, dict):
-                out.setdefault(_fingerprint(data), index)
-    return out
-
-
-def _file_table(path: Path) -> dict[str, int]:
-    table = {}
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            p = Path(dirpath) / name
-            table[str(p.relative_to(path))] = p.stat().st_size
-    return table
-
-
-def _fsync_tree(path: Path) -> None:
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            fsync_file(Path(dirpath) / name)
-        fsync_dir(Path(dirpath))
-
-
-def merge_datasets(
-    dst_root: str | os.PathLike[str],
-    src_roots: Sequence[str | os.PathLike[str]],
-    task: str | None = None,
-    *,
-    verify: bool = True,
-    skip_duplicates: bool = True,
-    fsync: bool = True,
-    lock_timeout: float = 10.0,
-    progress: ProgressFn | None = None,
-) -> MergeResult:
-    """Append copies of the episodes of ``src_roots`` (one task or all) to ``dst_root``.
-
-    Every source episode is validated first (``verify``: including its sha256 checksums); a bad
-    one is skipped with the file and what is wrong, and the rest are copied.  Episodes whose
-    content is already in the destination task (same checksums) are skipped as duplicates
-    unless ``skip_duplicates=False``, so re-running an interrupted merge copies only what is
-    missing.  Copies get the next free indices of the destination task (after its last
-    episode), their meta records the new ``episode_index`` and ``extra['merged_from']``.
-    Never overwrites; works while writers record into the destination (same reservation
-    protocol).  Raises :class:`DatasetToolError` for a missing source root, a source equal to the
-    destination, or a pending interrupted operation in a destination task.
-    """
-    dst = Path(dst_root)
-    result = MergeResult(str(dst))
-    dst_resolved = dst.resolve()
-    sources: list[tuple[Path, str, int]] = []
-    for src in src_roots:
-        src_path = Path(src)
-        if src_path.resolve() == dst_resolved:
-            raise DatasetToolError(f'{src_path}: a source cannot be the destination root')
-        for name in _task_names(src_path, task):
-            for index in _scan_task(src_path / name, name).visible:
-                sources.append((src_path, name, index))
-    fingerprints: dict[str, dict[str, int]] = {}
-    for n, (src_path, name, index) in enumerate(sources, 1):
-        label = f'{src_path}/{name}/{episode_dir_name(index)}'
-        entry = {'source': str(src_path), 'task': name, 'index': index}
-        problems = [p for p in check_episode(src_path, name, index, deep=verify)
-                    if p.severity == 'error']
-        if problems:
-            reason = '; '.join(f'{src_path / p.path}: {p.message}' for p in problems)
-            result.skipped.append({**entry, 'reason': reason})
-            log.info('merge: skipping %s: %s', label, reason)
-        else:
-            task_dir = dst / name
-            task_dir.mkdir(parents=True, exist_ok=True)
-            if name not in fingerprints:
-                _check_no_pending(task_dir)
-                fingerprints[name] = _dst_fingerprints(task_dir) if skip_duplicates else {}
-            src_meta = json.loads(
-                (src_path / name / meta_name(index)).read_text(encoding='utf-8'))
-            fp = _fingerprint(src_meta)
-            if skip_duplicates and fp in fingerprints[name]:
-                result.duplicates.append({**entry, 'existing_index': fingerprints[name][fp]})
-            else:
-                try:
-                    new_index = _copy_episode(src_path, name, index, dst, src_meta, fsync,
-                                              lock_timeout)
-                except (EpisodeFormatError, OSError, ValueError) as exc:
-                    result.skipped.append({**entry, 'reason': f'copy failed: {exc}'})
-                    log.info('merge: copying %s failed: %s', label, exc)
-                else:
-                    fingerprints[name][fp] = new_index
-                    result.copied.append({**entry, 'dst_task': name, 'dst_index': new_index})
-        if progress is not None:
-            progress(n, len(sources), label)
-    return result
-
-
-def _copy_episode(src_root: Path, task: str, index: int, dst_root: Path,
-                  src_meta: dict[str, Any], fsync: bool, lock_timeout: float) -> int:
-    src_dir = src_root / task / episode_dir_name(index)
-    task_dir = dst_root / task
-    staging = task_dir / f'{STAGING_PREFIX}{os.getpid()}'
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    staged = staging / 'episode.zarr'
-    try:
-        shutil.copytree(src_dir, staged, symlinks=False)
-        if _file_table(staged) != _file_table(src_dir):
-            raise DatasetToolError(f'{staged}: the copy differs from {src_dir} (files or sizes)')
-        if fsync:
-            _fsync_tree(staged)
-        meta = EpisodeMeta.from_dict(src_meta, source=str(src_root / task / meta_name(index)))
-        with task_lock(task_dir, lock_timeout):
-            _check_no_pending(task_dir)
-            cleanup_task_dir(task_dir)
-            new = reserve_index(task_dir, os.getpid())
-            final = task_dir / episode_dir_name(new)
-            try:
-                os.rename(staged, final)
-                if fsync:
-                    fsync_dir(task_dir)
-
-                extra = dict(meta.extra)
-                extra['merged_from'] = {'source': src_root.name, 'task': task, 'index': index}
-                _write_meta(task_dir, new, dict(src_meta, extra=extra), fsync)
-            except BaseException:
-                if final.exists() and not (task_dir / meta_name(new)).exists():
-                    with contextlib.suppress(OSError):
-                        os.rename(final, staged)
-                raise
-            finally:
-                with contextlib.suppress(OSError):
-                    (task_dir / lock_name(new)).unlink()
-        return new
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 _MOVED = {
+    'MergeResult': 'scarls.episodes.merge',
+    'merge_datasets': 'scarls.episodes.merge',
     'DatasetSummary': 'scarls.episodes.stats',
     'TaskSummary': 'scarls.episodes.stats',
     'dataset_info': 'scarls.episodes.stats',
