@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import default_collate
 
 from scarls.episodes import EpisodeError, EpisodeReader, list_episodes, write_episode
-from scarls.episodes.dataset import EpisodeDataset
+from scarls.episodes.dataset import EpisodeDataset, make_loader
 
 torch.set_num_threads(1)
 
@@ -180,3 +180,19 @@ def test_dataset_info_lists_cameras_in_recorded_order(tmp_path: Path, capsys) ->
     assert list(info.totals.image_shapes) == ['wrist', 'top', 'left']
     assert dataset_cli.main(['dataset', 'info', str(tmp_path)]) == 0
     assert f'cameras: wrist {H}x{W}, top {H}x{W}, left {H}x{W}' in capsys.readouterr().out
+
+
+@pytest.mark.multiproc
+def test_stacked_batches_through_dataloader_workers(two_episodes) -> None:
+    root, eps = two_episodes
+    ds = EpisodeDataset(root, chunk_size=4, cameras=('left', 'top'), images='stacked',
+                        action_is_pad=True)
+    seen = 0
+    for batch in make_loader(ds, 5, shuffle=False, num_workers=2):
+        direct = ds.get_batch(list(range(seen, seen + len(batch['frame']))))
+        assert torch.equal(batch['images'], direct['images'])  # built in a worker, shared memory
+        assert torch.equal(batch['action_is_pad'], direct['action_is_pad'])
+        seen += len(batch['frame'])
+    assert seen == len(ds) == 18
+    np.testing.assert_array_equal(batch['images'][-1, 1].numpy(),
+                                  eps[1]['frames']['top'][-1].transpose(2, 0, 1))
