@@ -33,13 +33,8 @@ from scarls.fleet import (
     state_bytes,
     trainable_parameters,
 )
-from scarls.fleet.allreduce import (
-    _eligible,
-    _labels,
-    _write_back,
-    choose_backend,
-    reduction_device,
-)
+from scarls.fleet.allreduce import _eligible, _labels
+from scarls.fleet.params import _write_back, choose_backend, reduction_device
 from scarls.learner.evaluation import CheckpointGate
 from scarls.learner.selector import fleet_decision
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scarls.fleet import flatten_trainable, trainable_parameters
-from scarls.fleet.allreduce import _write_back
+from scarls.fleet.params import _write_back
 from scarls.learner import EpisodeData
 from scarls.learner.evaluation import CheckpointGate
 from scarls.learner.selector import CheckpointSelector, Selection, fleet_decision

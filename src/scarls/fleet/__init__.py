@@ -8,7 +8,12 @@ package does not import torch (the names below load their module on first use).
   error over the ECUs that pass the threshold). Pure Python.
 * :mod:`~scarls.fleet.allreduce` - :class:`FleetReducer`: one round of rendezvous (TCPStore,
   torchrun variables), membership with deadlines, and the all-reduce of the trainable
-  parameters over torch.distributed (Gloo / NCCL); :func:`serve_rendezvous` hosts the store.
+  parameters over torch.distributed (Gloo / NCCL).
+* :mod:`~scarls.fleet.config` - :class:`FleetConfig`, :class:`Rendezvous` (the torchrun
+  variables), :class:`RoundResult`, the errors.
+* :mod:`~scarls.fleet.params` - what travels: the trainable parameters flattened per dtype,
+  the backend and device of a round, the check of a reduced result.
+* :mod:`~scarls.fleet.rendezvous` - :func:`serve_rendezvous` hosts the store.
 * :mod:`~scarls.fleet.auth` - :class:`FleetKey`: the fleet's shared secret; every store record
   is sealed with HMAC-SHA256 and verified by its readers.
 
@@ -32,22 +37,22 @@ from typing import Any
 from scarls.fleet.weights import DEFAULT_EPS, cap_weights, passes_threshold, reduction_weights
 
 _LAZY = {
-    'BACKENDS': 'allreduce',
-    'STATUSES': 'allreduce',
-    'FleetConfig': 'allreduce',
-    'FleetConfigError': 'allreduce',
-    'FleetError': 'allreduce',
+    'BACKENDS': 'config',
+    'STATUSES': 'config',
+    'FleetConfig': 'config',
+    'FleetConfigError': 'config',
+    'FleetError': 'config',
+    'Rendezvous': 'config',
+    'RoundResult': 'config',
     'FleetReducer': 'allreduce',
-    'Rendezvous': 'allreduce',
-    'RendezvousHost': 'allreduce',
-    'RoundResult': 'allreduce',
-    'flatten_trainable': 'allreduce',
-    'parameter_signature': 'allreduce',
-    'serve_rendezvous': 'allreduce',
-    'state_bytes': 'allreduce',
-    'trainable_parameters': 'allreduce',
-    'check_reduced': 'allreduce',
-    'listen_socket': 'allreduce',
+    'RendezvousHost': 'rendezvous',
+    'listen_socket': 'rendezvous',
+    'serve_rendezvous': 'rendezvous',
+    'check_reduced': 'params',
+    'flatten_trainable': 'params',
+    'parameter_signature': 'params',
+    'state_bytes': 'params',
+    'trainable_parameters': 'params',
     'FleetKey': 'auth',
     'FleetKeyError': 'auth',
     'KEY_ENV': 'auth',

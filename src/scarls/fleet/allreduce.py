@@ -9,13 +9,15 @@ deadlines, and an ECU that was slow, crashed or cut off joins a later round with
 restart.
 
 Rendezvous. A :class:`torch.distributed.TCPStore` at ``MASTER_ADDR:MASTER_PORT``; ``RANK`` and
-``WORLD_SIZE`` number the ECUs (the torchrun variables, read by :meth:`Rendezvous.from_env`).
-The store is hosted either by a small standalone process (:func:`serve_rendezvous`, e.g. run by
-the fleet launcher: it holds no model and does no training) or, torchrun style, by the ECU
-with ``FleetConfig.host_store`` (then that ECU must stay up: when it restarts, the others
+``WORLD_SIZE`` number the ECUs (the torchrun variables, read by
+:meth:`~scarls.fleet.config.Rendezvous.from_env`). The store is hosted either by a small
+standalone process (:func:`~scarls.fleet.rendezvous.serve_rendezvous`, e.g. run by the fleet
+launcher: it holds no model and does no training) or, torchrun style, by the ECU with
+``FleetConfig.host_store`` (then that ECU must stay up: when it restarts, the others
 resynchronise, see *Epoch*). Under torchrun with its agent store
 (``TORCHELASTIC_USE_AGENT_STORE=True``), the ECUs just connect to it. All keys live under
-``FleetConfig.namespace``. The store listens on its address only (:class:`RendezvousHost`).
+``FleetConfig.namespace``. The store listens on its address only
+(:class:`~scarls.fleet.rendezvous.RendezvousHost`).
 
 Authentication. A TCPStore has no access control, so every value an ECU writes is sealed with
 the fleet's shared key (HMAC-SHA256 bound to the store key and the store's epoch,
@@ -50,17 +52,18 @@ A round ``r`` (all waits poll the store every ``poll_s``; none blocks indefinite
    that died between posting and reducing, so a crash costs the others ``ready_timeout_s``
    instead of failing the round.
 5. *Reduce.* The group builds a process group for this round only, over
-   ``PrefixStore('r/<r>/pg', store)`` with its index in the group (:func:`choose_backend`:
-   Gloo for CPU parameters, NCCL when they live on CUDA and torch has NCCL; the buffers are
-   built on the backend's device, :func:`reduction_device` - the parameters' GPU for NCCL,
-   the CPU for Gloo - and written back to wherever each parameter lives). The trainable
-   parameters (``requires_grad``) are flattened into one contiguous buffer per reduction dtype
-   (float64 stays float64, every other floating dtype is reduced in float32), scaled by the
-   ECU's weight, summed with one all-reduce and written back. Frozen parameters and buffers
-   never travel. Before the result is written back, each member checks it
-   (:func:`check_reduced`): finite, and within ``max_param_change`` of its own parameters
-   (relative norm). A member whose check fails keeps its parameters (``'failed'``) and posts
-   a veto as its verdict, so no participant deploys the model.
+   ``PrefixStore('r/<r>/pg', store)`` with its index in the group
+   (:func:`~scarls.fleet.params.choose_backend`: Gloo for CPU parameters, NCCL when they live
+   on CUDA and torch has NCCL; the buffers are built on the backend's device,
+   :func:`~scarls.fleet.params.reduction_device` - the parameters' GPU for NCCL, the CPU for
+   Gloo - and written back to wherever each parameter lives). The trainable parameters
+   (``requires_grad``) are flattened into one contiguous buffer per reduction dtype (float64
+   stays float64, every other floating dtype is reduced in float32), scaled by the ECU's
+   weight, summed with one all-reduce and written back. Frozen parameters and buffers never
+   travel. Before the result is written back, each member checks it
+   (:func:`~scarls.fleet.params.check_reduced`): finite, and within ``max_param_change`` of its
+   own parameters (relative norm). A member whose check fails keeps its parameters
+   (``'failed'``) and posts a veto as its verdict, so no participant deploys the model.
    The all-reduce has a timeout (``reduce_timeout_s``, by default the deadline plus the
    payload's transfer time at ``reduce_min_mb_s``); when a member dies
    mid-reduce the others get an error at once (connection closed) or at the timeout, and the
@@ -100,15 +103,11 @@ ECUs must fit them on the same data. Optimiser state stays local. With NCCL, set
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime
-import hashlib
 import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 import uuid
@@ -120,462 +119,28 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from scarls.common.validation import is_int, is_number
+from scarls.common.validation import is_number
 from scarls.fleet.auth import KEY_FILE_ENV, FleetKey, RejectLog, SignedStore
-from scarls.fleet.weights import DEFAULT_EPS, cap_weights, passes_threshold, reduction_weights
+from scarls.fleet.config import FleetConfig, FleetConfigError, Rendezvous, RoundResult
+from scarls.fleet.params import (
+    _reduce_dtype,
+    _write_back,
+    check_reduced,
+    choose_backend,
+    flatten_trainable,
+    parameter_signature,
+    reduction_device,
+    state_bytes,
+    trainable_parameters,
+)
+from scarls.fleet.rendezvous import RendezvousHost, _local_address_towards, _td
+from scarls.fleet.weights import cap_weights, passes_threshold, reduction_weights
 
-__all__ = [
-    'BACKENDS',
-    'STATUSES',
-    'FleetConfig',
-    'FleetConfigError',
-    'FleetError',
-    'FleetReducer',
-    'Rendezvous',
-    'RendezvousHost',
-    'RoundResult',
-    'check_reduced',
-    'choose_backend',
-    'flatten_trainable',
-    'listen_socket',
-    'parameter_signature',
-    'reduction_device',
-    'serve_rendezvous',
-    'state_bytes',
-    'trainable_parameters',
-]
+__all__ = ['FleetReducer']
+
 
 _log = logging.getLogger(__name__)
 
-#: Outcomes of a round, see :class:`RoundResult`.
-STATUSES: tuple[str, ...] = ('reduced', 'alone', 'skipped', 'missed', 'failed')
-#: Values of :attr:`FleetConfig.backend`.
-BACKENDS: tuple[str, ...] = ('auto', 'gloo', 'nccl')
-
-
-class FleetError(Exception):
-    """Base class of the errors raised by :mod:`scarls.fleet`."""
-
-
-class FleetConfigError(FleetError, ValueError):
-    """A fleet setting or rendezvous variable is invalid (the message names it)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FleetConfig:
-    """Settings of :class:`FleetReducer` (the same on every ECU of a fleet)."""
-
-    threshold: float = 0.05
-    """Quality bar: an ECU takes part only if its open-loop error (rad^2) is at most this."""
-    eps: float = DEFAULT_EPS
-    """Error floor of the inverse-error weights (rad^2), see :mod:`scarls.fleet.weights`."""
-    deadline_s: float = 30.0
-    """Longest wait for the other ECUs to post, counted from this ECU's own post."""
-    ready_timeout_s: float = 5.0
-    """Longest wait for the eligible ECUs to get ready and connect once membership is fixed."""
-    reduce_timeout_s: float | None = None
-    """Timeout of the all-reduce itself (must exceed its duration on the fleet's network).
-    None: ``deadline_s`` plus the payload at ``reduce_min_mb_s`` - so a member that hangs
-    inside the reduction (stopped, cut off: its sockets stay open) costs the others about the
-    deadline, not minutes; a failed round leaves every model as it was."""
-    reduce_min_mb_s: float = 50.0
-    """Slowest transfer rate (MB/s) the default reduce timeout allows for."""
-    store_timeout_s: float = 10.0
-    """Timeout of connecting to the rendezvous store and of a single store operation."""
-    poll_s: float = 0.05
-    """Store polling period while waiting (the extra latency of a round's close; every waiting
-    ECU sends the store 1 / poll_s requests per second)."""
-    backend: str = 'auto'
-    """``'auto'`` (NCCL for CUDA parameters when available, else Gloo), ``'gloo'``, ``'nccl'``."""
-    host_store: bool = False
-    """This ECU hosts the rendezvous store (torchrun style, usually rank 0); False: connect to
-    a standalone host (:func:`serve_rendezvous`) or a torchrun agent's store."""
-    namespace: str = 'scarls/fleet'
-    """Prefix of every store key (several fleets may share one store)."""
-    keep_rounds: int = 16
-    """Store keys of a round are deleted this many rounds later."""
-    robot: str = ''
-    """The ECU's robot (its description's name and hash, see :mod:`scarls.robot`): only
-    policies of one robot are averaged; an ECU of another robot than the fleet's majority is
-    left out of every round with a message that says so."""
-    max_weight: float = 0.75
-    """Largest share one ECU may have in the average (raised to ``1/n`` for ``n``
-    participants): an ECU that reports a tiny error cannot make the others' parameters vanish
-    (:func:`scarls.fleet.weights.cap_weights`). The lowest participant's value applies."""
-    max_param_change: float = 0.5
-    """Sanity bound of a reduced model: ``||reduced - local|| <= max_param_change *
-    ||local||`` over the trainable parameters, on every participant; a participant whose
-    bound fails keeps its parameters and vetoes the round's model for the whole fleet."""
-
-    def __post_init__(self) -> None:
-        for name in (
-            'threshold',
-            'eps',
-            'deadline_s',
-            'ready_timeout_s',
-            'reduce_min_mb_s',
-            'store_timeout_s',
-            'poll_s',
-            'max_param_change',
-        ):
-            value = getattr(self, name)
-            if not is_number(value) or value <= 0:
-                self._fail(name, 'must be a finite number > 0')
-        if self.reduce_timeout_s is not None and (
-                not is_number(self.reduce_timeout_s) or self.reduce_timeout_s <= 0):
-            self._fail('reduce_timeout_s', 'must be None or a finite number > 0')
-        if self.backend not in BACKENDS:
-            self._fail('backend', f'must be one of {BACKENDS}')
-        if not isinstance(self.host_store, bool):
-            self._fail('host_store', 'must be a bool')
-        if not isinstance(self.namespace, str) or not self.namespace.strip('/'):
-            self._fail('namespace', 'must be a non-empty string')
-        if not is_int(self.keep_rounds) or self.keep_rounds < 2:
-            self._fail('keep_rounds', 'must be an int >= 2')
-        if not is_number(self.max_weight) or not 0 < self.max_weight <= 1:
-            self._fail('max_weight', 'must be a number in (0, 1]')
-
-    def _fail(self, name: str, what: str) -> None:
-        raise FleetConfigError(f'FleetConfig.{name} {what}, got {getattr(self, name)!r}')
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> FleetConfig:
-        """Build from a mapping; unknown keys raise :class:`FleetConfigError`."""
-        if data is None:
-            return cls()
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise FleetConfigError(
-                f'FleetConfig: unknown field(s) {unknown}; known fields: {sorted(known)}'
-            )
-        return cls(**dict(data))
-
-
-@dataclasses.dataclass(frozen=True)
-class Rendezvous:
-    """Where the fleet meets and who this ECU is (the torchrun environment variables)."""
-
-    addr: str
-    """Host of the rendezvous store (``MASTER_ADDR``)."""
-    port: int
-    """Port of the rendezvous store (``MASTER_PORT``)."""
-    rank: int
-    """This ECU's number in ``[0, world_size)`` (``RANK``)."""
-    world_size: int
-    """Number of ECUs in the fleet (``WORLD_SIZE``)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.addr, str) or not self.addr:
-            raise FleetConfigError(f'Rendezvous.addr must be a host name, got {self.addr!r}')
-        if not is_int(self.port) or not 0 < self.port < 65536:
-            raise FleetConfigError(f'Rendezvous.port must be in [1, 65535], got {self.port!r}')
-        if not is_int(self.world_size) or self.world_size < 1:
-            raise FleetConfigError(
-                f'Rendezvous.world_size must be an int >= 1, got {self.world_size!r}'
-            )
-        if not is_int(self.rank) or not 0 <= self.rank < self.world_size:
-            raise FleetConfigError(
-                f'Rendezvous.rank must be in [0, {self.world_size}), got {self.rank!r}'
-            )
-
-    @classmethod
-    def from_env(
-        cls,
-        environ: Mapping[str, str] | None = None,
-        *,
-        addr: str | None = None,
-        port: int | None = None,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> Rendezvous:
-        """From ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` (arguments win)."""
-        env = os.environ if environ is None else environ
-
-        def need(name: str) -> str:
-            value = env.get(name)
-            if not value:
-                raise FleetConfigError(f'environment variable {name} is not set')
-            return value
-
-        def as_int(name: str, value: str) -> int:
-            try:
-                return int(value)
-            except ValueError:
-                raise FleetConfigError(f'{name} must be an integer, got {value!r}') from None
-
-        return cls(
-            addr=addr if addr is not None else need('MASTER_ADDR'),
-            port=port if port is not None else as_int('MASTER_PORT', need('MASTER_PORT')),
-            rank=rank if rank is not None else as_int('RANK', need('RANK')),
-            world_size=(
-                world_size if world_size is not None else as_int('WORLD_SIZE', need('WORLD_SIZE'))
-            ),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundResult:
-    """Outcome of one :meth:`FleetReducer.reduce` call, as seen by one ECU."""
-
-    round: int
-    """Round number."""
-    status: str
-    """``'reduced'``: the parameters now hold the weighted average of the group.
-    ``'alone'``: the only eligible ECU; parameters unchanged, weight 1.
-    ``'skipped'``: this ECU's error failed the threshold; parameters unchanged, no deploy.
-    ``'missed'``: the round closed without this ECU; parameters unchanged.
-    ``'failed'``: store, signature or communication error; parameters unchanged."""
-    reason: str
-    """Human-readable explanation."""
-    ecu_id: str
-    """This ECU."""
-    rank: int
-    """This ECU's rank."""
-    participants: tuple[str, ...] = ()
-    """ECUs whose parameters were averaged (rank order); empty unless reduced or alone."""
-    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    """Posted open-loop errors of the round's members (NaN: none / not finite)."""
-    weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    """Weight of each participant (sums to 1)."""
-    payload_bytes: int = 0
-    """Bytes of the trainable-parameter buffer handed to the all-reduce (0 if none)."""
-    state_bytes: int = 0
-    """Bytes of the model's full state dict (parameters + buffers)."""
-    wait_seconds: float = 0.0
-    """Time spent agreeing on membership and readiness."""
-    reduce_seconds: float = 0.0
-    """Time spent connecting the round's group and in the all-reduce."""
-    seconds: float = 0.0
-    """Wall time of the whole call."""
-    next_round: int = 0
-    """The round this ECU will join on its next call."""
-
-    @property
-    def changed(self) -> bool:
-        """True when the model's parameters were replaced by the fleet average."""
-        return self.status == 'reduced'
-
-    @property
-    def saved_bytes(self) -> int:
-        """State-dict bytes that did not travel because they are frozen or buffers."""
-        return max(0, self.state_bytes - self.payload_bytes) if self.payload_bytes else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (NaN metrics as None)."""
-        out = dataclasses.asdict(self)
-        out['participants'] = list(self.participants)
-        out['metrics'] = {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()}
-        out['weights'] = dict(self.weights)
-        return out
-
-
-# -- parameters -------------------------------------------------------------------------------
-
-
-def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` of the parameters with ``requires_grad`` (shared ones once)."""
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def parameter_signature(params: Sequence[tuple[str, torch.Tensor]]) -> str:
-    """Short digest of the names, shapes and dtypes of ``params`` (equal models agree)."""
-    h = hashlib.sha256()
-    for name, p in params:
-        h.update(f'{name}:{tuple(p.shape)}:{p.dtype}\n'.encode())
-    return h.hexdigest()[:16]
-
-
-def state_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict (parameters and buffers, shared tensors once)."""
-    seen: set[int] = set()
-    total = 0
-    for t in model.state_dict(keep_vars=True).values():
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        total += t.numel() * t.element_size()
-    return total
-
-
-def _reduce_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype.is_complex or not dtype.is_floating_point:
-        raise FleetError(f'cannot average parameters of dtype {dtype}')
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def flatten_trainable(
-    params: Sequence[tuple[str, torch.Tensor]], device: torch.device | str = 'cpu'
-) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
-    """One contiguous buffer per reduction dtype (float64, else float32) on ``device``.
-
-    Returns ``[(buffer, [parameters in buffer order]), ...]``; :func:`_write_back` copies a
-    buffer into its parameters (casting back to their dtype and device).
-    """
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    for _, p in params:
-        groups.setdefault(_reduce_dtype(p.dtype), []).append(p)
-    out = []
-    with torch.no_grad():
-        for dtype, ps in groups.items():
-            buf = torch.cat([p.detach().reshape(-1).to(device=device, dtype=dtype) for p in ps])
-            out.append((buf, ps))
-    return out
-
-
-def choose_backend(
-    want: str,
-    devices: Iterable[torch.device | str],
-    *,
-    nccl_available: bool | None = None,
-) -> str:
-    """The process-group backend for parameters on ``devices``: ``'nccl'`` or ``'gloo'``.
-
-    ``want`` is :attr:`FleetConfig.backend`. ``'auto'``: NCCL when a parameter lives on CUDA
-    and torch has NCCL (``nccl_available``, default: :func:`torch.distributed.
-    is_nccl_available`), else Gloo (CPU parameters; CUDA ones then travel through CPU buffers).
-    ``'gloo'``: always Gloo. ``'nccl'``: NCCL, or :class:`FleetError` when no parameter is on
-    CUDA or NCCL is missing. Pure: nothing is allocated or connected.
-    """
-    if want not in BACKENDS:
-        raise FleetConfigError(f'backend must be one of {BACKENDS}, got {want!r}')
-    cuda = any(torch.device(d).type == 'cuda' for d in devices)
-    if nccl_available is None:
-        nccl_available = dist.is_nccl_available()
-    nccl = cuda and bool(nccl_available)
-    if want == 'nccl' and not nccl:
-        raise FleetError('backend nccl needs CUDA parameters and a torch built with NCCL'
-                         + ('' if cuda else ' (the parameters are not on CUDA)'))
-    return 'nccl' if want == 'nccl' or (want == 'auto' and nccl) else 'gloo'
-
-
-def reduction_device(backend: str, devices: Iterable[torch.device | str]) -> torch.device:
-    """Where the all-reduce buffers live: the first CUDA device among ``devices`` for NCCL,
-    the CPU for Gloo."""
-    if backend == 'nccl':
-        for d in devices:
-            if torch.device(d).type == 'cuda':
-                return torch.device(d)
-        raise FleetError('backend nccl needs parameters on a CUDA device')
-    return torch.device('cpu')
-
-
-def _write_back(buf: torch.Tensor, params: Iterable[torch.Tensor]) -> None:
-    offset = 0
-    with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            p.copy_(buf[offset : offset + n].view(p.shape))
-            offset += n
-
-
-# -- rendezvous host --------------------------------------------------------------------------
-
-
-def _td(seconds: float) -> datetime.timedelta:
-    return datetime.timedelta(seconds=float(seconds))
-
-
-def listen_socket(addr: str, port: int, backlog: int = 128) -> socket.socket:
-    """A TCP socket bound to ``addr:port`` (port 0: a free one) and listening.
-
-    ``addr`` is an IP address or a host name (its first address); ``0.0.0.0`` / ``::`` mean
-    every interface. Raises :class:`OSError` (e.g. an address this host does not have).
-    """
-    infos = socket.getaddrinfo(addr, int(port), type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
-    family, kind, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and sockaddr[0] not in ('::', '::0'):
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class RendezvousHost:
-    """The rendezvous store of a fleet: a :class:`torch.distributed.TCPStore` server.
-
-    It listens on ``addr`` only (the address the ECUs are told to use; ``0.0.0.0`` for every
-    interface) at ``port`` (0: a free port, see :attr:`port`). A TCPStore server given a host
-    name still binds the wildcard address (every interface, IPv4 and IPv6, checked with torch
-    2.13, both backends), so the listening socket is made here, bound to ``addr``, and handed
-    to the store (``master_listen_fd``), which then owns it. It holds a few small keys per
-    round, no model and no key: every record in it is sealed by the learners
-    (:mod:`scarls.fleet.auth`). Close it (or use it as a context manager) to stop serving.
-    """
-
-    def __init__(self, addr: str = '127.0.0.1', port: int = 0, timeout_s: float = 10.0) -> None:
-        self.addr = addr
-        sock = listen_socket(addr, int(port))
-        bound_port = int(sock.getsockname()[1])
-        fd = sock.detach()   # the store closes it
-        try:
-            self._store: dist.TCPStore | None = dist.TCPStore(
-                addr, bound_port, None, True, _td(timeout_s), wait_for_workers=False,
-                master_listen_fd=fd,
-            )
-        except Exception:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
-        self.port = int(self._store.port)
-
-    @property
-    def store(self) -> dist.TCPStore:
-        """The server-side store handle (raises once closed)."""
-        if self._store is None:
-            raise FleetError('the rendezvous host is closed')
-        return self._store
-
-    def environ(self, rank: int, world_size: int) -> dict[str, str]:
-        """The torchrun-style variables an ECU of this fleet needs."""
-        return {
-            'MASTER_ADDR': self.addr,
-            'MASTER_PORT': str(self.port),
-            'RANK': str(rank),
-            'WORLD_SIZE': str(world_size),
-        }
-
-    def close(self) -> None:
-        """Stop serving (ECUs then get store errors and fail rounds until a new host runs)."""
-        self._store = None
-
-    def __enter__(self) -> RendezvousHost:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def serve_rendezvous(
-    addr: str = '127.0.0.1', port: int = 0, timeout_s: float = 10.0
-) -> RendezvousHost:
-    """Host a fleet's rendezvous store in this process (see :class:`RendezvousHost`)."""
-    return RendezvousHost(addr, port, timeout_s)
-
-
-def _local_address_towards(addr: str, port: int) -> str:
-    """The local IP address this host uses to reach ``addr`` (no packet is sent)."""
-    try:
-        family = socket.getaddrinfo(addr, port, proto=socket.IPPROTO_UDP)[0][0]
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((addr, port))
-            return str(s.getsockname()[0])
-    except OSError:
-        return '127.0.0.1'
-
-
-# -- the reducer ------------------------------------------------------------------------------
 
 _COMM_ERRORS = (RuntimeError, OSError, ValueError, TimeoutError)
 
@@ -1186,31 +751,6 @@ def _decode_agreed(text: str) -> dict[int, Any]:
     if not isinstance(data, dict):
         raise _ForgedError('an agreed record is not a mapping')
     return {int(k): v for k, v in data.items()}
-
-
-def check_reduced(buffers: Sequence[tuple[torch.Tensor, Sequence[torch.Tensor]]],
-                  max_change: float) -> str | None:
-    """Why a reduced model must not be used, or None: ``buffers`` are the reduced buffers with
-    the (still local) parameters they will be written to (:func:`flatten_trainable`). The
-    reduced values must be finite and ``||reduced - local|| <= max_change * ||local||`` (over
-    all trainable parameters); a tiny local norm is floored at 1e-12."""
-    diff_sq = local_sq = 0.0
-    with torch.no_grad():
-        for buf, ps in buffers:
-            if not bool(torch.isfinite(buf).all()):
-                return 'the reduced parameters are not finite'
-            offset = 0
-            for p in ps:
-                k = p.numel()
-                local = p.detach().reshape(-1).to(device=buf.device, dtype=buf.dtype)
-                diff_sq += float(torch.sum((buf[offset:offset + k] - local) ** 2))
-                local_sq += float(torch.sum(local**2))
-                offset += k
-    change = math.sqrt(diff_sq) / max(math.sqrt(local_sq), 1e-12)
-    if not math.isfinite(change) or change > max_change:
-        return (f'the parameters moved by {change:.3g} x their norm (bound '
-                f'{max_change:g}): a participant sent parameters far from this model')
-    return None
 
 
 class _CancelledError(Exception):
