@@ -173,8 +173,8 @@ def add_dataset_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help='outcome when the dataset has no next.success/next.reward '
                     '(default success)')
     im.add_argument('--codec', default='jpeg',
-                    help='image codec of the episodes (default jpeg: ~10x the source video\'s '
-                    'bytes; lossless lz4: ~200x)')
+                    help='image codec of the episodes (default jpeg: ~9x the source video\'s '
+                    'bytes; lossless lz4: ~100x)')
     im.add_argument('--compact', action='store_true',
                     help='then rewrite each imported episode\'s frames as H.264 GOPs (close to '
                     'the source\'s size; see scarls dataset compact)')

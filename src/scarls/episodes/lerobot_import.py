@@ -25,7 +25,7 @@ from scarls.episodes.tools import DatasetToolError, ProgressFn, _scan_task, _tre
 __all__ = ['DEFAULT_IMPORT_CODEC', 'ImportResult', 'import_lerobot_v3']
 
 #: image codec of imported episodes unless asked otherwise: compressed (LeRobot's videos are a
-#: few kB per frame; a lossless per-frame codec would write ~200x their size)
+#: few kB per frame; a lossless per-frame codec writes 100x their size or more)
 DEFAULT_IMPORT_CODEC = 'jpeg'
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ def import_lerobot_v3(
     problem; the others are imported.
 
     Size: LeRobot stores frames as AV1/H.264 video, a few kB per frame; a per-frame codec is
-    far larger (on 480x640 frames ``jpeg`` ~10x the video's bytes, lossless ``lz4`` ~200x).
+    far larger (on 480x640 frames ``jpeg`` ~9x the video's bytes, lossless ``lz4`` ~100x).
     The default is ``jpeg``; ``compact=True`` then rewrites each imported episode's frames as
     short H.264 GOPs (:func:`~scarls.episodes.compact.compact_episode`), close to the source's
     size.  ``on_estimate(estimated_bytes, source_bytes)`` is called once, after the first
