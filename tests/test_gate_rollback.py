@@ -4,6 +4,7 @@ rollback target, and the closed-loop gate (scarls.learner.sim_gate)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from scarls.checkpoints import load_checkpoint
 from scarls.checkpoints.registry import CheckpointRegistry
 from scarls.learner.config import RolloutConfig
 from scarls.learner.demos import generate_demos
-from scarls.learner.online import OnlineConfig, OnlineLearner
+from scarls.learner.online import DEMOS_METRIC, OnlineConfig, OnlineLearner
 from scarls.learner.sim_gate import ClosedLoopGate, SceneScore, closed_loop_scores
 from scarls.learner.trainer import TrainerConfig
 from scarls.policies import make_policy
@@ -39,6 +40,8 @@ def test_the_learner_follows_a_guard_rollback(tmp_path, demos):
     assert learner.deployed_version == 3
     registry = learner.registry
     assert [registry.get(v).parent for v in (1, 2, 3)] == [None, 1, 2]
+    # the error on the held-out demonstrations alone is recorded too (comparable across versions)
+    assert all(math.isfinite(registry.get(v).metrics[DEMOS_METRIC]) for v in (1, 2, 3))
     # the scheduler rolled back from v2 to v1: v2 and v3 (trained from v2) are revoked
     assert learner.follow_rollback(1, 2) == [2, 3]
     assert learner.deployed_version == 1 and registry.deployed.version == 1

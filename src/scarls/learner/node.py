@@ -72,6 +72,7 @@ from scarls.diagnostics import Status
 from scarls.diagnostics.rules import learner_status
 from scarls.learner.config import LearnerError, MixingConfig, TrainerConfig
 from scarls.learner.online import (
+    DEMOS_METRIC,
     METRIC,
     LearnerStopped,
     OnlineConfig,
@@ -197,7 +198,9 @@ class LearnerNode(LifecycleNode):
         ckpt_dir = Path(str(p('checkpoint_dir')) or self._data_root / 'checkpoints' / self._task)
         try:
             keep = int(p('keep_checkpoints'))
-            registry = CheckpointRegistry(ckpt_dir, keep_last=keep, keep_records=max(1000, keep))
+            # "best" by the error on the held-out demonstrations: comparable across versions
+            registry = CheckpointRegistry(ckpt_dir, keep_last=keep, keep_records=max(1000, keep),
+                                          best_metric=DEMOS_METRIC)
             resume = registry.latest(approved_only=True)
             robot = load_robot(p('robot'))
             self._robot = robot
