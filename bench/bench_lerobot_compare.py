@@ -25,7 +25,9 @@ measured in the same run under the same load:
   preallocated buffer (plus the same action-chunk slicing) - what the format costs at least;
 * ``zarr``: plain zarr-python, arrays opened once per episode and cached, ``arr[t]``.
 
-Minor page faults per warm sample (``ru_minflt``) are reported for the scarls loaders.
+Minor page faults per warm sample (``ru_minflt``) are reported for the scarls loaders.  Besides
+wall time, every per-sample timing records the process's CPU time (all its threads): on a
+machine shared with other work, CPU time shows what a sample costs, wall time what it took.
 
     bash bench/lerobot_env.sh     # once: build/lerobot-venv
     .venv/bin/python bench/bench_lerobot_compare.py --work build/loader-compare --json out.json
@@ -141,20 +143,22 @@ def cmd_run(args: argparse.Namespace) -> dict:
         get, n = ds.__getitem__, len(ds)
     open_s = time.perf_counter() - t0
     files = _files(args.root) if args.evict else []
-    times = []
+    times, cpu = [], []
     f0 = 0
     for k, i in enumerate(indices):
         if k == args.skip:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if args.evict:
             _evict_all(files)
-        s = time.perf_counter()
+        s, c0 = time.perf_counter(), time.process_time()
         get(i)
         times.append(time.perf_counter() - s)
+        cpu.append(time.process_time() - c0)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / max(
         1, len(indices) - args.skip)
     out = {'loader': args.loader, 'len': n, 'open_s': round(open_s, 3), 'evict': args.evict,
-           'ms_per_sample': _stats(times[args.skip:]), 'minflt_per_sample': round(faults, 1)}
+           'ms_per_sample': _stats(times[args.skip:]),
+           'cpu_ms_per_sample': _stats(cpu[args.skip:]), 'minflt_per_sample': round(faults, 1)}
     if args.workers is not None and args.loader not in ('floor', 'zarr'):
         from torch.utils.data import DataLoader, RandomSampler
 
@@ -326,40 +330,51 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 
 def summarize(doc: dict) -> dict:
+    """Per loader: the median over repetitions of each run's median ms per sample (wall and
+    CPU time of the process), DataLoader rates; ratios taken per repetition (the loaders of one
+    repetition ran back to back, under about the same load), then their median."""
+    def med(r: dict, key: str) -> float:
+        return r[key]['median']
+
     out = {}
     for name, rs in doc['runs'].items():
-        warm = [r['ms_per_sample']['mean'] for r in rs if not r['cold']]
-        cold = [r['ms_per_sample']['mean'] for r in rs if r['cold']]
-        dl = [r['dataloader'] for r in rs if not r['cold'] and 'dataloader' in r]
-        row = {'warm_ms': round(float(np.median(warm)), 2),
-               'warm_range': [round(min(warm), 2), round(max(warm), 2)],
+        warm = [r for r in rs if not r['cold']]
+        cold = [med(r, 'ms_per_sample') for r in rs if r['cold']]
+        row = {'warm_ms': round(float(np.median([med(r, 'ms_per_sample') for r in warm])), 2),
+               'warm_range': [round(min(med(r, 'ms_per_sample') for r in warm), 2),
+                              round(max(med(r, 'ms_per_sample') for r in warm), 2)],
+               'warm_cpu_ms': round(float(np.median([med(r, 'cpu_ms_per_sample')
+                                                     for r in warm])), 2),
                'cold_ms': round(float(np.median(cold)), 2) if cold else None,
-               'minflt': [r.get('minflt_per_sample') for r in rs if not r['cold']],
+               'minflt': [r.get('minflt_per_sample') for r in warm],
                'load': [r['loadavg_1min'] for r in rs]}
-        if dl:
-            for key in ('samples_per_s', 'batched', 'default'):
-                vals = [d[key] for d in dl if key in d]
-                if vals:
-                    row[f'dl_{key}'] = round(float(np.median(vals)), 1)
+        dl = [r['dataloader'] for r in warm if 'dataloader' in r]
+        for key in ('samples_per_s', 'batched', 'default'):
+            vals = [d[key] for d in dl if key in d]
+            if vals:
+                row[f'dl_{key}'] = round(float(np.median(vals)), 1)
         out[name] = row
-    # ratios per repetition (same run, same load), then the median
+
+    def ratios(base: str, name: str, key: str, invert: bool = False) -> float | None:
+        ref = {r['rep']: r for r in doc['runs'][base] if not r['cold']}
+        vals = [(med(ref[r['rep']], key) / med(r, key)) if not invert else
+                (med(r, key) / med(ref[r['rep']], key))
+                for r in doc['runs'][name] if not r['cold'] and r['rep'] in ref]
+        return round(float(np.median(vals)), 2) if vals else None
+
     lr = {r['rep']: r for r in doc['runs']['lerobot'] if not r['cold']}
     for name, rs in doc['runs'].items():
-        if name == 'lerobot':
-            continue
-        ratios = [lr[r['rep']]['ms_per_sample']['mean'] / r['ms_per_sample']['mean']
-                  for r in rs if not r['cold'] and r['rep'] in lr]
-        out[name]['speedup_vs_lerobot_warm'] = round(float(np.median(ratios)), 1)
-        dl = [(r['dataloader']['batched'], lr[r['rep']]['dataloader']['samples_per_s'])
-              for r in rs if not r['cold'] and 'dataloader' in r and r['rep'] in lr]
-        if dl:
-            out[name]['dl_speedup_vs_lerobot'] = round(float(np.median([a / b for a, b in dl])), 1)
-    fl = {r['rep']: r for r in doc['runs']['floor (pread + blosc)'] if not r['cold']}
-    for name, rs in doc['runs'].items():
-        ratios = [r['ms_per_sample']['mean'] / fl[r['rep']]['ms_per_sample']['mean']
-                  for r in rs if not r['cold'] and r['rep'] in fl]
-        if ratios:
-            out[name]['vs_floor_warm'] = round(float(np.median(ratios)), 2)
+        if name != 'lerobot':
+            out[name]['speedup_vs_lerobot_warm'] = ratios('lerobot', name, 'ms_per_sample')
+            out[name]['speedup_vs_lerobot_cpu'] = ratios('lerobot', name, 'cpu_ms_per_sample')
+            dl = [(r['dataloader']['batched'], lr[r['rep']]['dataloader']['samples_per_s'])
+                  for r in rs if not r['cold'] and 'dataloader' in r and r['rep'] in lr]
+            if dl:
+                out[name]['dl_speedup_vs_lerobot'] = round(
+                    float(np.median([a / b for a, b in dl])), 2)
+        out[name]['vs_floor_warm'] = ratios('floor (pread + blosc)', name, 'ms_per_sample', True)
+        out[name]['vs_floor_cpu'] = ratios('floor (pread + blosc)', name, 'cpu_ms_per_sample',
+                                           True)
     return out
 
 
@@ -382,14 +397,18 @@ def report(doc: dict) -> None:
           f'{doc["loadavg_start"]} -> {doc["loadavg_end"]}')
     print(f'bytes: LeRobot {b["lerobot"]:,} (videos {b["lerobot_videos"]:,}); '
           + '; '.join(f'{k} {v:,}' for k, v in b.items() if k.startswith('scarls')))
-    print(f'{"loader":30} {"warm ms":>8} {"range":>13} {"cold ms":>8} {"vs LR":>6} '
-          f'{"vs floor":>8} {"DL/s batched":>12} {"DL/s default":>12} {"DL vs LR":>8} minflt')
+    print('ms per sample: median of the repetitions\' medians; ratios per repetition')
+    print(f'{"loader":28} {"warm":>7} {"range":>12} {"CPU":>6} {"cold":>7} {"xLR":>5} '
+          f'{"xLR CPU":>7} {"/floor":>6} {"/fl CPU":>7} {"DL batched":>10} {"DL default":>10} '
+          f'{"DL xLR":>6} minflt')
     for name, r in s.items():
         rng = f'{r["warm_range"][0]}-{r["warm_range"][1]}'
-        print(f'{name:30} {r["warm_ms"]:8.2f} {rng:>13} {r["cold_ms"] or 0:8.2f} '
-              f'{r.get("speedup_vs_lerobot_warm", 1.0):6.1f} {r.get("vs_floor_warm", 0):8.2f} '
-              f'{r.get("dl_batched", r.get("dl_samples_per_s", 0)):12.1f} '
-              f'{r.get("dl_default", 0):12.1f} {r.get("dl_speedup_vs_lerobot", 1.0):8.1f} '
+        print(f'{name[:28]:28} {r["warm_ms"]:7.2f} {rng:>12} {r["warm_cpu_ms"]:6.2f} '
+              f'{r["cold_ms"] or 0:7.2f} {r.get("speedup_vs_lerobot_warm") or 1:5.1f} '
+              f'{r.get("speedup_vs_lerobot_cpu") or 1:7.1f} {r.get("vs_floor_warm") or 0:6.2f} '
+              f'{r.get("vs_floor_cpu") or 0:7.2f} '
+              f'{r.get("dl_batched", r.get("dl_samples_per_s", 0)):10.1f} '
+              f'{r.get("dl_default", 0):10.1f} {r.get("dl_speedup_vs_lerobot") or 1:6.1f} '
               f'{r["minflt"]}')
     print('load per run:', {k: v['load'] for k, v in s.items()})
 

@@ -155,14 +155,15 @@ def cmd_time(args: argparse.Namespace) -> dict:
     indices = parse_indices(args, len(ds))
     files = tree_files(args.root)
     cams = [f'observation.images.{c}' for c in synth_frames.CAMERAS]
-    times, dump = [], {'index': [], 'action': [], 'action_is_pad': [], 'state': []}
+    times, cpu, dump = [], [], {'index': [], 'action': [], 'action_is_pad': [], 'state': []}
     dump.update({c: [] for c in cams})
     for i in indices:
         if args.evict:
             evict(files)
-        s = time.perf_counter()
+        s, c0 = time.perf_counter(), time.process_time()
         item = ds[i]
         times.append(time.perf_counter() - s)
+        cpu.append(time.process_time() - c0)  # CPU of all threads: robust to other load
         if args.dump:
             dump['index'].append(i)
             for c in cams:
@@ -177,6 +178,7 @@ def cmd_time(args: argparse.Namespace) -> dict:
         'open_s': round(open_s, 3), 'action_shape': list(item['action'].shape),
         'image_shape': list(item[cams[0]].shape), 'image_dtype': str(item[cams[0]].dtype),
         'ms_per_sample': stats_ms(times[args.skip:]), 'first_ms': round(times[0] * 1e3, 3),
+        'cpu_ms_per_sample': stats_ms(cpu[args.skip:]),
     }
     if args.dump:
         np.savez(args.dump, **{k.replace('.', '_'): np.stack(v) for k, v in dump.items()})
