@@ -86,7 +86,10 @@ def test_closed_loop_gate_compares_on_the_same_scenes():
     deployed = scores(1.0, 0.6, 0.6, 0.6)
     assert gate.decide(scores(1.0, 1.0, 0.6, 0.6), deployed).approved
     assert gate.decide(scores(1.0, 0.6, 0.6, 0.5), deployed).approved   # within tolerance
-    worse = gate.decide(scores(0.6, 0.6, 0.6, 0.6), deployed)
+    assert not gate.decide(scores(1.0, 0.6, 0.4, 0.4), deployed).approved
+    # scenes solved first: one solved more outweighs progress elsewhere, one fewer fails
+    assert gate.decide(scores(1.0, 1.0, 0.2, 0.2), deployed).approved
+    worse = gate.decide(scores(0.9, 0.9, 0.9, 0.9), deployed)
     assert not worse.approved and 'worse than the deployed' in worse.reason
     assert not gate.decide(scores(0.1, 0.1, 0.1, 0.1), None).approved   # below the floor
     assert gate.decide(scores(0.3, 0.3, 0.3, 0.3), None).approved
