@@ -346,9 +346,9 @@ def main(argv=None) -> int:
         row['success'] = float(np.mean(row['per_scene']))
         rows.append(row)
         print(f"v{v}: success {100 * row['success']:.0f} % ({args.scenes} scenes); recorded "
-              f"{row['recorded']:.4f}, open loop {row['open_loop']:.4f}, executed "
-              f"{row['open_loop_executed']:.4f}, decisive {row['open_loop_decisive']:.4f}, "
-              f"gripper {row['open_loop_gripper']:.4f}; gate scenes "
+              f"{row['recorded']:.3g}, open loop {row['open_loop']:.3g}, executed "
+              f"{row['open_loop_executed']:.3g}, decisive {row['open_loop_decisive']:.3g}, "
+              f"gripper {row['open_loop_gripper']:.3g}; gate scenes "
               f"{100 * row['gate_success']:.0f} %, progress {row['gate_progress']:.3f} "
               f"[{time.time() - t0:.0f} s]", flush=True)
     success = np.array([r['success'] for r in rows])
@@ -382,8 +382,8 @@ def main(argv=None) -> int:
     print('|---|---|---|---|---|---|---|---|')
     for r in rows:
         print(f"| v{r['version']} | {r['online_episodes']:.0f} | {100 * r['success']:.0f} % | "
-              f"{r['recorded']:.4f} | {r['open_loop']:.4f} | {r['open_loop_executed']:.4f} | "
-              f"{r['open_loop_decisive']:.4f} | {100 * r['gate_success']:.0f} %, "
+              f"{r['recorded']:.3g} | {r['open_loop']:.3g} | {r['open_loop_executed']:.3g} | "
+              f"{r['open_loop_decisive']:.3g} | {100 * r['gate_success']:.0f} %, "
               f"{r['gate_progress']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + '\n')
