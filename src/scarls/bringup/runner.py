@@ -281,7 +281,8 @@ class EcuRun:
                 me.last_progress = progress_now()
                 log.info('%scheckpoint v%d: open-loop error %.4f, %s', pre, msg.version,
                          msg.metric,
-                         'approved -> deploying' if msg.approved else 'rejected (not deployed)')
+                         'approved (deployed once the deployed version ran its probation)'
+                         if msg.approved else 'rejected (not deployed)')
 
             def on_round(msg) -> None:
                 metrics = {k: (float(v) if v == v else None)
