@@ -319,6 +319,11 @@ def pct(x) -> str:
     return '-' if x is None else f'{100 * x:.0f} %'
 
 
+def tt(x) -> str:
+    """Time to a success level, in simulated minutes ('-': not reached)."""
+    return '-' if x is None else f'{x:.2f}'
+
+
 def ci(p: dict | None) -> str:
     if not p:
         return '-'
@@ -345,7 +350,7 @@ def report(args) -> str:
                 f"| {r['arm']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['episodes']} | {r['labels']} | "
                 f"{r['samples_trained']} | {ci(r['final'])} | {ci(r['best'])} | "
-                f"{t['50']} / {t['70']} / {t['90']} |")
+                f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} |")
         lines.append('')
     if exp2:
         lines += ['### Experiment 2: N ECUs, compute-fair (Table IV analogue)', '',
@@ -360,7 +365,7 @@ def report(args) -> str:
                 f"| {r['n']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['achieved_rtf']} | {r['episodes']} | "
                 f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | {ci(e['final'])} | "
-                f"{ci(e['best'])} | {t.get('50')} / {t.get('70')} / {t.get('90')} |")
+                f"{ci(e['best'])} | {tt(t.get('50'))} / {tt(t.get('70'))} / {tt(t.get('90'))} |")
         lines.append('')
     text = '\n'.join(lines)
     (out / 'table.md').write_text(text + '\n')
