@@ -257,3 +257,41 @@ def test_a_clock_jump_restarts_the_drivers_watchdog(ros, node_group):
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
     finally:
         probe.close()
+
+
+@pytest.mark.multiproc
+def test_scarls_ecu_rtf_runs_and_reports_simulated_time(tmp_path, domain_id):
+    """`scarls ecu --rtf 0`: a run on simulated time - the summary's times are simulated (the
+    episodes saved at increasing simulated seconds, within the run's `simulated_s`), the
+    recorded steps one tick apart, every node exits cleanly; a bad --param stops it at once."""
+    import json
+    import subprocess
+    import sys
+
+    from scarls.bringup.launcher import parent_death_preexec
+    from scarls.episodes import validate_episode
+
+    summary = tmp_path / 'summary.json'
+    base = [sys.executable, '-m', 'scarls.cli', 'ecu', '--data-root', str(tmp_path / 'data'),
+            '--height', str(H), '--width', str(W), '--domain-id', str(domain_id),
+            '--ecu-id', 'ecusim', '--rtf', '0']
+    bad = subprocess.run([*base, '--param', 'nosuchnode.x=1'], capture_output=True, text=True,
+                         timeout=60, preexec_fn=parent_death_preexec())
+    assert bad.returncode == 2 and 'nosuchnode' in bad.stdout + bad.stderr
+    out = subprocess.run([*base, '--episodes', '2', '--max-steps', '90', '--summary',
+                          str(summary), '--param', 'teleop.fail_margin_steps=30'],
+                         capture_output=True, text=True, timeout=240,
+                         preexec_fn=parent_death_preexec())
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(summary.read_text())
+    assert data['ok'] is True and len(data['episodes']) == 2
+    saved = [e['saved_s'] for e in data['episodes']]
+    assert 0 < saved[0] < saved[1] <= data['simulated_s'] < 3600
+    for e in data['episodes']:
+        meta = validate_episode(e['path'])
+        assert 0 < meta.start_time < meta.end_time <= data['simulated_s']
+        stamps = np.asarray(EpisodeReader(e['path']).timestamp[:], dtype=np.float64)
+        assert np.all(np.abs(np.round(np.diff(stamps) * 1e9) - TICK) <= 2)
+    assert all(code == 0 for code in data['node_exit_codes'].values()), data['node_exit_codes']
+    print(f"simulated {data['simulated_s']:.1f} s in {data['duration_s']:.1f} s of wall time "
+          f"(factor {data['achieved_rtf']})")
