@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -247,6 +248,38 @@ def experiment_online_offline(args, workdir: Path) -> list[dict]:
     return results
 
 
+INGESTED = re.compile(r'episode (\d+) after ([\d.]+) s')
+LOG_STAMP = re.compile(r'^\[\w+\] \[(\d+\.\d+)\]')
+
+
+def ingestion(log_dir: Path, ecu: str) -> dict:
+    """Episode end -> trainable, per episode: in simulated seconds (the learner measures it on
+    ROS time) and in wall seconds (the learner's log line minus the scheduler's "saved" line,
+    both stamped with the wall clock)."""
+    import numpy as np
+    sim, wall, saved = [], [], {}
+    for path in log_dir.glob(f'*/{ecu}_scheduler.log'):
+        for line in path.read_text(errors='replace').splitlines():
+            m = re.search(r'\]: episode (\d+) saved:', line)
+            stamp = LOG_STAMP.match(line)
+            if m and stamp:
+                saved[int(m.group(1))] = float(stamp.group(1))
+    for path in log_dir.glob(f'*/{ecu}_learner.log'):
+        for line in path.read_text(errors='replace').splitlines():
+            stamp = LOG_STAMP.match(line)
+            if 'ingested:' not in line or not stamp:
+                continue
+            for idx, sec in INGESTED.findall(line):
+                sim.append(float(sec))
+                if int(idx) in saved:
+                    wall.append(float(stamp.group(1)) - saved[int(idx)])
+
+    def q(v, p):
+        return round(float(np.percentile(v, p)), 2) if v else None
+    return {'n': len(sim), 'sim_p50': q(sim, 50), 'sim_p99': q(sim, 99),
+            'wall_p50': q(wall, 50), 'wall_p99': q(wall, 99)}
+
+
 def summarise_ecu_run(summary: dict, root: Path, args, label: str) -> dict:
     eps = summary.get('episodes', [])
     labels = sum(e['intervention_steps'] for e in eps)
@@ -258,7 +291,9 @@ def summarise_ecu_run(summary: dict, root: Path, args, label: str) -> dict:
     final = curve[-1] if curve else None
     best = max(curve, key=lambda p: p['success_rate']) if curve else None
     learner = summary.get('learner') or {}
+    log_dir = Path(summary['log_dir']).parent if summary.get('log_dir') else root / 'logs'
     return {
+        'ingestion': ingestion(log_dir, summary.get('_ecu', 'ecu0')),
         'ok': summary.get('ok'), 'error': summary.get('error'),
         'simulated_s': summary.get('simulated_s'), 'wall_s': summary.get('_wall_s'),
         'achieved_rtf': summary.get('achieved_rtf'), 'episodes': len(eps),
@@ -286,8 +321,8 @@ def experiment_scaling(args, workdir: Path) -> list[dict]:
             summary = run_cli(cmd, root / 'run.log', args.timeout * max(1, n))
             rows = {}
             for ecu, view in (summary.get('ecus') or {}).items():
-                rows[ecu] = summarise_ecu_run({**view, **{k: summary.get(k) for k in (
-                    'simulated_s', '_wall_s', 'achieved_rtf', 'ok', 'error')}},
+                rows[ecu] = summarise_ecu_run({**view, '_ecu': ecu, **{k: summary.get(k) for k in (
+                    'simulated_s', '_wall_s', 'achieved_rtf', 'ok', 'error', 'log_dir')}},
                     root / ecu, args, f'exp2 N={n} seed {seed} {ecu}')
                 if n > 1:   # the fleet deploys the same averaged policy: one ECU's curve tells
                     break
@@ -324,11 +359,34 @@ def tt(x) -> str:
     return '-' if x is None else f'{x:.2f}'
 
 
+def ing(d: dict | None) -> str:
+    if not d or not d.get('n'):
+        return '-'
+    return f"{d['sim_p50']} / {d['sim_p99']} ({d['wall_p50']} / {d['wall_p99']}), n={d['n']}"
+
+
 def ci(p: dict | None) -> str:
     if not p:
         return '-'
     return f"{100 * p['success_rate']:.0f} % [{100 * p['ci95'][0]:.0f}, " \
            f"{100 * p['ci95'][1]:.0f}] (n={p['scenes']})"
+
+
+def refresh_ingestion(args, work: Path) -> None:
+    """Recompute the ingestion latencies of saved results from the runs' logs under ``work``."""
+    for name in ('exp1', 'exp2'):
+        path = Path(args.out) / f'{name}.json'
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        for r in data['results']:
+            if name == 'exp1':
+                r['ingestion'] = ingestion(work / f"exp1_{r['arm']}_seed{r['seed']}" / 'logs',
+                                           'ecu0')
+            elif r.get('ecu0'):
+                r['ecu0']['ingestion'] = ingestion(
+                    work / f"exp2_n{r['n']}_seed{r['seed']}" / 'logs', 'ecu0')
+        path.write_text(json.dumps(data, indent=1))
 
 
 def report(args) -> str:
@@ -342,22 +400,22 @@ def report(args) -> str:
         lines += ['### Experiment 1: online vs offline (one ECU, compute-fair)', '',
                   '| arm | seed | simulated min | wall min | episodes | '
                   'human labels (collected) | learner samples | final success alone [95 %] | '
-                  'best | t50 / t70 / t90 (sim min) |',
-                  '|---|---|---|---|---|---|---|---|---|---|']
+                  'best | t50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s) |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
         for r in exp1:
             t = r['time_to']
             lines.append(
                 f"| {r['arm']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['episodes']} | {r['labels']} | "
                 f"{r['samples_trained']} | {ci(r['final'])} | {ci(r['best'])} | "
-                f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} |")
+                f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} | {ing(r.get('ingestion'))} |")
         lines.append('')
     if exp2:
         lines += ['### Experiment 2: N ECUs, compute-fair (Table IV analogue)', '',
                   '| N | seed | simulated min | wall min | achieved rtf | episodes | human labels '
                   '| learner samples | fleet rounds | final success alone [95 %] | best | '
-                  't50 / t70 / t90 (sim min) |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|---|']
+                  't50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s), ecu0 |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
         for r in exp2:
             e = r.get('ecu0') or {'final': None, 'best': None, 'time_to': {}}
             t = e.get('time_to', {})
@@ -365,7 +423,8 @@ def report(args) -> str:
                 f"| {r['n']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['achieved_rtf']} | {r['episodes']} | "
                 f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | {ci(e['final'])} | "
-                f"{ci(e['best'])} | {tt(t.get('50'))} / {tt(t.get('70'))} / {tt(t.get('90'))} |")
+                f"{ci(e['best'])} | {tt(t.get('50'))} / {tt(t.get('70'))} / {tt(t.get('90'))} | "
+                f"{ing(e.get('ingestion'))} |")
         lines.append('')
     text = '\n'.join(lines)
     (out / 'table.md').write_text(text + '\n')
@@ -450,6 +509,8 @@ def main(argv=None) -> int:
         (Path(args.out) / 'budget.json').write_text(json.dumps(result, indent=1))
         return 0
     if args.what == 'report':
+        if args.workdir:
+            refresh_ingestion(args, Path(args.workdir))
         report(args)
         return 0
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix='bench-paper-'))
