@@ -19,6 +19,7 @@ from scarls.bringup import ecu_nodes
 from scarls.checkpoints.deploy import open_deploy_token
 from scarls.checkpoints.registry import CheckpointRegistry
 from scarls.checkpoints.signing import TRUST_FILE, TrustList, ensure_key
+from scarls.learner.node import GUARD_ROLLBACK
 from scarls.policies import make_policy
 from scarls.robot import load_robot
 from scarls.ros import qos
@@ -133,6 +134,8 @@ def test_guard_holds_rolls_back_and_rejects_the_lineage(ros, node_group, tmp_pat
         running(v1)
         record = open_deploy_token(deployed[-1].uri, trust, ecu=NS, robot=ROBOT)
         assert record.reason == f'guard rollback from v{v2}' and record.version == v1
+        # the learner follows exactly this record (its parser names the rejected version)
+        assert GUARD_ROLLBACK.match(record.reason).group(1) == str(v2)
         probe.wait_for(lambda: 'ROLLED BACK' in log(), 30, 'the rollback logged')
         text = log()
         assert f'ROLLED BACK from v{v2} to v{v1}' in text
