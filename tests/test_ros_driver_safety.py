@@ -85,6 +85,12 @@ def test_estop_wins_over_a_running_reset_and_a_release_waits_for_a_fresh_command
     probe.wait_for(reset.done, 20, 'the aborted reset to answer')
     assert reset.result().success is False and 'abort' in reset.result().message.lower()
     probe.wait_for(lambda: seen['states'][-1].state == 'estopped', 20, 'estopped state')
+
+    def settled() -> bool:   # joint states still in flight from the last tick of motion
+        before = seen['q'].copy()
+        probe.spin_for(0.2)
+        return np.allclose(seen['q'], before, atol=1e-4)
+    probe.wait_for(settled, 20, 'the arms to stop')
     stopped_at = seen['q'].copy()
     assert np.abs(stopped_at - home).max() > 0.2, 'the reset ran to the end despite the e-stop'
     probe.spin_for(1.0)
