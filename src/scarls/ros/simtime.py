@@ -27,6 +27,7 @@ nothing). Without ``use_sim_time`` the reporter is inert and nothing changes.
 from __future__ import annotations
 
 import threading
+import time
 
 from builtin_interfaces.msg import Time
 from rclpy.clock import Clock, ClockType, JumpThreshold
@@ -169,7 +170,6 @@ class BudgetGate:
         """Until the next step is within budget (the clock advances meanwhile: report each
         new time at which the budget is spent). Wall-time polling: this guards our own
         thread, the clock is what it waits for."""
-        import time
         t0 = time.monotonic()
         while not self._budget.may_step(self._done, now_ns(self._node)):
             self._report()
