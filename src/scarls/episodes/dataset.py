@@ -240,12 +240,14 @@ def _read_chunk(path: str) -> memoryview:
 
 _MADV_POPULATE_WRITE = 23  # Linux >= 5.14
 _PAGE = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
-try:
-    _madvise = ctypes.CDLL(None, use_errno=True).madvise
-    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    _madvise.restype = ctypes.c_int
-except (OSError, AttributeError):  # not Linux/glibc
-    _madvise = None
+_madvise = None
+if sys.platform.startswith('linux'):  # the advice value is Linux's
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _madvise.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        _madvise = None
 _populate_ok = _madvise is not None
 
 
