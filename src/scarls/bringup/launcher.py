@@ -203,8 +203,13 @@ class ProcessGroup:
         clean_fastdds_shm()
         return self.start(node.spec, params_file)
 
-    def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
-        """Stop all nodes (last started first); returns exit codes by fully qualified name."""
+    def stop(self, timeout: float = 35.0) -> dict[str, int | None]:
+        """Stop all nodes (last started first); returns exit codes by fully qualified name.
+
+        `timeout` is how long SIGINT may take before SIGTERM: longer than the learner's own
+        wait for its training thread (30 s: an evaluation under way is not interruptible), so a
+        busy host does not turn a clean stop into a SIGTERM. Nodes that stop sooner end the wait.
+        """
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0),
                           (signal.SIGKILL, 3.0)):
             alive = [n for n in reversed(self.nodes) if n.process.poll() is None]

@@ -116,6 +116,8 @@ def cmd_ecu(args) -> int:
             write_demos(offline, args.task, args.demos, robot.image_shape, 10_000, robot)
     extra = {'scheduler': {'image_codec': args.image_codec,
                            'train_interval_s': args.train_interval}}
+    if args.learn:   # the policy's initialisation and sampling, as `scarls fleet --seed` does
+        extra['learner'] = {'seed': args.seed}
     log.info('robot %s', robot.summary())
     specs = ecu_nodes(args.ecu_id, task=args.task, data_root=str(data_root),
                       learner=args.learn, robot=args.robot, extra={
