@@ -68,7 +68,7 @@ class EpisodeRow:
         return cls(int(msg.index), msg.task, msg.outcome, int(msg.steps),
                    int(msg.intervention_steps), int(msg.model_version), msg.path,
                    int(msg.dropped_steps), round(float(msg.finalize_seconds), 4),
-                   int(msg.actor_episode_id), round(saved_s, 2))
+                   int(msg.actor_episode_id), round(saved_s, 3))
 
 
 def learning_curve(episodes: list[EpisodeRow], block: int = CURVE_BLOCK) -> list[dict]:
