@@ -43,7 +43,9 @@ def register(sub) -> None:
                      help="camera height px (default: the robot's, 96)")
     ecu.add_argument('--width', type=int, default=None,
                      help="camera width px (default: the robot's, 128)")
-    ecu.add_argument('--seed', type=int, default=0, help='scene/policy seed (default 0)')
+    ecu.add_argument('--seed', type=int, default=0,
+                     help='scene seed of the simulated robot (default 0; the learner keeps its '
+                          'own: --param learner.seed=N)')
     ecu.add_argument('--policy', default='mlp', help='policy to start from (default mlp)')
     ecu.add_argument('--checkpoint', default='', help='start from this checkpoint file')
     ecu.add_argument('--max-steps', type=int, default=300, help='episode budget in steps')
@@ -116,8 +118,8 @@ def cmd_ecu(args) -> int:
             write_demos(offline, args.task, args.demos, robot.image_shape, 10_000, robot)
     extra = {'scheduler': {'image_codec': args.image_codec,
                            'train_interval_s': args.train_interval}}
-    if args.learn:   # the policy's initialisation and sampling, as `scarls fleet --seed` does
-        extra['learner'] = {'seed': args.seed}
+    # --seed is the robot's scenes: the learner keeps its own seed (ecu.yaml), so that ECUs
+    # started on separate hosts with separate scene seeds begin a fleet from the same weights
     log.info('robot %s', robot.summary())
     specs = ecu_nodes(args.ecu_id, task=args.task, data_root=str(data_root),
                       learner=args.learn, robot=args.robot, extra={
