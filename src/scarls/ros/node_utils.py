@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from typing import Any
 
 import rclpy
@@ -68,6 +69,18 @@ def lifecycle_state(node: LifecycleNode) -> str:
     return node._state_machine.current_state[1]  # noqa: SLF001
 
 
+def _shut_down_soon(wait_s: float = 2.0) -> bool:
+    """True once the ROS context is shut down, waiting up to `wait_s`: a SIGINT's shutdown
+    completes in rclpy's signal thread, so a callback can fail on the closing context (pybind's
+    conversion error) a moment before `rclpy.ok()` turns False."""
+    deadline = time.monotonic() + wait_s
+    while rclpy.ok():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def run_node(node_cls, args=None) -> int:
     """Standard main(): returns a process exit code."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
@@ -87,7 +100,7 @@ def run_node(node_cls, args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # the last line of defence: log, stop safely, exit non-zero
-        if node is not None and not rclpy.ok():
+        if node is not None and _shut_down_soon():
             # SIGINT shut the context down while a callback was publishing: that callback's
             # error ("publisher's context is invalid", or pybind's conversion error) is part
             # of a normal stop, not a failure
