@@ -118,6 +118,11 @@ def run_cli(cmd: list[str], log_path: Path, timeout_s: float) -> dict:
     out = json.loads(summary.read_text())
     out['_wall_s'] = round(wall, 1)
     out['_exit'] = proc.returncode
+    want = float(cmd[cmd.index('--minutes') + 1]) * 60.0
+    if (out.get('simulated_s') or 0.0) < want - 1.0:
+        raise RuntimeError(f'{" ".join(cmd)} stopped after {out.get("simulated_s")} of '
+                           f'{want:.0f} simulated seconds (exit {proc.returncode}: '
+                           f'{out.get("error") or "interrupted"}); not saved, see {log_path}')
     return out
 
 
@@ -193,11 +198,12 @@ def common_args(args, root: Path, offline: Path | None = None) -> list[str]:
             '--train-interval', str(args.train_interval)]
 
 
-def prepare_demos(workdir: Path, n: int, image_shape) -> Path:
-    """One set of demonstrations for every arm and fleet size (the same start)."""
+def prepare_demos(workdir: Path, n: int, image_shape, name: str = 'offline') -> Path:
+    """One set of demonstrations for every arm and fleet size (the same start); a larger set
+    (``name``) begins with the same ``n`` episodes (the same seeds) and adds more."""
     from scarls.episodes import list_episodes
     from scarls.learner.demos import generate_demos
-    offline = workdir / 'offline'
+    offline = workdir / name
     if not list_episodes(offline, TASK):
         generate_demos(offline, TASK, n, seed=0, image_shape=tuple(image_shape))
     return offline
@@ -207,7 +213,7 @@ def link_demos(offline: Path, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     target = root / 'offline'
     if not target.exists():
-        target.symlink_to(offline, target_is_directory=True)
+        target.symlink_to(offline.resolve(), target_is_directory=True)
 
 
 # -- experiment 1 -------------------------------------------------------------------------------
@@ -215,6 +221,7 @@ ARMS = {
     'offline': 'demonstrations only (the robot runs and is helped; its episodes are never '
                'trained on)',
     'hg_dagger': 'HG-DAgger with online takeovers (the default)',
+    'more_demos': 'HG-DAgger as (b), starting from 3x the demonstrations (--more-demos)',
 }
 
 
@@ -232,11 +239,15 @@ def arm_params(arm: str, root: Path) -> list[str]:
 
 def experiment_online_offline(args, workdir: Path) -> list[dict]:
     offline = prepare_demos(workdir, args.demos, args.image_shape)
+    more = (prepare_demos(workdir, args.more_demos, args.image_shape,
+                          f'offline_{args.more_demos}') if 'more_demos' in args.arms else None)
     results = []
     for seed in args.seeds:
         for arm in args.arms:
+            if done(args, 'exp1', {'arm': arm, 'seed': seed}):
+                continue
             root = workdir / f'exp1_{arm}_seed{seed}'
-            link_demos(offline, root)
+            link_demos(more if arm == 'more_demos' else offline, root)
             cmd = [scarls_exe(), 'ecu', '--learn', *common_args(args, root), '--seed',
                    str(seed), *arm_params(arm, root), '--summary', str(root / 'summary.json')]
             print(f'exp1 {arm} seed {seed}: {" ".join(cmd[1:])}', flush=True)
@@ -244,7 +255,7 @@ def experiment_online_offline(args, workdir: Path) -> list[dict]:
             row = summarise_ecu_run(summary, root, args, f'exp1 {arm} seed {seed}')
             row.update({'experiment': 1, 'arm': arm, 'seed': seed})
             results.append(row)
-            save(args, 'exp1', results)
+            save(args, 'exp1', row, ('arm', 'seed'))
     return results
 
 
@@ -294,6 +305,7 @@ def summarise_ecu_run(summary: dict, root: Path, args, label: str) -> dict:
     log_dir = Path(summary['log_dir']).parent if summary.get('log_dir') else root / 'logs'
     return {
         'ingestion': ingestion(log_dir, summary.get('_ecu', 'ecu0')),
+        'deploy_latency': summary.get('deploy_latency'),
         'ok': summary.get('ok'), 'error': summary.get('error'),
         'simulated_s': summary.get('simulated_s'), 'wall_s': summary.get('_wall_s'),
         'achieved_rtf': summary.get('achieved_rtf'), 'episodes': len(eps),
@@ -313,6 +325,8 @@ def experiment_scaling(args, workdir: Path) -> list[dict]:
     results = []
     for seed in args.seeds:
         for n in args.ecus:
+            if done(args, 'exp2', {'n': n, 'seed': seed}):
+                continue
             root = workdir / f'exp2_n{n}_seed{seed}'
             link_demos(offline, root)
             cmd = [scarls_exe(), 'fleet', '--ecus', str(n), *common_args(args, root), '--seed',
@@ -336,16 +350,75 @@ def experiment_scaling(args, workdir: Path) -> list[dict]:
                    'samples_trained': sum((v.get('learner') or {}).get('samples_trained') or 0
                                           for v in ecus.values()),
                    'rounds': len(summary.get('rounds', [])),
+                   'deploy_latency_all': pooled_deploy_latency(ecus),
                    'ecu0': next(iter(rows.values()), None)}
             results.append(row)
-            save(args, 'exp2', results)
+            save(args, 'exp2', row, ('n', 'seed'))
     return results
 
 
+def pooled_deploy_latency(ecus: dict) -> dict:
+    """Deploy -> acting on it, over every ECU of a fleet (simulated and wall seconds)."""
+    import numpy as np
+
+    from scarls.bringup.runner import deploy_latencies
+    sim, wall, missed = [], [], 0
+    for view in ecus.values():
+        lat = deploy_latencies(view.get('deploys', []), view.get('loads', []), raw=True)
+        sim += lat['sim']
+        wall += lat['wall']
+        missed += lat['not_loaded']
+
+    def q(v, p):
+        return round(float(np.percentile(v, p)), 2) if v else None
+    return {'n': len(sim), 'not_loaded': missed, 'sim_p50': q(sim, 50), 'sim_p99': q(sim, 99),
+            'wall_p50': q(wall, 50), 'wall_p99': q(wall, 99)}
+
+
 # -- report -------------------------------------------------------------------------------------
-def save(args, name: str, rows: list[dict]) -> None:
+RUN_ARGS = ('sim_minutes', 'scenes', 'curve', 'budget', 'train_interval', 'demos', 'more_demos',
+            'rtf')
+
+
+def load_results(args, name: str) -> list[dict]:
+    """The points already measured under --out with this run's settings (RUN_ARGS); points
+    measured with other settings are dropped when this run saves."""
+    path = Path(args.out) / f'{name}.json'
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    rows = data.get('results', [])
+    for r in rows:
+        r.setdefault('run_args', {k: data.get('args', {}).get(k) for k in RUN_ARGS})
+    return [r for r in rows if r['run_args'] == run_args(args)]
+
+
+def run_args(args) -> dict:
+    return {k: getattr(args, k) for k in RUN_ARGS}
+
+
+def done(args, name: str, key: dict) -> bool:
+    """Resume: a point already measured with the same settings is not run again (--fresh
+    runs every point)."""
+    if args.fresh:
+        return False
+    for r in load_results(args, name):
+        if all(r.get(k) == v for k, v in key.items()):
+            print(f'{name} {key}: measured already (in {args.out}; --fresh runs it again)',
+                  flush=True)
+            return True
+    return False
+
+
+def save(args, name: str, row: dict, key: tuple[str, ...]) -> None:
+    """Add (or replace) one point of ``name`` under --out, keeping the other points."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    row['run_args'] = run_args(args)
+    rows = [r for r in load_results(args, name) if any(r.get(k) != row.get(k) for k in key)]
+    rows.append(row)
+    rows.sort(key=lambda r: tuple(str(r.get(k)) if k == 'arm' else r.get(k) for k in
+                                  reversed(key)))
     (out / f'{name}.json').write_text(json.dumps({'args': {
         k: v for k, v in vars(args).items() if k != 'func'}, 'results': rows}, indent=1))
 
@@ -400,22 +473,25 @@ def report(args) -> str:
         lines += ['### Experiment 1: online vs offline (one ECU, compute-fair)', '',
                   '| arm | seed | simulated min | wall min | episodes | '
                   'human labels (collected) | learner samples | final success alone [95 %] | '
-                  'best | t50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s) |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|']
+                  'best | t50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s) | '
+                  'deploy -> acting p50 / p99 sim s (wall s) |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|']
         for r in exp1:
             t = r['time_to']
             lines.append(
                 f"| {r['arm']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['episodes']} | {r['labels']} | "
                 f"{r['samples_trained']} | {ci(r['final'])} | {ci(r['best'])} | "
-                f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} | {ing(r.get('ingestion'))} |")
+                f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} | {ing(r.get('ingestion'))} | "
+                f"{ing(r.get('deploy_latency'))} |")
         lines.append('')
     if exp2:
         lines += ['### Experiment 2: N ECUs, compute-fair (Table IV analogue)', '',
                   '| N | seed | simulated min | wall min | achieved rtf | episodes | human labels '
                   '| learner samples | fleet rounds | final success alone [95 %] | best | '
-                  't50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s), ecu0 |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+                  't50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s), ecu0 | '
+                  'deploy -> acting p50 / p99 sim s (wall s), all ECUs |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
         for r in exp2:
             e = r.get('ecu0') or {'final': None, 'best': None, 'time_to': {}}
             t = e.get('time_to', {})
@@ -424,7 +500,7 @@ def report(args) -> str:
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['achieved_rtf']} | {r['episodes']} | "
                 f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | {ci(e['final'])} | "
                 f"{ci(e['best'])} | {tt(t.get('50'))} / {tt(t.get('70'))} / {tt(t.get('90'))} | "
-                f"{ing(e.get('ingestion'))} |")
+                f"{ing(e.get('ingestion'))} | {ing(r.get('deploy_latency_all'))} |")
         lines.append('')
     text = '\n'.join(lines)
     (out / 'table.md').write_text(text + '\n')
@@ -479,18 +555,24 @@ def main(argv=None) -> int:
     ap.add_argument('--ecus', default=None, help='fleet sizes, comma-separated')
     ap.add_argument('--scenes', type=int, default=None, help='closed-loop scenes per point')
     ap.add_argument('--curve', type=int, default=None, help='checkpoints per curve')
-    ap.add_argument('--arms', default='offline,hg_dagger')
+    ap.add_argument('--arms', default='offline,hg_dagger,more_demos')
     ap.add_argument('--rtf', type=float, default=0.0,
                     help='target real-time factor (0: as fast as the lockstep allows)')
     ap.add_argument('--budget', type=float, default=None,
                     help='training steps per simulated second (default: the measured one)')
     ap.add_argument('--train-interval', type=float, default=10.0)
     ap.add_argument('--demos', type=int, default=20)
+    ap.add_argument('--more-demos', type=int, default=60,
+                    help="demonstrations of experiment 1's arm (c) 'more_demos'")
     ap.add_argument('--timeout', type=float, default=3600.0, help='wall seconds per run')
     ap.add_argument('--steps', type=int, default=150, help='budget: steps per repeat')
     ap.add_argument('--repeats', type=int, default=3, help='budget: repeats')
     ap.add_argument('--workdir', default=None, help='keep the runs here (default: a temp dir)')
-    ap.add_argument('--out', default=str(ROOT / 'docs' / 'paper'))
+    ap.add_argument('--out', default=None,
+                    help='results (default: docs/paper/, docs/paper/full/ for --size full); '
+                         'points already there with the same settings are not run again')
+    ap.add_argument('--fresh', action='store_true',
+                    help='run every point even if --out has it already')
     args = ap.parse_args(argv)
     preset = SIZES[args.size or 'small']
     args.sim_minutes = args.sim_minutes or preset['sim_minutes']
@@ -499,7 +581,12 @@ def main(argv=None) -> int:
     args.scenes = args.scenes or preset['scenes']
     args.curve = args.curve or preset['curve']
     args.arms = [a for a in args.arms.split(',') if a]
+    unknown = sorted(set(args.arms) - set(ARMS))
+    if unknown:
+        ap.error(f'unknown arm(s) {unknown}; known: {sorted(ARMS)}')
     args.image_shape = (96, 128)
+    if args.out is None:
+        args.out = str(ROOT / 'docs' / 'paper' / ('full' if args.size == 'full' else ''))
     if args.budget is None:
         from scarls.sim.clock import DEFAULT_TRAIN_STEPS_PER_S
         args.budget = DEFAULT_TRAIN_STEPS_PER_S
@@ -513,7 +600,8 @@ def main(argv=None) -> int:
             refresh_ingestion(args, Path(args.workdir))
         report(args)
         return 0
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix='bench-paper-'))
+    work = (Path(args.workdir).resolve() if args.workdir
+            else Path(tempfile.mkdtemp(prefix='bench-paper-')))
     work.mkdir(parents=True, exist_ok=True)
     print(f'runs under {work}; results to {args.out}', flush=True)
     t0 = time.monotonic()
