@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from scarls.bringup.runner import EpisodeRow, fleet_curve, learning_curve
+from scarls.bringup.runner import EpisodeRow, deploy_latencies, fleet_curve, learning_curve
 
 
 def row(i: int, outcome: str, human: int, version: int, steps: int = 100) -> EpisodeRow:
@@ -33,3 +33,21 @@ def test_fleet_curve_per_minute_over_all_ecus():
     assert curve[1]['success_rate'] == 0.0
     assert curve[1]['intervention_rate'] == pytest.approx(20 / 100)
     assert fleet_curve({}) == []
+
+
+def test_deploy_latency_pairs_each_deploy_with_the_actor_acting_on_it():
+    deploys = [{'version': 1, 'at_s': 10.0, 'at_wall_s': 20.0},
+               {'version': 2, 'at_s': 30.0, 'at_wall_s': 60.0},   # overtaken before loading
+               {'version': 3, 'at_s': 31.0, 'at_wall_s': 62.0},
+               {'version': 1, 'at_s': 50.0, 'at_wall_s': 100.0}]  # a rollback to v1
+    loads = [{'version': 1, 'at_s': 14.0, 'at_wall_s': 29.0},
+             {'version': 3, 'at_s': 33.0, 'at_wall_s': 66.0},
+             {'version': 1, 'at_s': 52.0, 'at_wall_s': 101.0}]
+    lat = deploy_latencies(deploys, loads)
+    assert (lat['n'], lat['not_loaded']) == (3, 1)
+    assert lat['sim_p50'] == pytest.approx(2.0)     # 4, 2, 2 simulated seconds
+    assert lat['wall_p50'] == pytest.approx(4.0)    # 9, 4, 1 wall seconds
+    assert lat['sim_p99'] == pytest.approx(3.96) and lat['wall_p99'] == pytest.approx(8.9)
+    # the first v1 load does not answer the rollback's deploy (it came before it)
+    assert deploy_latencies(deploys[3:], loads[:1])['not_loaded'] == 1
+    assert deploy_latencies([], [])['n'] == 0

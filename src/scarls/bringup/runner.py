@@ -8,6 +8,7 @@ episode, and stops when enough episodes are saved, time runs out, a node dies or
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,41 @@ class _Seen:
     last_progress: float = field(default_factory=time.monotonic)
     learner: dict | None = None
     """The learner's latest LearnerStatus (state, rounds, loss, ...), None without one."""
+    deploys: list[dict] = field(default_factory=list)
+    """The scheduler's deploy announcements: version, ``at_s`` (run time), ``at_wall_s``."""
+    loads: list[dict] = field(default_factory=list)
+    """Model version changes in the actor's state (the robot acting on it), same keys."""
+    model_version: int = 0
+
+
+def deploy_latencies(deploys: list[dict], loads: list[dict], *, raw: bool = False) -> dict:
+    """Deploy announcement -> the actor acting on that version, per deploy (run time: simulated
+    seconds under simulated time; and wall seconds): the distribution latency the robot sees,
+    the fetch and the wait for the episode boundary included. A deploy overtaken by the next
+    one before the actor loaded it counts as not loaded. ``raw``: also the per-deploy lists
+    (``sim``, ``wall``), to pool ECUs."""
+    import statistics
+    sim, wall, missed = [], [], 0
+    for i, d in enumerate(deploys):
+        until = deploys[i + 1]['at_wall_s'] if i + 1 < len(deploys) else math.inf
+        load = next((ld for ld in loads if ld['version'] == d['version']
+                     and d['at_wall_s'] <= ld['at_wall_s'] <= until), None)
+        if load is None:
+            missed += 1
+            continue
+        sim.append(load['at_s'] - d['at_s'])
+        wall.append(load['at_wall_s'] - d['at_wall_s'])
+
+    def q(v: list[float], p: int) -> float | None:
+        if not v:
+            return None
+        return round(statistics.quantiles(v, n=100, method='inclusive')[p - 1]
+                     if len(v) > 1 else v[0], 3)
+    out = {'n': len(sim), 'not_loaded': missed, 'sim_p50': q(sim, 50), 'sim_p99': q(sim, 99),
+           'wall_p50': q(wall, 50), 'wall_p99': q(wall, 99)}
+    if raw:
+        out.update(sim=sim, wall=wall)
+    return out
 
 
 def ecu_report(seen: _Seen, prefix: str = '') -> dict:
@@ -165,6 +201,9 @@ def ecu_report(seen: _Seen, prefix: str = '') -> dict:
         'per_model_version': per_version,
         'curve': curve,
         'checkpoints': sorted(seen.checkpoints.values(), key=lambda c: c['version']),
+        'deploys': seen.deploys,
+        'loads': seen.loads,
+        'deploy_latency': deploy_latencies(seen.deploys, seen.loads),
         'intervention_rate': human / steps if steps else None,
         'learner': seen.learner,
     }
@@ -266,7 +305,14 @@ class EcuRun:
                          row.path, row.finalize_seconds,
                          f', {row.dropped_steps} steps dropped' if row.dropped_steps else '')
 
+            def wall_now() -> float:
+                return round(time.monotonic() - t0, 3)
+
             def on_state(msg) -> None:
+                if msg.model_version != me.model_version:
+                    me.model_version = int(msg.model_version)
+                    me.loads.append({'version': me.model_version, 'at_s': round(elapsed(), 3),
+                                     'at_wall_s': wall_now()})
                 if msg.phase != me.phase:
                     me.phase = msg.phase
                     me.phase_changed = me.last_progress = progress_now()
@@ -277,12 +323,18 @@ class EcuRun:
                 me.checkpoints[msg.version] = {
                     'version': int(msg.version), 'metric': round(float(msg.metric), 6),
                     'approved': bool(msg.approved), 'parent': int(msg.parent),
-                    'announced_s': round(elapsed(), 2)}
+                    'announced_s': round(elapsed(), 2), 'announced_wall_s': wall_now()}
                 me.last_progress = progress_now()
                 log.info('%scheckpoint v%d: open-loop error %.4f, %s', pre, msg.version,
                          msg.metric,
                          'approved (deployed once the deployed version ran its probation)'
                          if msg.approved else 'rejected (not deployed)')
+
+            def on_deploy(msg) -> None:
+                if me.deploys and me.deploys[-1]['version'] == msg.version:
+                    return   # the latched announcement again (a late join)
+                me.deploys.append({'version': int(msg.version), 'at_s': round(elapsed(), 3),
+                                   'at_wall_s': wall_now()})
 
             def on_round(msg) -> None:
                 metrics = {k: (float(v) if v == v else None)
@@ -320,6 +372,8 @@ class EcuRun:
             node.create_subscription(ActorState, topic('actor/state'), on_state, qos.STATE)
             node.create_subscription(CheckpointInfo, topic('learner/checkpoint'), on_checkpoint,
                                      qos.STATE)
+            node.create_subscription(CheckpointInfo, topic('scheduler/checkpoint'), on_deploy,
+                                     qos.LATCHED)
             node.create_subscription(FleetRound, topic('learner/fleet_round'), on_round,
                                      qos.ROUNDS)
 
