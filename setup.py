@@ -44,6 +44,7 @@ setup(
             'dashboard = scarls.dashboard:main',
             'camera = scarls.camera.capture:main',
             'foxglove = scarls.foxglove:main',
+            'clock = scarls.sim.clock_node:main',
             *[f'{node} = scarls.{node}.node:main' for node in NODES],
         ],
     },

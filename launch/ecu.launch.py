@@ -7,6 +7,10 @@ The node list comes from scarls.bringup.ecu_nodes(), the same description `scarl
 the two launchers cannot drift. Lifecycle nodes (driver, actor, scheduler) configure and activate
 themselves (parameter autostart, default true); set autostart:=false in the params file to manage
 them with `ros2 lifecycle set` or a lifecycle manager instead.
+
+`rtf:=0.5` runs the simulated robot on simulated time at half speed (a clock node drives /clock,
+every node sets use_sim_time); `compute_fair:=true` adds the compute-fair lockstep
+(docs/SIM_TIME.md), as `scarls ecu --rtf` / `--compute-fair` do.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -14,7 +18,13 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 from launch import LaunchDescription
-from scarls.bringup import ECU_ARGUMENTS, default_params_file, ecu_nodes, launch_node_actions
+from scarls.bringup import (
+    ECU_ARGUMENTS,
+    default_params_file,
+    ecu_nodes,
+    launch_node_actions,
+    launch_sim_time,
+)
 
 
 def _nodes(context):
@@ -24,6 +34,7 @@ def _nodes(context):
                       data_root=value['data_root'], teleop=value['teleop'],
                       learner=value['learner'].lower() in ('true', '1', 'yes'),
                       robot=value['robot'])
+    specs = launch_sim_time(specs, value['rtf'], value['compute_fair'], value['robot'])
     return launch_node_actions(specs, params_file, Node, LifecycleNode)
 
 

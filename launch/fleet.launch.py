@@ -5,6 +5,7 @@ uses: N complete ECUs (namespaces ecu0..ecu<N-1>, data under <data_root>/ecu<i>,
 seed + 1000 i, learners in the fleet's all-reduce), plus the rendezvous store
 (`python -m scarls.fleet rendezvous`), the only central process. For one ECU per machine, run
 ecu.launch.py on each host with the learner's fleet_* parameters instead (docs/FLEET.md).
+`rtf:=` and `compute_fair:=` put the whole fleet on one simulated clock (docs/SIM_TIME.md).
 """
 
 import sys
@@ -19,6 +20,7 @@ from scarls.bringup import (
     default_params_file,
     fleet_nodes,
     launch_node_actions,
+    launch_sim_time,
 )
 
 
@@ -29,6 +31,7 @@ def _nodes(context):
                         rendezvous_addr=value['rendezvous_addr'],
                         rendezvous_port=int(value['rendezvous_port']), seed=int(value['seed']),
                         robot=value['robot'], fleet_key_file=value['fleet_key_file'])
+    specs = launch_sim_time(specs, value['rtf'], value['compute_fair'], value['robot'])
     rendezvous = ExecuteProcess(
         cmd=[sys.executable, '-m', 'scarls.fleet', 'rendezvous', '--addr',
              value['rendezvous_addr'], '--port', value['rendezvous_port']],

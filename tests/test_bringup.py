@@ -18,6 +18,7 @@ from scarls.bringup import (
     default_params_file,
     ecu_nodes,
     fleet_nodes,
+    launch_sim_time,
     lifecycle_nodes,
 )
 
@@ -193,6 +194,59 @@ def test_fleet_launch_file_builds_the_fleet_description(monkeypatch):
     assert [d['seed'] for d in drivers] == [0, 1000, 2000]   # each ECU its own scenes
     schedulers = [n.kwargs['parameters'][1] for n in nodes if n.kwargs['name'] == 'scheduler']
     assert [d['data_root'] for d in schedulers] == ['/fleet/ecu0', '/fleet/ecu1', '/fleet/ecu2']
+
+
+def _launch_file(monkeypatch, name: str):
+    for mod_name, module in _fake_launch_modules({}).items():
+        monkeypatch.setitem(sys.modules, mod_name, module)
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'launch' / f'{name}.launch.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    return [e for e in description.args[0] if type(e).__name__ == 'OpaqueFunction'][0]
+
+
+def test_launch_files_put_the_nodes_on_simulated_time(monkeypatch):
+    from scarls.sim.clock import DEFAULT_TRAIN_STEPS_PER_S
+    opaque = _launch_file(monkeypatch, 'ecu')
+    context = {a.name: a.default for a in ECU_ARGUMENTS}
+    # wall time by default: no clock, no use_sim_time
+    nodes = opaque.kwargs['function'](context)
+    assert 'clock' not in [n.kwargs['name'] for n in nodes]
+    assert not any(n.kwargs['parameters'][1].get('use_sim_time') for n in nodes)
+    context.update(rtf='0.5', compute_fair='true', learner='true')
+    nodes = opaque.kwargs['function'](context)
+    clock, rest = nodes[0], nodes[1:]
+    assert (clock.kwargs['name'], clock.kwargs['executable'], clock.kwargs['namespace']) == \
+        ('clock', 'clock', '')
+    p = clock.kwargs['parameters'][1]
+    assert p['rtf'] == 0.5 and p['rate_hz'] == 30.0
+    assert p['participants'] == ['/ecu0/driver', '/ecu0/actor', '/ecu0/learner']
+    assert all(n.kwargs['parameters'][1]['use_sim_time'] is True for n in rest)
+    learner = [n for n in rest if n.kwargs['name'] == 'learner'][0]
+    assert learner.kwargs['parameters'][1]['train_steps_per_s'] == DEFAULT_TRAIN_STEPS_PER_S
+    # a fleet: one clock for every ECU, a budget given as a number
+    opaque = _launch_file(monkeypatch, 'fleet')
+    context = {a.name: a.default for a in FLEET_ARGUMENTS}
+    context.update(ecus='2', compute_fair='20')
+    actions = opaque.kwargs['function'](context)
+    clocks = [a for a in actions if a.kwargs.get('name') == 'clock']
+    assert len(clocks) == 1 and clocks[0].kwargs['parameters'][1]['rtf'] == 0.0
+    assert len(clocks[0].kwargs['parameters'][1]['participants']) == 6
+    learners = [a for a in actions if a.kwargs.get('name') == 'learner']
+    assert [a.kwargs['parameters'][1]['train_steps_per_s'] for a in learners] == [20.0, 20.0]
+
+
+def test_launch_sim_time_rejects_what_it_cannot_read():
+    specs = ecu_nodes('ecu0')
+    assert launch_sim_time(specs, '', '', 'sim_dual6') == specs
+    assert launch_sim_time(specs, '', 'false', 'sim_dual6') == specs
+    with pytest.raises(BringupError, match='no number'):
+        launch_sim_time(specs, 'fast', '', 'sim_dual6')
+    with pytest.raises(BringupError, match='compute_fair'):
+        launch_sim_time(specs, '', 'lots', 'sim_dual6')
+    with pytest.raises(BringupError, match='>= 0'):
+        launch_sim_time(specs, '-1', '', 'sim_dual6')
 
 
 def test_fleet_nodes_rejects_an_empty_fleet():

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 NODES = ('driver', 'actor', 'teleop', 'scheduler', 'learner')
-TOOLS = ('scarls', 'foxglove', 'dashboard', 'camera')
+TOOLS = ('scarls', 'foxglove', 'dashboard', 'camera', 'clock')
 NS = 'colcon'
 
 

@@ -27,6 +27,15 @@ class LaunchArgument:
     description: str
 
 
+# Simulated time in both launch files (`scarls ecu|fleet --rtf X --compute-fair [S]`).
+SIM_TIME_ARGUMENTS: tuple[LaunchArgument, ...] = (
+    LaunchArgument('rtf', '', "Simulated time at this real-time factor ('' = wall time; 0 = as "
+                   'fast as the nodes keep up): a clock node drives /clock one control tick at '
+                   'a time and every node sets use_sim_time (docs/SIM_TIME.md)'),
+    LaunchArgument('compute_fair', '', "Compute-fair lockstep ('' = off; 'true' = the default "
+                   'budget, or training steps per simulated second of every learner); implies '
+                   'simulated time, rtf defaults to 0'),
+)
 # Declared by ecu.launch.py with these descriptions; `scarls ecu` exposes the same as flags.
 ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('ecu_id', 'ecu0', 'ECU id; also the ROS namespace of all its nodes'),
@@ -39,6 +48,7 @@ ECU_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('params_file', '', 'ROS parameters YAML (default: config/ecu.yaml)'),
     LaunchArgument('teleop', 'scripted', 'Teleop source: ' + ', '.join(TELEOP_SOURCES)),
     LaunchArgument('learner', 'false', 'Run the online learner too (true/false)'),
+    *SIM_TIME_ARGUMENTS,
 )
 FLEET_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('ecus', '2', 'Number of simulated ECUs (namespaces ecu0..ecu<N-1>)'),
@@ -54,6 +64,7 @@ FLEET_ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('fleet_key_file', '', 'The fleet key (HMAC of every rendezvous record; make '
                    'one with `python -m scarls.fleet keygen FILE`); required with more than '
                    'one ECU unless SCARLS_FLEET_KEY_FILE is exported'),
+    *SIM_TIME_ARGUMENTS,
 )
 
 
@@ -297,6 +308,35 @@ def sim_time_nodes(specs: list[NodeSpec], *, rtf: float, rate_hz: float,
     clock = NodeSpec('clock', 'scarls.sim.clock_node', '', {
         'rate_hz': float(rate_hz), 'rtf': float(rtf), 'participants': participants})
     return [clock, *out]
+
+
+def launch_sim_time(specs: list[NodeSpec], rtf: str, compute_fair: str,
+                    robot: str) -> list[NodeSpec]:
+    """The launch files' ``rtf:=`` and ``compute_fair:=`` (strings, '' = off) applied as
+    ``scarls ecu --rtf X --compute-fair [S]`` applies them: unchanged specs on wall time, else
+    :func:`sim_time_nodes` at the robot's control rate."""
+    from scarls.sim.clock import DEFAULT_TRAIN_STEPS_PER_S
+    rtf, compute_fair = rtf.strip(), compute_fair.strip().lower()
+    if not rtf and compute_fair in ('', 'false', '0', 'no', 'off'):
+        return specs
+    try:
+        factor = float(rtf) if rtf else 0.0
+    except ValueError:
+        raise BringupError(f"rtf:={rtf!r} is no number (0.5, 2, 0 = as fast as possible, "
+                           "'' = wall time)") from None
+    if compute_fair in ('', 'false', '0', 'no', 'off'):
+        budget = 0.0
+    elif compute_fair in ('true', '1', 'yes', 'on', 'default'):
+        budget = DEFAULT_TRAIN_STEPS_PER_S
+    else:
+        try:
+            budget = float(compute_fair)
+        except ValueError:
+            raise BringupError(f"compute_fair:={compute_fair!r}: 'true' or training steps per "
+                               'simulated second') from None
+    from scarls.robot import load_robot
+    return sim_time_nodes(specs, rtf=factor, rate_hz=load_robot(robot).control_rate_hz,
+                          train_steps_per_s=budget)
 
 
 def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:
