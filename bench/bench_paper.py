@@ -181,6 +181,7 @@ def curve_points(root: Path, summary: dict, k: int, scenes: int, image_shape) ->
         c = deployed[i]
         point = closed_loop(root, c['version'], scenes, image_shape)
         point['sim_minutes'] = round(c.get('announced_s', 0.0) / 60.0, 3)
+        point['open_loop_error'] = c.get('metric')
         out.append(point)
         print(f"    v{c['version']} at {point['sim_minutes']:.2f} simulated min: "
               f"{100 * point['success_rate']:.0f} % of {point['scenes']} "
@@ -438,6 +439,10 @@ def ing(d: dict | None) -> str:
     return f"{d['sim_p50']} / {d['sim_p99']} ({d['wall_p50']} / {d['wall_p99']}), n={d['n']}"
 
 
+def ole(x) -> str:
+    return '-' if x is None else f'{x:.2g}'
+
+
 def ci(p: dict | None) -> str:
     if not p:
         return '-'
@@ -445,20 +450,35 @@ def ci(p: dict | None) -> str:
            f"{100 * p['ci95'][1]:.0f}] (n={p['scenes']})"
 
 
-def refresh_ingestion(args, work: Path) -> None:
-    """Recompute the ingestion latencies of saved results from the runs' logs under ``work``."""
+def refresh(args, work: Path) -> None:
+    """Recompute what the runs under ``work`` recorded (ingestion from the logs; deploy latency
+    and each curve point's open-loop error from the summaries) for the saved results, so a
+    point measured by an older version of this script reports the same columns."""
     for name in ('exp1', 'exp2'):
         path = Path(args.out) / f'{name}.json'
         if not path.exists():
             continue
         data = json.loads(path.read_text())
         for r in data['results']:
-            if name == 'exp1':
-                r['ingestion'] = ingestion(work / f"exp1_{r['arm']}_seed{r['seed']}" / 'logs',
-                                           'ecu0')
-            elif r.get('ecu0'):
-                r['ecu0']['ingestion'] = ingestion(
-                    work / f"exp2_n{r['n']}_seed{r['seed']}" / 'logs', 'ecu0')
+            root = work / (f"exp1_{r['arm']}_seed{r['seed']}" if name == 'exp1'
+                           else f"exp2_n{r['n']}_seed{r['seed']}")
+            if not (root / 'summary.json').exists():
+                continue
+            summary = json.loads((root / 'summary.json').read_text())
+            ecus = summary.get('ecus') or {'ecu0': summary}
+            row = r if name == 'exp1' else r.get('ecu0')
+            if row is None:
+                continue
+            row['ingestion'] = ingestion(root / 'logs', 'ecu0')
+            row['deploy_latency'] = ecus['ecu0'].get('deploy_latency')
+            if name == 'exp2':
+                r['deploy_latency_all'] = pooled_deploy_latency(ecus)
+            metric = {c['version']: c.get('metric') for c in ecus['ecu0'].get('checkpoints', [])}
+            for point in row.get('curve', []):
+                point['open_loop_error'] = metric.get(point['version'])
+            for key in ('final', 'best'):
+                if row.get(key):
+                    row[key]['open_loop_error'] = metric.get(row[key]['version'])
         path.write_text(json.dumps(data, indent=1))
 
 
@@ -488,17 +508,19 @@ def report(args) -> str:
     if exp2:
         lines += ['### Experiment 2: N ECUs, compute-fair (Table IV analogue)', '',
                   '| N | seed | simulated min | wall min | achieved rtf | episodes | human labels '
-                  '| learner samples | fleet rounds | final success alone [95 %] | best | '
+                  '| learner samples | fleet rounds | open-loop error (final) | '
+                  'final success alone [95 %] | best | '
                   't50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s), ecu0 | '
                   'deploy -> acting p50 / p99 sim s (wall s), all ECUs |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
         for r in exp2:
             e = r.get('ecu0') or {'final': None, 'best': None, 'time_to': {}}
             t = e.get('time_to', {})
             lines.append(
                 f"| {r['n']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['achieved_rtf']} | {r['episodes']} | "
-                f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | {ci(e['final'])} | "
+                f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | "
+                f"{ole((e.get('final') or {}).get('open_loop_error'))} | {ci(e['final'])} | "
                 f"{ci(e['best'])} | {tt(t.get('50'))} / {tt(t.get('70'))} / {tt(t.get('90'))} | "
                 f"{ing(e.get('ingestion'))} | {ing(r.get('deploy_latency_all'))} |")
         lines.append('')
@@ -537,7 +559,8 @@ def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
         ax.set_ylabel('success alone on unseen scenes (%)')
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
@@ -597,7 +620,7 @@ def main(argv=None) -> int:
         return 0
     if args.what == 'report':
         if args.workdir:
-            refresh_ingestion(args, Path(args.workdir))
+            refresh(args, Path(args.workdir))
         report(args)
         return 0
     work = (Path(args.workdir).resolve() if args.workdir
