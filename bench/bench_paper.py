@@ -196,7 +196,9 @@ def scarls_exe() -> str:
 def common_args(args, root: Path, offline: Path | None = None) -> list[str]:
     return ['--data-root', str(root), '--minutes', str(args.sim_minutes), '--episodes', '0',
             '--rtf', str(args.rtf), '--compute-fair', str(args.budget),
-            '--train-interval', str(args.train_interval)]
+            '--train-interval', str(args.train_interval),
+            # every checkpoint keeps its weights: the curve evaluates them after the run
+            '--param', 'learner.keep_checkpoints=100000']
 
 
 def prepare_demos(workdir: Path, n: int, image_shape, name: str = 'offline') -> Path:

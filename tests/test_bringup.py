@@ -252,3 +252,16 @@ def test_launch_sim_time_rejects_what_it_cannot_read():
 def test_fleet_nodes_rejects_an_empty_fleet():
     with pytest.raises(BringupError, match='at least 1 ECU'):
         fleet_nodes(0)
+
+
+def test_param_overrides_reach_that_node_of_every_ecu():
+    from scarls.cli.common import with_params
+    specs = with_params(fleet_nodes(2), ['learner.keep_checkpoints=100', 'driver.seed=7'])
+    learners = [s for s in specs if s.name == 'learner']
+    assert [s.parameters['keep_checkpoints'] for s in learners] == [100, 100]
+    assert all(s.parameters['fleet'] is True for s in learners)   # the rest stays
+    assert {s.parameters['seed'] for s in specs if s.name == 'driver'} == {7}
+    with pytest.raises(ValueError, match='no node'):
+        with_params(ecu_nodes('ecu0'), ['learner.seed=1'])   # no learner in this run
+    with pytest.raises(ValueError, match='NODE.NAME=VALUE'):
+        with_params(ecu_nodes('ecu0'), ['seed=1'])

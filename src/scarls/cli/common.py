@@ -51,6 +51,32 @@ def dashboard_specs(args) -> list:
     return [NodeSpec('dashboard', 'scarls.dashboard', '', {'port': int(args.dashboard)})]
 
 
+def add_param_arg(parser) -> None:
+    parser.add_argument('--param', action='append', default=[], metavar='NODE.NAME=VALUE',
+                        help='a ROS parameter of one node (of every ECU in a fleet), over '
+                        'everything else (repeatable; VALUE is YAML, e.g. --param '
+                        'learner.steps_per_round=200)')
+
+
+def with_params(specs: list, params: list[str]) -> list:
+    """``NODE.NAME=VALUE`` overrides (VALUE as YAML) applied to the node specs (in a fleet: to
+    that node of every ECU)."""
+    import yaml
+
+    from scarls.bringup import NodeSpec
+    extra: dict[str, dict] = {}
+    for item in params:
+        key, sep, value = item.partition('=')
+        node, dot, name = key.partition('.')
+        if not sep or not dot or not node or not name:
+            raise ValueError(f'--param {item!r}: expected NODE.NAME=VALUE')
+        if node not in {s.name for s in specs}:
+            raise ValueError(f'--param {item!r}: no node {node!r} in this run')
+        extra.setdefault(node, {})[name] = yaml.safe_load(value) if value else ''
+    return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})},
+                     s.exe) for s in specs]
+
+
 def add_sim_time_args(parser) -> None:
     """--rtf and --compute-fair (docs/SIM_TIME.md)."""
     from scarls.sim.clock import DEFAULT_TRAIN_STEPS_PER_S

@@ -12,12 +12,14 @@ from pathlib import Path
 from scarls.bringup import default_params_file, ecu_nodes
 from scarls.cli.common import (
     ROBOT_HELP,
+    add_param_arg,
     add_sim_time_args,
     apply_sim_time,
     dashboard_specs,
     image_overrides,
     positive_int,
     robot_from_args,
+    with_params,
     write_summary,
 )
 from scarls.cli.demos import check_demos_robot, write_demos
@@ -66,29 +68,9 @@ def register(sub) -> None:
     ecu.add_argument('--train-interval', type=float, default=10.0,
                      help='T_interval: minimum seconds between training rounds (default 10)')
     add_sim_time_args(ecu)
-    ecu.add_argument('--param', action='append', default=[], metavar='NODE.NAME=VALUE',
-                     help='a ROS parameter of one node, over everything else (repeatable; '
-                     'VALUE is YAML, e.g. --param learner.steps_per_round=200)')
+    add_param_arg(ecu)
     ecu.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     ecu.set_defaults(func=cmd_ecu)
-
-
-def with_params(specs: list, params: list[str]) -> list:
-    """``NODE.NAME=VALUE`` overrides (VALUE as YAML) applied to the node specs."""
-    import yaml
-
-    from scarls.bringup import NodeSpec
-    extra: dict[str, dict] = {}
-    for item in params:
-        key, sep, value = item.partition('=')
-        node, dot, name = key.partition('.')
-        if not sep or not dot or not node or not name:
-            raise ValueError(f'--param {item!r}: expected NODE.NAME=VALUE')
-        if node not in {s.name for s in specs}:
-            raise ValueError(f'--param {item!r}: no node {node!r} in this run')
-        extra.setdefault(node, {})[name] = yaml.safe_load(value) if value else ''
-    return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})},
-                     s.exe) for s in specs]
 
 
 def cmd_ecu(args) -> int:

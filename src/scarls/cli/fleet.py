@@ -11,12 +11,14 @@ from pathlib import Path
 from scarls.bringup import default_params_file, fleet_nodes
 from scarls.cli.common import (
     ROBOT_HELP,
+    add_param_arg,
     add_sim_time_args,
     apply_sim_time,
     dashboard_specs,
     image_overrides,
     positive_int,
     robot_from_args,
+    with_params,
     write_summary,
 )
 from scarls.cli.demos import check_demos_robot, write_demos
@@ -71,6 +73,7 @@ def register(sub) -> None:
                        help='also serve the live web dashboard of the fleet on '
                        'http://127.0.0.1:PORT')
     add_sim_time_args(fleet)
+    add_param_arg(fleet)
     fleet.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     fleet.set_defaults(func=cmd_fleet)
 
@@ -140,6 +143,11 @@ def cmd_fleet(args) -> int:
                             })
         from scarls.bringup import load_params_file
         load_params_file(args.params_file or default_params_file())
+        try:
+            specs = with_params(specs, args.param)
+        except ValueError as exc:
+            log.error('error: %s', exc)
+            return 2
         specs, sim_time = apply_sim_time(args, specs, robot)
         run = EcuRun(RunOptions(
             specs=specs, params_file=str(args.params_file or default_params_file()),
