@@ -225,11 +225,14 @@ ARMS = {
                'trained on)',
     'hg_dagger': 'HG-DAgger with online takeovers (the default)',
     'more_demos': 'HG-DAgger as (b), starting from 3x the demonstrations (--more-demos)',
+    'offline_more': 'demonstrations only as (a), from 3x the demonstrations (--more-demos)',
 }
+ONLINE_ARMS = ('hg_dagger', 'more_demos')    # the learner trains on the robot's episodes
+MORE_DEMOS_ARMS = ('more_demos', 'offline_more')
 
 
 def arm_params(arm: str, root: Path) -> list[str]:
-    if arm == 'hg_dagger':
+    if arm in ONLINE_ARMS:
         return []
     # the learner reads its online episodes from an empty folder; demonstrations, registry
     # and keys are the run's own
@@ -243,14 +246,15 @@ def arm_params(arm: str, root: Path) -> list[str]:
 def experiment_online_offline(args, workdir: Path) -> list[dict]:
     offline = prepare_demos(workdir, args.demos, args.image_shape)
     more = (prepare_demos(workdir, args.more_demos, args.image_shape,
-                          f'offline_{args.more_demos}') if 'more_demos' in args.arms else None)
+                          f'offline_{args.more_demos}')
+            if set(MORE_DEMOS_ARMS) & set(args.arms) else None)
     results = []
     for seed in args.seeds:
         for arm in args.arms:
             if done(args, 'exp1', {'arm': arm, 'seed': seed}):
                 continue
             root = workdir / f'exp1_{arm}_seed{seed}'
-            link_demos(more if arm == 'more_demos' else offline, root)
+            link_demos(more if arm in MORE_DEMOS_ARMS else offline, root)
             cmd = [scarls_exe(), 'ecu', '--learn', *common_args(args, root), '--seed',
                    str(seed), *arm_params(arm, root), '--summary', str(root / 'summary.json')]
             print(f'exp1 {arm} seed {seed}: {" ".join(cmd[1:])}', flush=True)
