@@ -15,15 +15,18 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
-from scarls.bringup.launcher import clean_fastdds_shm, ros_env
+from scarls.bringup.launcher import clean_fastdds_shm, remove_unused_fastdds_ports, ros_env
 
 # Chosen before anything in this process initialises rclpy; child processes inherit it.
 _DOMAIN = int(os.environ.get('SCARLS_TEST_DOMAIN_ID') or (
     10 + (os.getpid() * 7 + random.SystemRandom().randint(0, 10_000)) % 220))
 os.environ.update(ros_env(_DOMAIN, base={}))
+# Fast DDS port files created from here on are this run's (removed at its end when unused).
+_RUN_START = time.time() - 1.0
 # Every process this run starts inherits this mark; the end-of-run check looks for it.
 _RUN = f'{os.getpid()}.{random.SystemRandom().randint(0, 1 << 30)}'
 os.environ['SCARLS_TEST_RUN'] = _RUN
@@ -152,3 +155,4 @@ def pytest_sessionfinish(session, exitstatus):
                 pass
         session.exitstatus = 1
     clean_fastdds_shm()
+    remove_unused_fastdds_ports(_RUN_START)

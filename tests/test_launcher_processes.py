@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,33 @@ def test_clean_fastdds_shm_removes_segments_of_dead_owners() -> None:
     finally:
         segment.unlink(missing_ok=True)
         lock.unlink(missing_ok=True)
+
+
+def test_unused_fastdds_port_files_of_a_run_are_removed(tmp_path) -> None:
+    """Port files a run's participants left (no process maps them) go at its end; a mapped
+    one (a live participant of another program) and an older one stay."""
+    import mmap
+    import secrets
+    import time
+    shm = Path('/dev/shm')
+    base = 90000 + secrets.randbelow(9000)
+    files = {k: shm / f'fastdds_port{base + i}' for i, k in enumerate(('left', 'mapped', 'old'))}
+    sems = {k: shm / f'sem.{p.name}_mutex' for k, p in files.items()}
+    since = time.time() - 1
+    try:
+        for k in files:
+            files[k].write_bytes(b'\0' * 4096)
+            sems[k].write_bytes(b'\0' * 32)
+        os.utime(files['old'], (since - 60, since - 60))
+        with open(files['mapped'], 'r+b') as f, mmap.mmap(f.fileno(), 4096):
+            removed = launcher.remove_unused_fastdds_ports(since)
+            assert files['left'].name in removed and not files['left'].exists()
+            assert not sems['left'].exists()
+            assert files['mapped'].exists() and sems['mapped'].exists()
+            assert files['old'].exists()
+    finally:
+        for p in (*files.values(), *sems.values()):
+            p.unlink(missing_ok=True)
 
 
 PARENT = '''

@@ -240,6 +240,59 @@ class ProcessGroup:
         self.stop()
 
 
+def _mapped_shm_files() -> set[str] | None:
+    """Every /dev/shm file some process on this host has mapped (None: /proc unreadable)."""
+    mapped: set[str] = set()
+    try:
+        pids = [p for p in os.listdir('/proc') if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f'/proc/{pid}/maps', encoding='utf-8', errors='replace') as maps:
+                for line in maps:
+                    at = line.find('/dev/shm/')
+                    if at >= 0:
+                        mapped.add(line[at:].strip().removesuffix(' (deleted)'))
+        except OSError:   # gone, or not ours to read
+            continue
+    return mapped
+
+
+def remove_unused_fastdds_ports(since: float, shm_dir: str = '/dev/shm') -> list[str]:
+    """Remove Fast DDS port files (``fastdds_port<N>`` and their ``sem.fastdds_port<N>_mutex``)
+    created at or after ``since`` (a ``time.time()``) that no process maps any more.
+
+    Fast DDS's own cleanup (:func:`clean_fastdds_shm`) removes segments whose owner is gone,
+    but the port files of participants that all exited stay behind; a test run calls this at
+    its end for the ports it created. Ports older than ``since`` or still mapped (a DDS
+    participant of another program) are left alone. Returns the removed names."""
+    mapped = _mapped_shm_files()
+    if mapped is None:
+        return []
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return []
+    for name in names:
+        if not (name.startswith('fastdds_port') and name[len('fastdds_port'):].isdigit()):
+            continue
+        path = os.path.join(shm_dir, name)
+        try:
+            if os.stat(path).st_mtime < since or path in mapped:
+                continue
+            os.unlink(path)
+        except OSError:
+            continue
+        removed.append(name)
+        try:
+            os.unlink(os.path.join(shm_dir, f'sem.{name}_mutex'))
+        except OSError:
+            pass
+    return removed
+
+
 def clean_fastdds_shm() -> None:
     """Remove Fast DDS shared-memory files whose owners are gone (after a SIGKILL).
 
