@@ -47,12 +47,13 @@ class Probe:
         finally:
             self.node.destroy_client(client)
 
-    def lifecycle(self, node_name: str, transition_id: int, timeout: float = 15.0) -> bool:
+    def lifecycle(self, node_name: str, transition_id: int, timeout: float = 60.0) -> bool:
+        # generous: a CI run once got no configure response within 15 s (a test failed)
         request = ChangeState.Request()
         request.transition.id = transition_id
         return self.call(ChangeState, f'{node_name}/change_state', request, timeout).success
 
-    def lifecycle_state(self, node_name: str, timeout: float = 10.0) -> str:
+    def lifecycle_state(self, node_name: str, timeout: float = 30.0) -> str:
         return self.call(GetState, f'{node_name}/get_state', GetState.Request(),
                          timeout).current_state.label
 
