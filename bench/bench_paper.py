@@ -26,6 +26,7 @@ Every run writes its JSON under --out (default docs/paper/); `report` rebuilds t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -327,40 +328,68 @@ def summarise_ecu_run(summary: dict, root: Path, args, label: str) -> dict:
 
 
 # -- experiment 2 -------------------------------------------------------------------------------
+FLEET_DATA = {
+    'online': 'the learners train on their robots\' episodes (the default)',
+    'demos': 'the learners train on the demonstrations only (the robots run and are helped; '
+             'their episodes are never trained on): what N averaged learners add without N '
+             'robots\' data',
+}
+
+
+DATA_WORDS = {'online': 'their episodes', 'demos': 'demos only'}
+
+
+def exp2_dir(n: int, seed: int, data: str) -> str:
+    return f'exp2_n{n}_seed{seed}' if data == 'online' else f'exp2_n{n}_{data}_seed{seed}'
+
+
+def fleet_data_params(data: str, root: Path) -> list[str]:
+    if data == 'online':
+        return []
+    # every learner reads its online episodes from one empty folder and keeps its checkpoints
+    # where its ECU's scheduler deploys them from
+    empty = root / 'no_online_data'
+    empty.mkdir(parents=True, exist_ok=True)
+    return ['--param', f'learner.data_root={empty}',
+            '--param', f'learner.checkpoint_dir={root}/{{ecu}}/checkpoints/{TASK}']
+
+
 def experiment_scaling(args, workdir: Path) -> list[dict]:
     offline = prepare_demos(workdir, args.demos, args.image_shape)
     results = []
-    for seed in args.seeds:
-        for n in args.ecus:
-            if done(args, 'exp2', {'n': n, 'seed': seed}):
-                continue
-            root = workdir / f'exp2_n{n}_seed{seed}'
-            link_demos(offline, root)
-            cmd = [scarls_exe(), 'fleet', '--ecus', str(n), *common_args(args, root), '--seed',
-                   str(seed), '--summary', str(root / 'summary.json')]
-            print(f'exp2 N={n} seed {seed}: {" ".join(cmd[1:])}', flush=True)
-            summary = run_cli(cmd, root / 'run.log', args.timeout * max(1, n))
-            rows = {}
-            for ecu, view in (summary.get('ecus') or {}).items():
-                rows[ecu] = summarise_ecu_run({**view, '_ecu': ecu, **{k: summary.get(k) for k in (
-                    'simulated_s', '_wall_s', 'achieved_rtf', 'ok', 'error', 'log_dir')}},
-                    root / ecu, args, f'exp2 N={n} seed {seed} {ecu}')
-                if n > 1:   # the fleet deploys the same averaged policy: one ECU's curve tells
-                    break
-            ecus = summary.get('ecus') or {}
-            row = {'experiment': 2, 'n': n, 'seed': seed, 'ok': summary.get('ok'),
-                   'error': summary.get('error'), 'simulated_s': summary.get('simulated_s'),
-                   'wall_s': summary.get('_wall_s'), 'achieved_rtf': summary.get('achieved_rtf'),
-                   'episodes': sum(len(v.get('episodes', [])) for v in ecus.values()),
-                   'labels': sum(e['intervention_steps'] for v in ecus.values()
-                                 for e in v.get('episodes', [])),
-                   'samples_trained': sum((v.get('learner') or {}).get('samples_trained') or 0
-                                          for v in ecus.values()),
-                   'rounds': len(summary.get('rounds', [])),
-                   'deploy_latency_all': pooled_deploy_latency(ecus),
-                   'ecu0': next(iter(rows.values()), None)}
-            results.append(row)
-            save(args, 'exp2', row, ('n', 'seed'))
+    for seed, n, data in itertools.product(args.seeds, args.ecus, args.fleet_data):
+        if done(args, 'exp2', {'n': n, 'seed': seed, 'data': data}):
+            continue
+        root = workdir / exp2_dir(n, seed, data)
+        link_demos(offline, root)
+        cmd = [scarls_exe(), 'fleet', '--ecus', str(n), *common_args(args, root), '--seed',
+               str(seed), *fleet_data_params(data, root), '--summary',
+               str(root / 'summary.json')]
+        print(f'exp2 N={n} seed {seed} ({FLEET_DATA[data]}): {" ".join(cmd[1:])}',
+              flush=True)
+        summary = run_cli(cmd, root / 'run.log', args.timeout * max(1, n))
+        rows = {}
+        for ecu, view in (summary.get('ecus') or {}).items():
+            rows[ecu] = summarise_ecu_run({**view, '_ecu': ecu, **{k: summary.get(k) for k in (
+                'simulated_s', '_wall_s', 'achieved_rtf', 'ok', 'error', 'log_dir')}},
+                root / ecu, args, f'exp2 N={n} seed {seed} {ecu}')
+            if n > 1:   # the fleet deploys the same averaged policy: one ECU's curve tells
+                break
+        ecus = summary.get('ecus') or {}
+        row = {'experiment': 2, 'n': n, 'seed': seed, 'data': data,
+               'ok': summary.get('ok'),
+               'error': summary.get('error'), 'simulated_s': summary.get('simulated_s'),
+               'wall_s': summary.get('_wall_s'), 'achieved_rtf': summary.get('achieved_rtf'),
+               'episodes': sum(len(v.get('episodes', [])) for v in ecus.values()),
+               'labels': sum(e['intervention_steps'] for v in ecus.values()
+                             for e in v.get('episodes', [])),
+               'samples_trained': sum((v.get('learner') or {}).get('samples_trained') or 0
+                                      for v in ecus.values()),
+               'rounds': len(summary.get('rounds', [])),
+               'deploy_latency_all': pooled_deploy_latency(ecus),
+               'ecu0': next(iter(rows.values()), None)}
+        results.append(row)
+        save(args, 'exp2', row, ('n', 'seed', 'data'))
     return results
 
 
@@ -397,6 +426,8 @@ def load_results(args, name: str) -> list[dict]:
     rows = data.get('results', [])
     for r in rows:
         r.setdefault('run_args', {k: data.get('args', {}).get(k) for k in RUN_ARGS})
+        if name == 'exp2':
+            r.setdefault('data', 'online')     # points measured before the demos-only fleet
     return [r for r in rows if r['run_args'] == run_args(args)]
 
 
@@ -424,8 +455,9 @@ def save(args, name: str, row: dict, key: tuple[str, ...]) -> None:
     row['run_args'] = run_args(args)
     rows = [r for r in load_results(args, name) if any(r.get(k) != row.get(k) for k in key)]
     rows.append(row)
-    rows.sort(key=lambda r: tuple(str(r.get(k)) if k == 'arm' else r.get(k) for k in
-                                  reversed(key)))
+    rows.sort(key=lambda r: tuple(str(r.get(k)) if k == 'arm' else
+                                  list(FLEET_DATA).index(r[k]) if k == 'data' else r.get(k)
+                                  for k in reversed(key)))
     (out / f'{name}.json').write_text(json.dumps({'args': {
         k: v for k, v in vars(args).items() if k != 'func'}, 'results': rows}, indent=1))
 
@@ -467,7 +499,7 @@ def refresh(args, work: Path) -> None:
         data = json.loads(path.read_text())
         for r in data['results']:
             root = work / (f"exp1_{r['arm']}_seed{r['seed']}" if name == 'exp1'
-                           else f"exp2_n{r['n']}_seed{r['seed']}")
+                           else exp2_dir(r['n'], r['seed'], r.get('data', 'online')))
             if not (root / 'summary.json').exists():
                 continue
             summary = json.loads((root / 'summary.json').read_text())
@@ -490,6 +522,7 @@ def refresh(args, work: Path) -> None:
 
 def report(args) -> str:
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     lines = []
     exp1 = json.loads((out / 'exp1.json').read_text())['results'] \
         if (out / 'exp1.json').exists() else []
@@ -513,17 +546,19 @@ def report(args) -> str:
         lines.append('')
     if exp2:
         lines += ['### Experiment 2: N ECUs, compute-fair (Table IV analogue)', '',
-                  '| N | seed | simulated min | wall min | achieved rtf | episodes | human labels '
+                  '| N | learners train on | seed | simulated min | wall min | achieved rtf | '
+                  'episodes | human labels '
                   '| learner samples | fleet rounds | open-loop error (final) | '
                   'final success alone [95 %] | best | '
                   't50 / t70 / t90 (sim min) | ingestion p50 / p99 sim s (wall s), ecu0 | '
                   'deploy -> acting p50 / p99 sim s (wall s), all ECUs |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
         for r in exp2:
             e = r.get('ecu0') or {'final': None, 'best': None, 'time_to': {}}
             t = e.get('time_to', {})
             lines.append(
-                f"| {r['n']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
+                f"| {r['n']} | {DATA_WORDS[r.get('data', 'online')]} | {r['seed']} | "
+                f"{(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['achieved_rtf']} | {r['episodes']} | "
                 f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | "
                 f"{ole((e.get('final') or {}).get('open_loop_error'))} | {ci(e['final'])} | "
@@ -558,6 +593,8 @@ def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
             lo = [100 * p['ci95'][0] for p in curve]
             hi = [100 * p['ci95'][1] for p in curve]
             label = f"{'N=' if key == 'n' else ''}{r[key]} seed {r['seed']}"
+            if r.get('data', 'online') != 'online':
+                label += f" ({DATA_WORDS[r['data']]})"
             ax.plot(xs, ys, marker='o', label=label)
             ax.fill_between(xs, lo, hi, alpha=0.15)
         ax.set_xlim(left=0)
@@ -585,6 +622,10 @@ def main(argv=None) -> int:
     ap.add_argument('--scenes', type=int, default=None, help='closed-loop scenes per point')
     ap.add_argument('--curve', type=int, default=None, help='checkpoints per curve')
     ap.add_argument('--arms', default='offline,hg_dagger,more_demos')
+    ap.add_argument('--fleet-data', default='online',
+                    help='experiment 2: what the learners train on, comma-separated: online '
+                         '(their robots\' episodes) and/or demos (demonstrations only: the '
+                         'fleet\'s compute without its data)')
     ap.add_argument('--rtf', type=float, default=0.0,
                     help='target real-time factor (0: as fast as the lockstep allows)')
     ap.add_argument('--budget', type=float, default=None,
@@ -610,6 +651,9 @@ def main(argv=None) -> int:
     args.scenes = args.scenes or preset['scenes']
     args.curve = args.curve or preset['curve']
     args.arms = [a for a in args.arms.split(',') if a]
+    args.fleet_data = [a for a in args.fleet_data.split(',') if a]
+    if not args.fleet_data or set(args.fleet_data) - set(FLEET_DATA):
+        ap.error(f'--fleet-data: one or more of {sorted(FLEET_DATA)}')
     unknown = sorted(set(args.arms) - set(ARMS))
     if unknown:
         ap.error(f'unknown arm(s) {unknown}; known: {sorted(ARMS)}')

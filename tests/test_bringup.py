@@ -265,3 +265,16 @@ def test_param_overrides_reach_that_node_of_every_ecu():
         with_params(ecu_nodes('ecu0'), ['learner.seed=1'])   # no learner in this run
     with pytest.raises(ValueError, match='NODE.NAME=VALUE'):
         with_params(ecu_nodes('ecu0'), ['seed=1'])
+
+
+def test_param_values_name_each_ecu_with_the_ecu_field():
+    from scarls.cli.common import with_params
+    specs = with_params(fleet_nodes(3), ['learner.checkpoint_dir=/runs/{ecu}/ckpt',
+                                         'learner.data_root=/runs/empty'])
+    learners = [s for s in specs if s.name == 'learner']
+    assert [s.parameters['checkpoint_dir'] for s in learners] == [
+        '/runs/ecu0/ckpt', '/runs/ecu1/ckpt', '/runs/ecu2/ckpt']
+    assert {s.parameters['data_root'] for s in learners} == {'/runs/empty'}
+    # in one ECU it is that ECU's id
+    one = with_params(ecu_nodes('lab3', learner=True), ['learner.checkpoint_dir=/r/{ecu}'])
+    assert next(s for s in one if s.name == 'learner').parameters['checkpoint_dir'] == '/r/lab3'

@@ -55,12 +55,16 @@ def add_param_arg(parser) -> None:
     parser.add_argument('--param', action='append', default=[], metavar='NODE.NAME=VALUE',
                         help='a ROS parameter of one node (of every ECU in a fleet), over '
                         'everything else (repeatable; VALUE is YAML, e.g. --param '
-                        'learner.steps_per_round=200)')
+                        'learner.steps_per_round=200; {ecu} in VALUE becomes the ECU id, '
+                        'e.g. --param learner.checkpoint_dir=/runs/{ecu}/checkpoints)')
+
+
+ECU_FIELD = '{ecu}'     # in a --param VALUE: the ECU id of the node it is applied to
 
 
 def with_params(specs: list, params: list[str]) -> list:
     """``NODE.NAME=VALUE`` overrides (VALUE as YAML) applied to the node specs (in a fleet: to
-    that node of every ECU)."""
+    that node of every ECU; ``{ecu}`` in VALUE becomes that ECU's id, its namespace)."""
     import yaml
 
     from scarls.bringup import NodeSpec
@@ -72,8 +76,16 @@ def with_params(specs: list, params: list[str]) -> list:
             raise ValueError(f'--param {item!r}: expected NODE.NAME=VALUE')
         if node not in {s.name for s in specs}:
             raise ValueError(f'--param {item!r}: no node {node!r} in this run')
-        extra.setdefault(node, {})[name] = yaml.safe_load(value) if value else ''
-    return [NodeSpec(s.name, s.module, s.namespace, {**s.parameters, **extra.get(s.name, {})},
+        if ECU_FIELD in value and not all(s.namespace for s in specs if s.name == node):
+            raise ValueError(f'--param {item!r}: {ECU_FIELD} needs an ECU id (namespace)')
+        extra.setdefault(node, {})[name] = value
+
+    def parsed(value: str, ecu: str):
+        return yaml.safe_load(value.replace(ECU_FIELD, ecu)) if value else ''
+
+    return [NodeSpec(s.name, s.module, s.namespace,
+                     {**s.parameters, **{k: parsed(v, s.namespace)
+                                         for k, v in extra.get(s.name, {}).items()}},
                      s.exe) for s in specs]
 
 
