@@ -81,8 +81,30 @@ def _shut_down_soon(wait_s: float = 2.0) -> bool:
     return True
 
 
+def print_help_if_asked(module: str, args=None) -> bool:
+    """``-h`` / ``--help`` before ``--ros-args``: print the node's description (its module's
+    docstring) and how to set its parameters, and say so (the caller exits 0 without starting
+    the node)."""
+    argv = list(sys.argv if args is None else args)
+    own = argv[:argv.index('--ros-args')] if '--ros-args' in argv else argv
+    if not any(a in ('-h', '--help') for a in own):
+        return False
+    import os
+    exe = os.path.basename(argv[0]) if argv and not argv[0].startswith('-') else module
+    doc = (sys.modules[module].__doc__ or '').strip()
+    sys.stdout.write(
+        f'usage: {exe} [--ros-args [-r __ns:=/ECU] [--params-file FILE] [-p NAME:=VALUE ...]]\n'
+        f'       ros2 run scarls {exe} --ros-args ...\n\n{doc}\n\n'
+        'Parameters come from a ROS parameters file (config/ecu.yaml is the ECU default) and '
+        '-p overrides;\n`ros2 param describe` lists them with their descriptions on a running '
+        'node.\n')
+    return True
+
+
 def run_node(node_cls, args=None) -> int:
     """Standard main(): returns a process exit code."""
+    if print_help_if_asked(node_cls.__module__, args):
+        return 0
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
     rclpy.init(args=args)
     node = None

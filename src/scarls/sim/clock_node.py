@@ -33,7 +33,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Header
 
-from scarls.ros.node_utils import declare
+from scarls.ros.node_utils import declare, print_help_if_asked
 from scarls.ros.simtime import PROGRESS_READER_QOS, PROGRESS_TOPIC, stamp_ns
 from scarls.sim.clock import NS, Lockstep, Pacer, step_ns
 
@@ -152,6 +152,8 @@ class ClockNode(Node):
 
 
 def main(args=None) -> int:
+    if print_help_if_asked(__name__, args):
+        return 0
     rclpy.init(args=args)
     node = executor = spinner = None
     try:
