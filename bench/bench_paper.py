@@ -275,7 +275,7 @@ def ingestion(log_dir: Path, ecu: str) -> dict:
     """Episode end -> trainable, per episode: in simulated seconds (the learner measures it on
     ROS time) and in wall seconds (the learner's log line minus the scheduler's "saved" line,
     both stamped with the wall clock)."""
-    import numpy as np
+    from scarls.bringup.runner import latency_summary
     sim, wall, saved = [], [], {}
     for path in log_dir.glob(f'*/{ecu}_scheduler.log'):
         for line in path.read_text(errors='replace').splitlines():
@@ -292,11 +292,7 @@ def ingestion(log_dir: Path, ecu: str) -> dict:
                 sim.append(float(sec))
                 if int(idx) in saved:
                     wall.append(float(stamp.group(1)) - saved[int(idx)])
-
-    def q(v, p):
-        return round(float(np.percentile(v, p)), 2) if v else None
-    return {'n': len(sim), 'sim_p50': q(sim, 50), 'sim_p99': q(sim, 99),
-            'wall_p50': q(wall, 50), 'wall_p99': q(wall, 99)}
+    return latency_summary(sim, wall)
 
 
 def summarise_ecu_run(summary: dict, root: Path, args, label: str) -> dict:
@@ -395,20 +391,14 @@ def experiment_scaling(args, workdir: Path) -> list[dict]:
 
 def pooled_deploy_latency(ecus: dict) -> dict:
     """Deploy -> acting on it, over every ECU of a fleet (simulated and wall seconds)."""
-    import numpy as np
-
-    from scarls.bringup.runner import deploy_latencies
+    from scarls.bringup.runner import deploy_latencies, latency_summary
     sim, wall, missed = [], [], 0
     for view in ecus.values():
         lat = deploy_latencies(view.get('deploys', []), view.get('loads', []), raw=True)
         sim += lat['sim']
         wall += lat['wall']
         missed += lat['not_loaded']
-
-    def q(v, p):
-        return round(float(np.percentile(v, p)), 2) if v else None
-    return {'n': len(sim), 'not_loaded': missed, 'sim_p50': q(sim, 50), 'sim_p99': q(sim, 99),
-            'wall_p50': q(wall, 50), 'wall_p99': q(wall, 99)}
+    return {'not_loaded': missed, **latency_summary(sim, wall)}
 
 
 # -- report -------------------------------------------------------------------------------------

@@ -51,3 +51,17 @@ def test_deploy_latency_pairs_each_deploy_with_the_actor_acting_on_it():
     # the first v1 load does not answer the rollback's deploy (it came before it)
     assert deploy_latencies(deploys[3:], loads[:1])['not_loaded'] == 1
     assert deploy_latencies([], [])['n'] == 0
+
+
+def test_quantile_matches_numpys_linear_percentile():
+    import numpy as np
+
+    from scarls.bringup.runner import latency_summary, quantile
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 5, 40):
+        v = rng.random(n).tolist()
+        for p in (50, 99):
+            assert quantile(v, p, digits=9) == pytest.approx(np.percentile(v, p), abs=1e-9)
+    assert quantile([], 50) is None
+    assert latency_summary([], []) == {'n': 0, 'sim_p50': None, 'sim_p99': None,
+                                       'wall_p50': None, 'wall_p99': None}

@@ -133,13 +133,30 @@ class _Seen:
     model_version: int = 0
 
 
+def quantile(values: list[float], p: float, digits: int = 3) -> float | None:
+    """The ``p``-th percentile of ``values`` (linear interpolation between order statistics, as
+    numpy's default), rounded; None for no values."""
+    import statistics
+    if not values:
+        return None
+    v = list(values)
+    return round(statistics.quantiles(v, n=100, method='inclusive')[round(p) - 1]
+                 if len(v) > 1 else v[0], digits)
+
+
+def latency_summary(sim: list[float], wall: list[float]) -> dict:
+    """Count, p50 and p99 of one latency measured in run time (``sim``: simulated seconds under
+    simulated time) and in wall seconds."""
+    return {'n': len(sim), 'sim_p50': quantile(sim, 50), 'sim_p99': quantile(sim, 99),
+            'wall_p50': quantile(wall, 50), 'wall_p99': quantile(wall, 99)}
+
+
 def deploy_latencies(deploys: list[dict], loads: list[dict], *, raw: bool = False) -> dict:
     """Deploy announcement -> the actor acting on that version, per deploy (run time: simulated
     seconds under simulated time; and wall seconds): the distribution latency the robot sees,
     the fetch and the wait for the episode boundary included. A deploy overtaken by the next
     one before the actor loaded it counts as not loaded. ``raw``: also the per-deploy lists
     (``sim``, ``wall``), to pool ECUs."""
-    import statistics
     sim, wall, missed = [], [], 0
     for i, d in enumerate(deploys):
         until = deploys[i + 1]['at_wall_s'] if i + 1 < len(deploys) else math.inf
@@ -151,13 +168,7 @@ def deploy_latencies(deploys: list[dict], loads: list[dict], *, raw: bool = Fals
         sim.append(load['at_s'] - d['at_s'])
         wall.append(load['at_wall_s'] - d['at_wall_s'])
 
-    def q(v: list[float], p: int) -> float | None:
-        if not v:
-            return None
-        return round(statistics.quantiles(v, n=100, method='inclusive')[p - 1]
-                     if len(v) > 1 else v[0], 3)
-    out = {'n': len(sim), 'not_loaded': missed, 'sim_p50': q(sim, 50), 'sim_p99': q(sim, 99),
-           'wall_p50': q(wall, 50), 'wall_p99': q(wall, 99)}
+    out = {'not_loaded': missed, **latency_summary(sim, wall)}
     if raw:
         out.update(sim=sim, wall=wall)
     return out
