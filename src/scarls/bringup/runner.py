@@ -130,7 +130,11 @@ class _Seen:
     """The scheduler's deploy announcements: version, ``at_s`` (run time), ``at_wall_s``."""
     loads: list[dict] = field(default_factory=list)
     """Model version changes in the actor's state (the robot acting on it), same keys."""
-    model_version: int = 0
+
+    @property
+    def model_version(self) -> int:
+        """The version the actor acts on now (0: none loaded yet)."""
+        return self.loads[-1]['version'] if self.loads else 0
 
 
 def quantile(values: list[float], p: float, digits: int = 3) -> float | None:
@@ -321,9 +325,8 @@ class EcuRun:
 
             def on_state(msg) -> None:
                 if msg.model_version != me.model_version:
-                    me.model_version = int(msg.model_version)
-                    me.loads.append({'version': me.model_version, 'at_s': round(elapsed(), 3),
-                                     'at_wall_s': wall_now()})
+                    me.loads.append({'version': int(msg.model_version),
+                                     'at_s': round(elapsed(), 3), 'at_wall_s': wall_now()})
                 if msg.phase != me.phase:
                     me.phase = msg.phase
                     me.phase_changed = me.last_progress = progress_now()
