@@ -310,23 +310,38 @@ def sim_time_nodes(specs: list[NodeSpec], *, rtf: float, rate_hz: float,
     return [clock, *out]
 
 
+def sim_time_if_asked(specs: list[NodeSpec], rtf: float | None,
+                      train_steps_per_s: float | None, rate_hz: float
+                      ) -> tuple[list[NodeSpec], bool]:
+    """``--rtf X --compute-fair [S]`` (CLI) and ``rtf:=`` / ``compute_fair:=`` (launch files):
+    the specs unchanged on wall time when neither is given (None), else :func:`sim_time_nodes`
+    (the real-time factor defaults to 0, as fast as the nodes keep up); and whether simulated
+    time is on."""
+    if rtf is None and train_steps_per_s is None:
+        return specs, False
+    return sim_time_nodes(specs, rtf=0.0 if rtf is None else rtf, rate_hz=rate_hz,
+                          train_steps_per_s=train_steps_per_s or 0.0), True
+
+
+_OFF = ('', 'false', '0', 'no', 'off')
+_ON = ('true', '1', 'yes', 'on', 'default')
+
+
 def launch_sim_time(specs: list[NodeSpec], rtf: str, compute_fair: str,
                     robot: str) -> list[NodeSpec]:
     """The launch files' ``rtf:=`` and ``compute_fair:=`` (strings, '' = off) applied as
-    ``scarls ecu --rtf X --compute-fair [S]`` applies them: unchanged specs on wall time, else
-    :func:`sim_time_nodes` at the robot's control rate."""
+    ``scarls ecu --rtf X --compute-fair [S]`` applies them (:func:`sim_time_if_asked` at the
+    robot's control rate)."""
     from scarls.sim.clock import DEFAULT_TRAIN_STEPS_PER_S
     rtf, compute_fair = rtf.strip(), compute_fair.strip().lower()
-    if not rtf and compute_fair in ('', 'false', '0', 'no', 'off'):
-        return specs
     try:
-        factor = float(rtf) if rtf else 0.0
+        factor = float(rtf) if rtf else None
     except ValueError:
         raise BringupError(f"rtf:={rtf!r} is no number (0.5, 2, 0 = as fast as possible, "
                            "'' = wall time)") from None
-    if compute_fair in ('', 'false', '0', 'no', 'off'):
-        budget = 0.0
-    elif compute_fair in ('true', '1', 'yes', 'on', 'default'):
+    if compute_fair in _OFF:
+        budget = None
+    elif compute_fair in _ON:
         budget = DEFAULT_TRAIN_STEPS_PER_S
     else:
         try:
@@ -334,9 +349,10 @@ def launch_sim_time(specs: list[NodeSpec], rtf: str, compute_fair: str,
         except ValueError:
             raise BringupError(f"compute_fair:={compute_fair!r}: 'true' or training steps per "
                                'simulated second') from None
+    if factor is None and budget is None:
+        return specs
     from scarls.robot import load_robot
-    return sim_time_nodes(specs, rtf=factor, rate_hz=load_robot(robot).control_rate_hz,
-                          train_steps_per_s=budget)
+    return sim_time_if_asked(specs, factor, budget, load_robot(robot).control_rate_hz)[0]
 
 
 def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:

@@ -108,12 +108,11 @@ def add_sim_time_args(parser) -> None:
 
 def apply_sim_time(args, specs: list, robot) -> tuple[list, bool]:
     """The node specs on simulated time when --rtf or --compute-fair asks for it."""
-    if args.rtf is None and args.compute_fair is None:
+    from scarls.bringup import sim_time_if_asked
+    specs, on = sim_time_if_asked(specs, args.rtf, args.compute_fair, robot.control_rate_hz)
+    if not on:
         return specs, False
-    from scarls.bringup import sim_time_nodes
-    rtf = args.rtf if args.rtf is not None else 0.0
-    specs = sim_time_nodes(specs, rtf=rtf, rate_hz=robot.control_rate_hz,
-                           train_steps_per_s=args.compute_fair or 0.0)
+    rtf = args.rtf or 0.0
     log.info('simulated time at real-time factor %s%s', f'{rtf:g}' if rtf > 0 else
              'max (as fast as the nodes keep up)',
              f', compute-fair: {args.compute_fair:g} training steps per simulated second'
