@@ -555,11 +555,64 @@ def report(args) -> str:
                 f"{ci(e['best'])} | {tt(t.get('50'))} / {tt(t.get('70'))} / {tt(t.get('90'))} | "
                 f"{ing(e.get('ingestion'))} | {ing(r.get('deploy_latency_all'))} |")
         lines.append('')
+    lines += across_seeds(exp1, exp2)
     text = '\n'.join(lines)
     (out / 'table.md').write_text(text + '\n')
     print(text)
     plot(out, exp1, exp2)
     return text
+
+
+def seed_summary(points: list[dict]) -> dict:
+    """One setting over its seeds: final and best success alone per seed, their mean, the
+    final policies' successes pooled over every seed's scenes (a Wilson interval of the
+    pooled rate: seed-to-seed spread shows in the per-seed column, not in it), and the median
+    time to 50/70/90 % over the seeds (a seed that never got there counts as later than all)."""
+    finals = [p['final'] for p in points if p.get('final')]
+    bests = [p['best'] for p in points if p.get('best')]
+    k = sum(f['successes'] for f in finals)
+    n = sum(f['scenes'] for f in finals)
+
+    def median_time(level: str):
+        times = sorted(math.inf if (p.get('time_to') or {}).get(level) is None
+                       else p['time_to'][level] for p in points)
+        if not times:
+            return None
+        m = times[(len(times) - 1) // 2] if len(times) % 2 else \
+            (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+        return None if math.isinf(m) else m
+
+    return {'seeds': len(points),
+            'finals': [f['success_rate'] for f in finals],
+            'final_mean': sum(f['success_rate'] for f in finals) / len(finals) if finals else None,
+            'pooled': {'success_rate': k / n, 'successes': k, 'scenes': n,
+                       'ci95': list(wilson(k, n))} if n else None,
+            'best_mean': sum(b['success_rate'] for b in bests) / len(bests) if bests else None,
+            'time_to': {lv: median_time(lv) for lv in ('50', '70', '90')}}
+
+
+def across_seeds(exp1: list[dict], exp2: list[dict]) -> list[str]:
+    """The tables' settings over their seeds (settings measured with one seed are left out)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in exp1:
+        groups.setdefault(('exp. 1', r['arm']), []).append(r)
+    for r in exp2:
+        groups.setdefault(('exp. 2', f"N = {r['n']}, {DATA_WORDS[r.get('data', 'online')]}"),
+                          []).append(r.get('ecu0') or {})
+    rows = [(g, seed_summary(points)) for g, points in groups.items() if len(points) > 1]
+    if not rows:
+        return []
+    lines = ['### Across seeds', '',
+             '| experiment | setting | seeds | final success alone per seed | mean | '
+             'pooled final [95 %] | mean best | median t50 / t70 / t90 (sim min) |',
+             '|---|---|---|---|---|---|---|---|']
+    for (exp, setting), m in rows:
+        t = m['time_to']
+        lines.append(f"| {exp} | {setting} | {m['seeds']} | "
+                     f"{', '.join(pct(f) for f in m['finals'])} | {pct(m['final_mean'])} | "
+                     f"{ci(m['pooled'])} | {pct(m['best_mean'])} | "
+                     f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} |")
+    return lines + ['']
 
 
 def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
