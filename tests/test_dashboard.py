@@ -77,6 +77,30 @@ def test_driver_safety_state_and_cameras_are_in_the_snapshot():
     assert ecu['cameras'] == ['head', 'wrist']
 
 
+def test_diagnostics_give_each_ecu_its_health_worst_first_and_stale_when_silent():
+    clock = FakeClock()
+    state = FleetState(clock)
+    assert state.diagnostic('ecu0/driver: safety', 0, 'ok', 'ecu0')
+    assert state.diagnostic('ecu0/learner: learner', 2, 'no demonstrations')   # id from name
+    assert state.diagnostic('ecu0/actor: control', 1, 'inactive')
+    assert not state.diagnostic('dashboard: web', 2, 'no ECU')      # no ECU: not shown
+    (ecu,) = state.snapshot()['ecus']
+    assert ecu['health_level'] == 'ERROR'
+    assert [(h['level'], h['name']) for h in ecu['health']] == [
+        ('ERROR', 'learner: learner'), ('WARN', 'actor: control'), ('OK', 'driver: safety')]
+    state.diagnostic('ecu0/learner: learner', 0, 'training')
+    state.diagnostic('ecu0/actor: control', 0, 'INFERENCE at 30 Hz')
+    assert state.snapshot()['ecus'][0]['health_level'] == 'OK'
+    clock.t += 10.0                      # a node that stops publishing goes STALE
+    state.diagnostic('ecu0/driver: safety', 0, 'ok', 'ecu0')
+    ecu = state.snapshot()['ecus'][0]
+    assert ecu['health_level'] == 'STALE'
+    stale = {h['name'] for h in ecu['health'] if h['level'] == 'STALE'}
+    assert stale == {'learner: learner', 'actor: control'}
+    assert 'not heard for 10 s' in ecu['health'][0]['message']
+    assert state.snapshot()['ecus'][0]['health'][-1]['level'] == 'OK'
+
+
 def test_rates_over_time_phases_and_silence():
     clock = FakeClock()
     state = FleetState(clock)
@@ -421,6 +445,12 @@ def test_browser_shows_a_running_ecu_live(ros, node_group, tmp_path):
         probe.wait_for(lambda: js("document.querySelector('[data-ecu=\"dashtest\"] "
                                   "img[data-cam=\"top\"]').naturalWidth") > 0, 20,
                        'a camera frame on the page')
+        # the ECU's health, from its nodes' /diagnostics
+        health = "document.querySelector('[data-ecu=\"dashtest\"] td[data-field=\"health\"]')"
+        probe.wait_for(lambda: 'dashtest' not in (js(f'{health}.title') or '')
+                       and 'driver: safety' in (js(f'{health}.title') or ''), 45,
+                       "the driver's diagnostics in the ECU's health")
+        assert js(f'{health}.dataset.level') in ('OK', 'WARN', 'ERROR', 'STALE')
         # the learner panels, from the fake learner's messages
         probe.wait_for(lambda: (js('window.scarlsDashboard.plots.loss.points') or 0) >= 3, 20,
                        'the loss plot to fill')

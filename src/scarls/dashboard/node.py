@@ -52,6 +52,7 @@ class DashboardNode(Node):
         super().__init__('dashboard')
         declare(self, 'host', host, 'address the HTTP server listens on', read_only=True)
         declare(self, 'port', int(port), 'HTTP port (0 = any free port)', read_only=True)
+        from diagnostic_msgs.msg import DiagnosticArray
         from scarls_interfaces.msg import EcuStatus, FleetRound, LearnerStatus
 
         self.state = FleetState()
@@ -64,6 +65,8 @@ class DashboardNode(Node):
             self.create_subscription(FleetRound, '/fleet/rounds', self._on_round, qos.ROUNDS),
             self.create_subscription(LearnerStatus, '/fleet/learners', self._on_learner,
                                      qos.EVENTS),
+            self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                     qos.DIAGNOSTICS),
         ]
         self._timer = self.create_timer(1.0, self._update_cameras)
         self.server = DashboardServer(self.state, self.frames,
@@ -145,6 +148,14 @@ class DashboardNode(Node):
         return self.create_subscription(Image, topic, on_frame, qos.CAMERA_LATEST, raw=True)
 
     # -- callbacks ---------------------------------------------------------------------------
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            level = status.level[0] if isinstance(status.level, (bytes, bytearray)) \
+                else int(status.level)
+            if self.state.diagnostic(status.name, level, status.message, status.hardware_id):
+                ecu_id = status.hardware_id or status.name.partition('/')[0]
+                self._ensure_ecu(ecu_id)
+
     def _on_status(self, msg) -> None:
         self._ensure_ecu(msg.ecu_id)
         self.state.heartbeat(

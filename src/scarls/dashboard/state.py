@@ -19,6 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 STALE_S = 3.0
+#: /diagnostics entries unheard for this long show as STALE (nodes publish once a second)
+DIAGNOSTICS_STALE_S = 5.0
+LEVELS = ('OK', 'WARN', 'ERROR', 'STALE')
 """An ECU whose last heartbeat is older than this is shown as silent (as in `scarls status`)."""
 
 MAX_POINTS = 1200
@@ -154,6 +157,8 @@ class EcuState:
     version_first_seen: dict[int, float] = field(default_factory=dict)
     distribution_latency: dict[int, float] = field(default_factory=dict)
     ingested: dict[int, float] = field(default_factory=dict)   # episode index -> latency
+    health: dict[str, tuple[int, str, float]] = field(default_factory=dict)
+    # /diagnostics: '<node>: <what>' -> (level, message, wall time heard)
 
     def match_distribution(self, version: int) -> None:
         """Checkpoint ``version`` published (approved) and later reported by the actor: one
@@ -164,6 +169,22 @@ class EcuState:
             return
         if version not in self.distribution_latency and seen >= ckpt.published:
             self.distribution_latency[version] = seen - ckpt.published
+
+
+def health(entries: dict[str, tuple[int, str, float]], now: float) -> dict:
+    """An ECU's /diagnostics for the page: every entry worst first (an entry unheard for
+    DIAGNOSTICS_STALE_S is STALE: its node stopped publishing) and the worst level."""
+    rows = []
+    for entry, (level, message, heard) in entries.items():
+        age = now - heard
+        if age > DIAGNOSTICS_STALE_S:
+            level, message = 3, f'not heard for {age:.0f} s (last: {message})'
+        rows.append({'name': entry, 'level': LEVELS[level], 'message': message, 'age_s': age,
+                     '_rank': level})
+    rows.sort(key=lambda r: (-r['_rank'], r['name']))
+    worst = LEVELS[rows[0]['_rank']] if rows else None
+    return {'health': [{k: v for k, v in r.items() if k != '_rank'} for r in rows],
+            'health_level': worst}
 
 
 class FleetState:
@@ -190,6 +211,22 @@ class FleetState:
     def ecu_ids(self) -> list[str]:
         with self._lock:
             return sorted(self._ecus)
+
+    def diagnostic(self, name: str, level: int, message: str, hardware_id: str = '') -> bool:
+        """One /diagnostics status (``<ecu>/<node>: <what>``, ``hardware_id`` the ECU id) for
+        the ECU's health; statuses of no ECU (no id, no namespace) are ignored (False)."""
+        ecu_id, slash, entry = str(name).partition('/')
+        if hardware_id:
+            ecu_id = str(hardware_id)
+        elif not slash:
+            return False
+        if not entry or not ecu_id:
+            return False
+        with self._lock:
+            e = self._ecu(ecu_id)
+            e.health[entry] = (min(max(int(level), 0), 3), str(message), self.clock())
+            self.revision += 1
+        return True
 
     def driver_state(self, ecu_id: str, state: str, reason: str) -> None:
         """The driver's safety state (ok, clamped, holding, estopped, fault, resetting)."""
@@ -434,6 +471,7 @@ class FleetState:
                     'checkpoints': [c.to_dict(e) for _, c in sorted(e.checkpoints.items())],
                     'ingest': latency_summary(e.ingested.values()),
                     'distribution': latency_summary(e.distribution_latency.values()),
+                    **health(e.health, now),
                 })
             rounds = [self._rounds[k] for k in sorted(self._rounds)]
             return {'now': now, 'revision': self.revision, 'ecus': ecus,

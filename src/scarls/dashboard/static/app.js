@@ -62,8 +62,9 @@ function card(ecu, cameras) {
   const kv = h('table', {class: 'kv'});
   const fields = {};
   for (const [key, label] of [['episode', 'episode'], ['saved', 'saved'], ['recent', 'recent'],
-    ['model', 'model'], ['driver', 'robot'], ['learner', 'learner'], ['train', 'training']]) {
-    fields[key] = h('td');
+    ['model', 'model'], ['driver', 'robot'], ['health', 'health'], ['learner', 'learner'],
+    ['train', 'training']]) {
+    fields[key] = h('td', {'data-field': key});
     kv.append(h('tr', {}, h('th', {}, label), fields[key]));
   }
   const progress = h('div', {class: 'progress'}, h('div', {class: 'bar'}));
@@ -98,6 +99,16 @@ function renderCard(e, now) {
   c.fields.model.textContent = `running v${e.model_version}, deployed v${e.deployed_version}`;
   c.fields.driver.textContent = e.driver ? `${e.driver}${e.driver_reason ? ` (${e.driver_reason})` : ''}` : '-';
   c.fields.driver.className = ['estopped', 'fault'].includes(e.driver) ? 'alarm' : '';
+  // /diagnostics of the ECU's nodes: the ones not OK, or how many are; every entry on hover
+  const health = e.health || [];
+  const bad = health.filter((x) => x.level !== 'OK');
+  c.fields.health.textContent = !health.length ? '-' : (bad.length
+    ? bad.map((x) => `${x.level} ${x.name}: ${x.message}`).join('; ')
+    : `OK (${health.length} nodes)`);
+  c.fields.health.className = ['ERROR', 'STALE'].includes(e.health_level) ? 'alarm'
+    : (e.health_level === 'WARN' ? 'warn' : '');
+  c.fields.health.dataset.level = e.health_level || '';
+  c.fields.health.title = health.map((x) => `${x.level} ${x.name}: ${x.message}`).join('\n');
   const l = e.learner;
   if (l) {
     c.fields.learner.textContent = `${l.state}${l.detail ? ` (${l.detail})` : ''}: ${l.rounds} rounds, v${l.version} ${l.approved ? 'approved' : 'rejected'}, loss ${fixed(l.loss)}, error ${fixed(l.metric)}`;
