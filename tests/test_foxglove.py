@@ -19,7 +19,7 @@ from rosutil import Probe, log_text, start_nodes
 from scarls.bags.types import default_registry
 from scarls.bringup import NodeSpec, ecu_nodes
 from scarls.foxglove import parse_args, serve
-from scarls.foxglove.topics import RateCap, TopicFilter, channel_spec
+from scarls.foxglove.topics import ECU_GLOBALS, RateCap, TopicFilter, channel_spec
 from scarls.robot import JOINT_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,10 @@ SUBPROTOCOL = 'foxglove.sdk.v1'
     ('ecu0', (), (), '/ecu0/camera/top/image_raw', True),
     ('ecu0', (), (), '/ecu1/camera/top/image_raw', False),
     ('ecu0', (), (), '/ecu01/joint_states', False),
+    ('ecu0', (), (), '/diagnostics', True),      # every node's health, and sim time
+    ('ecu0', (), (), '/clock', True),
+    ('ecu0', (), (), '/fleet/status', False),
+    ('ecu0', (), ('diagnostics',), '/diagnostics', False),
     ('/ecu0/', (), (), '/ecu0/actor/state', True),
     ('ecu0', (), ('camera',), '/ecu0/camera/top/image_raw', False),
     ('ecu0', (), ('camera',), '/ecu0/joint_states', True),
@@ -194,7 +198,8 @@ async def _until(client: Client, predicate, timeout: float, what: str, tick=None
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
-            raise AssertionError(f'timed out after {timeout:.0f} s waiting for {what}')
+            raise AssertionError(f'timed out after {timeout:.0f} s waiting for '
+                                 f'{what() if callable(what) else what}')
         if tick is not None:
             tick()
         await client.pump(0.1)
@@ -241,7 +246,7 @@ def test_foxglove_client_sees_a_running_driver(ros, node_group):
         url = _bridge_url(node_group)
         top, left = f'/{NS}/camera/top/image_raw', f'/{NS}/camera/left/image_raw'
         wanted = [f'/{NS}/joint_states', top, f'/{NS}/driver/state', f'/{NS}/actor/state',
-                  f'/{NS}/learner/status']
+                  f'/{NS}/learner/status', '/diagnostics']
 
         async def session() -> None:
             async with websockets.connect(url, subprotocols=[SUBPROTOCOL],
@@ -253,7 +258,10 @@ def test_foxglove_client_sees_a_running_driver(ros, node_group):
                              tick=heartbeat)
                 assert c.server_info is not None
                 assert not any(t.startswith('/rosout') for t in c.channels)
-                assert all(t.startswith(f'/{NS}/') for t in c.channels), sorted(c.channels)
+                assert all(t.startswith(f'/{NS}/') or t in ECU_GLOBALS
+                           for t in c.channels), sorted(c.channels)
+                assert c.channels['/diagnostics']['schemaName'] == \
+                    'diagnostic_msgs/msg/DiagnosticArray'
                 for topic in wanted:
                     ch = c.channels[topic]
                     assert (ch['encoding'], ch['schemaEncoding']) == ('cdr', 'ros2msg')
@@ -266,7 +274,8 @@ def test_foxglove_client_sees_a_running_driver(ros, node_group):
                 for topic in wanted:
                     await c.subscribe(topic)
                 await _until(c, lambda: all(c.messages.get(t) for t in wanted), 60,
-                             'a message on every subscribed topic',
+                             lambda: 'a message on every subscribed topic (none on '
+                             f'{[t for t in wanted if not c.messages.get(t)]})',
                              tick=heartbeat)
                 await _until(c, lambda: probe.node.count_subscribers(top) == 1, 30,
                              'the bridge subscribed to the camera (in the ROS graph)')

@@ -24,6 +24,9 @@ __all__ = ['HEAVY_TYPES', 'ChannelSpec', 'RateCap', 'TopicFilter', 'channel_spec
 HEAVY_TYPES = frozenset({'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage',
                          'sensor_msgs/msg/PointCloud2'})
 DEFAULT_EXCLUDE = (r'^/rosout$', r'^/parameter_events$', r'(^|/)_')
+#: Global topics an ECU's view needs, served with ``namespace`` too: every node's health and
+#: the simulated clock (their messages name the ECU: ``<ecu>/<node>: <what>``)
+ECU_GLOBALS = frozenset({'/diagnostics', '/clock'})
 
 
 def is_heavy(msgtype: str) -> bool:
@@ -38,8 +41,8 @@ def _split(values: str | Iterable[str]) -> list[str]:
 
 class TopicFilter:
     """The topics to serve: ``topics`` exactly when given (relative names resolve in
-    ``namespace``), else every topic (under ``namespace`` when given) not matching the default
-    exclusions or ``exclude`` (regular expressions on full names)."""
+    ``namespace``), else every topic (under ``namespace`` when given, and the ECU_GLOBALS)
+    not matching the default exclusions or ``exclude`` (regular expressions on full names)."""
 
     def __init__(self, namespace: str = '', topics: str | Iterable[str] = (),
                  exclude: str | Iterable[str] = ()) -> None:
@@ -61,7 +64,8 @@ class TopicFilter:
     def __call__(self, topic: str) -> bool:
         if self.explicit:
             return topic in self.explicit
-        if self.namespace and not topic.startswith(self.namespace + '/'):
+        if self.namespace and not topic.startswith(self.namespace + '/') \
+                and topic not in ECU_GLOBALS:
             return False
         return not any(x.search(topic) for x in self.exclude)
 
