@@ -208,8 +208,12 @@ def prepare_demos(workdir: Path, n: int, image_shape, name: str = 'offline') -> 
     from scarls.episodes import list_episodes
     from scarls.learner.demos import generate_demos
     offline = workdir / name
-    if not list_episodes(offline, TASK):
+    have = len(list_episodes(offline, TASK))
+    if not have:
         generate_demos(offline, TASK, n, seed=0, image_shape=tuple(image_shape))
+    elif have != n:
+        raise SystemExit(f'{offline} holds {have} demonstrations, not {n}: use another '
+                         '--workdir (and --out) for another number of demonstrations')
     return offline
 
 
