@@ -18,9 +18,12 @@ online-offline  experiment 1, one ECU, the same simulated minutes and the same t
 scaling         experiment 2, N ECUs compute-fair (`scarls fleet --rtf 0 --compute-fair`): the
                 same simulated minutes for every N; episodes, labels, learner samples, final and
                 best success alone, time to reach 50/70/90 %, and the wall time it took.
+                `--fleet-data demos` also runs fleets whose learners train on the
+                demonstrations only: N averaged learners' compute without N robots' data.
 
 Every run writes its JSON under --out (default docs/paper/); `report` rebuilds the table
-(docs/paper/table.md) and the plots (docs/paper/*.png, matplotlib) from them.
+(docs/paper/table.md: every point, then each setting across its seeds) and the plots
+(docs/paper/*.png, matplotlib) from them.
 """
 
 from __future__ import annotations
@@ -212,8 +215,9 @@ def prepare_demos(workdir: Path, n: int, image_shape, name: str = 'offline') -> 
     if not have:
         generate_demos(offline, TASK, n, seed=0, image_shape=tuple(image_shape))
     elif have != n:
-        raise SystemExit(f'{offline} holds {have} demonstrations, not {n}: use another '
-                         '--workdir (and --out) for another number of demonstrations')
+        raise SystemExit(f'{offline} holds {have} demonstrations, not {n}: another number '
+                         'of demonstrations needs another --workdir (and --out); fewer than '
+                         'asked is an interrupted generation: delete the folder')
     return offline
 
 

@@ -275,6 +275,11 @@ def test_param_values_name_each_ecu_with_the_ecu_field():
     assert [s.parameters['checkpoint_dir'] for s in learners] == [
         '/runs/ecu0/ckpt', '/runs/ecu1/ckpt', '/runs/ecu2/ckpt']
     assert {s.parameters['data_root'] for s in learners} == {'/runs/empty'}
+    # the id is text whatever it looks like in YAML, and `{ecu}` alone is no mapping
+    on = with_params(ecu_nodes('on', learner=True), ['learner.fleet_addr={ecu}',
+                                                      'learner.seed=3'])
+    params = next(s for s in on if s.name == 'learner').parameters
+    assert (params['fleet_addr'], params['seed']) == ('on', 3)
     # in one ECU it is that ECU's id
     one = with_params(ecu_nodes('lab3', learner=True), ['learner.checkpoint_dir=/r/{ecu}'])
     assert next(s for s in one if s.name == 'learner').parameters['checkpoint_dir'] == '/r/lab3'

@@ -84,6 +84,11 @@ def test_diagnostics_give_each_ecu_its_health_worst_first_and_stale_when_silent(
     assert state.diagnostic('ecu0/learner: learner', 2, 'no demonstrations')   # id from name
     assert state.diagnostic('ecu0/actor: control', 1, 'inactive')
     assert not state.diagnostic('dashboard: web', 2, 'no ECU')      # no ECU: not shown
+    # other publishers of the global topic are not ECUs (a camera's serial number as its id)
+    assert not state.diagnostic('usb_cam/cam: driver', 0, 'ok', 'SN 1234')
+    assert not state.diagnostic('ecu1/driver: safety', 0, 'ok', 'ecu0')   # ids disagree
+    assert not state.diagnostic('driver: safety', 0, 'ok', 'ecu7')        # unknown, no ns
+    assert state.ecu_ids() == ['ecu0']
     (ecu,) = state.snapshot()['ecus']
     assert ecu['health_level'] == 'ERROR'
     assert [(h['level'], h['name']) for h in ecu['health']] == [
@@ -99,6 +104,14 @@ def test_diagnostics_give_each_ecu_its_health_worst_first_and_stale_when_silent(
     assert stale == {'learner: learner', 'actor: control'}
     assert 'not heard for 10 s' in ecu['health'][0]['message']
     assert state.snapshot()['ecus'][0]['health'][-1]['level'] == 'OK'
+    # a node started without the namespace, named by its ECU id, of a known ECU
+    assert state.diagnostic('camera: camera', 1, 'no frames', 'ecu0')
+    assert 'camera: camera' in {h['name'] for h in state.snapshot()['ecus'][0]['health']}
+    clock.t += 200.0                     # long gone nodes are forgotten
+    state.diagnostic('ecu0/driver: safety', 0, 'ok', 'ecu0')
+    (ecu,) = state.snapshot()['ecus']
+    assert [h['name'] for h in ecu['health']] == ['driver: safety']
+    assert ecu['health_level'] == 'OK'
 
 
 def test_rates_over_time_phases_and_silence():
@@ -450,7 +463,9 @@ def test_browser_shows_a_running_ecu_live(ros, node_group, tmp_path):
         probe.wait_for(lambda: 'dashtest' not in (js(f'{health}.title') or '')
                        and 'driver: safety' in (js(f'{health}.title') or ''), 45,
                        "the driver's diagnostics in the ECU's health")
-        assert js(f'{health}.dataset.level') in ('OK', 'WARN', 'ERROR', 'STALE')
+        # no learner in this ECU and every node publishing: nothing is STALE
+        assert js(f'{health}.dataset.level') in ('OK', 'WARN', 'ERROR')
+        assert js(f'{health}.textContent').strip() not in ('', '-')
         # the learner panels, from the fake learner's messages
         probe.wait_for(lambda: (js('window.scarlsDashboard.plots.loss.points') or 0) >= 3, 20,
                        'the loss plot to fill')

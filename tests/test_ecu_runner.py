@@ -63,5 +63,7 @@ def test_quantile_matches_numpys_linear_percentile():
         for p in (50, 99):
             assert quantile(v, p, digits=9) == pytest.approx(np.percentile(v, p), abs=1e-9)
     assert quantile([], 50) is None
+    with pytest.raises(ValueError, match='within 1..99'):
+        quantile([1.0, 2.0], 99.6)
     assert latency_summary([], []) == {'n': 0, 'sim_p50': None, 'sim_p99': None,
                                        'wall_p50': None, 'wall_p99': None}

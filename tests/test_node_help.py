@@ -21,9 +21,11 @@ NODES = {
                          + [('scarls.driver.node', '-h')])
 def test_node_help_describes_the_node_and_starts_nothing(module, flag):
     out = subprocess.run([sys.executable, '-m', module, flag], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith('usage: ')
+    exe = NODES[module].split(':')[0]         # the executable in lib/scarls
+    assert out.stdout.startswith(f'usage: {exe} [--ros-args'), out.stdout[:200]
+    assert f'ros2 run scarls {exe} --ros-args' in out.stdout
     assert NODES[module] in out.stdout
     assert '-p NAME:=VALUE' in out.stdout
     # nothing started: no node logged, no participant

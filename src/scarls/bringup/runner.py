@@ -141,6 +141,8 @@ def quantile(values: list[float], p: float, digits: int = 3) -> float | None:
     """The ``p``-th percentile of ``values`` (linear interpolation between order statistics, as
     numpy's default), rounded; None for no values."""
     import statistics
+    if not 1 <= p <= 99:
+        raise ValueError(f'percentile {p} is not within 1..99')
     if not values:
         return None
     v = list(values)

@@ -60,6 +60,17 @@ def add_param_arg(parser) -> None:
 
 
 ECU_FIELD = '{ecu}'     # in a --param VALUE: the ECU id of the node it is applied to
+_ECU_TOKEN = 'SCARLS_ECU_FIELD_1f6e'
+
+
+def _put_ecu(data, ecu: str):
+    if isinstance(data, str):
+        return data.replace(_ECU_TOKEN, ecu)
+    if isinstance(data, list):
+        return [_put_ecu(v, ecu) for v in data]
+    if isinstance(data, dict):
+        return {k: _put_ecu(v, ecu) for k, v in data.items()}
+    return data
 
 
 def with_params(specs: list, params: list[str]) -> list:
@@ -81,7 +92,11 @@ def with_params(specs: list, params: list[str]) -> list:
         extra.setdefault(node, {})[name] = value
 
     def parsed(value: str, ecu: str):
-        return yaml.safe_load(value.replace(ECU_FIELD, ecu)) if value else ''
+        # parsed first, then the id put into its strings: an id such as `on` or `null` stays
+        # text, and `{ecu}` alone is not read as a YAML mapping
+        if not value:
+            return ''
+        return _put_ecu(yaml.safe_load(value.replace(ECU_FIELD, _ECU_TOKEN)), ecu)
 
     return [NodeSpec(s.name, s.module, s.namespace,
                      {**s.parameters, **{k: parsed(v, s.namespace)

@@ -13,16 +13,22 @@ from the executor thread while HTTP threads read snapshots.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 STALE_S = 3.0
-#: /diagnostics entries unheard for this long show as STALE (nodes publish once a second)
-DIAGNOSTICS_STALE_S = 5.0
-LEVELS = ('OK', 'WARN', 'ERROR', 'STALE')
 """An ECU whose last heartbeat is older than this is shown as silent (as in `scarls status`)."""
+
+DIAGNOSTICS_STALE_S = 5.0
+"""A /diagnostics entry unheard for this long shows as STALE (nodes publish once a second)."""
+DIAGNOSTICS_FORGET_S = 120.0
+"""... and one unheard for this long is dropped (a node removed or renamed)."""
+LEVELS = ('OK', 'WARN', 'ERROR', 'STALE')
+ECU_ID_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+"""An ECU id is a one-level ROS namespace."""
 
 MAX_POINTS = 1200
 """Points kept per time series; older halves are thinned so a long run keeps its whole shape."""
@@ -173,10 +179,14 @@ class EcuState:
 
 def health(entries: dict[str, tuple[int, str, float]], now: float) -> dict:
     """An ECU's /diagnostics for the page: every entry worst first (an entry unheard for
-    DIAGNOSTICS_STALE_S is STALE: its node stopped publishing) and the worst level."""
+    DIAGNOSTICS_STALE_S is STALE: its node stopped publishing; one unheard for
+    DIAGNOSTICS_FORGET_S is dropped from ``entries``) and the worst level."""
     rows = []
-    for entry, (level, message, heard) in entries.items():
+    for entry, (level, message, heard) in list(entries.items()):
         age = now - heard
+        if age > DIAGNOSTICS_FORGET_S:
+            del entries[entry]
+            continue
         if age > DIAGNOSTICS_STALE_S:
             level, message = 3, f'not heard for {age:.0f} s (last: {message})'
         rows.append({'name': entry, 'level': LEVELS[level], 'message': message, 'age_s': age,
@@ -213,14 +223,19 @@ class FleetState:
             return sorted(self._ecus)
 
     def diagnostic(self, name: str, level: int, message: str, hardware_id: str = '') -> bool:
-        """One /diagnostics status (``<ecu>/<node>: <what>``, ``hardware_id`` the ECU id) for
-        the ECU's health; statuses of no ECU (no id, no namespace) are ignored (False)."""
-        ecu_id, slash, entry = str(name).partition('/')
-        if hardware_id:
-            ecu_id = str(hardware_id)
-        elif not slash:
+        """One /diagnostics status of a scarls node (``<ecu>/<node>: <what>``, ``hardware_id``
+        the ECU id) for that ECU's health. Statuses that name no ECU - other publishers of the
+        global topic (a camera driver's serial number as hardware id, no namespace) - are
+        ignored (False); a status of an ECU already known is kept without the namespace."""
+        name, hardware_id = str(name), str(hardware_id or '')
+        ecu_id, slash, entry = name.partition('/')
+        if not slash:                       # no namespace: only for an ECU named by its id
+            ecu_id, entry = hardware_id, name
+            if ecu_id not in self._ecus:
+                return False
+        elif hardware_id and hardware_id != ecu_id:
             return False
-        if not entry or not ecu_id:
+        if not entry or not ECU_ID_RE.match(ecu_id):
             return False
         with self._lock:
             e = self._ecu(ecu_id)
