@@ -222,6 +222,14 @@ def prepare_demos(workdir: Path, n: int, image_shape, name: str = 'offline') -> 
 
 
 def link_demos(offline: Path, root: Path) -> None:
+    """A fresh run folder ``root`` with the demonstrations linked in; an earlier run's folder
+    (a point measured again, or an interrupted one) is moved aside, never resumed from."""
+    if root.exists() and any(c.name != 'offline' for c in root.iterdir()):
+        n = 1
+        while root.with_name(f'{root.name}.old{n}').exists():
+            n += 1
+        root.rename(root.with_name(f'{root.name}.old{n}'))
+        print(f'  {root.name}: an earlier run moved to {root.name}.old{n}', flush=True)
     root.mkdir(parents=True, exist_ok=True)
     target = root / 'offline'
     if not target.exists():
@@ -264,12 +272,14 @@ def experiment_online_offline(args, workdir: Path) -> list[dict]:
                 continue
             root = workdir / f'exp1_{arm}_seed{seed}'
             link_demos(more if arm in MORE_DEMOS_ARMS else offline, root)
+            # a seed is the robot's scenes and the learner's weights, batches and noise
             cmd = [scarls_exe(), 'ecu', '--learn', *common_args(args, root), '--seed',
-                   str(seed), *arm_params(arm, root), '--summary', str(root / 'summary.json')]
+                   str(seed), '--param', f'learner.seed={seed}', *arm_params(arm, root),
+                   '--summary', str(root / 'summary.json')]
             print(f'exp1 {arm} seed {seed}: {" ".join(cmd[1:])}', flush=True)
             summary = run_cli(cmd, root / 'run.log', args.timeout)
             row = summarise_ecu_run(summary, root, args, f'exp1 {arm} seed {seed}')
-            row.update({'experiment': 1, 'arm': arm, 'seed': seed})
+            row.update({'experiment': 1, 'arm': arm, 'seed': seed, **SEEDED})
             results.append(row)
             save(args, 'exp1', row, ('arm', 'seed'))
     return results
@@ -380,7 +390,7 @@ def experiment_scaling(args, workdir: Path) -> list[dict]:
             if n > 1:   # the fleet deploys the same averaged policy: one ECU's curve tells
                 break
         ecus = summary.get('ecus') or {}
-        row = {'experiment': 2, 'n': n, 'seed': seed, 'data': data,
+        row = {'experiment': 2, 'n': n, 'seed': seed, 'data': data, **SEEDED,
                'ok': summary.get('ok'),
                'error': summary.get('error'), 'simulated_s': summary.get('simulated_s'),
                'wall_s': summary.get('_wall_s'), 'achieved_rtf': summary.get('achieved_rtf'),
@@ -433,13 +443,34 @@ def run_args(args) -> dict:
     return {k: getattr(args, k) for k in RUN_ARGS}
 
 
+#: Points measured since a seed is the learner's too (exp. 1: `learner.seed`; every learner
+#: of a fleet draws its own batches and noise, its rank's stream); earlier exp. 1 points of
+#: seeds > 0 trained the learner of seed 0, earlier fleets' learners drew the same batches.
+SEEDED = {'learner_seeded': True}
+
+
+def properly_seeded(row: dict) -> bool:
+    if row.get('learner_seeded'):
+        return True
+    if row.get('experiment') == 1 or 'arm' in row:
+        return row.get('seed') == 0                  # the learner's seed was 0 anyway
+    return row.get('n') == 1                         # one learner: its seed was the run's
+
+
+def seed_cell(row: dict) -> str:
+    if properly_seeded(row):
+        return str(row['seed'])
+    return f"{row['seed']} (learner seed 0)" if 'arm' in row else f"{row['seed']} (shared draws)"
+
+
 def done(args, name: str, key: dict) -> bool:
     """Resume: a point already measured with the same settings is not run again (--fresh
-    runs every point)."""
+    runs every point); nor are points measured before seeds reached the learner, unless
+    that made no difference (:func:`properly_seeded`): those are run again."""
     if args.fresh:
         return False
     for r in load_results(args, name):
-        if all(r.get(k) == v for k, v in key.items()):
+        if all(r.get(k) == v for k, v in key.items()) and properly_seeded(r):
             print(f'{name} {key}: measured already (in {args.out}; --fresh runs it again)',
                   flush=True)
             return True
@@ -536,7 +567,7 @@ def report(args) -> str:
         for r in exp1:
             t = r['time_to']
             lines.append(
-                f"| {r['arm']} | {r['seed']} | {(r['simulated_s'] or 0) / 60:.1f} | "
+                f"| {r['arm']} | {seed_cell(r)} | {(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['episodes']} | {r['labels']} | "
                 f"{r['samples_trained']} | {ci(r['final'])} | {ci(r['best'])} | "
                 f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} | {ing(r.get('ingestion'))} | "
@@ -555,7 +586,7 @@ def report(args) -> str:
             e = r.get('ecu0') or {'final': None, 'best': None, 'time_to': {}}
             t = e.get('time_to', {})
             lines.append(
-                f"| {r['n']} | {DATA_WORDS[r.get('data', 'online')]} | {r['seed']} | "
+                f"| {r['n']} | {DATA_WORDS[r.get('data', 'online')]} | {seed_cell(r)} | "
                 f"{(r['simulated_s'] or 0) / 60:.1f} | "
                 f"{(r['wall_s'] or 0) / 60:.1f} | {r['achieved_rtf']} | {r['episodes']} | "
                 f"{r['labels']} | {r['samples_trained']} | {r['rounds']} | "
@@ -600,11 +631,12 @@ def seed_summary(points: list[dict]) -> dict:
 
 
 def across_seeds(exp1: list[dict], exp2: list[dict]) -> list[str]:
-    """The tables' settings over their seeds (settings measured with one seed are left out)."""
+    """The tables' settings over their seeds (settings measured with one seed, and points
+    measured before seeds reached the learners, are left out)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in exp1:
+    for r in filter(properly_seeded, exp1):
         groups.setdefault(('exp. 1', r['arm']), []).append(r)
-    for r in exp2:
+    for r in filter(properly_seeded, exp2):
         groups.setdefault(('exp. 2', f"N = {r['n']}, {DATA_WORDS[r.get('data', 'online')]}"),
                           []).append(r.get('ecu0') or {})
     rows = [(g, seed_summary(points)) for g, points in groups.items() if len(points) > 1]

@@ -304,3 +304,23 @@ def test_a_corrupt_demonstration_is_skipped(tmp_path, demos):
     assert learner.load_offline(root, 'pick_cube', heldout=1) == 3
     assert learner.given_up == [f'demonstration {first}']
     assert len(learner.episodes) == 2 and len(learner.heldout) == 1
+
+
+def test_fleet_learners_share_their_start_but_not_their_batches(tmp_path, demos):
+    """Learners of one seed start from the same weights; their streams (fleet ranks) draw other
+    batches, so N learners on the same demonstrations are not N copies of one. Stream 0 draws
+    as a single learner does."""
+    def draws(learner, n=5):
+        return [tuple(learner.sampler.draw(8, learner.rng)) for _ in range(n)]
+
+    single, rank0, rank1, again1 = (_learner(tmp_path / str(i), demos) for i in range(4))
+    torch_seeds = [rank0.set_stream(0), rank1.set_stream(1), again1.set_stream(1)]
+    assert draws(single) == draws(rank0)
+    mine, yours = draws(rank1), draws(again1)
+    assert mine == yours                                  # a stream is reproducible
+    assert mine != draws(_learner(tmp_path / 'x', demos))  # and not another stream's
+    assert torch_seeds[1] == torch_seeds[2] != torch_seeds[0]
+    start = [p.detach().clone() for p in rank1.policy.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(start, single.policy.parameters(), strict=True))
+    with pytest.raises(ValueError):
+        rank1.set_stream(-1)

@@ -250,6 +250,11 @@ class LearnerNode(LifecycleNode):
                     str(p('ecu_id')), rendezvous=rendezvous, key=fleet_key)
                 self._selector = CheckpointSelector(float(p('threshold')),
                                                     tolerance=config.tolerance)
+            # the fleet's learners start from the same weights (the seed) but each draws its
+            # own batches and training noise (its rank's stream): identical draws on the
+            # same demonstrations would make N learners one
+            torch.manual_seed(self._learner.set_stream(
+                rendezvous.rank if self._reducer is not None else 0))
         except Exception as exc:  # config, registry, demos: say what is wrong, stay unconfigured
             self.get_logger().error(f'learner cannot start: {exc}')
             self._state, self._detail = 'failed', f'cannot start: {exc}'

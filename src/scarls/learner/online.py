@@ -176,6 +176,7 @@ class OnlineLearner:
         self.gate = CheckpointGate(self.config.threshold, must_not_be_worse=True,
                                    tolerance=self.config.tolerance)
         self.rng = np.random.default_rng(self.config.seed)
+        self.stream = 0
         self.episodes: dict[str, EpisodeData] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.heldout: list[EpisodeData] = []
@@ -280,6 +281,19 @@ class OnlineLearner:
             return (f'has {state}-wide states and {action}-wide actions but the policy expects '
                     f'{cfg.state_dim} and {cfg.action_dim} (another robot?)')
         return ''
+
+    def set_stream(self, stream: int) -> int:
+        """Draw batches from stream ``stream`` of the seed (a fleet learner: its rank), so
+        learners that share their initial weights (the seed) do not share their batches; and
+        return a torch seed for the same stream (the training noise: dropout, the CVAE's z),
+        for the process to set. Stream 0 keeps the single learner's draws."""
+        if stream < 0:
+            raise ValueError(f'stream must be >= 0, got {stream}')
+        self.stream = int(stream)
+        seq = np.random.SeedSequence([self.config.seed, self.stream])
+        self.rng = (np.random.default_rng(self.config.seed) if self.stream == 0
+                    else np.random.default_rng(seq))
+        return int(seq.generate_state(1, dtype=np.uint32)[0])
 
     def load_offline(self, root: str | Path, task: str, *, heldout: int = 2) -> int:
         """Load demonstrations (verified; one that keeps failing to load is skipped, logged);
