@@ -21,9 +21,41 @@ import pytest
 
 from scarls.bringup.launcher import clean_fastdds_shm, remove_unused_fastdds_ports, ros_env
 
+
+def _proc_env(pid: str) -> list[bytes]:
+    with open(f'/proc/{pid}/environ', 'rb') as fh:
+        return fh.read().split(b'\0')
+
+
+def _domains_in_use() -> set[int]:
+    """ROS_DOMAIN_IDs of this host's running processes (that this user may read): a test run
+    must not join an ECU or benchmark running here, nor take its processes for its own."""
+    used = set()
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            env = _proc_env(entry)
+        except OSError:
+            continue
+        for item in env:
+            if item.startswith(b'ROS_DOMAIN_ID='):
+                try:
+                    used.add(int(item.split(b'=', 1)[1]))
+                except ValueError:
+                    pass
+    return used
+
+
+def _free_domain() -> int:
+    used = _domains_in_use()
+    rng = random.SystemRandom()
+    free = [d for d in range(10, 230) if d not in used]
+    return rng.choice(free) if free else 10 + rng.randint(0, 219)
+
+
 # Chosen before anything in this process initialises rclpy; child processes inherit it.
-_DOMAIN = int(os.environ.get('SCARLS_TEST_DOMAIN_ID') or (
-    10 + (os.getpid() * 7 + random.SystemRandom().randint(0, 10_000)) % 220))
+_DOMAIN = int(os.environ.get('SCARLS_TEST_DOMAIN_ID') or _free_domain())
 os.environ.update(ros_env(_DOMAIN, base={}))
 # Fast DDS port files created from here on are this run's (removed at its end when unused).
 _RUN_START = time.time() - 1.0
@@ -110,10 +142,24 @@ def _fast_tier_starts_no_process(request, monkeypatch):
 _RUN_HELPERS = ('multiprocessing.resource_tracker', 'multiprocessing.forkserver')
 
 
+def _started_after(pid: str, t: float) -> bool:
+    """Whether process ``pid`` started after wall time ``t`` (from /proc: its start in clock
+    ticks since boot)."""
+    try:
+        with open(f'/proc/{pid}/stat') as fh:
+            ticks = int(fh.read().rsplit(')', 1)[1].split()[19])
+        with open('/proc/stat') as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith('btime '))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return boot + ticks / os.sysconf('SC_CLK_TCK') >= t
+
+
 def _our_processes() -> list[str]:
     """Processes of this test run still alive: anything started with this run's mark in its
-    environment, or a scarls module / test helper with this run's ROS_DOMAIN_ID (found
-    through /proc)."""
+    environment, or a scarls module / test helper with this run's ROS_DOMAIN_ID started
+    during the run (found through /proc; an ECU or benchmark that was running before on the
+    same domain is not ours, whatever it is)."""
     me = os.getpid()
     found = []
     for entry in os.listdir('/proc'):
@@ -130,7 +176,8 @@ def _our_processes() -> list[str]:
             continue
         if f'SCARLS_TEST_RUN={_RUN}'.encode() in env or (
                 ('scarls' in cmd or 'fakes.' in cmd) and
-                f'ROS_DOMAIN_ID={_DOMAIN}'.encode() in env):
+                f'ROS_DOMAIN_ID={_DOMAIN}'.encode() in env and
+                _started_after(entry, _RUN_START)):
             found.append(f'{entry}: {cmd[:160]}')
     return found
 
