@@ -283,8 +283,9 @@ class OnlineLearner:
         return ''
 
     def set_stream(self, stream: int) -> int:
-        """Draw batches from stream ``stream`` of the seed (a fleet learner: its rank), so
-        learners that share their initial weights (the seed) do not share their batches; and
+        """Draw batches from stream ``stream`` of the seed (a fleet learner: its rank, from
+        its first online round on), so learners that share their initial weights (the seed)
+        do not share their batches; and
         return a torch seed for the same stream (the training noise: dropout, the CVAE's z),
         for the process to set. Stream 0 keeps the single learner's draws."""
         if stream < 0:
