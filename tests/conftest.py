@@ -168,8 +168,7 @@ def _our_processes() -> list[str]:
         try:
             with open(f'/proc/{entry}/cmdline', 'rb') as fh:
                 cmd = fh.read().replace(b'\0', b' ').decode(errors='replace').strip()
-            with open(f'/proc/{entry}/environ', 'rb') as fh:
-                env = fh.read().split(b'\0')
+            env = _proc_env(entry)
         except OSError:
             continue   # gone meanwhile, or not ours to read
         if any(helper in cmd for helper in _RUN_HELPERS):

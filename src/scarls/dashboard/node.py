@@ -25,11 +25,9 @@ from sensor_msgs.msg import Image
 
 from scarls.dashboard.frames import FrameStore
 from scarls.dashboard.server import DashboardServer
-from scarls.dashboard.state import FleetState
+from scarls.dashboard.state import ECU_ID_RE, FleetState
 from scarls.ros import qos
 from scarls.ros.node_utils import declare
-
-_NAMESPACE_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
 CAMERA_FILTER = ContentFilterOptions(
     'header.stamp.nanosec < %0 OR (header.stamp.nanosec >= %1 AND header.stamp.nanosec < %2)',
@@ -77,7 +75,7 @@ class DashboardNode(Node):
 
     # -- discovery ---------------------------------------------------------------------------
     def _ensure_ecu(self, ecu_id: str) -> None:
-        if ecu_id in self._ecu_subs or not _NAMESPACE_RE.match(ecu_id):
+        if ecu_id in self._ecu_subs or not ECU_ID_RE.match(ecu_id):
             return
         from scarls_interfaces.msg import ActorState, CheckpointInfo, DriverState, EpisodeInfo
 
@@ -152,8 +150,9 @@ class DashboardNode(Node):
         for status in msg.status:
             level = status.level[0] if isinstance(status.level, (bytes, bytearray)) \
                 else int(status.level)
-            if self.state.diagnostic(status.name, level, status.message, status.hardware_id):
-                ecu_id = status.hardware_id or status.name.partition('/')[0]
+            ecu_id = self.state.diagnostic(status.name, level, status.message,
+                                           status.hardware_id)
+            if ecu_id:
                 self._ensure_ecu(ecu_id)
 
     def _on_status(self, msg) -> None:

@@ -222,26 +222,28 @@ class FleetState:
         with self._lock:
             return sorted(self._ecus)
 
-    def diagnostic(self, name: str, level: int, message: str, hardware_id: str = '') -> bool:
+    def diagnostic(self, name: str, level: int, message: str,
+                   hardware_id: str = '') -> str | None:
         """One /diagnostics status of a scarls node (``<ecu>/<node>: <what>``, ``hardware_id``
-        the ECU id) for that ECU's health. Statuses that name no ECU - other publishers of the
-        global topic (a camera driver's serial number as hardware id, no namespace) - are
-        ignored (False); a status of an ECU already known is kept without the namespace."""
+        the ECU id) for that ECU's health; returns the ECU's id. Statuses that name no ECU -
+        other publishers of the global topic (a camera driver's serial number as hardware id,
+        no namespace) - are ignored (None); a status of an ECU already known is kept without
+        the namespace."""
         name, hardware_id = str(name), str(hardware_id or '')
         ecu_id, slash, entry = name.partition('/')
         if not slash:                       # no namespace: only for an ECU named by its id
             ecu_id, entry = hardware_id, name
             if ecu_id not in self._ecus:
-                return False
+                return None
         elif hardware_id and hardware_id != ecu_id:
-            return False
+            return None
         if not entry or not ECU_ID_RE.match(ecu_id):
-            return False
+            return None
         with self._lock:
             e = self._ecu(ecu_id)
             e.health[entry] = (min(max(int(level), 0), 3), str(message), self.clock())
             self.revision += 1
-        return True
+        return ecu_id
 
     def driver_state(self, ecu_id: str, state: str, reason: str) -> None:
         """The driver's safety state (ok, clamped, holding, estopped, fault, resetting)."""

@@ -94,7 +94,8 @@ def print_help_if_asked(module: str, args=None) -> bool:
     exe = os.path.basename(argv[0]) if argv else ''
     if not exe or exe.startswith('-') or exe.endswith('.py'):
         # python -m: the executable's name is the first word of the node's description
-        exe = doc.split(':', 1)[0] if doc.split(':', 1)[0].isidentifier() else module
+        first = doc.split(':', 1)[0]
+        exe = first if first.isidentifier() else module
     sys.stdout.write(
         f'usage: {exe} [--ros-args [-r __ns:=/ECU] [--params-file FILE] [-p NAME:=VALUE ...]]\n'
         f'       ros2 run scarls {exe} --ros-args ...\n\n{doc}\n\n'
