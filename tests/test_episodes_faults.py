@@ -246,3 +246,27 @@ def test_meta_listing_safety_without_digest_is_rejected(tmp_path: Path) -> None:
         EpisodeReader(path)
     shutil.rmtree(tmp_path / 'pick')
     assert list_episodes(tmp_path) == []
+
+
+def test_abort_waits_for_zarr_writes_still_running(tmp_path: Path) -> None:
+    """A zarr call that fails (a full disk) raises while its sibling writes go on on zarr's I/O
+    thread, and a late write re-creates the directories it needs: discarding the episode
+    waits for them, so no temp dir comes back after the abort."""
+    import asyncio
+
+    from zarr.core import sync as zsync
+
+    w = EpisodeWriter(tmp_path, 'pick', 'ecu0', image_shape=(8, 8), state_dim=2, action_dim=2,
+                      cameras=('top',), fsync=False)
+    late = w.temp_path / 'observation' / 'top' / 'zarr.json'
+
+    async def sibling_write() -> None:      # what zarr's LocalStore does for a set()
+        await asyncio.sleep(0.3)
+        late.parent.mkdir(parents=True, exist_ok=True)
+        late.write_text('{}')
+
+    started = asyncio.run_coroutine_threadsafe(sibling_write(), zsync._get_loop())
+    w.abort()
+    started.result(timeout=30)
+    assert not w.temp_path.exists(), sorted(map(str, w.temp_path.rglob('*')))
+    assert not [n for n in os.listdir(tmp_path / 'pick') if n != '.scarls-task.lock']

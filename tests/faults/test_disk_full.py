@@ -48,6 +48,16 @@ def _fill(path, leave: int) -> None:
     os.truncate(path, max(0, size - leave))
 
 
+def _contents(task_dir, names) -> dict:
+    """What is inside leftover entries (to tell which write left them)."""
+    out = {}
+    for name in names:
+        top = task_dir / name
+        out[name] = sorted(str(p.relative_to(top)) for p in top.rglob('*')) if top.is_dir() \
+            else 'file'
+    return out
+
+
 def _used(path) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -69,7 +79,7 @@ def test_a_disk_that_fills_twenty_times_loses_only_whole_episodes(small_fs):
     rng = random.Random(5)
     data = np.random.default_rng(0)
     frames = {c: data.integers(0, 255, (24, 32, 3), dtype=np.uint8) for c in CAMS}
-    where = {'append': 0, 'finalize': 0}
+    where = {'create': 0, 'append': 0, 'finalize': 0}
     complete = 0
     for k in range(20):
         root = small_fs / 'data'
@@ -81,6 +91,7 @@ def test_a_disk_that_fills_twenty_times_loses_only_whole_episodes(small_fs):
             leave = rng.randint(0, 100_000)
         _fill(filler, leave)
         w = None
+        where_now = 'create'
         try:
             w = EpisodeWriter(root, 'pick', 'ecu-full', image_shape=(24, 32), state_dim=14,
                               action_dim=14, block_size=4, fsync=False)
@@ -100,8 +111,9 @@ def test_a_disk_that_fills_twenty_times_loses_only_whole_episodes(small_fs):
         for e in list_episodes(root, 'pick'):
             validate_episode(e.path)
         names = os.listdir(root / 'pick') if (root / 'pick').exists() else []
-        assert not [n for n in names if '.tmp-' in n or n.endswith('.lock')
-                    and n != '.scarls-task.lock'], names
+        left = [n for n in names if '.tmp-' in n or n.endswith('.lock')
+                and n != '.scarls-task.lock']
+        assert not left, (where_now, names, _contents(root / 'pick', left))
         # space returns: a whole episode is recorded
         filler.unlink()
         w = EpisodeWriter(root, 'pick', 'ecu-full', image_shape=(24, 32), state_dim=14,
