@@ -444,23 +444,29 @@ def run_args(args) -> dict:
 
 
 #: Points measured since a seed is the learner's too (exp. 1: `learner.seed`; every learner
-#: of a fleet draws its own batches and noise, its rank's stream); earlier exp. 1 points of
-#: seeds > 0 trained the learner of seed 0, earlier fleets' learners drew the same batches.
-SEEDED = {'learner_seeded': True}
+#: of a fleet pre-trains on the shared stream, then draws its own batches and noise, its
+#: rank's stream); earlier exp. 1 points of seeds > 0 trained the learner of seed 0, earlier
+#: fleets' learners drew the same batches (no `learner_seeded`) or pre-trained each on its
+#: own stream (`learner_seeded` without `shared_pretrain`).
+SEEDED = {'learner_seeded': True, 'shared_pretrain': True}
 
 
 def properly_seeded(row: dict) -> bool:
-    if row.get('learner_seeded'):
-        return True
     if row.get('experiment') == 1 or 'arm' in row:
-        return row.get('seed') == 0                  # the learner's seed was 0 anyway
-    return row.get('n') == 1                         # one learner: its seed was the run's
+        return bool(row.get('learner_seeded')) or row.get('seed') == 0  # seed 0: it was 0 anyway
+    if row.get('n') == 1:
+        return True                                  # one learner: its seed was the run's
+    return bool(row.get('shared_pretrain'))
 
 
 def seed_cell(row: dict) -> str:
     if properly_seeded(row):
         return str(row['seed'])
-    return f"{row['seed']} (learner seed 0)" if 'arm' in row else f"{row['seed']} (shared draws)"
+    if 'arm' in row:
+        return f"{row['seed']} (learner seed 0)"
+    if row.get('learner_seeded'):
+        return f"{row['seed']} (own pre-training)"
+    return f"{row['seed']} (shared draws)"
 
 
 def done(args, name: str, key: dict) -> bool:
