@@ -45,7 +45,14 @@ from scarls.episodes.codecs import (
     encode_video_chunk,
 )
 from scarls.episodes.errors import SchemaError
-from scarls.episodes.layout import fsync_dir, fsync_file, list_episodes, task_lock
+from scarls.episodes.layout import (
+    fsync_dir,
+    fsync_file,
+    list_episodes,
+    remove_tree,
+    settle_zarr_io,
+    task_lock,
+)
 from scarls.episodes.reader import EpisodeReader
 from scarls.episodes.schema import camera_path
 
@@ -210,8 +217,8 @@ def compact_episode(
             if fsync:
                 fsync_dir(src.parent)
     except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
+        settle_zarr_io()         # a failed zarr call's sibling writes would re-create tmp
+        remove_tree(tmp)
         with contextlib.suppress(OSError, UnboundLocalError):
             meta_tmp.unlink()
         raise

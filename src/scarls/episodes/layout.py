@@ -29,6 +29,8 @@ parent (a zombie still counts as alive).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -63,6 +65,8 @@ __all__ = [
     'pid_alive',
     'process_start_time',
     'read_lock_owner',
+    'remove_tree',
+    'settle_zarr_io',
     'task_lock',
     'temp_dir_name',
 ]
@@ -431,3 +435,45 @@ def list_episodes(root: str | os.PathLike[str], task: str | None = None) -> list
                 out.append(EpisodeEntry(t, idx, tdir / name, tdir / meta_name(idx)))
     out.sort(key=lambda e: (e.task, e.index))
     return out
+
+
+def settle_zarr_io(timeout: float = 10.0) -> bool:
+    """Wait (up to ``timeout`` s) until zarr's I/O loop has no task left; True if it has none.
+
+    zarr runs a synchronous call's reads and writes as concurrent tasks on its own thread;
+    when one of them fails (a full disk) the call raises at once while its siblings go on,
+    and a late write re-creates the directories it needs (``LocalStore`` makes parents).
+    """
+    try:
+        from zarr.core import sync as zsync
+        loop = zsync.loop[0]
+    except (ImportError, AttributeError, IndexError):  # another zarr layout: nothing to wait
+        return True
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return True
+
+    async def _others_done() -> bool:
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me]
+        if not others:
+            return True
+        _done, pending = await asyncio.wait(others, timeout=timeout)
+        return not pending
+
+    try:
+        return asyncio.run_coroutine_threadsafe(_others_done(), loop).result(timeout + 1.0)
+    except (concurrent.futures.TimeoutError, RuntimeError):
+        return False
+
+
+def remove_tree(path: Path, attempts: int = 20) -> None:
+    """Remove a directory tree that may still be written to, until it is gone (a bounded
+    number of attempts); logs what stays behind instead of raising."""
+    for attempt in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.005 * (attempt + 1))
+        settle_zarr_io(1.0)
+    log.warning('could not remove %s (files keep appearing or cannot be removed): the first '
+                'writer of this task after this process has exited removes it', path)
