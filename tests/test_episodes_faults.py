@@ -270,3 +270,37 @@ def test_abort_waits_for_zarr_writes_still_running(tmp_path: Path) -> None:
     started.result(timeout=30)
     assert not w.temp_path.exists(), sorted(map(str, w.temp_path.rglob('*')))
     assert not [n for n in os.listdir(tmp_path / 'pick') if n != '.scarls-task.lock']
+
+
+
+def test_abort_past_its_deadline_discards_when_the_writer_thread_returns(tmp_path: Path) -> None:
+    """abort() waits a deadline for the writer thread; a thread still inside a write past it
+    (a stalled disk) would re-create the discarded episode's directories when it resumes
+    (growing the arrays is a zarr metadata write). So the episode keeps its reservation
+    until the thread returns, and the thread discards it then."""
+    import threading
+
+    w = BackgroundEpisodeWriter(tmp_path, 'pick', 'ecu0', image_shape=(8, 8), state_dim=2,
+                                action_dim=2, cameras=('top',), fsync=False, block_size=1)
+    stall, stalled = threading.Event(), threading.Event()
+    write = w._inner._write
+
+    def stalled_write(p):                   # the disk stalls on the second step (a resize)
+        if w._inner.steps == 1 and not stalled.is_set():
+            stalled.set()
+            stall.wait(30)
+        write(p)
+
+    w._inner._write = stalled_write
+    frame = {'top': np.zeros((8, 8, 3), np.uint8)}
+    for i in range(3):
+        assert w.append(StepRecord(frame, np.zeros(2), np.zeros(2), False, i / 30))
+    assert stalled.wait(30)
+    w.abort(timeout=0.2)                     # gives up waiting for the stalled thread
+    task_dir = tmp_path / 'pick'
+    assert lock_alive(task_dir / '.episode_0.lock'), os.listdir(task_dir)  # index still held
+    stall.set()
+    w._thread.join(30)
+    assert not w._thread.is_alive()
+    assert not w.temp_path.exists(), sorted(map(str, w.temp_path.rglob('*')))
+    assert sorted(os.listdir(task_dir)) == ['.scarls-task.lock'], os.listdir(task_dir)

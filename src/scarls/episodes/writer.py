@@ -704,6 +704,9 @@ class BackgroundEpisodeWriter:
         self._last_drop_log = 0.0
         self._write_s = 0.0
         self._wait_s = 0.0
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._discard_at_exit = False     # abort() gave up waiting: the thread discards
         self._thread = threading.Thread(
             target=self._run, name=f'episode-writer-{task}-{w.index}', daemon=True
         )
@@ -763,6 +766,17 @@ class BackgroundEpisodeWriter:
                       'the queue is too small for it'
 
     def _run(self) -> None:
+        try:
+            self._write_queued()
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                if self._discard_at_exit:
+                    self._inner._discard()
+                    log.info('episode %d of %s discarded now that its writer thread returned',
+                             self.index, self._inner.task)
+
+    def _write_queued(self) -> None:
         tid = threading.get_native_id()
         while True:
             item = self._queue.get()
@@ -850,12 +864,25 @@ class BackgroundEpisodeWriter:
                                     keep_on_error=keep_on_error)
 
     def abort(self, timeout: float = 10.0) -> None:
-        """Discard queued steps and the episode. No-op if already finished."""
+        """Discard queued steps and the episode. No-op if already finished. A writer thread
+        still inside a write after ``timeout`` s discards the episode when it returns (its
+        index stays reserved until then)."""
         with contextlib.suppress(queue.Empty):
             while True:
                 self._queue.get_nowait()
-        with contextlib.suppress(StorageError):
+        try:
             self._stop_worker(timeout)
+        except StorageError as exc:
+            # The thread is still inside a write (a stalled disk): removing the episode now
+            # would race with it (a resize re-creates directories). Keep the reservation; the
+            # thread discards the episode when it returns.
+            with self._exit_lock:
+                if not self._exited and self._inner._state == 'open':
+                    self._inner._state = 'aborted'
+                    self._discard_at_exit = True
+                    log.warning('episode %d: %s; it is discarded when that thread returns',
+                                self.index, exc)
+                    return
         self._inner.abort()
 
     def __enter__(self) -> BackgroundEpisodeWriter:
