@@ -202,7 +202,8 @@ def common_args(args, root: Path, offline: Path | None = None) -> list[str]:
             '--rtf', str(args.rtf), '--compute-fair', str(args.budget),
             '--train-interval', str(args.train_interval),
             # every checkpoint keeps its weights: the curve evaluates them after the run
-            '--param', 'learner.keep_checkpoints=100000']
+            '--param', 'learner.keep_checkpoints=100000',
+            *(x for kv in args.param for x in ('--param', kv))]
 
 
 def prepare_demos(workdir: Path, n: int, image_shape, name: str = 'offline') -> Path:
@@ -421,7 +422,7 @@ def pooled_deploy_latency(ecus: dict) -> dict:
 
 # -- report -------------------------------------------------------------------------------------
 RUN_ARGS = ('sim_minutes', 'scenes', 'curve', 'budget', 'train_interval', 'demos', 'more_demos',
-            'rtf')
+            'rtf', 'param')
 
 
 def load_results(args, name: str) -> list[dict]:
@@ -434,6 +435,9 @@ def load_results(args, name: str) -> list[dict]:
     rows = data.get('results', [])
     for r in rows:
         r.setdefault('run_args', {k: data.get('args', {}).get(k) for k in RUN_ARGS})
+        r['run_args'].setdefault('param', [])       # points measured before --param
+        if r['run_args']['param'] is None:
+            r['run_args']['param'] = []
         if name == 'exp2':
             r.setdefault('data', 'online')     # points measured before the demos-only fleet
     return [r for r in rows if r['run_args'] == run_args(args)]
@@ -720,6 +724,9 @@ def main(argv=None) -> int:
     ap.add_argument('--budget', type=float, default=None,
                     help='training steps per simulated second (default: the measured one)')
     ap.add_argument('--train-interval', type=float, default=10.0)
+    ap.add_argument('--param', action='append', default=[], metavar='NODE.NAME=VALUE',
+                    help="a node parameter for every run (scarls ecu/fleet --param), e.g. "
+                         "scheduler.guard_min_episodes=4; part of a point's settings")
     ap.add_argument('--demos', type=int, default=20)
     ap.add_argument('--more-demos', type=int, default=60,
                     help="demonstrations of experiment 1's arm (c) 'more_demos'")
