@@ -353,6 +353,29 @@ def test_msg_to_frame_works_with_real_ros_messages():
     assert np.abs(frame.astype(int) - rgb.astype(int)).mean() < 6
 
 
+def test_policy_frame_decodes_real_cameras_and_passes_the_simulators_frames():
+    """What the actor and the recorder make of a received frame (one function for both)."""
+    from sensor_msgs.msg import CompressedImage
+
+    from scarls.ros.conversions import MessageError, image_to_msg, ns_to_stamp, policy_frame
+
+    rgb = reference()
+    raw = image_to_msg(rgb, ns_to_stamp(1), 'camera_top')
+    # the simulator renders at the run's size: kept as it is, even if the description differs
+    sim = CameraSpec('top', height=H // 2, width=W // 2)
+    np.testing.assert_array_equal(policy_frame(raw, sim), rgb)
+    np.testing.assert_array_equal(policy_frame(raw, None), rgb)
+    # a real camera's frame is fitted to the description's size
+    real = CameraSpec('top', source='ros', height=H // 2, width=W // 2)
+    assert policy_frame(raw, real).shape == (H // 2, W // 2, 3)
+    comp = CompressedImage(format='rgb8; jpeg compressed bgr8', data=encode_jpeg(rgb, 95))
+    comp.header.stamp = ns_to_stamp(1)
+    assert policy_frame(comp, CameraSpec('top', source='ros', compressed=True, height=H,
+                                         width=W)).shape == (H, W, 3)
+    with pytest.raises(MessageError, match='does not name'):
+        policy_frame(comp, None)
+
+
 @pytest.mark.parametrize('mutate, match', [
     (lambda m: setattr(m, 'data', m.data[:-1]), "camera 'top' .*bytes, expected"),
     (lambda m: setattr(m, 'encoding', 'bayer_rggb8'), 'not supported'),

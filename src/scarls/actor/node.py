@@ -69,7 +69,7 @@ from visualization_msgs.msg import Marker
 
 from scarls.actor.chunking import ChunkedController, PolicyInferenceError
 from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
-from scarls.camera.convert import CameraError, msg_to_frame
+from scarls.camera.convert import CameraError
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
 from scarls.checkpoints.deploy import (
     DeployFollower,
@@ -87,8 +87,8 @@ from scarls.ros import qos
 from scarls.ros.conversions import (
     MessageError,
     joint_state_to_msg,
-    msg_to_image,
     msg_to_positions,
+    policy_frame,
     stamp_to_ns,
 )
 from scarls.ros.diagnostics import NodeDiagnostics
@@ -339,10 +339,7 @@ class ActorNode(LifecycleNode):
     def _frame(self, camera: str, msg) -> np.ndarray:
         """The frame the policy sees: decoded and brought to the description's size (the
         simulator's frames are already at the size the run was configured for)."""
-        spec = self._specs[camera]
-        if spec.source == 'sim' and isinstance(msg, Image):
-            return msg_to_image(msg)
-        return msg_to_frame(msg, spec)[0]
+        return policy_frame(msg, self._specs[camera])
 
     def _on_image(self, camera: str, msg) -> None:
         try:

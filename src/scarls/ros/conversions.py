@@ -61,6 +61,20 @@ def msg_to_image(msg: Image, expected_shape: tuple[int, int] | None = None) -> n
     return img
 
 
+def policy_frame(msg, spec) -> np.ndarray:
+    """A received camera frame as the policy sees it and the recorder stores it: at the
+    robot description's size for camera ``spec`` (a real camera's frame is decoded and
+    fitted); the simulator's raw frames (``spec.source == 'sim'``, or no spec) are at the
+    size the run was configured for already. Raises MessageError or CameraError."""
+    from scarls.camera.convert import msg_to_frame
+    if (spec is None or spec.source == 'sim') and isinstance(msg, Image):
+        return msg_to_image(msg)
+    if spec is None:
+        raise MessageError(f'a {type(msg).__name__} from a camera the robot description does '
+                           'not name: only raw sensor_msgs/Image frames are accepted there')
+    return msg_to_frame(msg, spec)[0]
+
+
 def joint_state_to_msg(names, positions, stamp: Time, velocities=None) -> JointState:
     msg = JointState()
     msg.header.stamp = stamp

@@ -82,7 +82,6 @@ from scarls_interfaces.srv import GetCheckpointChunk
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
-from scarls.camera.convert import msg_to_frame
 from scarls.checkpoints.deploy import (
     DEPLOY_LOG_NAME,
     DeployLog,
@@ -109,7 +108,7 @@ from scarls.diagnostics.rules import recorder_status
 from scarls.episodes.schema import executed_mask
 from scarls.robot import DEFAULT_ROBOT, RobotDescriptionError, load_robot
 from scarls.ros import qos
-from scarls.ros.conversions import msg_to_image
+from scarls.ros.conversions import policy_frame
 from scarls.ros.diagnostics import NodeDiagnostics
 from scarls.ros.node_utils import FAILURE, SUCCESS, declare, run_node
 from scarls.ros.simtime import now_s, wall_clock
@@ -341,10 +340,7 @@ class SchedulerNode(LifecycleNode):
 
     def _decode(self, msg, camera: str):
         """A recorded frame at the size the policy is trained on (the description's)."""
-        spec = self._specs.get(camera)
-        if spec is None or spec.source == 'sim':
-            return msg_to_image(msg)   # the simulator renders at the recorded size already
-        return msg_to_frame(msg, spec)[0]
+        return policy_frame(msg, self._specs.get(camera))
 
     def on_activate(self, state):
         self._trigger_timer = self.create_timer(1.0, self._poll_trigger)
