@@ -284,7 +284,8 @@ class ActorNode(LifecycleNode):
     def on_activate(self, state):
         self._timer = self.create_timer(self._dt, self._tick, callback_group=self._control)
         self._progress.done_now()   # joined: the clock waits for this node's ticks from now on
-        self._state_timer = self.create_timer(1.0, self._publish_state,
+        # a lambda: rclpy hands a TimerInfo to a timer callback that takes an argument
+        self._state_timer = self.create_timer(1.0, lambda: self._publish_state(),
                                               callback_group=self._control)
         self._publish_state()
         self._start_reset(after=Event.RESET_DONE)
