@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.multiproc      # each case starts a Python process
+
 NODES = {
     'scarls.driver.node': "driver: the robot's hardware driver node",
     'scarls.actor.node': 'actor: the control FSM',
