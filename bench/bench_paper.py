@@ -435,8 +435,7 @@ def load_results(args, name: str) -> list[dict]:
     rows = data.get('results', [])
     for r in rows:
         r.setdefault('run_args', {k: data.get('args', {}).get(k) for k in RUN_ARGS})
-        r['run_args'].setdefault('param', [])       # points measured before --param
-        if r['run_args']['param'] is None:
+        if r['run_args'].get('param') is None:      # points measured before --param
             r['run_args']['param'] = []
         if name == 'exp2':
             r.setdefault('data', 'online')     # points measured before the demos-only fleet

@@ -50,7 +50,6 @@ from scarls.episodes.layout import (
     fsync_file,
     list_episodes,
     remove_tree,
-    settle_zarr_io,
     task_lock,
 )
 from scarls.episodes.reader import EpisodeReader
@@ -217,8 +216,7 @@ def compact_episode(
             if fsync:
                 fsync_dir(src.parent)
     except BaseException:
-        settle_zarr_io()         # a failed zarr call's sibling writes would re-create tmp
-        remove_tree(tmp)
+        remove_tree(tmp)         # after a failed zarr call's writes, which would re-create it
         with contextlib.suppress(OSError, UnboundLocalError):
             meta_tmp.unlink()
         raise

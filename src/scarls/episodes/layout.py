@@ -468,7 +468,10 @@ def settle_zarr_io(timeout: float = 10.0) -> bool:
 
 def remove_tree(path: Path, attempts: int = 20) -> None:
     """Remove a directory tree that may still be written to, until it is gone (a bounded
-    number of attempts); logs what stays behind instead of raising."""
+    number of attempts); logs what stays behind instead of raising. zarr's pending writes
+    (:func:`settle_zarr_io`: those of a call that failed) end first, as they would
+    re-create the directories."""
+    settle_zarr_io()
     for attempt in range(attempts):
         shutil.rmtree(path, ignore_errors=True)
         if not os.path.lexists(path):

@@ -59,7 +59,6 @@ from scarls.episodes.layout import (
     meta_temp_name,
     remove_tree,
     reserve_index,
-    settle_zarr_io,
     task_lock,
     temp_dir_name,
 )
@@ -613,9 +612,7 @@ class EpisodeWriter:
             (self.task_dir / lock_name(self.index)).unlink()
 
     def _discard(self) -> None:
-        # A zarr call that failed (ENOSPC) may have left sibling writes running on zarr's I/O
-        # thread; they recreate parent directories, so they must end before the removal.
-        settle_zarr_io()
+        # after zarr's writes still running (a call that failed on a full disk)
         remove_tree(self.temp_path)
         if self._data_in_place and not self.meta_path.exists():
             # renamed into place but never committed, and could not be moved back
