@@ -61,24 +61,21 @@ def test_disk_full_mid_episode_loses_whole_episodes_counts_them_and_recovers(
         probe.node.create_subscription(EcuStatus, '/fleet/status', beats.append, qos.EVENTS)
         start_nodes(node_group, [_scheduler(data_root)])
         probe.wait_for(robot.connected, 30, 'the scheduler to connect')
-        probe.spin_for(0.5)
-        used = robot.run_episode(1, 8)
-        probe.wait_for(lambda: len(robot.episodes) == 1, 30, 'episode 0')
-        _check_episode(robot.episodes[0], used, 8)
+        base = robot.warm_up(1).actor_episode_id   # episode 0
 
-        # episode 2: the disk fills up in the middle of it
+        # the next episode: the disk fills up in the middle of it
         def fill_at_10(i):
             if i == 10:
                 probe.spin_for(0.3)   # the first steps reach the writer with space left
                 assert _fill(filler) > 0
 
-        robot.run_episode(2, 20, before_step=fill_at_10)
+        robot.run_episode(base + 1, 20, before_step=fill_at_10)
         probe.wait_for(lambda: beats and beats[-1].lost_episodes == 1, 30,
                        'the first lost episode to be counted')
-        # episode 3: the disk is full when it begins (discarding episode 2 freed its chunks:
+        # the one after: the disk is full when it begins (discarding the last one freed its chunks:
         # fill that up again) - its writer cannot be created
         _fill(mnt / 'filler2')
-        robot.run_episode(3, 6)
+        robot.run_episode(base + 2, 6)
         probe.wait_for(lambda: beats and beats[-1].lost_episodes == 2, 30,
                        'the second lost episode to be counted')
         status = beats[-1]
@@ -94,11 +91,11 @@ def test_disk_full_mid_episode_loses_whole_episodes_counts_them_and_recovers(
         # space returns: recording resumes with the next episode, at the next index
         filler.unlink()
         (mnt / 'filler2').unlink()
-        used = robot.run_episode(4, 7)
+        used = robot.run_episode(base + 3, 7)
         probe.wait_for(lambda: len(robot.episodes) == 2, 30, 'the episode after the recovery')
         info = robot.episodes[1]
-        assert info.index == 1 and info.actor_episode_id == 4
-        _check_episode(info, used, 7)
+        assert info.index == 1 and info.actor_episode_id == base + 3
+        _check_episode(info, used, 7, lambda: log_text(node_group, 'scheduler'))
         losses = EpisodeReader(info.path).meta.extra['recorder_losses']
         assert (losses['episodes'], losses['steps']) == (2, 26)
         probe.wait_for(lambda: beats[-1].episodes == 2, 10, 'a heartbeat after the recovery')
@@ -107,8 +104,8 @@ def test_disk_full_mid_episode_loses_whole_episodes_counts_them_and_recovers(
             '.scarls-task.lock', 'episode_0.zarr', 'episode_0_meta.json', 'episode_1.zarr',
             'episode_1_meta.json']
         text = log_text(node_group, 'scheduler')
-        assert 'actor episode 2 LOST (20 steps)' in text
-        assert 'actor episode 3 LOST (6 steps)' in text
+        assert f'actor episode {base + 1} LOST (20 steps)' in text
+        assert f'actor episode {base + 2} LOST (6 steps)' in text
     finally:
         probe.close()
         node_group.stop()   # nothing may hold the mount when it goes

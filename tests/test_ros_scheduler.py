@@ -59,16 +59,18 @@ class FakeRobot:
     def connected(self, exclude: frozenset = frozenset(), matched_before=None) -> bool:
         """The scheduler's readers are all discovered and matched by our writers (new ones
         only, after a restart: DDS keeps a killed process's endpoints until their lease
-        expires)."""
+        expires, and counts them matched until then). Matched is not yet delivering: see
+        :meth:`warm_up`."""
         node, ns = self.probe.node, '/' + NS
-        if matched_before is not None and any(
-                now <= before for now, before in zip(self.matched(), matched_before,
-                                                     strict=True)):
-            return False
-        for topic in self.TOPICS:
+        counts = self.matched()
+        for k, topic in enumerate(self.TOPICS):
             gids = {bytes(i.endpoint_gid) for i in node.get_subscriptions_info_by_topic(
                 f'{ns}/{topic}')}
-            if not gids - exclude:
+            if not gids - exclude or counts[k] < 1:
+                return False
+            # a killed reader still listed may still be counted: the count must have grown
+            if matched_before is not None and gids & exclude and \
+                    counts[k] <= matched_before[k]:
                 return False
         return node.count_publishers('scheduler/episode') > 0
 
@@ -121,12 +123,33 @@ class FakeRobot:
         self.state.publish(end)
         return used
 
+    def warm_up(self, episode_id: int, attempts: int = 4) -> EpisodeInfo:
+        """Record short throwaway episodes until one is reported: proof that the (re)started
+        scheduler receives our streams. Matched is not yet delivering: a reader can discover
+        our writers after they matched it, and a volatile reader does not ask for what was
+        sent before that. Returns the reported episode (its actor id is ``episode_id`` or
+        the next ones, one per attempt)."""
+        seen = len(self.episodes)
+        for attempt in range(attempts):
+            self.run_episode(episode_id + attempt, 3)
+            try:
+                self.probe.wait_for(lambda: len(self.episodes) > seen, 30, 'a warm-up episode')
+            except AssertionError:
+                continue
+            return self.episodes[-1]
+        raise AssertionError(f'no warm-up episode recorded in {attempts} attempts')
 
-def _check_episode(info, used, n_steps):
+
+def _check_episode(info, used, n_steps, log=lambda: ''):
+    """The episode holds exactly the steps in ``used`` (``log()``: the scheduler's log, shown
+    when it does not)."""
     meta = validate_episode(info.path)
     reader = EpisodeReader(info.path)
-    assert reader.steps == len(used) == info.steps
-    assert info.dropped_steps == n_steps - len(used) == meta.extra['dropped_steps']
+    why = (f'{reader.steps} of {n_steps} steps recorded, {info.dropped_steps} dropped '
+           f'{meta.extra.get("dropped_by_cause")}, {len(used)} sent whole; scheduler log:\n'
+           + log()[-4000:])
+    assert reader.steps == len(used) == info.steps, why
+    assert info.dropped_steps == n_steps - len(used) == meta.extra['dropped_steps'], why
     assert meta.outcome == 'success' and meta.model_version == 3
     for row, (i, frames) in enumerate(used):
         for c in CAMS:
@@ -141,31 +164,36 @@ def test_alignment_drops_and_numbering_across_restart(ros, node_group, tmp_path)
     try:
         robot = FakeRobot(probe)
         start_nodes(node_group, [_scheduler(data_root)])
-        probe.wait_for(robot.connected, 20, 'the scheduler to connect')
-        probe.spin_for(0.3)
-        used = robot.run_episode(1, 20, missing={7}, malformed={12})
-        probe.wait_for(lambda: robot.episodes, 20, 'episode 0')
-        info = robot.episodes[0]
-        assert info.index == 0 and info.actor_episode_id == 1 and info.outcome == 'success'
-        _check_episode(info, used, 20)
+        probe.wait_for(robot.connected, 60, 'the scheduler to connect')
+        log = lambda: log_text(node_group, 'scheduler')  # noqa: E731
+        warm = robot.warm_up(1)
+        assert warm.index == 0
+        actor_id = warm.actor_episode_id + 1
+        used = robot.run_episode(actor_id, 20, missing={7}, malformed={12})
+        probe.wait_for(lambda: len(robot.episodes) == 2, 30, 'episode 1')
+        info = robot.episodes[-1]
+        assert info.index == 1 and info.actor_episode_id == actor_id
+        assert info.outcome == 'success'
+        _check_episode(info, used, 20, log)
         assert info.finalize_seconds > 0
 
-        used = robot.run_episode(2, 6)
-        probe.wait_for(lambda: len(robot.episodes) == 2, 20, 'episode 1')
-        assert robot.episodes[1].index == 1
-        _check_episode(robot.episodes[1], used, 6)
+        used = robot.run_episode(actor_id + 1, 6)
+        probe.wait_for(lambda: len(robot.episodes) == 3, 30, 'episode 2')
+        assert robot.episodes[-1].index == 2
+        _check_episode(robot.episodes[-1], used, 6, log)
 
         # restart the scheduler: numbering continues on disk
         old_readers = frozenset(robot.reader_gids())
         node_group.stop()
         node_group.nodes.clear()
         start_nodes(node_group, [_scheduler(data_root)])
-        probe.wait_for(lambda: robot.connected(old_readers), 20, 'the restarted scheduler')
-        probe.spin_for(0.5)
-        used = robot.run_episode(1, 5)   # a new actor session counts from 1 again
-        probe.wait_for(lambda: len(robot.episodes) == 3, 20, 'episode 2')
-        assert robot.episodes[2].index == 2
-        _check_episode(robot.episodes[2], used, 5)
+        probe.wait_for(lambda: robot.connected(old_readers), 60, 'the restarted scheduler')
+        warm = robot.warm_up(1)   # a new actor session counts from 1 again
+        assert warm.index == 3
+        used = robot.run_episode(warm.actor_episode_id + 1, 5)
+        probe.wait_for(lambda: len(robot.episodes) == 5, 30, 'episode 4')
+        assert robot.episodes[-1].index == 4
+        _check_episode(robot.episodes[-1], used, 5, log)
     finally:
         probe.close()
 
@@ -196,12 +224,10 @@ def test_sigkill_mid_episode_leaves_nothing_partial(ros, node_group, tmp_path):
     try:
         robot = FakeRobot(probe)
         start_nodes(node_group, [_scheduler(data_root)])
-        probe.wait_for(robot.connected, 20, 'the scheduler to connect')
-        probe.spin_for(0.3)
-        robot.run_episode(1, 8)
-        probe.wait_for(lambda: robot.episodes, 20, 'episode 0')
+        probe.wait_for(robot.connected, 60, 'the scheduler to connect')
+        in_flight = robot.warm_up(1).actor_episode_id + 1
         # an episode in flight (no end reported), then the recorder process is killed
-        robot.run_episode(2, 10)
+        robot.run_episode(in_flight, 10)
         old_readers = frozenset(robot.reader_gids())
         old_matched = robot.matched()
         task_dir = data_root / 'pick_cube'
@@ -215,15 +241,15 @@ def test_sigkill_mid_episode_leaves_nothing_partial(ros, node_group, tmp_path):
         # restart: the next episode takes index 1, the dead writer's leftovers are cleaned
         node_group.nodes.clear()
         start_nodes(node_group, [_scheduler(data_root)])
-        probe.wait_for(lambda: robot.connected(old_readers, old_matched), 30,
+        probe.wait_for(lambda: robot.connected(old_readers, old_matched), 60,
                        'the restarted scheduler')
-        # matched is not yet delivering: give the transports of the new reader a moment
-        probe.spin_for(2.0)
-        used = robot.run_episode(3, 6)
-        probe.wait_for(lambda: len(robot.episodes) == 2, 20, 'the next episode')
-        assert robot.episodes[1].index == 1
-        _check_episode(robot.episodes[1], used, 6)
-        assert [e.index for e in list_episodes(data_root)] == [0, 1]
+        warm = robot.warm_up(in_flight + 1)
+        assert warm.index == 1
+        used = robot.run_episode(warm.actor_episode_id + 1, 6)
+        probe.wait_for(lambda: len(robot.episodes) == 3, 30, 'the next episode')
+        assert robot.episodes[-1].index == 2
+        _check_episode(robot.episodes[-1], used, 6, lambda: log_text(node_group, 'scheduler'))
+        assert [e.index for e in list_episodes(data_root)] == [0, 1, 2]
         assert not [p for p in task_dir.iterdir() if '.tmp-' in p.name]
     finally:
         probe.close()
@@ -245,14 +271,14 @@ def test_driver_safety_state_recorded_per_step(ros, node_group, tmp_path):
         robot.publish_driver_state(robot.t_ns, 'holding', 'waiting for a first command')
         start_nodes(node_group, [_scheduler(data_root)])
         probe.wait_for(lambda: robot.connected() and robot.driver.get_subscription_count(),
-                       20, 'the scheduler to connect')
-        probe.spin_for(0.3)
+                       60, 'the scheduler to connect')
+        robot.warm_up(1)
         driver = {0: ('ok', ''), 3: ('estopped', 'service request'),
                   6: ('holding', 'e-stop released: waiting for a fresh command'),
                   7: ('ok', ''), 8: ('clamped', 'position limit: left_joint1')}
-        robot.run_episode(1, 10, driver=driver)
-        probe.wait_for(lambda: robot.episodes, 20, 'episode 0')
-        reader = EpisodeReader(robot.episodes[0].path)
+        robot.run_episode(robot.episodes[-1].actor_episode_id + 1, 10, driver=driver)
+        probe.wait_for(lambda: len(robot.episodes) == 2, 30, 'episode 1')
+        reader = EpisodeReader(robot.episodes[-1].path)
         c = SAFETY_CODES
         # step 8: clamped at a position limit, its action (8.5 rad) far outside the limits
         assert np.asarray(reader.safety[:]).tolist() == [
@@ -260,7 +286,7 @@ def test_driver_safety_state_recorded_per_step(ros, node_group, tmp_path):
             c['holding'], c['ok'], c['clamped_heavily'], c['clamped_heavily']]
         assert reader.executed().sum() == 4
         assert reader.meta.extra['safety']['not_executed'] == 6
-        validate_episode(robot.episodes[0].path)
+        validate_episode(robot.episodes[-1].path)
         probe.wait_for(lambda: beats, 10, 'a status heartbeat')
         assert beats[-1].lost_episodes == 0 and beats[-1].recording_problem == ''
     finally:
