@@ -1,0 +1,42 @@
+"""More DDS participants on one host than Fast DDS's default discovery reaches: every process
+is one participant, so a simulated fleet of 8 ECUs (5 nodes each, a clock, a monitor) has 42.
+With ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST participants find each other only through the
+well-known ports of the initial peer range; participants past it never find one another (an
+8-ECU fleet ran with the last ECUs' schedulers blind to their learners). The shipped profile
+widens the range to every participant a domain has room for."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.ros
+CROWD = 40
+
+
+def test_forty_participants_on_one_host_all_discover_each_other(ros):
+    contexts, nodes = [], []
+    try:
+        for i in range(CROWD):
+            ctx = ros.Context()
+            ros.init(args=[], context=ctx)
+            contexts.append(ctx)
+            nodes.append(ros.create_node(f'crowd{i}', context=ctx))
+        want = {f'crowd{i}' for i in range(CROWD)}
+        # the last ones created hold the highest participant ids: they must see everyone
+        watchers = nodes[-4:]
+        deadline = time.monotonic() + 90
+        missing: dict = {}
+        while time.monotonic() < deadline:
+            missing = {w.get_name(): sorted(want - set(w.get_node_names()))
+                       for w in watchers}
+            if not any(missing.values()):
+                break
+            time.sleep(0.5)
+        assert not any(missing.values()), f'not discovered after 90 s: {missing}'
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        for ctx in contexts:
+            ros.try_shutdown(context=ctx)
