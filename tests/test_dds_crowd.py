@@ -40,3 +40,16 @@ def test_forty_participants_on_one_host_all_discover_each_other(ros):
             node.destroy_node()
         for ctx in contexts:
             ros.try_shutdown(context=ctx)
+
+
+def test_fleet_refuses_more_ecus_than_one_host_discovers(tmp_path):
+    import subprocess
+    import sys
+    root = tmp_path / 'fleet'
+    run = subprocess.run([sys.executable, '-m', 'scarls.cli', 'fleet', '--ecus', '24',
+                          '--minutes', '1', '--data-root', str(root)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert '24 ECUs are 122 DDS participants' in run.stderr + run.stdout
+    assert 'at most 23 ECUs per host' in run.stderr + run.stdout
+    assert not root.exists()

@@ -99,6 +99,11 @@ class LaunchError(RuntimeError):
     """A node could not be started or died."""
 
 
+#: Participants (processes with a node) one host's localhost discovery reaches in one domain:
+#: the initial-peer range of config/fastdds_shm.xml, every id a domain has ports for.
+DDS_PARTICIPANTS_PER_HOST = 120
+
+
 def pick_domain_id() -> int:
     """A ROS_DOMAIN_ID for an isolated local run (0-232 are valid; avoid the common 0-9)."""
     return random.SystemRandom().randint(10, 232)

@@ -89,6 +89,14 @@ def cmd_fleet(args) -> int:
     if args.episodes < 0 or (args.episodes == 0 and not args.minutes):
         log.error('error: give --minutes or --episodes > 0')
         return 2
+    from scarls.bringup.launcher import DDS_PARTICIPANTS_PER_HOST
+    # every node is a DDS participant; the clock and this runner are two more
+    if args.ecus * 5 + 2 > DDS_PARTICIPANTS_PER_HOST:
+        log.error('error: %d ECUs are %d DDS participants, more than one host discovers in '
+                  'one domain (%d): run at most %d ECUs per host, the others on more hosts '
+                  '(docs/FLEET.md)', args.ecus, args.ecus * 5 + 2, DDS_PARTICIPANTS_PER_HOST,
+                  (DDS_PARTICIPANTS_PER_HOST - 2) // 5)
+        return 2
     addr, _, port = args.rendezvous.rpartition(':')
     if not addr or not port.isdigit():
         log.error('error: --rendezvous must be ADDR:PORT (port 0 = any free port)')
