@@ -266,7 +266,8 @@ class EcuRun:
         fleet = opts.fleet or len(namespaces) > 1
         log.info('scarls %s: %s nodes in namespace%s %s, ROS_DOMAIN_ID=%d%s; logs in %s',
                  'fleet' if fleet else 'ecu',
-                 ', '.join(dict.fromkeys(s.name for s in opts.specs)), 'es' if fleet else '',
+                 ', '.join(dict.fromkeys(s.name for s in opts.specs)),
+                 's' if len(namespaces) > 1 else '',
                  ', '.join(f'/{ns}' for ns in namespaces), domain,
                  ' (localhost only)' if opts.localhost_only else '', opts.log_dir)
         # the monitor lives in this process: give it the same DDS environment
