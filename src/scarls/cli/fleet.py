@@ -89,14 +89,6 @@ def cmd_fleet(args) -> int:
     if args.episodes < 0 or (args.episodes == 0 and not args.minutes):
         log.error('error: give --minutes or --episodes > 0')
         return 2
-    from scarls.bringup.launcher import DDS_PARTICIPANTS_PER_HOST
-    # every node is a DDS participant; the clock and this runner are two more
-    if args.ecus * 5 + 2 > DDS_PARTICIPANTS_PER_HOST:
-        log.error('error: %d ECUs are %d DDS participants, more than one host discovers in '
-                  'one domain (%d): run at most %d ECUs per host, the others on more hosts '
-                  '(docs/FLEET.md)', args.ecus, args.ecus * 5 + 2, DDS_PARTICIPANTS_PER_HOST,
-                  (DDS_PARTICIPANTS_PER_HOST - 2) // 5)
-        return 2
     addr, _, port = args.rendezvous.rpartition(':')
     if not addr or not port.isdigit():
         log.error('error: --rendezvous must be ADDR:PORT (port 0 = any free port)')
@@ -106,6 +98,17 @@ def cmd_fleet(args) -> int:
     log_dir = Path(args.log_dir) if args.log_dir else data_root / 'logs' / stamp
     offline = data_root / 'offline'
     robot = robot_from_args(args)
+    from scarls.bringup.launcher import DDS_PARTICIPANTS_PER_HOST
+    # every node is a DDS participant (the robot's camera capture nodes too); the clock and
+    # this runner are two more
+    per_ecu = len(fleet_nodes(1, robot=args.robot))
+    participants = args.ecus * per_ecu + 2
+    if participants > DDS_PARTICIPANTS_PER_HOST:
+        log.error('error: %d ECUs are %d DDS participants, more than one host discovers in '
+                  'one domain (%d): run at most %d ECUs per host, the others on more hosts '
+                  '(docs/FLEET.md)', args.ecus, participants, DDS_PARTICIPANTS_PER_HOST,
+                  (DDS_PARTICIPANTS_PER_HOST - 2) // per_ecu)
+        return 2
     check_demos_robot(offline, args.task, robot)
     if not list_episodes(offline, args.task):
         log.info('no demonstrations under %s: writing %d with the scripted expert ...', offline,
