@@ -237,6 +237,30 @@ def test_launch_files_put_the_nodes_on_simulated_time(monkeypatch):
     assert [a.kwargs['parameters'][1]['train_steps_per_s'] for a in learners] == [20.0, 20.0]
 
 
+def test_launch_files_give_the_nodes_the_dds_profile_unless_one_is_chosen(monkeypatch):
+    """A launch_ros fleet of 7+ ECUs on one host needs the profile's initial-peer range (more
+    than 32 participants), and camera streams its shared-memory segment: both launch files
+    select it as `scarls ecu|fleet` do, unless the user selected a profile of their own."""
+    from scarls.bringup import DDS_PROFILE_KEYS, config_file
+    profile = config_file('fastdds_shm.xml')
+    assert profile is not None and profile.name == 'fastdds_shm.xml'
+    for key in DDS_PROFILE_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for name, arguments in (('ecu', ECU_ARGUMENTS), ('fleet', FLEET_ARGUMENTS)):
+        opaque = _launch_file(monkeypatch, name)
+        context = {a.name: a.default for a in arguments}
+        nodes = [a for a in opaque.kwargs['function'](context)
+                 if type(a).__name__ != 'ExecuteProcess']
+        assert nodes and all(n.kwargs['additional_env'] ==
+                             {'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)} for n in nodes)
+    for key in DDS_PROFILE_KEYS:
+        monkeypatch.setenv(key, '/etc/my_profile.xml')
+        opaque = _launch_file(monkeypatch, 'ecu')
+        nodes = opaque.kwargs['function']({a.name: a.default for a in ECU_ARGUMENTS})
+        assert not any('additional_env' in n.kwargs for n in nodes)
+        monkeypatch.delenv(key)
+
+
 def test_launch_sim_time_rejects_what_it_cannot_read():
     specs = ecu_nodes('ecu0')
     assert launch_sim_time(specs, '', '', 'sim_dual6') == specs

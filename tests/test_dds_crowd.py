@@ -58,8 +58,9 @@ def test_fleet_refuses_more_ecus_than_one_host_discovers(tmp_path):
 def test_the_participant_limit_is_the_profiles_initial_peer_range():
     import xml.etree.ElementTree as ET
 
-    from scarls.bringup.launcher import CONFIG_DIR, DDS_PARTICIPANTS_PER_HOST
+    from scarls.bringup import config_file
+    from scarls.bringup.launcher import DDS_PARTICIPANTS_PER_HOST
     ns = {'dds': 'http://www.eprosima.com'}
-    ranges = ET.parse(CONFIG_DIR / 'fastdds_shm.xml').getroot().findall(
+    ranges = ET.parse(config_file('fastdds_shm.xml')).getroot().findall(
         './/dds:transport_descriptor[dds:type="UDPv4"]/dds:maxInitialPeersRange', ns)
     assert [int(r.text) for r in ranges] == [DDS_PARTICIPANTS_PER_HOST]

@@ -115,19 +115,44 @@ def validate_ecu_id(ecu_id: str) -> str:
     return ecu_id
 
 
-def default_params_file() -> Path:
-    """config/ecu.yaml: from the source tree, else from the installed package's share dir."""
-    source = Path(__file__).resolve().parents[3] / 'config' / 'ecu.yaml'
+def config_file(name: str) -> Path | None:
+    """config/<name>: from the source tree, else from the installed package's share dir (None
+    when neither has it)."""
+    source = Path(__file__).resolve().parents[3] / 'config' / name
     if source.is_file():
         return source
     try:
         from ament_index_python.packages import get_package_share_directory
-        installed = Path(get_package_share_directory(PACKAGE)) / 'config' / 'ecu.yaml'
+        installed = Path(get_package_share_directory(PACKAGE)) / 'config' / name
     except (ImportError, LookupError, ValueError):
-        installed = None
-    if installed is not None and installed.is_file():
-        return installed
-    raise BringupError('config/ecu.yaml not found next to the scarls package; pass params_file')
+        return None
+    return installed if installed.is_file() else None
+
+
+def default_params_file() -> Path:
+    """config/ecu.yaml: from the source tree, else from the installed package's share dir."""
+    found = config_file('ecu.yaml')
+    if found is None:
+        raise BringupError('config/ecu.yaml not found next to the scarls package; '
+                           'pass params_file')
+    return found
+
+
+#: The variables that select a Fast DDS XML profile (the second is its older spelling).
+DDS_PROFILE_KEYS = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+
+
+def dds_profile_env(environ: dict | None = None) -> dict[str, str]:
+    """The environment the nodes need for scarls's Fast DDS profile (config/fastdds_shm.xml: a
+    shared-memory segment large enough for camera streams, and an initial-peer range that lets
+    more than 32 participants on one host discover each other): empty when the user already
+    selected a profile, or when the file cannot be found."""
+    import os
+    env = os.environ if environ is None else environ
+    profile = config_file('fastdds_shm.xml')
+    if profile is None or any(k in env for k in DDS_PROFILE_KEYS):
+        return {}
+    return {'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
 
 
 _PARAM_SCALARS = (bool, int, float, str)
@@ -363,9 +388,11 @@ def lifecycle_nodes(specs: list[NodeSpec]) -> list[NodeSpec]:
 def launch_node_actions(specs: list[NodeSpec], params_file: str, node_cls, lifecycle_cls) -> list:
     """launch_ros actions for `specs` (the launch files pass launch_ros.actions.Node and
     LifecycleNode, so this module imports no launch package): the params file first, then
-    each node's own overrides."""
+    each node's own overrides, and scarls's Fast DDS profile unless one is selected
+    (:func:`dds_profile_env`), as `scarls ecu|fleet` do."""
     managed = {s.name for s in lifecycle_nodes(specs)}
+    extra = {'additional_env': env} if (env := dds_profile_env()) else {}
     return [(lifecycle_cls if spec.name in managed else node_cls)(
         package=PACKAGE, executable=spec.executable, name=spec.name, namespace=spec.namespace,
-        output='screen', emulate_tty=True, parameters=[params_file, spec.parameters])
+        output='screen', emulate_tty=True, parameters=[params_file, spec.parameters], **extra)
         for spec in specs]

@@ -31,10 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scarls.bringup import NodeSpec
+from scarls.bringup import NodeSpec, dds_profile_env
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parents[3] / 'config'
 #: Nice value added to a node's priority, by node name (others: 0, the launcher's own):
 #: recording below control, training below recording.
 NODE_NICENESS: dict[str, int] = {'scheduler': 2, 'learner': 10}
@@ -117,10 +116,7 @@ def ros_env(domain_id: int, *, localhost_only: bool = True, base: dict | None = 
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     elif env.get('ROS_AUTOMATIC_DISCOVERY_RANGE') in ('LOCALHOST', 'OFF'):
         env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'SUBNET'   # asked for the network: get it
-    profile = CONFIG_DIR / 'fastdds_shm.xml'
-    keys = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
-    if profile.is_file() and not any(k in env for k in keys):
-        env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(profile)
+    env.update(dds_profile_env(env))
     env['PYTHONUNBUFFERED'] = '1'
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
