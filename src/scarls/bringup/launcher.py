@@ -99,7 +99,9 @@ class LaunchError(RuntimeError):
 
 
 #: Participants (processes with a node) one host's localhost discovery reaches in one domain:
-#: the initial-peer range of config/fastdds_shm.xml, every id a domain has ports for.
+#: the initial-peer range of config/fastdds_shm.xml, every id a domain has ports for (unicast
+#: port 7410 + 250 domain + 2 id: id 120 would take the next domain's ports, so the bound holds
+#: with multicast discovery too).
 DDS_PARTICIPANTS_PER_HOST = 120
 
 
