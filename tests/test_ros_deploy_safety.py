@@ -5,7 +5,9 @@
   or forged checkpoint and a version of 2**32-1 are refused with a logged reason, the file is
   never served, and a later real deploy still works; ~/deploy rolls back to an older version;
 * the actor refuses forged deploy records, forged-but-valid checkpoints and a crafted 1 KB header
-  and keeps its model; replays of old announcements are ignored; a rollback is followed;
+  and keeps its model; replays of old announcements are ignored; a rollback is followed; once
+  the running checkpoint's key is revoked START is refused until a checkpoint signed by a
+  trusted key is deployed, and what the revoked key signs is refused;
 * a restarted actor loads the deployed checkpoint before its first episode; `scarls deploy`
   rolls back and the actor follows at the next episode boundary.
 """
@@ -30,9 +32,11 @@ from scarls_interfaces.srv import GetCheckpointChunk
 from scarls.bringup import default_params_file, ecu_nodes
 from scarls.checkpoints import (
     HEADER_KEY,
+    RevokedKey,
     dump_checkpoint,
     file_sha256,
     sign_checkpoint_bytes,
+    verify_checkpoint,
 )
 from scarls.checkpoints.deploy import DeployRecord, open_deploy_token, sign_deploy_record
 from scarls.checkpoints.format import tensors_sha256
@@ -314,6 +318,27 @@ def test_actor_refuses_forged_and_crafted_deploys_and_follows_a_rollback(ros, no
         probe.wait_for(lambda: text().count('checkpoint v1 fetched') >= 2, 30,
                        'the rollback fetched')
         assert op.episode() == {1}
+        # the learner key is revoked (a stolen workstation) and replaced: the running v1 was
+        # signed by it, so START is refused - no restart, the actor re-reads its key files
+        new = ensure_key(keys, 'learner-rotated')
+        TrustList(keys / TRUST_FILE).revoke(signer.key_id, 'workstation stolen')
+        steps = len(op.steps)
+        probe.wait_for(lambda: op.send(OperatorSignal.START) or
+                       'which has been revoked' in text(), 30, 'START refused')
+        assert op.phase == 'IDLE' and len(op.steps) == steps, 'the robot did not move'
+        # what the revoked key signs is refused; a deploy under the new key runs
+        good[5] = dump_checkpoint(make_policy('mlp', seed=5), version=5, signer=signer,
+                                  robot=ROBOT)[0]
+        sched.deploy(5, good[5])
+        probe.wait_for(lambda: 'deploy announcement of v5 refused' in text(), 30,
+                       'the revoked record refused')
+        assert 'workstation stolen' in text()
+        sched.signer = new
+        good[6] = dump_checkpoint(make_policy('mlp', seed=6), version=6, signer=new,
+                                  robot=ROBOT)[0]
+        sched.deploy(6, good[6])
+        probe.wait_for(lambda: 'checkpoint v6 fetched' in text(), 30, 'v6 fetched')
+        assert op.episode() == {6}
         assert not node_group.dead()
     finally:
         probe.close()
@@ -374,3 +399,43 @@ def test_restarted_actor_runs_the_deployed_version_and_scarls_deploy_rolls_back(
         assert not node_group.dead()
     finally:
         probe.close()
+
+
+def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group, tmp_path):
+    """After `scarls keys rotate` (a stolen workstation), the learner's registry still holds
+    the approved v1 the old key signed: the learner neither resumes from it nor re-signs it
+    with its new key; it starts over from the demonstrations and signs with the new key."""
+    from scarls.learner.demos import generate_demos
+    ns, keys, data = 'lrevoke', tmp_path / 'keys', tmp_path / 'ecu'
+    offline = tmp_path / 'offline'
+    generate_demos(offline, 'pick_cube', 3, seed=10_000, image_shape=(24, 32))
+    old = ensure_key(keys, f'learner-{ns}')
+    registry = CheckpointRegistry(data / 'checkpoints' / 'pick_cube', signer=old, robot=ROBOT)
+    _publish(registry, seed=1)
+    subprocess.run([sys.executable, '-m', 'scarls.cli', 'keys', 'rotate', '--key-dir',
+                    str(keys), '--ecu-id', ns], check=True, capture_output=True, timeout=120)
+    new = Signer.load(keys / f'learner-{ns}.key')
+    probe = Probe(ns)
+    announced: list[CheckpointInfo] = []
+    probe.node.create_subscription(CheckpointInfo, 'learner/checkpoint', announced.append,
+                                   qos.STATE)
+    try:
+        start_nodes(node_group, [s for s in ecu_nodes(ns, data_root=str(data), learner=True,
+                                                      key_dir=str(keys), extra={
+            'learner': {'pretrain_steps': 20, 'steps_per_round': 10, 'batch_size': 8,
+                        'threshold': 100.0, 'heldout_demos': 1,
+                        'offline_root': str(offline)}}) if s.name == 'learner'])
+        probe.wait_for(lambda: announced or node_group.dead(), 180, "the learner's v2")
+        assert not node_group.dead(), [d.tail() for d in node_group.dead()]
+    finally:
+        probe.close()
+    assert announced[0].version == 2
+    log = log_text(node_group, 'learner')
+    assert 'not resuming from v1' in log and 'revoked' in log and 'resuming from v1' not in \
+        log.replace('not resuming from v1', '')
+    trust = TrustList(keys / TRUST_FILE)
+    v2 = CheckpointRegistry(data / 'checkpoints' / 'pick_cube').get(2)
+    assert verify_checkpoint(v2.path, trust=trust, robot=ROBOT).key_id == new.key_id
+    assert v2.metrics['train_steps'] > 0
+    with pytest.raises(RevokedKey):   # v1 was left as it was: signed by the revoked key
+        verify_checkpoint(registry.get(1).path, trust=trust, robot=ROBOT)

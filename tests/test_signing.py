@@ -19,10 +19,12 @@ from scarls.checkpoints import (
     SIGNATURE_KEY,
     CheckpointLimits,
     CheckpointRejected,
+    RevokedKey,
     SignatureRejected,
     UntrustedKey,
     dump_checkpoint,
     load_checkpoint,
+    load_verified_checkpoint,
     sign_checkpoint_bytes,
     verify_checkpoint,
 )
@@ -42,6 +44,7 @@ from scarls.checkpoints.registry import (
     registry_file,
 )
 from scarls.checkpoints.signing import (
+    REVOKED_FILE,
     TRUST_FILE,
     KeyStoreError,
     Signer,
@@ -105,6 +108,94 @@ def test_trust_list_ignores_garbage_and_verify_names_the_key(tmp_path, keys):
         trust.verify(signer.key_id, b'm', signer.sign(b'other'), what='thing')
     assert trust.verify(signer.key_id, b'm', signer.sign(b'm'), what='thing').key_id == \
         signer.key_id
+
+
+def test_a_revoked_key_is_refused_whatever_the_trust_list_says(tmp_path, keys):
+    signer, trust = keys
+    other = ensure_key(tmp_path / 'keys', 'learner-ecu1')
+    data, _ = dump_checkpoint(make_policy('mlp', seed=1), version=3, signer=signer, robot=ROBOT)
+    _, verified = load_verified_checkpoint(data, trust=trust, robot=ROBOT)
+    assert verified.key_id == signer.key_id
+    elsewhere = TrustList(trust.path)   # another process's view of the same files
+    assert signer.key_id in elsewhere
+    assert trust.revoke(signer.key_id.upper(), 'laptop stolen') == (True, True)
+    assert (tmp_path / 'keys' / REVOKED_FILE).is_file() and trust.is_revoked(signer.key_id)
+    assert signer.key_id not in trust.path.read_text().split()[0::1]   # its line is gone
+    assert signer.key_id not in elsewhere and other.key_id in elsewhere   # re-read, no restart
+    with pytest.raises(RevokedKey, match=f'{signer.key_id}.*laptop stolen'):
+        load_checkpoint(data, trust=elsewhere, robot=ROBOT)
+    # its line added back by hand (an old copy of the trust list): still refused
+    with open(trust.path, 'a') as f:
+        f.write(signer.public.line() + '\n')
+    assert signer.key_id not in elsewhere
+    with pytest.raises(RevokedKey):
+        elsewhere.verify(signer.key_id, b'm', signer.sign(b'm'), what='thing')
+    # it cannot be trusted again, nor made the signer of a learner again
+    with pytest.raises(KeyStoreError, match='cannot be trusted again'):
+        trust.add(signer.public)
+    with pytest.raises(KeyStoreError, match='revoked.*scarls keys rotate'):
+        ensure_key(tmp_path / 'keys', 'learner-ecu0')
+    assert trust.revoke(signer.key_id) == (False, True)   # the hand-added line removed too
+    assert trust.revoke(signer.key_id) == (False, False)
+    other_data, _ = dump_checkpoint(make_policy('mlp'), version=4, signer=other, robot=ROBOT)
+    load_checkpoint(other_data, trust=elsewhere, robot=ROBOT)   # the others are unaffected
+    with pytest.raises(KeyStoreError, match='not a key id'):
+        trust.revoke('learner-ecu1')
+
+
+def test_an_unreadable_revocation_list_refuses_every_signature(tmp_path, keys):
+    signer, trust = keys
+    data, _ = dump_checkpoint(make_policy('mlp'), version=1, signer=signer, robot=ROBOT)
+    load_checkpoint(data, trust=trust, robot=ROBOT)
+    trust.revoked_path.write_text('# revoked\n' + 'ab' * 8 + ' 2026-01-01 old\n'
+                                  'ab12 a truncated id\n')
+    for check in (lambda: load_checkpoint(data, trust=trust, robot=ROBOT), trust.keys,
+                  lambda: signer.key_id in trust):
+        with pytest.raises(KeyStoreError, match='line 3 does not start with a 16-hex-digit'):
+            check()
+    trust.revoked_path.write_text('ab' * 8 + ' 2026-01-01 old\n')
+    assert trust.revoked() == {'ab' * 8: '2026-01-01 old'}
+    load_checkpoint(data, trust=trust, robot=ROBOT)
+
+
+def test_keys_revoke_and_rotate_on_the_command_line(tmp_path, capsys, caplog):
+    from scarls.cli import main
+    key_dir = tmp_path / 'keys'
+    args = ['--key-dir', str(key_dir)]
+    assert main(['keys', 'init', *args, '--ecu-id', 'ecu0']) == 0
+    old = Signer.load(key_dir / 'learner-ecu0.key')
+    assert main(['keys', 'rotate', *args, '--ecu-id', 'ecu0', '--reason', 'yearly']) == 0
+    out = capsys.readouterr().out
+    new = Signer.load(key_dir / 'learner-ecu0.key')
+    assert new.key_id != old.key_id and f'{old.key_id} -> {new.key_id}' in out
+    assert (key_dir / f'learner-ecu0.key.revoked-{old.key_id}').is_file()
+    assert parse_public_key((key_dir / 'learner-ecu0.pub').read_text()).key_id == new.key_id
+    trust = TrustList(key_dir / TRUST_FILE)
+    assert list(trust.keys()) == [new.key_id] and 'yearly' in trust.revoked()[old.key_id]
+    assert main(['keys', 'list', *args]) == 0
+    out = capsys.readouterr().out
+    assert f'trusted {new.key_id}' in out and f'revoked {old.key_id}' in out
+    # a robot computer: trusts the old key, then the new .pub, then revokes the old by id
+    robot = ['--key-dir', str(tmp_path / 'robot')]
+    old_pub = tmp_path / 'old.pub'
+    old_pub.write_text(old.public.line() + '\n')
+    assert main(['keys', 'trust', *robot, str(old_pub)]) == 0
+    assert main(['keys', 'trust', *robot, str(key_dir / 'learner-ecu0.pub')]) == 0
+    assert main(['keys', 'revoke', *robot, old.key_id]) == 0
+    assert 'removed from' in capsys.readouterr().out
+    robot_trust = TrustList(tmp_path / 'robot' / TRUST_FILE)
+    assert list(robot_trust.keys()) == [new.key_id]
+    assert main(['keys', 'trust', *robot, str(old_pub)]) == 1   # not again
+    assert 'cannot be trusted again' in caplog.text
+    assert main(['keys', 'revoke', *robot, 'nonsense']) == 1
+    # signing by hand with a revoked key is refused
+    (key_dir / 'learner-ecu1.key').write_bytes(
+        (key_dir / f'learner-ecu0.key.revoked-{old.key_id}').read_bytes())
+    ckpt = tmp_path / 'p.safetensors'
+    ckpt.write_bytes(dump_checkpoint(make_policy('mlp'), version=1)[0])
+    caplog.clear()
+    assert main(['keys', 'sign', *args, '--ecu-id', 'ecu1', str(ckpt)]) == 1
+    assert 'is revoked here' in caplog.text
 
 
 def test_key_dir_resolution(tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ from visualization_msgs.msg import Marker
 from scarls.actor.chunking import ChunkedController, PolicyInferenceError
 from scarls.actor.fsm import ActorFSM, Event, Phase, is_episode_active, is_terminal
 from scarls.camera.convert import CameraError
-from scarls.checkpoints import CheckpointRejected, load_checkpoint
+from scarls.checkpoints import CheckpointRejected, load_verified_checkpoint
 from scarls.checkpoints.deploy import (
     DeployFollower,
     DeployRecord,
@@ -234,7 +234,7 @@ class ActorNode(LifecycleNode):
         self._chunk_client = self.create_client(GetCheckpointChunk, 'scheduler/get_checkpoint')
         self._fetch_thread: threading.Thread | None = None
         # (policy, deploy record) fetched + verified, swapped in at the next boundary
-        self._ready: tuple[object, DeployRecord] | None = None
+        self._ready: tuple[object, DeployRecord, str] | None = None
         self._progress = ProgressReporter(self)   # lockstep clock (inert on wall time)
         self._progress_due: int | None = None     # a tick's report waiting for the inference
         if self._progress.enabled:
@@ -248,9 +248,10 @@ class ActorNode(LifecycleNode):
     def _load_initial_policy(self) -> None:
         path = str(self.get_parameter('checkpoint').value)
         if path:
-            policy, header = load_checkpoint(path, trust=self._trust, robot=self._robot.hash)
+            policy, verified = load_verified_checkpoint(path, trust=self._trust,
+                                                        robot=self._robot.hash)
             self._check_fits(policy, f'checkpoint {path}')
-            self._set_policy(policy, int(header.version))
+            self._set_policy(policy, int(verified.header.version), verified.key_id or '')
         else:
             name = str(self.get_parameter('policy').value)
             n = self._robot.num_joints
@@ -273,11 +274,12 @@ class ActorNode(LifecycleNode):
             raise CheckpointRejected(f'{what} needs cameras {missing}; robot '
                                      f'{self._robot.name!r} has {list(self._cameras)}')
 
-    def _set_policy(self, policy, version: int) -> None:
+    def _set_policy(self, policy, version: int, key_id: str = '') -> None:
         policy.eval()
         self._policy = policy
         self._policy_name = policy.name
         self._model_version = version
+        self._model_key = key_id   # who signed it ('' for the configured untrained policy)
         if self._controller is not None:
             self._controller.set_policy_fn(policy)
 
@@ -454,7 +456,18 @@ class ActorNode(LifecycleNode):
         self._offer(record)
 
     def _start_refused(self) -> str:
-        """Why START must wait ('' = it may start): the deploy in force is not loaded yet."""
+        """Why START must wait ('' = it may start): the deploy in force is not loaded yet, or
+        the running checkpoint's key was revoked since it was loaded."""
+        key = self._model_key
+        if key:
+            try:
+                revoked = self._trust.is_revoked(key)
+            except KeyStoreError as exc:
+                return f'the revocation list cannot be read: {exc}'
+            if revoked:
+                return (f'the running checkpoint v{self._model_version} is signed by key {key}, '
+                        'which has been revoked: deploy a checkpoint signed by a trusted key '
+                        '(scarls deploy, or the learner\'s next one) and START again')
         with self._lock:
             sync, record, reason = self._sync, self._sync_record, self._sync_reason
         if sync == 'done':
@@ -487,7 +500,7 @@ class ActorNode(LifecycleNode):
                 data = ChunkFetcher(self._request_chunk, record.version,
                                     expected_sha256=record.sha256 or None,
                                     max_bytes=MAX_CHECKPOINT_BYTES).fetch()
-                policy, header = load_checkpoint(
+                policy, verified = load_verified_checkpoint(
                     data, expected_sha256=record.sha256 or None, trust=self._trust,
                     robot=self._robot.hash, expected_version=record.version)
                 self._check_fits(policy, f'checkpoint v{record.version}')
@@ -503,9 +516,9 @@ class ActorNode(LifecycleNode):
                 continue
             policy.eval()
             with self._lock:
-                self._ready = (policy, record)
+                self._ready = (policy, record, verified.key_id or '')
             self.get_logger().info(
-                f'checkpoint v{header.version} fetched, signature and content verified '
+                f'checkpoint v{record.version} fetched, signature and content verified '
                 f'({len(data) / 1e6:.1f} MB in {time.monotonic() - t0:.2f} s)')
 
     def _on_signal(self, msg: OperatorSignal) -> None:
@@ -570,12 +583,12 @@ class ActorNode(LifecycleNode):
                 self.get_logger().info(f'checkpoint v{pending.version} is still being fetched: '
                                        'it loads at a later boundary')
             return
-        policy, record = ready
+        policy, record, key = ready
         applied = self._follower.applied
         if applied is not None and record.generation <= applied.generation:
             return
         previous = self._model_version
-        self._set_policy(policy, record.version)
+        self._set_policy(policy, record.version, key)
         self._model_sha = record.sha256
         self._follower.applied_now(record)
         self._sync_check()

@@ -69,6 +69,7 @@ __all__ = [
     'CheckpointHeader',
     'CheckpointLimits',
     'CheckpointRejected',
+    'RevokedKey',
     'SignatureRejected',
     'UntrustedKey',
     'VerifiedCheckpoint',
@@ -76,6 +77,7 @@ __all__ = [
     'dump_checkpoint',
     'file_sha256',
     'load_checkpoint',
+    'load_verified_checkpoint',
     'read_header',
     'save_checkpoint',
     'sign_checkpoint_bytes',
@@ -125,6 +127,10 @@ class SignatureRejected(CheckpointRejected):
 
 class UntrustedKey(SignatureRejected):
     """Signed by a key that is not in the trust list (the message names the key id)."""
+
+
+class RevokedKey(UntrustedKey):
+    """Signed by a key on the revocation list (the message names the key id and the entry)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -713,7 +719,7 @@ def sign_checkpoint_bytes(data: bytes, signer: Any, robot: str) -> bytes:
     return struct.pack('<Q', len(block)) + block + data[8 + n :]
 
 
-def load_checkpoint(
+def load_verified_checkpoint(
     source: str | os.PathLike[str] | bytes | bytearray | memoryview,
     *,
     expected_sha256: str | None = None,
@@ -722,8 +728,9 @@ def load_checkpoint(
     robot: str | None = None,
     expected_version: int | None = None,
     limits: CheckpointLimits = DEFAULT_LIMITS,
-) -> tuple[Policy, CheckpointHeader]:
-    """Load and verify a checkpoint; return the policy (eval mode) and its header.
+) -> tuple[Policy, VerifiedCheckpoint]:
+    """Load and verify a checkpoint; return the policy (eval mode) and what was verified
+    (header, signer's key id, size, sha256): :func:`load_checkpoint` for the header alone.
 
     The checks run on the CPU; the policy is then moved to ``device`` (``'auto'``, ``'cpu'``,
     ``'cuda'``, ``'cuda:N'``, ``'mps'`` or a :class:`torch.device`, see
@@ -735,16 +742,16 @@ def load_checkpoint(
     ``expected_sha256``; the bytes are not safetensors (pickle included) or are truncated;
     the header is malformed or declares more than ``limits`` allow; with ``trust``: the file
     is unsigned or not signed by a trusted key (:class:`SignatureRejected`,
-    :class:`UntrustedKey`) or signed for another robot than ``robot``; the version is not
-    ``expected_version``; the policy name is not registered or its config is invalid or out
-    of bounds; tensor names, shapes or dtypes differ from the policy built from the config; the
-    payload hash does not match; or a tensor holds NaN/inf. All but the last are checked
-    before any tensor is allocated.
+    :class:`UntrustedKey`, :class:`RevokedKey`) or signed for another robot than ``robot``;
+    the version is not ``expected_version``; the policy name is not registered or its config
+    is invalid or out of bounds; tensor names, shapes or dtypes differ from the policy built
+    from the config; the payload hash does not match; or a tensor holds NaN/inf. All but the
+    last are checked before any tensor is allocated.
     """
     target = resolve_device(device)
     data = _read_bytes(source, limits.max_bytes)
-    parsed, _ = _verify(data, trust=trust, robot=robot, expected_sha256=expected_sha256,
-                        expected_version=expected_version, limits=limits)
+    parsed, verified = _verify(data, trust=trust, robot=robot, expected_sha256=expected_sha256,
+                               expected_version=expected_version, limits=limits)
     header = parsed.header
     try:
         tensors = st_load(data)
@@ -760,4 +767,21 @@ def load_checkpoint(
         raise CheckpointRejected(f'checkpoint does not load into its policy: {exc}') from exc
     place_module(policy, target)
     policy.eval()
-    return policy, header
+    return policy, verified
+
+
+def load_checkpoint(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    *,
+    expected_sha256: str | None = None,
+    device: str | torch.device = 'cpu',
+    trust: Any = None,
+    robot: str | None = None,
+    expected_version: int | None = None,
+    limits: CheckpointLimits = DEFAULT_LIMITS,
+) -> tuple[Policy, CheckpointHeader]:
+    """:func:`load_verified_checkpoint`, returning the policy (eval mode) and its header."""
+    policy, verified = load_verified_checkpoint(
+        source, expected_sha256=expected_sha256, device=device, trust=trust, robot=robot,
+        expected_version=expected_version, limits=limits)
+    return policy, verified.header

@@ -6,6 +6,8 @@ setting, else ``$SCARLS_KEY_DIR``, else ``<data_root>/keys``)::
     learner-<ecu>.key    private key of ECU <ecu>'s learner (PEM PKCS#8, mode 0600)
     learner-<ecu>.pub    its public key: one line ``scarls-ed25519 <base64> <comment>``
     trusted_keys         the trust list: public key lines (same format), ``#`` comments
+    revoked_keys         the revocation list: ``<key id> <date> <reason>`` lines, ``#``
+                         comments (next to the trust list: ``<trust file dir>/revoked_keys``)
 
 A key id is the first 16 hex digits of the sha256 of the raw 32-byte public key.
 
@@ -18,9 +20,12 @@ signed *deploy record* (:mod:`scarls.checkpoints.deploy`).
 
 Verification (:meth:`TrustList.verify`) raises :class:`~scarls.checkpoints.format.
 UntrustedKey` for a key that is not in the trust list (the message names the key id and how
-to trust it) and :class:`~scarls.checkpoints.format.SignatureRejected` for a bad signature.
-The trust list is re-read when its file changes, so ``scarls keys trust`` takes effect without
-a restart.
+to trust it), :class:`~scarls.checkpoints.format.RevokedKey` for a revoked one (whatever the
+trust list says) and :class:`~scarls.checkpoints.format.SignatureRejected` for a bad signature.
+Both files are re-read when they change, so ``scarls keys trust`` and ``scarls keys revoke``
+take effect without a restart. A revocation list that cannot be read, or holds a line that is
+not a key id, refuses every signature (a revocation is never skipped); a revoked key cannot be
+trusted again (make a new key: ``scarls keys rotate``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import datetime
 import fcntl
 import hashlib
 import logging
@@ -41,11 +47,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from scarls.checkpoints.format import SignatureRejected, UntrustedKey
+from scarls.checkpoints.format import RevokedKey, SignatureRejected, UntrustedKey
 
 __all__ = [
     'KEY_DIR_ENV',
     'PUBLIC_KEY_PREFIX',
+    'REVOKED_FILE',
     'TRUST_FILE',
     'KeyStoreError',
     'PublicKey',
@@ -62,6 +69,8 @@ _log = logging.getLogger(__name__)
 
 KEY_DIR_ENV = 'SCARLS_KEY_DIR'
 TRUST_FILE = 'trusted_keys'
+REVOKED_FILE = 'revoked_keys'
+_KEY_ID_RE = re.compile(r'^[0-9a-fA-F]{16}$')
 PUBLIC_KEY_PREFIX = 'scarls-ed25519'
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
 _MAX_TRUST_BYTES = 1 << 20
@@ -203,6 +212,12 @@ def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True
         if _write_new(path, fresh.private_pem(), 0o600):
             _log.info('created signing key %s (key id %s)', path, fresh.key_id)
     signer = Signer.load(path)
+    revoked = TrustList(directory / TRUST_FILE).revoked()
+    if signer.key_id in revoked:
+        raise KeyStoreError(
+            f'the signing key {path} (key id {signer.key_id}) is revoked in '
+            f'{directory / REVOKED_FILE} ({revoked[signer.key_id] or "no reason given"}): '
+            f'`scarls keys rotate --key-dir {directory}` replaces it with a new key')
     pub = directory / f'{name}.pub'
     if not pub.exists():
         _write_new(pub, (signer.public.line() + '\n').encode(), 0o644)
@@ -211,42 +226,70 @@ def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True
     return signer
 
 
-class TrustList:
-    """The public keys a node accepts signatures from (a text file, see the module docstring).
+def _replace_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` atomically (a reader sees the old or the new file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
-    Reads are cached by the file's identity and modification time; :meth:`add` appends under
-    an exclusive lock (``<file>.lock``) and rewrites the file atomically.
+
+class TrustList:
+    """The public keys a node accepts signatures from (a text file, see the module docstring),
+    minus the keys of the revocation list next to it (``revoked_path``, default
+    ``<trust file dir>/revoked_keys``).
+
+    Reads are cached by the files' identity and modification time; :meth:`add` and
+    :meth:`revoke` change them under an exclusive lock (``<trust file>.lock``) and rewrite
+    them atomically.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 revoked_path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
+        self.revoked_path = Path(revoked_path) if revoked_path else \
+            self.path.with_name(REVOKED_FILE)
         self._cache: tuple[tuple[int, ...], dict[str, PublicKey]] | None = None
+        self._revoked_cache: tuple[tuple[int, ...], dict[str, str]] | None = None
 
-    def _stat_key(self) -> tuple[int, ...] | None:
+    @staticmethod
+    def _stat_key(path: Path) -> tuple[int, ...] | None:
         try:
-            st = self.path.stat()
+            st = path.stat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise KeyStoreError(f'cannot read {path}: {exc.strerror}') from exc
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def keys(self) -> dict[str, PublicKey]:
-        """``{key_id: PublicKey}`` of the trusted keys (empty if the file does not exist);
-        unparsable lines are skipped with a warning."""
-        stat = self._stat_key()
+    @staticmethod
+    def _read_lines(path: Path, what: str) -> list[str]:
+        try:
+            with open(path, 'rb') as f:
+                text = f.read(_MAX_TRUST_BYTES + 1)
+        except OSError as exc:
+            raise KeyStoreError(f'cannot read the {what} {path}: {exc.strerror}') from exc
+        if len(text) > _MAX_TRUST_BYTES:
+            raise KeyStoreError(f'{what} {path} is larger than 1 MB')
+        return text.decode(errors='replace').splitlines()
+
+    def _trusted(self) -> dict[str, PublicKey]:
+        """The trust list file's keys, revoked or not."""
+        stat = self._stat_key(self.path)
         if stat is None:
             return {}
         if self._cache is not None and self._cache[0] == stat:
             return self._cache[1]
-        try:
-            with open(self.path, 'rb') as f:
-                text = f.read(_MAX_TRUST_BYTES + 1)
-        except OSError as exc:
-            raise KeyStoreError(f'cannot read the trust list {self.path}: {exc.strerror}') \
-                from exc
-        if len(text) > _MAX_TRUST_BYTES:
-            raise KeyStoreError(f'trust list {self.path} is larger than 1 MB')
         keys: dict[str, PublicKey] = {}
-        for n, line in enumerate(text.decode(errors='replace').splitlines(), 1):
+        for n, line in enumerate(self._read_lines(self.path, 'trust list'), 1):
             if not line.strip() or line.lstrip().startswith('#'):
                 continue
             try:
@@ -258,44 +301,119 @@ class TrustList:
         self._cache = (stat, keys)
         return keys
 
+    def revoked(self) -> dict[str, str]:
+        """``{key_id: entry}`` of the revocation list (date and reason as written; empty if
+        the file does not exist). Raises :class:`KeyStoreError` when the file cannot be read
+        or a line is not a key id: a revocation is never skipped."""
+        stat = self._stat_key(self.revoked_path)
+        if stat is None:
+            return {}
+        if self._revoked_cache is not None and self._revoked_cache[0] == stat:
+            return self._revoked_cache[1]
+        revoked: dict[str, str] = {}
+        for n, line in enumerate(self._read_lines(self.revoked_path, 'revocation list'), 1):
+            if not line.strip() or line.lstrip().startswith('#'):
+                continue
+            kid, _, entry = line.strip().partition(' ')
+            if not _KEY_ID_RE.match(kid):
+                raise KeyStoreError(
+                    f'revocation list {self.revoked_path} line {n} does not start with a '
+                    f'16-hex-digit key id ({line.strip()[:40]!r}): every signature is refused '
+                    'until it is fixed')
+            revoked[kid.lower()] = entry.strip()
+        self._revoked_cache = (stat, revoked)
+        return revoked
+
+    def keys(self) -> dict[str, PublicKey]:
+        """``{key_id: PublicKey}`` of the trusted keys that are not revoked (empty if the file
+        does not exist); unparsable trust list lines are skipped with a warning."""
+        trusted, revoked = self._trusted(), self.revoked()
+        if not revoked:
+            return trusted
+        return {kid: pk for kid, pk in trusted.items() if kid not in revoked}
+
     def __contains__(self, kid: object) -> bool:
         return kid in self.keys()
 
-    def add(self, public: PublicKey) -> bool:
-        """Trust ``public``; False if it was already trusted."""
+    def is_revoked(self, kid: str) -> bool:
+        return str(kid).lower() in self.revoked()
+
+    def _locked(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.with_name(self.path.name + '.lock')
-        with open(lock, 'a') as lf:
-            fcntl.flock(lf.fileno(), fcntl.LOCK_EX)
-            self._cache = None
-            if public.key_id in self.keys():
+        lock = open(self.path.with_name(self.path.name + '.lock'), 'a')  # noqa: SIM115
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        self._cache = self._revoked_cache = None
+        return lock
+
+    def add(self, public: PublicKey) -> bool:
+        """Trust ``public``; False if it was already trusted. A revoked key raises
+        :class:`KeyStoreError` (make a new key instead)."""
+        with self._locked():
+            revoked = self.revoked()
+            if public.key_id in revoked:
+                raise KeyStoreError(
+                    f'key {public.key_id} is revoked in {self.revoked_path} '
+                    f'({revoked[public.key_id] or "no reason given"}) and cannot be trusted '
+                    'again: make a new key (`scarls keys rotate` on its host) and trust that')
+            if public.key_id in self._trusted():
                 return False
             old = self.path.read_text() if self.path.exists() else \
                 '# scarls trusted public keys: checkpoints and deploy records signed by one ' \
                 'of these are accepted\n'
             if old and not old.endswith('\n'):
                 old += '\n'
-            fd, tmp = tempfile.mkstemp(prefix=f'.{self.path.name}.', suffix='.tmp',
-                                       dir=self.path.parent)
-            try:
-                with os.fdopen(fd, 'w') as f:
-                    os.fchmod(f.fileno(), 0o644)
-                    f.write(old + public.line() + '\n')
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            _replace_text(self.path, old + public.line() + '\n')
             self._cache = None
         _log.info('trusted key %s (%s) in %s', public.key_id, public.comment or 'no comment',
                   self.path)
         return True
 
+    def revoke(self, kid: str, reason: str = '') -> tuple[bool, bool]:
+        """Revoke key ``kid`` (16 hex digits): add it to the revocation list (first, so a
+        crash in between never leaves it trusted) and remove its lines from the trust list.
+        Returns (newly revoked, removed from the trust list)."""
+        kid = str(kid).strip().lower()
+        if not _KEY_ID_RE.match(kid):
+            raise KeyStoreError(f'{kid!r} is not a key id (16 hex digits, `scarls keys list`)')
+        reason = ' '.join(str(reason).split())
+        with self._locked():
+            newly = kid not in self.revoked()
+            if newly:
+                old = self.revoked_path.read_text() if self.revoked_path.exists() else \
+                    ('# scarls revoked keys: nothing signed by these is accepted, whatever '
+                     'the trust list says\n# <key id> <date> <reason>\n')
+                if old and not old.endswith('\n'):
+                    old += '\n'
+                stamp = datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+                _replace_text(self.revoked_path,
+                              old + f'{kid} {stamp} {reason or "revoked"}'.rstrip() + '\n')
+            removed = False
+            if self.path.exists():
+                kept = []
+                for line in self.path.read_text().splitlines():
+                    try:
+                        drop = parse_public_key(line).key_id == kid
+                    except KeyStoreError:
+                        drop = False
+                    removed |= drop
+                    if not drop:
+                        kept.append(line)
+                if removed:
+                    _replace_text(self.path, '\n'.join(kept) + '\n')
+            self._cache = self._revoked_cache = None
+        _log.warning('revoked key %s in %s%s', kid, self.revoked_path,
+                     f' and removed it from {self.path}' if removed else '')
+        return newly, removed
+
     def verify(self, kid: str, message: bytes, signature: bytes, *, what: str) -> PublicKey:
         """Check that ``signature`` over ``message`` was made by trusted key ``kid``; return
         the key. ``what`` names the signed object in error messages."""
+        revoked = self.revoked()
+        if str(kid).lower() in revoked:
+            raise RevokedKey(
+                f'{what} is signed by key {kid}, which is revoked in {self.revoked_path} '
+                f'({revoked[str(kid).lower()] or "no reason given"}): it is refused whatever '
+                'the trust list says; deploy a checkpoint signed by a trusted key')
         keys = self.keys()
         public = keys.get(kid)
         if public is None:

@@ -1,11 +1,13 @@
-"""`scarls keys init | trust | list | sign`: checkpoint signing keys and the trust list.
+"""`scarls keys init | trust | list | sign | revoke | rotate`: signing keys, trust and revocation.
 
 Keys live in a key directory (see :mod:`scarls.checkpoints.signing`): ``--key-dir DIR``, else
 ``$SCARLS_KEY_DIR``, else ``<--data-root>/keys`` (default ``data/keys``, where ``scarls ecu``
 keeps them). ``init`` creates this host's learner key for an ECU and trusts it; ``trust FILE``
 adds the public keys of a ``.pub`` file (another workstation's learner) to the trust list;
 ``list`` shows the key ids; ``sign FILE`` signs a checkpoint file by hand (e.g. one trained
-elsewhere, given to the actor's ``checkpoint`` parameter).
+elsewhere, given to the actor's ``checkpoint`` parameter); ``revoke KEY`` puts a key on the
+revocation list (nothing it signed is accepted here any more, and it cannot be trusted again);
+``rotate`` replaces this host's learner key with a new one and revokes the old one.
 """
 
 from __future__ import annotations
@@ -49,6 +51,27 @@ def register(sub) -> None:
     sign.add_argument('--robot', default='sim_dual6',
                       help='robot description it is for (name or YAML file; default sim_dual6)')
     sign.set_defaults(func=cmd_sign)
+    revoke = ksub.add_parser(
+        'revoke', help='revoke a key: nothing it signed is accepted here any more',
+        description='Add a key to the revocation list of this key directory and remove it '
+        'from the trust list. Running nodes refuse it from their next check (no restart); an '
+        'actor running a checkpoint signed by it refuses the next START until a checkpoint '
+        'signed by a trusted key is deployed. Run it on every host that trusts the key.')
+    key_dir_args(revoke)
+    revoke.add_argument('key', help='key id (16 hex digits, see `scarls keys list`) or a .pub '
+                        'file')
+    revoke.add_argument('--reason', default='', help='why (kept in the revocation list)')
+    revoke.set_defaults(func=cmd_revoke)
+    rotate = ksub.add_parser(
+        'rotate', help="replace this host's learner key with a new one, revoking the old",
+        description='Move the learner key aside, create a new one (trusted here) and revoke '
+        'the old one here. Then restart this workstation\'s learner and scheduler, and on every '
+        'robot computer that trusted the old key: `scarls keys trust NEW.pub` and `scarls keys '
+        'revoke OLD_ID`.')
+    key_dir_args(rotate)
+    rotate.add_argument('--ecu-id', default='ecu0', help='whose learner key (default ecu0)')
+    rotate.add_argument('--reason', default='rotated', help='why (kept in the revocation list)')
+    rotate.set_defaults(func=cmd_rotate)
 
 
 def _dir(args) -> Path:
@@ -90,7 +113,11 @@ def cmd_trust(args) -> int:
         log.error('error: %s holds no public key', args.pubkey_file)
         return 1
     for key in keys:
-        added = trust.add(key)
+        try:
+            added = trust.add(key)
+        except (OSError, KeyStoreError) as exc:
+            log.error('error: %s', exc)
+            return 1
         print(f'{key.key_id} {key.comment or ""}: '
               f'{"trusted" if added else "already trusted"} in {trust.path}')
     return 0
@@ -100,20 +127,24 @@ def cmd_list(args) -> int:
     from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, Signer, TrustList
     directory = _dir(args)
     print(f'key directory {directory}')
+    trust = TrustList(directory / TRUST_FILE)
+    try:
+        trusted, revoked = trust.keys(), trust.revoked()
+    except KeyStoreError as exc:
+        log.error('error: %s', exc)
+        return 1
     own = sorted(directory.glob('*.key')) if directory.is_dir() else []
     for path in own:
         try:
             signer = Signer.load(path)
-            print(f'  key     {signer.key_id}  {path.name}')
+            mark = '  (REVOKED: `scarls keys rotate`)' if signer.key_id in revoked else ''
+            print(f'  key     {signer.key_id}  {path.name}{mark}')
         except KeyStoreError as exc:
             print(f'  key     ?                 {path.name}: {exc}')
-    try:
-        trusted = TrustList(directory / TRUST_FILE).keys()
-    except KeyStoreError as exc:
-        log.error('error: %s', exc)
-        return 1
     for kid, key in sorted(trusted.items()):
         print(f'  trusted {kid}  {key.comment}')
+    for kid, entry in sorted(revoked.items()):
+        print(f'  revoked {kid}  {entry}')
     if not own and not trusted:
         print('  (no keys: `scarls keys init` creates one)')
     return 0
@@ -125,11 +156,20 @@ def cmd_sign(args) -> int:
         _write_atomic,
         sign_checkpoint_bytes,
     )
-    from scarls.checkpoints.signing import KeyStoreError, Signer, learner_key_name
+    from scarls.checkpoints.signing import (
+        TRUST_FILE,
+        KeyStoreError,
+        Signer,
+        TrustList,
+        learner_key_name,
+    )
     from scarls.robot import RobotDescriptionError, load_robot
     path = Path(args.checkpoint)
     try:
         signer = Signer.load(_dir(args) / f'{learner_key_name(args.ecu_id)}.key')
+        if TrustList(_dir(args) / TRUST_FILE).is_revoked(signer.key_id):
+            raise KeyStoreError(f'key {signer.key_id} is revoked here: `scarls keys rotate '
+                                f'--ecu-id {args.ecu_id}` makes a new one')
         robot = load_robot(args.robot)
         data = sign_checkpoint_bytes(path.read_bytes(), signer, robot.hash)
     except (OSError, KeyStoreError, CheckpointRejected, RobotDescriptionError) as exc:
@@ -137,6 +177,68 @@ def cmd_sign(args) -> int:
         return 1
     _write_atomic(path, data)
     print(f'{path}: signed by {signer.key_id} for robot {robot.name} ({robot.hash})')
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, parse_public_key
+    trust = TrustList(_dir(args) / TRUST_FILE)
+    try:
+        if Path(args.key).is_file():
+            kids = [parse_public_key(ln).key_id for ln in Path(args.key).read_text().splitlines()
+                    if ln.strip() and not ln.lstrip().startswith('#')]
+            if not kids:
+                raise KeyStoreError(f'{args.key} holds no public key')
+        else:
+            kids = [args.key]
+        for kid in kids:
+            newly, removed = trust.revoke(kid, args.reason)
+            print(f'{kid.lower()}: {"revoked" if newly else "already revoked"} in '
+                  f'{trust.revoked_path}'
+                  + (f'; removed from {trust.path}' if removed else ''))
+    except (OSError, KeyStoreError) as exc:
+        log.error('error: %s', exc)
+        return 1
+    print('nodes using this key directory refuse it from their next check; revoke it on '
+          'every other host that trusts it too')
+    return 0
+
+
+def cmd_rotate(args) -> int:
+    from scarls.checkpoints.signing import (
+        TRUST_FILE,
+        KeyStoreError,
+        Signer,
+        TrustList,
+        ensure_key,
+        learner_key_name,
+    )
+    directory = _dir(args)
+    name = learner_key_name(args.ecu_id)
+    old_key, old_pub = directory / f'{name}.key', directory / f'{name}.pub'
+    try:
+        old = Signer.load(old_key) if old_key.exists() else None
+        if old is not None:
+            # out of the way first (never two keys under one name), kept for the record
+            for path in (old_key, old_pub):
+                if path.exists():
+                    path.rename(path.with_name(f'{path.name}.revoked-{old.key_id}'))
+        new = ensure_key(directory, name)
+        if old is not None:
+            TrustList(directory / TRUST_FILE).revoke(old.key_id, args.reason)
+    except (OSError, KeyStoreError) as exc:
+        log.error('error: %s', exc)
+        return 1
+    if old is None:
+        print(f'no learner key of {args.ecu_id} in {directory}: created {new.key_id}')
+        return 0
+    print(f'learner key of {args.ecu_id}: {old.key_id} -> {new.key_id} (the old one is '
+          f'revoked here, its files renamed *.revoked-{old.key_id})')
+    print(f'  1. restart this workstation\'s learner and scheduler of {args.ecu_id}')
+    print(f'  2. on every robot computer that trusted {old.key_id}: copy {old_pub} and run '
+          f'`scarls keys trust {old_pub.name}` and `scarls keys revoke {old.key_id}`')
+    print('  checkpoints signed by the old key are refused from now on: the learner does not '
+          'resume from one (sign a file you trust with `scarls keys sign`)')
     return 0
 
 

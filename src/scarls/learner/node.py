@@ -11,8 +11,10 @@ than deployed) and publish the candidate to the checkpoint registry and on learn
 Every checkpoint it writes is signed (Ed25519, scarls.checkpoints.signing) with the ECU's
 learner key, `<key_dir>/learner-<ecu_id>.key` (created and trusted in the key directory's trust
 list on first start), for the robot description's hash; a resumed registry file that is not
-signed by a trusted key is signed in place. A peer's checkpoint (bootstrap_from) is adopted only
-if it is signed by a trusted key. Key parameters: key_dir, trust_file, signing_key.
+signed by a trusted key is signed in place, except one signed by a revoked key (the learner then
+starts from the demonstrations; a revoked signing key stops it from starting). A peer's
+checkpoint (bootstrap_from) is adopted only if it is signed by a trusted key. Key parameters:
+key_dir, trust_file, signing_key.
 
 The deploy guard (docs/GATE.md): the learner follows the scheduler's deploy records
 (scheduler/checkpoint, verified against the trust list); a `guard rollback from vN` makes it
@@ -57,10 +59,11 @@ from std_srvs.srv import Trigger
 
 from scarls.checkpoints import CheckpointRejected, load_checkpoint
 from scarls.checkpoints.deploy import DeployRefused, open_deploy_token
-from scarls.checkpoints.format import SignatureRejected, verify_checkpoint
+from scarls.checkpoints.format import RevokedKey, SignatureRejected, verify_checkpoint
 from scarls.checkpoints.registry import CheckpointRegistry, RegistryError
 from scarls.checkpoints.signing import (
     TRUST_FILE,
+    KeyStoreError,
     Signer,
     TrustList,
     ensure_key,
@@ -303,15 +306,26 @@ class LearnerNode(LifecycleNode):
         p = lambda name: str(self.get_parameter(name).value)  # noqa: E731
         key_dir = resolve_key_dir(p('key_dir'), self._data_root)
         key = p('signing_key')
+        self._trust = TrustList(p('trust_file') or key_dir / TRUST_FILE)
         registry.signer = Signer.load(key) if key else \
             ensure_key(key_dir, learner_key_name(p('ecu_id')))
+        if self._trust.is_revoked(registry.signer.key_id):
+            raise KeyStoreError(f'the signing key {registry.signer.key_id} is revoked in '
+                                f'{self._trust.revoked_path}: `scarls keys rotate` makes a new '
+                                'one (or give signing_key another key)')
         registry.robot = robot.hash
-        self._trust = TrustList(p('trust_file') or key_dir / TRUST_FILE)
         if resume is None:
             return None
         try:
             verify_checkpoint(resume.path, trust=self._trust, robot=robot.hash,
                               expected_sha256=resume.sha256)
+        except RevokedKey as exc:
+            # never re-sign what a revoked key signed: it may be what the key was revoked for
+            self.get_logger().error(
+                f'not resuming from v{resume.version}: {exc}. Starting from the '
+                'demonstrations; to keep a checkpoint you trust, sign it with `scarls keys '
+                'sign FILE` and restart')
+            return None
         except SignatureRejected as exc:
             self.get_logger().warning(f'resumed checkpoint v{resume.version}: {exc}; signing '
                                       f'it with key {registry.signer.key_id}')

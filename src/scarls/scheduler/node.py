@@ -288,6 +288,10 @@ class SchedulerNode(LifecycleNode):
             key = str(p('signing_key').value)
             self._signer = Signer.load(key) if key else \
                 ensure_key(key_dir, learner_key_name(self._ecu))
+            if self._trust.is_revoked(self._signer.key_id):
+                raise KeyStoreError(f'the signing key {self._signer.key_id} is revoked in '
+                                    f'{self._trust.revoked_path}: `scarls keys rotate` makes '
+                                    'a new one')
             self._deploy_log = DeployLog(self._registry_root / DEPLOY_LOG_NAME)
             self._guard_path = self._registry_root / GUARD_STATE_NAME
             self._guard = DeployGuard.load(self._guard_path, GuardConfig(
@@ -523,6 +527,10 @@ class SchedulerNode(LifecycleNode):
     def _deployable(self, version: int, sha256: str = '', uri: str = ''):
         """The registry record, file and verification of ``version``, or an exception
         saying why it must not be deployed."""
+        if self._trust.is_revoked(self._signer.key_id):
+            raise DeployRefused(f'this scheduler signs deploy records with key '
+                                f'{self._signer.key_id}, which was revoked since it started: '
+                                'restart it (after `scarls keys rotate`)')
         rec, path = check_announcement(read_index(self._registry_root), version, sha256, uri)
         verified = verify_checkpoint(path, trust=self._trust, robot=self._robot.hash,
                                      expected_sha256=rec.sha256, expected_version=version)
