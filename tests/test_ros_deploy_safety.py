@@ -4,6 +4,7 @@
   announcement naming a file outside the registry (directly or through a symlink), an unsigned
   or forged checkpoint and a version of 2**32-1 are refused with a logged reason, the file is
   never served, and a later real deploy still works; ~/deploy rolls back to an older version;
+  once its own signing key is revoked it deploys nothing more;
 * the actor refuses forged deploy records, forged-but-valid checkpoints and a crafted 1 KB header
   and keeps its model; replays of old announcements are ignored; a rollback is followed; once
   the running checkpoint's key is revoked START is refused until a checkpoint signed by a
@@ -211,6 +212,12 @@ def test_scheduler_deploys_only_signed_registry_checkpoints(ros, node_group, tmp
         # the version-0 request answers with the current signed deploy record
         now = open_deploy_token(bytes(chunk(0).data).decode(), trust)
         assert (now.version, now.generation) == (1, 3)
+        # its signing key revoked while it runs: it deploys nothing more until restarted
+        v5 = _publish(registry, 5)
+        trust.revoke(signer.key_id, 'rotated')
+        learner.publish(_info(v5))
+        refused(5, 'which was revoked since it started')
+        assert not deploy(4).ok
         assert not node_group.dead()
     finally:
         probe.close()
