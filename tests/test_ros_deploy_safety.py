@@ -34,6 +34,7 @@ from scarls.bringup import default_params_file, ecu_nodes
 from scarls.checkpoints import (
     HEADER_KEY,
     RevokedKey,
+    SignatureRejected,
     dump_checkpoint,
     file_sha256,
     sign_checkpoint_bytes,
@@ -340,12 +341,15 @@ def test_actor_refuses_forged_and_crafted_deploys_and_follows_a_rollback(ros, no
         probe.wait_for(lambda: 'deploy announcement of v5 refused' in text(), 30,
                        'the revoked record refused')
         assert 'workstation stolen' in text()
-        sched.signer = new
-        good[6] = dump_checkpoint(make_policy('mlp', seed=6), version=6, signer=new,
+        sched.signer = new   # a trusted record for a checkpoint the revoked key signed
+        sched.deploy(6, good[5])
+        probe.wait_for(lambda: 'checkpoint v6 refused' in text(), 30, 'v6 refused at fetch')
+        assert 'which is revoked' in text()
+        good[7] = dump_checkpoint(make_policy('mlp', seed=7), version=7, signer=new,
                                   robot=ROBOT)[0]
-        sched.deploy(6, good[6])
-        probe.wait_for(lambda: 'checkpoint v6 fetched' in text(), 30, 'v6 fetched')
-        assert op.episode() == {6}
+        sched.deploy(7, good[7])
+        probe.wait_for(lambda: 'checkpoint v7 fetched' in text(), 30, 'v7 fetched')
+        assert op.episode() == {7}
         assert not node_group.dead()
     finally:
         probe.close()
@@ -408,10 +412,14 @@ def test_restarted_actor_runs_the_deployed_version_and_scarls_deploy_rolls_back(
         probe.close()
 
 
-def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group, tmp_path):
+@pytest.mark.parametrize('latest', ['revoked', 'stripped'])
+def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group, tmp_path,
+                                                                latest):
     """After `scarls keys rotate` (a stolen workstation), the learner's registry still holds
-    the approved v1 the old key signed: the learner neither resumes from it nor re-signs it
-    with its new key; it starts over from the demonstrations and signs with the new key."""
+    the approved checkpoint the old key signed (or one whose signature was stripped, which an
+    older scarls's unsigned file would be re-signed for): the learner neither resumes from it
+    nor re-signs it with its new key; it starts over from the demonstrations and signs with
+    the new key."""
     from scarls.learner.demos import generate_demos
     ns, keys, data = 'lrevoke', tmp_path / 'keys', tmp_path / 'ecu'
     offline = tmp_path / 'offline'
@@ -419,6 +427,10 @@ def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group,
     old = ensure_key(keys, f'learner-{ns}')
     registry = CheckpointRegistry(data / 'checkpoints' / 'pick_cube', signer=old, robot=ROBOT)
     _publish(registry, seed=1)
+    if latest == 'stripped':
+        registry.signer = None
+        _publish(registry, seed=2)
+    first = 2 if latest == 'revoked' else 3
     subprocess.run([sys.executable, '-m', 'scarls.cli', 'keys', 'rotate', '--key-dir',
                     str(keys), '--ecu-id', ns], check=True, capture_output=True, timeout=120)
     new = Signer.load(keys / f'learner-{ns}.key')
@@ -432,17 +444,19 @@ def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group,
             'learner': {'pretrain_steps': 20, 'steps_per_round': 10, 'batch_size': 8,
                         'threshold': 100.0, 'heldout_demos': 1,
                         'offline_root': str(offline)}}) if s.name == 'learner'])
-        probe.wait_for(lambda: announced or node_group.dead(), 180, "the learner's v2")
+        probe.wait_for(lambda: announced or node_group.dead(), 180, "the learner's first")
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
     finally:
         probe.close()
-    assert announced[0].version == 2
+    assert announced[0].version == first
     log = log_text(node_group, 'learner')
-    assert 'not resuming from v1' in log and 'revoked' in log and 'resuming from v1' not in \
-        log.replace('not resuming from v1', '')
+    assert f'not resuming from v{first - 1}' in log and 'revoked' in log
+    assert f'resuming from v{first - 1}' not in log.replace('not resuming from', '')
     trust = TrustList(keys / TRUST_FILE)
-    v2 = CheckpointRegistry(data / 'checkpoints' / 'pick_cube').get(2)
-    assert verify_checkpoint(v2.path, trust=trust, robot=ROBOT).key_id == new.key_id
-    assert v2.metrics['train_steps'] > 0
-    with pytest.raises(RevokedKey):   # v1 was left as it was: signed by the revoked key
-        verify_checkpoint(registry.get(1).path, trust=trust, robot=ROBOT)
+    mine = CheckpointRegistry(data / 'checkpoints' / 'pick_cube').get(first)
+    assert verify_checkpoint(mine.path, trust=trust, robot=ROBOT).key_id == new.key_id
+    assert mine.metrics['train_steps'] > 0
+    # the old ones were left as they were: signed by the revoked key, or not signed
+    with pytest.raises(RevokedKey if latest == 'revoked' else SignatureRejected,
+                       match='revoked' if latest == 'revoked' else 'not signed'):
+        verify_checkpoint(registry.get(first - 1).path, trust=trust, robot=ROBOT)

@@ -120,7 +120,7 @@ def test_a_revoked_key_is_refused_whatever_the_trust_list_says(tmp_path, keys):
     assert signer.key_id in elsewhere
     assert trust.revoke(signer.key_id.upper(), 'laptop stolen') == (True, True)
     assert (tmp_path / 'keys' / REVOKED_FILE).is_file() and trust.is_revoked(signer.key_id)
-    assert signer.key_id not in trust.path.read_text().split()[0::1]   # its line is gone
+    assert signer.public.line() not in trust.path.read_text()   # its line is gone
     assert signer.key_id not in elsewhere and other.key_id in elsewhere   # re-read, no restart
     with pytest.raises(RevokedKey, match=f'{signer.key_id}.*laptop stolen'):
         load_checkpoint(data, trust=elsewhere, robot=ROBOT)
@@ -153,8 +153,10 @@ def test_an_unreadable_revocation_list_refuses_every_signature(tmp_path, keys):
                   lambda: signer.key_id in trust):
         with pytest.raises(KeyStoreError, match='line 3 does not start with a 16-hex-digit'):
             check()
-    trust.revoked_path.write_text('ab' * 8 + ' 2026-01-01 old\n')
-    assert trust.revoked() == {'ab' * 8: '2026-01-01 old'}
+    with pytest.raises(SignatureRejected):   # handled wherever a refused signature is
+        load_checkpoint(data, trust=trust, robot=ROBOT)
+    trust.revoked_path.write_text('ab' * 8 + '\t2026-01-01 old\n' + 'cd' * 8 + '\n')
+    assert trust.revoked() == {'ab' * 8: '2026-01-01 old', 'cd' * 8: ''}
     load_checkpoint(data, trust=trust, robot=ROBOT)
 
 
@@ -188,6 +190,26 @@ def test_keys_revoke_and_rotate_on_the_command_line(tmp_path, capsys, caplog):
     assert main(['keys', 'trust', *robot, str(old_pub)]) == 1   # not again
     assert 'cannot be trusted again' in caplog.text
     assert main(['keys', 'revoke', *robot, 'nonsense']) == 1
+    # rotated again, and with the private key gone but a stale .pub left: every key the
+    # old files name is revoked, and the .pub is the new key's
+    assert main(['keys', 'rotate', *args, '--ecu-id', 'ecu0']) == 0
+    third = Signer.load(key_dir / 'learner-ecu0.key')
+    (key_dir / 'learner-ecu0.key').unlink()
+    assert main(['keys', 'rotate', *args, '--ecu-id', 'ecu0']) == 0
+    fourth = Signer.load(key_dir / 'learner-ecu0.key')
+    assert parse_public_key((key_dir / 'learner-ecu0.pub').read_text()).key_id == fourth.key_id
+    assert set(trust.revoked()) == {old.key_id, new.key_id, third.key_id}
+    assert list(trust.keys()) == [fourth.key_id]
+    # a registry's checkpoint signed by hand: its index follows (the scheduler checks both)
+    registry = CheckpointRegistry(tmp_path / 'reg', signer=old, robot=ROBOT)
+    rec = registry.publish(make_policy('mlp'), metrics={'open_loop_error': 0.1}, approved=True)
+    assert main(['keys', 'sign', *args, '--ecu-id', 'ecu0', '--robot', 'sim_dual6',
+                 str(rec.path)]) == 0
+    assert 'registry index updated' in capsys.readouterr().out
+    from scarls.robot import load_robot
+    signed = read_index(tmp_path / 'reg').records[rec.version]
+    assert verify_checkpoint(rec.path, trust=trust, robot=load_robot('sim_dual6').hash,
+                             expected_sha256=signed.sha256).key_id == fourth.key_id
     # signing by hand with a revoked key is refused
     (key_dir / 'learner-ecu1.key').write_bytes(
         (key_dir / f'learner-ecu0.key.revoked-{old.key_id}').read_bytes())

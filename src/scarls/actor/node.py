@@ -239,10 +239,13 @@ class ActorNode(LifecycleNode):
         self._progress_due: int | None = None     # a tick's report waiting for the inference
         if self._progress.enabled:
             self._controller.inference.on_idle = self._inference_idle
+        try:
+            trusted = f'{len(self._trust.keys())} trusted key(s) in {self._trust.path}'
+        except KeyStoreError as exc:   # every deploy is refused until it is fixed
+            trusted = f'the key files cannot be used: {exc}'
         self.get_logger().info(
             f'configured: policy={self._policy_name} v{self._model_version} '
-            f'chunk={self._policy.chunk_size} cameras={list(self._cameras)}; '
-            f'{len(self._trust.keys())} trusted key(s) in {self._trust.path}')
+            f'chunk={self._policy.chunk_size} cameras={list(self._cameras)}; {trusted}')
         return SUCCESS
 
     def _load_initial_policy(self) -> None:

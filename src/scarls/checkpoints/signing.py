@@ -56,6 +56,7 @@ __all__ = [
     'TRUST_FILE',
     'KeyStoreError',
     'PublicKey',
+    'RevocationListError',
     'Signer',
     'TrustList',
     'ensure_key',
@@ -78,6 +79,11 @@ _MAX_TRUST_BYTES = 1 << 20
 
 class KeyStoreError(RuntimeError):
     """A key or trust list file cannot be created, read or parsed; the message says which."""
+
+
+class RevocationListError(KeyStoreError, SignatureRejected):
+    """The revocation list cannot be read or parsed: every signature is refused (a
+    :class:`SignatureRejected` too, so whoever handles refused checkpoints handles it)."""
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -247,7 +253,7 @@ class TrustList:
     minus the keys of the revocation list next to it (``revoked_path``, default
     ``<trust file dir>/revoked_keys``).
 
-    Reads are cached by the files' identity and modification time; :meth:`add` and
+    Reads are cached by the files' identity, size and change times; :meth:`add` and
     :meth:`revoke` change them under an exclusive lock (``<trust file>.lock``) and rewrite
     them atomically.
     """
@@ -268,7 +274,7 @@ class TrustList:
             return None
         except OSError as exc:
             raise KeyStoreError(f'cannot read {path}: {exc.strerror}') from exc
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     @staticmethod
     def _read_lines(path: Path, what: str) -> list[str]:
@@ -305,22 +311,27 @@ class TrustList:
         """``{key_id: entry}`` of the revocation list (date and reason as written; empty if
         the file does not exist). Raises :class:`KeyStoreError` when the file cannot be read
         or a line is not a key id: a revocation is never skipped."""
-        stat = self._stat_key(self.revoked_path)
-        if stat is None:
-            return {}
-        if self._revoked_cache is not None and self._revoked_cache[0] == stat:
-            return self._revoked_cache[1]
+        try:
+            stat = self._stat_key(self.revoked_path)
+            if stat is None:
+                return {}
+            if self._revoked_cache is not None and self._revoked_cache[0] == stat:
+                return self._revoked_cache[1]
+            lines = self._read_lines(self.revoked_path, 'revocation list')
+        except KeyStoreError as exc:
+            raise RevocationListError(f'{exc}: every signature is refused until it can be '
+                                      'read') from exc
         revoked: dict[str, str] = {}
-        for n, line in enumerate(self._read_lines(self.revoked_path, 'revocation list'), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith('#'):
                 continue
-            kid, _, entry = line.strip().partition(' ')
+            kid, *entry = line.split(None, 1)
             if not _KEY_ID_RE.match(kid):
-                raise KeyStoreError(
+                raise RevocationListError(
                     f'revocation list {self.revoked_path} line {n} does not start with a '
                     f'16-hex-digit key id ({line.strip()[:40]!r}): every signature is refused '
                     'until it is fixed')
-            revoked[kid.lower()] = entry.strip()
+            revoked[kid.lower()] = entry[0].strip() if entry else ''
         self._revoked_cache = (stat, revoked)
         return revoked
 
@@ -339,8 +350,11 @@ class TrustList:
         return str(kid).lower() in self.revoked()
 
     def _locked(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path.with_name(self.path.name + '.lock'), 'a')  # noqa: SIM115
+        """The key directory's lock (one for both lists: a revocation is never lost to a
+        concurrent trust, whichever trust file the writer was given)."""
+        self.revoked_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.revoked_path.with_name(self.revoked_path.name + '.lock'),  # noqa: SIM115
+                    'a')
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         self._cache = self._revoked_cache = None
         return lock

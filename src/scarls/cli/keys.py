@@ -13,6 +13,7 @@ revocation list (nothing it signed is accepted here any more, and it cannot be t
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def cmd_sign(args) -> int:
         _write_atomic,
         sign_checkpoint_bytes,
     )
+    from scarls.checkpoints.registry import INDEX_NAME, CheckpointRegistry, RegistryError
     from scarls.checkpoints.signing import (
         TRUST_FILE,
         KeyStoreError,
@@ -165,18 +167,30 @@ def cmd_sign(args) -> int:
     )
     from scarls.robot import RobotDescriptionError, load_robot
     path = Path(args.checkpoint)
+    version = re.fullmatch(r'v(\d+)\.safetensors', path.name)
+    in_registry = version is not None and (path.parent / INDEX_NAME).is_file()
     try:
         signer = Signer.load(_dir(args) / f'{learner_key_name(args.ecu_id)}.key')
         if TrustList(_dir(args) / TRUST_FILE).is_revoked(signer.key_id):
             raise KeyStoreError(f'key {signer.key_id} is revoked here: `scarls keys rotate '
                                 f'--ecu-id {args.ecu_id}` makes a new one')
         robot = load_robot(args.robot)
-        data = sign_checkpoint_bytes(path.read_bytes(), signer, robot.hash)
-    except (OSError, KeyStoreError, CheckpointRejected, RobotDescriptionError) as exc:
+        if in_registry:
+            # through the registry, so its index records the new file's sha256 (stop the
+            # learner that writes this registry first: one process writes a registry)
+            registry = CheckpointRegistry(path.parent, keep_last=1 << 30, keep_records=1 << 30,
+                                          signer=signer, robot=robot.hash)
+            registry.resign(int(version.group(1)))
+        else:
+            data = sign_checkpoint_bytes(path.read_bytes(), signer, robot.hash)
+    except (OSError, KeyStoreError, CheckpointRejected, RobotDescriptionError,
+            RegistryError) as exc:
         log.error('error: %s', exc)
         return 1
-    _write_atomic(path, data)
-    print(f'{path}: signed by {signer.key_id} for robot {robot.name} ({robot.hash})')
+    if not in_registry:
+        _write_atomic(path, data)
+    print(f'{path}: signed by {signer.key_id} for robot {robot.name} ({robot.hash})'
+          + (' and its registry index updated' if in_registry else ''))
     return 0
 
 
@@ -212,33 +226,42 @@ def cmd_rotate(args) -> int:
         TrustList,
         ensure_key,
         learner_key_name,
+        parse_public_key,
     )
     directory = _dir(args)
     name = learner_key_name(args.ecu_id)
     old_key, old_pub = directory / f'{name}.key', directory / f'{name}.pub'
+    trust = TrustList(directory / TRUST_FILE)
     try:
-        old = Signer.load(old_key) if old_key.exists() else None
-        if old is not None:
-            # out of the way first (never two keys under one name), kept for the record
-            for path in (old_key, old_pub):
-                if path.exists():
-                    path.rename(path.with_name(f'{path.name}.revoked-{old.key_id}'))
+        # every key the old files name (the private key, and a .pub that may not match it)
+        old_ids = []
+        if old_key.exists():
+            old_ids.append(Signer.load(old_key).key_id)
+        if old_pub.exists():
+            old_ids += [parse_public_key(ln).key_id for ln in old_pub.read_text().splitlines()
+                        if ln.strip() and not ln.lstrip().startswith('#')]
+        old_ids = list(dict.fromkeys(old_ids))
+        # revoked first: if anything below fails, the old key is refused already
+        for kid in old_ids:
+            trust.revoke(kid, args.reason)
+        for path in (old_key, old_pub):   # kept for the record, out of the key's name
+            if path.exists():
+                path.rename(path.with_name(f'{path.name}.revoked-{old_ids[0]}'))
         new = ensure_key(directory, name)
-        if old is not None:
-            TrustList(directory / TRUST_FILE).revoke(old.key_id, args.reason)
     except (OSError, KeyStoreError) as exc:
         log.error('error: %s', exc)
         return 1
-    if old is None:
+    if not old_ids:
         print(f'no learner key of {args.ecu_id} in {directory}: created {new.key_id}')
         return 0
-    print(f'learner key of {args.ecu_id}: {old.key_id} -> {new.key_id} (the old one is '
-          f'revoked here, its files renamed *.revoked-{old.key_id})')
+    old = ', '.join(old_ids)
+    print(f'learner key of {args.ecu_id}: {old} -> {new.key_id} (revoked here, the old files '
+          f'renamed *.revoked-{old_ids[0]})')
     print(f'  1. restart this workstation\'s learner and scheduler of {args.ecu_id}')
-    print(f'  2. on every robot computer that trusted {old.key_id}: copy {old_pub} and run '
-          f'`scarls keys trust {old_pub.name}` and `scarls keys revoke {old.key_id}`')
-    print('  checkpoints signed by the old key are refused from now on: the learner does not '
-          'resume from one (sign a file you trust with `scarls keys sign`)')
+    print(f'  2. on every robot computer that trusted {old}: copy {old_pub} and run '
+          f'`scarls keys trust {old_pub.name}` and `scarls keys revoke {old_ids[0]}`')
+    print('  checkpoints signed by the old key are refused from now on, and the learner does '
+          'not resume from one: to keep one you have checked, `scarls keys sign FILE`')
     return 0
 
 

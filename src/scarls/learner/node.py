@@ -319,14 +319,18 @@ class LearnerNode(LifecycleNode):
         try:
             verify_checkpoint(resume.path, trust=self._trust, robot=robot.hash,
                               expected_sha256=resume.sha256)
-        except RevokedKey as exc:
-            # never re-sign what a revoked key signed: it may be what the key was revoked for
-            self.get_logger().error(
-                f'not resuming from v{resume.version}: {exc}. Starting from the '
-                'demonstrations; to keep a checkpoint you trust, sign it with `scarls keys '
-                'sign FILE` and restart')
-            return None
         except SignatureRejected as exc:
+            if isinstance(exc, RevokedKey) or self._trust.revoked():
+                # never re-sign what a revoked key may have signed (or had its signature
+                # stripped from): it may be what the key was revoked for
+                self.get_logger().error(
+                    f'not resuming from v{resume.version}: {exc}' + (
+                        '' if isinstance(exc, RevokedKey) else
+                        f' (a key is revoked in {self._trust.revoked_path}: nothing is '
+                        're-signed automatically)') + '. Starting from the demonstrations; to '
+                    'keep a checkpoint you have checked, stop the learner, run `scarls keys '
+                    f'sign {resume.path}` and start it again')
+                return None
             self.get_logger().warning(f'resumed checkpoint v{resume.version}: {exc}; signing '
                                       f'it with key {registry.signer.key_id}')
             resume = registry.resign(resume.version)

@@ -292,6 +292,7 @@ class SchedulerNode(LifecycleNode):
                 raise KeyStoreError(f'the signing key {self._signer.key_id} is revoked in '
                                     f'{self._trust.revoked_path}: `scarls keys rotate` makes '
                                     'a new one')
+            trusted = len(self._trust.keys())
             self._deploy_log = DeployLog(self._registry_root / DEPLOY_LOG_NAME)
             self._guard_path = self._registry_root / GUARD_STATE_NAME
             self._guard = DeployGuard.load(self._guard_path, GuardConfig(
@@ -328,7 +329,7 @@ class SchedulerNode(LifecycleNode):
         self.get_logger().info(
             f'deploys from registry {self._registry_root} (deploy generation '
             f'{self._deploy_log.generation}, deployed v{self._deployed}); deploy records signed '
-            f'by key {self._signer.key_id}; {len(self._trust.keys())} trusted key(s) in '
+            f'by key {self._signer.key_id}; {trusted} trusted key(s) in '
             f'{self._trust.path}')
         return True
 
