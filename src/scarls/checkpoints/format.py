@@ -347,12 +347,16 @@ def dump_checkpoint(
     return data, header
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (a reader sees the old or the new
+    file, never a part); ``mode``: the new file's permissions (default: the owner's only)."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=directory)
     try:
         with os.fdopen(fd, 'wb') as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -56,7 +56,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -173,24 +172,8 @@ def _clean_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    data = (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + '\n').encode()
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    _write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
+                         + '\n').encode())
 
 
 class CheckpointRegistry:

@@ -47,7 +47,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from scarls.checkpoints.format import RevokedKey, SignatureRejected, UntrustedKey
+from scarls.checkpoints.format import (
+    RevokedKey,
+    SignatureRejected,
+    UntrustedKey,
+    _write_atomic,
+)
 
 __all__ = [
     'KEY_DIR_ENV',
@@ -232,20 +237,9 @@ def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True
     return signer
 
 
-def _replace_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` atomically (a reader sees the old or the new file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _replace_text(path: Path, text: str) -> None:
+    """Write a key list atomically (a reader sees the old or the new file), readable by all."""
+    _write_atomic(path, text.encode(), mode=0o644)
 
 
 class TrustList:
