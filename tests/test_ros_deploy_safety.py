@@ -446,15 +446,24 @@ def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group,
                         'offline_root': str(offline)}}) if s.name == 'learner'])
         probe.wait_for(lambda: announced or node_group.dead(), 180, "the learner's first")
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
+        if latest == 'revoked':   # its new key revoked too, while it runs: it trains no more
+            TrustList(keys / TRUST_FILE).revoke(new.key_id, 'again')
+            from std_srvs.srv import Trigger
+            assert probe.call(Trigger, 'learner/train', Trigger.Request(), timeout=60).success
+            probe.wait_for(lambda: 'while this learner ran' in log_text(node_group, 'learner'),
+                           60, 'the round refused')
+            assert [m.version for m in announced] == [first]
     finally:
         probe.close()
     assert announced[0].version == first
     log = log_text(node_group, 'learner')
     assert f'not resuming from v{first - 1}' in log and 'revoked' in log
     assert f'resuming from v{first - 1}' not in log.replace('not resuming from', '')
-    trust = TrustList(keys / TRUST_FILE)
+    trust = TrustList(keys / TRUST_FILE, revoked_path=tmp_path / 'none')
     mine = CheckpointRegistry(data / 'checkpoints' / 'pick_cube').get(first)
+    trust.add(new.public)
     assert verify_checkpoint(mine.path, trust=trust, robot=ROBOT).key_id == new.key_id
+    trust = TrustList(keys / TRUST_FILE)
     assert mine.metrics['train_steps'] > 0
     # the old ones were left as they were: signed by the revoked key, or not signed
     with pytest.raises(RevokedKey if latest == 'revoked' else SignatureRejected,

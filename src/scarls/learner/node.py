@@ -314,6 +314,7 @@ class LearnerNode(LifecycleNode):
                                 f'{self._trust.revoked_path}: `scarls keys rotate` makes a new '
                                 'one (or give signing_key another key)')
         registry.robot = robot.hash
+        self._signer_id = registry.signer.key_id
         if resume is None:
             return None
         try:
@@ -477,6 +478,10 @@ class LearnerNode(LifecycleNode):
                 f'registry; the gate compares with v{to} and training goes on from its weights')
 
     def _round(self, steps: int, what: str) -> None:
+        if self._trust.is_revoked(self._signer_id):
+            raise LearnerError(f'the signing key {self._signer_id} was revoked in '
+                               f'{self._trust.revoked_path} while this learner ran: it trains '
+                               'no more until restarted with a new key (`scarls keys rotate`)')
         with self._busy:
             self._follow_rollback()
             added = self._learner.refresh_online(self._data_root, self._task)
