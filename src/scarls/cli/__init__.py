@@ -24,7 +24,8 @@ share), as ros2cli has one per verb.
                  report how its actions differ from the logged ones (and from a baseline
                  checkpoint's), per episode, phase and joint group; exit 1 on a regression
                  with --fail-on-regression.
-  scarls keys init | trust | list | sign   checkpoint signing keys and the trust list;
+  scarls keys init | trust | list | sign | revoke | rotate   checkpoint signing keys, the
+                 trust list and the revocation list;
   scarls deploy  make an approved checkpoint version the deployed one (rollback).
 """
 
