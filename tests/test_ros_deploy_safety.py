@@ -330,9 +330,14 @@ def test_actor_refuses_forged_and_crafted_deploys_and_follows_a_rollback(ros, no
         # signed by it, so START is refused - no restart, the actor re-reads its key files
         new = ensure_key(keys, 'learner-rotated')
         TrustList(keys / TRUST_FILE).revoke(signer.key_id, 'workstation stolen')
-        steps = len(op.steps)
-        probe.wait_for(lambda: op.send(OperatorSignal.START) or
-                       'which has been revoked' in text(), 30, 'START refused')
+        steps, sent = len(op.steps), [0.0]
+
+        def start_refused() -> bool:
+            if time.monotonic() - sent[0] > 1.0:   # START again each second, as teleop does
+                sent[0] = time.monotonic()
+                op.send(OperatorSignal.START)
+            return 'which has been revoked' in text()
+        probe.wait_for(start_refused, 30, 'START refused')
         assert op.phase == 'IDLE' and len(op.steps) == steps, 'the robot did not move'
         # what the revoked key signs is refused; a deploy under the new key runs
         good[5] = dump_checkpoint(make_policy('mlp', seed=5), version=5, signer=signer,
