@@ -6,6 +6,7 @@ the PyPI wheels) build their node list from `ecu_nodes()`, so they cannot drift.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,6 @@ def dds_profile_env(environ: dict | None = None) -> dict[str, str]:
     shared-memory segment large enough for camera streams, and an initial-peer range that lets
     more than 32 participants on one host discover each other): empty when the user already
     selected a profile, or when the file cannot be found."""
-    import os
     env = os.environ if environ is None else environ
     profile = config_file('fastdds_shm.xml')
     if profile is None or any(k in env for k in DDS_PROFILE_KEYS):

@@ -68,6 +68,7 @@ __all__ = [
     'key_id',
     'learner_key_name',
     'parse_public_key',
+    'read_public_keys',
     'resolve_key_dir',
 ]
 
@@ -143,6 +144,16 @@ def parse_public_key(line: str) -> PublicKey:
         raise KeyStoreError(f'malformed {PUBLIC_KEY_PREFIX} key {parts[1][:20]!r}...: {exc}') \
             from exc
     return PublicKey(key, key_id(key), parts[2].strip() if len(parts) > 2 else '')
+
+
+def read_public_keys(path: str | os.PathLike[str]) -> list[PublicKey]:
+    """The public keys of a ``.pub`` file (blank and ``#`` lines skipped); a malformed line
+    raises :class:`KeyStoreError`, so does an unreadable file."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise KeyStoreError(f'cannot read {path}: {exc.strerror}') from exc
+    return [parse_public_key(ln) for ln in lines if ln.strip() and not ln.lstrip().startswith('#')]
 
 
 class Signer:
@@ -222,18 +233,13 @@ def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True
         fresh = Signer.generate(name)
         if _write_new(path, fresh.private_pem(), 0o600):
             _log.info('created signing key %s (key id %s)', path, fresh.key_id)
-    signer = Signer.load(path)
-    revoked = TrustList(directory / TRUST_FILE).revoked()
-    if signer.key_id in revoked:
-        raise KeyStoreError(
-            f'the signing key {path} (key id {signer.key_id}) is revoked in '
-            f'{directory / REVOKED_FILE} ({revoked[signer.key_id] or "no reason given"}): '
-            f'`scarls keys rotate --key-dir {directory}` replaces it with a new key')
+    trust_list = TrustList(directory / TRUST_FILE)
+    signer = trust_list.refuse_revoked(Signer.load(path))
     pub = directory / f'{name}.pub'
     if not pub.exists():
         _write_new(pub, (signer.public.line() + '\n').encode(), 0o644)
     if trust:
-        TrustList(directory / TRUST_FILE).add(signer.public)
+        trust_list.add(signer.public)
     return signer
 
 
@@ -242,14 +248,22 @@ def _replace_text(path: Path, text: str) -> None:
     _write_atomic(path, text.encode(), mode=0o644)
 
 
+def _append_line(path: Path, line: str, header: str) -> None:
+    """Append ``line`` to a key list (created with ``header`` if missing), atomically."""
+    old = path.read_text() if path.exists() else header
+    if old and not old.endswith('\n'):
+        old += '\n'
+    _replace_text(path, old + line + '\n')
+
+
 class TrustList:
     """The public keys a node accepts signatures from (a text file, see the module docstring),
     minus the keys of the revocation list next to it (``revoked_path``, default
     ``<trust file dir>/revoked_keys``).
 
     Reads are cached by the files' identity, size and change times; :meth:`add` and
-    :meth:`revoke` change them under an exclusive lock (``<trust file>.lock``) and rewrite
-    them atomically.
+    :meth:`revoke` change them under an exclusive lock (``<revocation list>.lock``) and
+    rewrite them atomically.
     """
 
     def __init__(self, path: str | os.PathLike[str],
@@ -343,6 +357,17 @@ class TrustList:
     def is_revoked(self, kid: str) -> bool:
         return str(kid).lower() in self.revoked()
 
+    def refuse_revoked(self, signer: Signer) -> Signer:
+        """``signer``, unless its key is revoked here (:class:`KeyStoreError`, saying how to
+        replace it): what signs must not be a key its own host refuses."""
+        entry = self.revoked().get(signer.key_id)
+        if entry is not None:
+            raise KeyStoreError(
+                f'the signing key {signer.key_id} ({signer.name or "?"}) is revoked here '
+                f'({self.revoked_path}: {entry or "no reason given"}): `scarls keys rotate` '
+                'replaces it with a new key')
+        return signer
+
     def _locked(self):
         """The key directory's lock (one for both lists: a revocation is never lost to a
         concurrent trust, whichever trust file the writer was given)."""
@@ -365,12 +390,9 @@ class TrustList:
                     'again: make a new key (`scarls keys rotate` on its host) and trust that')
             if public.key_id in self._trusted():
                 return False
-            old = self.path.read_text() if self.path.exists() else \
-                '# scarls trusted public keys: checkpoints and deploy records signed by one ' \
-                'of these are accepted\n'
-            if old and not old.endswith('\n'):
-                old += '\n'
-            _replace_text(self.path, old + public.line() + '\n')
+            _append_line(self.path, public.line(),
+                         '# scarls trusted public keys: checkpoints and deploy records signed '
+                         'by one of these are accepted\n')
             self._cache = None
         _log.info('trusted key %s (%s) in %s', public.key_id, public.comment or 'no comment',
                   self.path)
@@ -387,14 +409,10 @@ class TrustList:
         with self._locked():
             newly = kid not in self.revoked()
             if newly:
-                old = self.revoked_path.read_text() if self.revoked_path.exists() else \
-                    ('# scarls revoked keys: nothing signed by these is accepted, whatever '
-                     'the trust list says\n# <key id> <date> <reason>\n')
-                if old and not old.endswith('\n'):
-                    old += '\n'
                 stamp = datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
-                _replace_text(self.revoked_path,
-                              old + f'{kid} {stamp} {reason or "revoked"}'.rstrip() + '\n')
+                _append_line(self.revoked_path, f'{kid} {stamp} {reason or "revoked"}',
+                             '# scarls revoked keys: nothing signed by these is accepted, '
+                             'whatever the trust list says\n# <key id> <date> <reason>\n')
             removed = False
             if self.path.exists():
                 kept = []
@@ -416,19 +434,18 @@ class TrustList:
     def verify(self, kid: str, message: bytes, signature: bytes, *, what: str) -> PublicKey:
         """Check that ``signature`` over ``message`` was made by trusted key ``kid``; return
         the key. ``what`` names the signed object in error messages."""
-        revoked = self.revoked()
-        if str(kid).lower() in revoked:
+        entry = self.revoked().get(str(kid).lower())
+        if entry is not None:
             raise RevokedKey(
                 f'{what} is signed by key {kid}, which is revoked in {self.revoked_path} '
-                f'({revoked[str(kid).lower()] or "no reason given"}): it is refused whatever '
-                'the trust list says; deploy a checkpoint signed by a trusted key')
-        keys = self.keys()
-        public = keys.get(kid)
+                f'({entry or "no reason given"}): it is refused whatever the trust list says; '
+                'deploy a checkpoint signed by a trusted key')
+        public = self._trusted().get(kid)   # not revoked (above)
         if public is None:
             raise UntrustedKey(
                 f'{what} is signed by key {kid}, which is not in the trust list {self.path} '
-                f'({len(keys)} trusted key(s)); if that key is yours, copy its .pub file from '
-                'the learner\'s key directory and run `scarls keys trust FILE` here')
+                f'({len(self.keys())} trusted key(s)); if that key is yours, copy its .pub file '
+                'from the learner\'s key directory and run `scarls keys trust FILE` here')
         try:
             public.key.verify(signature, message)
         except InvalidSignature:

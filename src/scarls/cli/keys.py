@@ -96,18 +96,11 @@ def cmd_init(args) -> int:
 
 
 def cmd_trust(args) -> int:
-    from scarls.checkpoints.signing import (
-        TRUST_FILE,
-        KeyStoreError,
-        TrustList,
-        parse_public_key,
-    )
+    from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, read_public_keys
     trust = TrustList(_dir(args) / TRUST_FILE)
     try:
-        lines = [ln for ln in Path(args.pubkey_file).read_text().splitlines()
-                 if ln.strip() and not ln.lstrip().startswith('#')]
-        keys = [parse_public_key(ln) for ln in lines]
-    except (OSError, KeyStoreError) as exc:
+        keys = read_public_keys(args.pubkey_file)
+    except KeyStoreError as exc:
         log.error('error: %s', exc)
         return 1
     if not keys:
@@ -170,10 +163,8 @@ def cmd_sign(args) -> int:
     version = re.fullmatch(r'v(\d+)\.safetensors', path.name)
     in_registry = version is not None and (path.parent / INDEX_NAME).is_file()
     try:
-        signer = Signer.load(_dir(args) / f'{learner_key_name(args.ecu_id)}.key')
-        if TrustList(_dir(args) / TRUST_FILE).is_revoked(signer.key_id):
-            raise KeyStoreError(f'key {signer.key_id} is revoked here: `scarls keys rotate '
-                                f'--ecu-id {args.ecu_id}` makes a new one')
+        signer = TrustList(_dir(args) / TRUST_FILE).refuse_revoked(
+            Signer.load(_dir(args) / f'{learner_key_name(args.ecu_id)}.key'))
         robot = load_robot(args.robot)
         if in_registry:
             # through the registry, so its index records the new file's sha256 (stop the
@@ -195,12 +186,11 @@ def cmd_sign(args) -> int:
 
 
 def cmd_revoke(args) -> int:
-    from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, parse_public_key
+    from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, read_public_keys
     trust = TrustList(_dir(args) / TRUST_FILE)
     try:
         if Path(args.key).is_file():
-            kids = [parse_public_key(ln).key_id for ln in Path(args.key).read_text().splitlines()
-                    if ln.strip() and not ln.lstrip().startswith('#')]
+            kids = [pk.key_id for pk in read_public_keys(args.key)]
             if not kids:
                 raise KeyStoreError(f'{args.key} holds no public key')
         else:
@@ -226,7 +216,7 @@ def cmd_rotate(args) -> int:
         TrustList,
         ensure_key,
         learner_key_name,
-        parse_public_key,
+        read_public_keys,
     )
     directory = _dir(args)
     name = learner_key_name(args.ecu_id)
@@ -238,8 +228,7 @@ def cmd_rotate(args) -> int:
         if old_key.exists():
             old_ids.append(Signer.load(old_key).key_id)
         if old_pub.exists():
-            old_ids += [parse_public_key(ln).key_id for ln in old_pub.read_text().splitlines()
-                        if ln.strip() and not ln.lstrip().startswith('#')]
+            old_ids += [pk.key_id for pk in read_public_keys(old_pub)]
         old_ids = list(dict.fromkeys(old_ids))
         # revoked first: if anything below fails, the old key is refused already
         for kid in old_ids:

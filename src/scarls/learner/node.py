@@ -63,7 +63,6 @@ from scarls.checkpoints.format import RevokedKey, SignatureRejected, verify_chec
 from scarls.checkpoints.registry import CheckpointRegistry, RegistryError
 from scarls.checkpoints.signing import (
     TRUST_FILE,
-    KeyStoreError,
     Signer,
     TrustList,
     ensure_key,
@@ -307,12 +306,8 @@ class LearnerNode(LifecycleNode):
         key_dir = resolve_key_dir(p('key_dir'), self._data_root)
         key = p('signing_key')
         self._trust = TrustList(p('trust_file') or key_dir / TRUST_FILE)
-        registry.signer = Signer.load(key) if key else \
-            ensure_key(key_dir, learner_key_name(p('ecu_id')))
-        if self._trust.is_revoked(registry.signer.key_id):
-            raise KeyStoreError(f'the signing key {registry.signer.key_id} is revoked in '
-                                f'{self._trust.revoked_path}: `scarls keys rotate` makes a new '
-                                'one (or give signing_key another key)')
+        registry.signer = self._trust.refuse_revoked(
+            Signer.load(key) if key else ensure_key(key_dir, learner_key_name(p('ecu_id'))))
         registry.robot = robot.hash
         self._signer_id = registry.signer.key_id
         if resume is None:

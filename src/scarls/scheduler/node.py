@@ -286,12 +286,8 @@ class SchedulerNode(LifecycleNode):
             self._registry_root = self._registry_root.resolve()
             self._trust = TrustList(Path(str(p('trust_file').value) or key_dir / TRUST_FILE))
             key = str(p('signing_key').value)
-            self._signer = Signer.load(key) if key else \
-                ensure_key(key_dir, learner_key_name(self._ecu))
-            if self._trust.is_revoked(self._signer.key_id):
-                raise KeyStoreError(f'the signing key {self._signer.key_id} is revoked in '
-                                    f'{self._trust.revoked_path}: `scarls keys rotate` makes '
-                                    'a new one')
+            self._signer = self._trust.refuse_revoked(
+                Signer.load(key) if key else ensure_key(key_dir, learner_key_name(self._ecu)))
             trusted = len(self._trust.keys())
             self._deploy_log = DeployLog(self._registry_root / DEPLOY_LOG_NAME)
             self._guard_path = self._registry_root / GUARD_STATE_NAME
