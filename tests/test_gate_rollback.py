@@ -9,8 +9,10 @@ import math
 import pytest
 import torch
 
-from scarls.checkpoints import load_checkpoint
+from scarls.checkpoints import CheckpointRejected, load_checkpoint
+from scarls.checkpoints.format import UntrustedKey
 from scarls.checkpoints.registry import CheckpointRegistry
+from scarls.checkpoints.signing import TRUST_FILE, Signer, TrustList, ensure_key
 from scarls.learner.config import RolloutConfig
 from scarls.learner.demos import generate_demos
 from scarls.learner.online import DEMOS_METRIC, OnlineConfig, OnlineLearner
@@ -55,6 +57,41 @@ def test_the_learner_follows_a_guard_rollback(tmp_path, demos):
     assert learner.follow_rollback(1, 2) is None
     # the next candidate is trained from v1 and compared with it
     assert learner.train_round().parent == 1
+
+
+def test_a_rollback_target_is_verified_before_anything_changes(tmp_path, demos):
+    """The rollback target re-enters training (and every later candidate is signed by this
+    learner): it must be signed by a trusted key for this robot and be the bytes the signed
+    deploy record names. A refused rollback revokes nothing and can be retried."""
+    robot = '0123456789abcdef'
+    signer = ensure_key(tmp_path / 'keys', 'learner-ecu0')
+    trust = TrustList(tmp_path / 'keys' / TRUST_FILE)
+    registry = CheckpointRegistry(tmp_path / 'ckpt', keep_last=10, signer=signer, robot=robot)
+    config = OnlineConfig(steps_per_round=5, pretrain_steps=0, threshold=100.0,
+                          tolerance=100.0, trainer=TrainerConfig(batch_size=8))
+    learner = OnlineLearner(make_policy('mlp', seed=0), registry, config)
+    learner.load_offline(demos, 'pick_cube', heldout=1)
+    for _ in range(3):
+        assert learner.train_round().approved
+    # v1 re-signed by a key nobody trusts (the index follows, so only the signature is wrong)
+    registry.signer = Signer.generate('stranger')
+    registry.resign(1)
+    with pytest.raises(UntrustedKey):
+        learner.follow_rollback(1, 2, trust=trust, robot=robot)
+    assert learner.deployed_version == 3 and not registry.get(2).revoked
+    registry.signer = signer
+    registry.resign(1)
+    # signed for another robot
+    with pytest.raises(CheckpointRejected, match='robot'):
+        learner.follow_rollback(1, 2, trust=trust, robot='fedcba9876543210')
+    # not the bytes the deploy record names
+    with pytest.raises(CheckpointRejected, match='deploy record'):
+        learner.follow_rollback(1, 2, trust=trust, robot=robot, expected_sha256='0' * 64)
+    assert learner.deployed_version == 3 and not registry.get(2).revoked
+    # the right record: followed
+    assert learner.follow_rollback(1, 2, trust=trust, robot=robot,
+                                   expected_sha256=registry.get(1).sha256) == [2, 3]
+    assert learner.deployed_version == 1
 
 
 def test_retention_keeps_the_deploy_logs_recent_versions(tmp_path):

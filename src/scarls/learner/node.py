@@ -179,7 +179,7 @@ class LearnerNode(LifecycleNode):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = threading.Lock()
-        self._rollback: tuple[int, int] | None = None   # (to version, rejected version)
+        self._rollback: tuple[int, int, str] | None = None   # (to, rejected, to's sha256)
         self._learner: OnlineLearner | None = None
         self._stream = 0      # this learner's draws after pre-training (its fleet rank)
         self._last: RoundResult | None = None
@@ -454,16 +454,18 @@ class LearnerNode(LifecycleNode):
             return
         m = GUARD_ROLLBACK.match(record.reason)
         if m is not None:
-            self._rollback = (int(record.version), int(m.group(1)))
+            self._rollback = (int(record.version), int(m.group(1)), record.sha256)
 
     def _follow_rollback(self) -> None:
         """Training thread, between rounds: apply the guard's rollback, if one came."""
         pending, self._rollback = self._rollback, None
         if pending is None:
             return
-        to, bad = pending
+        to, bad, sha256 = pending
         try:
-            revoked = self._learner.follow_rollback(to, bad)
+            revoked = self._learner.follow_rollback(to, bad, trust=self._trust,
+                                                    robot=self._robot.hash,
+                                                    expected_sha256=sha256)
         except (LearnerError, RegistryError, CheckpointRejected, OSError, KeyError) as exc:
             self.get_logger().error(f'cannot follow the rollback from v{bad} to v{to}: {exc}')
             return

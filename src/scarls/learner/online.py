@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from scarls.checkpoints.format import CheckpointRejected
 from scarls.checkpoints.registry import CheckpointRecord, CheckpointRegistry
 from scarls.episodes import EpisodeReader, list_episodes, validate_episode
 from scarls.episodes.schema import ACTION_PATH, STATE_PATH, EpisodeMeta
@@ -435,24 +436,38 @@ class OnlineLearner:
         self._deployed_weights = {k: v.detach().clone()
                                   for k, v in self.policy.state_dict().items()}
 
-    def follow_rollback(self, to_version: int, rejected: int) -> list[int] | None:
+    def follow_rollback(self, to_version: int, rejected: int, *, trust: Any = None,
+                        robot: str | None = None,
+                        expected_sha256: str | None = None) -> list[int] | None:
         """The scheduler's deploy guard rolled back from ``rejected`` to ``to_version``
         (docs/GATE.md): revoke ``rejected`` and every candidate trained from it in the
         registry, make ``to_version`` the deployed model the gate compares with, and train on
         from its weights - the data, the rejected model's episodes included, is kept (their
         takeovers are corrections of the states a worse model visits). Returns the versions
-        revoked, or None when the rollback was followed before (e.g. the learner restarted)."""
+        revoked, or None when the rollback was followed before (e.g. the learner restarted).
+
+        The target is verified like any checkpoint the learner starts from: with ``trust``
+        it must be signed by a trusted (not revoked) key for ``robot``; its bytes must hash
+        to ``expected_sha256`` (the signed deploy record's) and to the registry's record.
+        Nothing changes when it is refused (:class:`CheckpointRejected`): the candidates are
+        revoked only after the target loaded, so a rejected rollback can be retried."""
         records = {r.version: r for r in self.registry.records()}
         lineage = {int(rejected)}
         for v in sorted(records):
             if v > rejected and records[v].parent in lineage:
                 lineage.add(v)
-        revoked = self.registry.revoke(sorted(lineage))
-        if not revoked and self.deployed_version not in lineage:
+        if self.deployed_version not in lineage and \
+                all(records[v].revoked for v in lineage if v in records):
             return None
         from scarls.checkpoints import load_checkpoint
         rec = self.registry.get(int(to_version))
-        model, _ = load_checkpoint(rec.path, expected_sha256=rec.sha256)
+        if expected_sha256 and rec.sha256 != expected_sha256:
+            raise CheckpointRejected(
+                f'the deploy record names v{rec.version} with sha256 {expected_sha256[:12]}..., '
+                f'the registry holds {rec.sha256[:12]}...: not rolling back to it')
+        model, _ = load_checkpoint(rec.path, expected_sha256=rec.sha256, trust=trust,
+                                   robot=robot, expected_version=rec.version)
+        revoked = self.registry.revoke(sorted(lineage))
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.policy.load_state_dict(weights)
         self.trainer.sync_ema()
