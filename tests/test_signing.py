@@ -160,6 +160,27 @@ def test_an_unreadable_revocation_list_refuses_every_signature(tmp_path, keys):
     load_checkpoint(data, trust=trust, robot=ROBOT)
 
 
+def test_keys_manage_the_trust_file_a_node_is_given(tmp_path, capsys):
+    """`--trust-file` (a node's `trust_file` parameter): trust, revoke and list act on that
+    file and the revocation list next to it, not on the key directory's."""
+    from scarls.cli import main
+    key_dir, custom = tmp_path / 'keys', tmp_path / 'etc' / 'scarls' / 'trusted'
+    assert main(['keys', 'init', '--key-dir', str(key_dir), '--trust-file', str(custom)]) == 0
+    signer = Signer.load(key_dir / 'learner-ecu0.key')
+    node_view = TrustList(custom)       # what a node with trust_file=<custom> reads
+    assert list(node_view.keys()) == [signer.key_id]
+    assert not (key_dir / TRUST_FILE).exists()
+    assert main(['keys', 'revoke', '--trust-file', str(custom), signer.key_id]) == 0
+    assert (custom.parent / REVOKED_FILE).is_file() and node_view.is_revoked(signer.key_id)
+    assert list(node_view.keys()) == []
+    assert main(['keys', 'list', '--key-dir', str(key_dir), '--trust-file', str(custom)]) == 0
+    assert f'revoked {signer.key_id}' in capsys.readouterr().out
+    # rotate: the new key is trusted in the same file, the old one stays revoked there
+    assert main(['keys', 'rotate', '--key-dir', str(key_dir), '--trust-file', str(custom)]) == 0
+    new = Signer.load(key_dir / 'learner-ecu0.key')
+    assert list(node_view.keys()) == [new.key_id] and node_view.is_revoked(signer.key_id)
+
+
 def test_keys_revoke_and_rotate_on_the_command_line(tmp_path, capsys, caplog):
     from scarls.cli import main
     key_dir = tmp_path / 'keys'

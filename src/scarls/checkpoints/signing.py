@@ -216,10 +216,12 @@ def _write_new(path: Path, data: bytes, mode: int) -> bool:
             os.unlink(tmp)
 
 
-def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True) -> Signer:
+def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True,
+               trust_file: str | os.PathLike[str] | None = None) -> Signer:
     """The signer ``<key_dir>/<name>.key``, created (with ``<name>.pub``) if missing; with
-    ``trust`` its public key is added to ``<key_dir>/trusted_keys`` (what ``scarls keys
-    init`` does; safe when several processes call it at once)."""
+    ``trust`` its public key is added to ``trust_file`` (default ``<key_dir>/trusted_keys``;
+    what ``scarls keys init`` does; safe when several processes call it at once). A key on
+    the revocation list next to that file is refused (:class:`KeyStoreError`)."""
     if not _NAME_RE.match(name):
         raise KeyStoreError(f'key name {name!r}: use letters, digits, _ . - (max 64)')
     directory = Path(key_dir)
@@ -233,7 +235,7 @@ def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True
         fresh = Signer.generate(name)
         if _write_new(path, fresh.private_pem(), 0o600):
             _log.info('created signing key %s (key id %s)', path, fresh.key_id)
-    trust_list = TrustList(directory / TRUST_FILE)
+    trust_list = TrustList(trust_file or directory / TRUST_FILE)
     signer = trust_list.refuse_revoked(Signer.load(path))
     pub = directory / f'{name}.pub'
     if not pub.exists():

@@ -32,6 +32,10 @@ def register(sub) -> None:
         p.add_argument('--key-dir', default='',
                        help='key directory (default $SCARLS_KEY_DIR, else <data-root>/keys)')
         p.add_argument('--data-root', default='data', help='data root (default ./data)')
+        p.add_argument('--trust-file', default='',
+                       help='the trust list to read and write (default <key-dir>/trusted_keys; '
+                       'the revocation list is the revoked_keys file next to it) - the file a '
+                       "node's trust_file parameter names")
 
     init = ksub.add_parser('init', help="create this host's learner key and trust it")
     key_dir_args(init)
@@ -80,11 +84,22 @@ def _dir(args) -> Path:
     return resolve_key_dir(args.key_dir, args.data_root)
 
 
+def _trust_file(args) -> Path:
+    from scarls.checkpoints.signing import TRUST_FILE
+    return Path(args.trust_file) if args.trust_file else _dir(args) / TRUST_FILE
+
+
+def _trust(args):
+    from scarls.checkpoints.signing import TrustList
+    return TrustList(_trust_file(args))
+
+
 def cmd_init(args) -> int:
     from scarls.checkpoints.signing import KeyStoreError, ensure_key, learner_key_name
     directory = _dir(args)
     try:
-        signer = ensure_key(directory, learner_key_name(args.ecu_id))
+        signer = ensure_key(directory, learner_key_name(args.ecu_id),
+                            trust_file=_trust_file(args))
     except KeyStoreError as exc:
         log.error('error: %s', exc)
         return 1
@@ -96,8 +111,8 @@ def cmd_init(args) -> int:
 
 
 def cmd_trust(args) -> int:
-    from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, read_public_keys
-    trust = TrustList(_dir(args) / TRUST_FILE)
+    from scarls.checkpoints.signing import KeyStoreError, read_public_keys
+    trust = _trust(args)
     try:
         keys = read_public_keys(args.pubkey_file)
     except KeyStoreError as exc:
@@ -118,10 +133,10 @@ def cmd_trust(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, Signer, TrustList
+    from scarls.checkpoints.signing import KeyStoreError, Signer
     directory = _dir(args)
     print(f'key directory {directory}')
-    trust = TrustList(directory / TRUST_FILE)
+    trust = _trust(args)
     try:
         trusted, revoked = trust.keys(), trust.revoked()
     except KeyStoreError as exc:
@@ -152,10 +167,8 @@ def cmd_sign(args) -> int:
     )
     from scarls.checkpoints.registry import INDEX_NAME, CheckpointRegistry, RegistryError
     from scarls.checkpoints.signing import (
-        TRUST_FILE,
         KeyStoreError,
         Signer,
-        TrustList,
         learner_key_name,
     )
     from scarls.robot import RobotDescriptionError, load_robot
@@ -163,7 +176,7 @@ def cmd_sign(args) -> int:
     version = re.fullmatch(r'v(\d+)\.safetensors', path.name)
     in_registry = version is not None and (path.parent / INDEX_NAME).is_file()
     try:
-        signer = TrustList(_dir(args) / TRUST_FILE).refuse_revoked(
+        signer = _trust(args).refuse_revoked(
             Signer.load(_dir(args) / f'{learner_key_name(args.ecu_id)}.key'))
         robot = load_robot(args.robot)
         if in_registry:
@@ -186,8 +199,8 @@ def cmd_sign(args) -> int:
 
 
 def cmd_revoke(args) -> int:
-    from scarls.checkpoints.signing import TRUST_FILE, KeyStoreError, TrustList, read_public_keys
-    trust = TrustList(_dir(args) / TRUST_FILE)
+    from scarls.checkpoints.signing import KeyStoreError, read_public_keys
+    trust = _trust(args)
     try:
         if Path(args.key).is_file():
             kids = [pk.key_id for pk in read_public_keys(args.key)]
@@ -210,10 +223,8 @@ def cmd_revoke(args) -> int:
 
 def cmd_rotate(args) -> int:
     from scarls.checkpoints.signing import (
-        TRUST_FILE,
         KeyStoreError,
         Signer,
-        TrustList,
         ensure_key,
         learner_key_name,
         read_public_keys,
@@ -221,7 +232,7 @@ def cmd_rotate(args) -> int:
     directory = _dir(args)
     name = learner_key_name(args.ecu_id)
     old_key, old_pub = directory / f'{name}.key', directory / f'{name}.pub'
-    trust = TrustList(directory / TRUST_FILE)
+    trust = _trust(args)
     try:
         # every key the old files name (the private key, and a .pub that may not match it)
         old_ids = []
@@ -236,7 +247,7 @@ def cmd_rotate(args) -> int:
         for path in (old_key, old_pub):   # kept for the record, out of the key's name
             if path.exists():
                 path.rename(path.with_name(f'{path.name}.revoked-{old_ids[0]}'))
-        new = ensure_key(directory, name)
+        new = ensure_key(directory, name, trust_file=_trust_file(args))
     except (OSError, KeyStoreError) as exc:
         log.error('error: %s', exc)
         return 1
