@@ -53,17 +53,20 @@ def test_deploy_latency_pairs_each_deploy_with_the_actor_acting_on_it():
     assert deploy_latencies([], [])['n'] == 0
 
 
-def test_quantile_matches_numpys_linear_percentile():
+def test_percentile_is_numpys_over_the_finite_values():
     import numpy as np
 
-    from scarls.bringup.runner import latency_summary, quantile
+    from scarls.bringup.runner import latency_summary
+    from scarls.common.stats import percentile
     rng = np.random.default_rng(3)
     for n in (1, 2, 5, 40):
         v = rng.random(n).tolist()
-        for p in (50, 99):
-            assert quantile(v, p, digits=9) == pytest.approx(np.percentile(v, p), abs=1e-9)
-    assert quantile([], 50) is None
-    with pytest.raises(ValueError, match='within 1..99'):
-        quantile([1.0, 2.0], 99.6)
+        for p in (0, 50, 99, 100):
+            assert percentile(v, p) == pytest.approx(np.percentile(v, p), abs=1e-12)
+            assert percentile(v, p, digits=3) == round(float(np.percentile(v, p)), 3)
+    assert percentile([], 50) is None and percentile([None, float('inf')], 50) is None
+    assert percentile([float('nan'), 1.0, 3.0], 50) == 2.0
+    with pytest.raises(ValueError, match='within 0..100'):
+        percentile([1.0, 2.0], 100.5)
     assert latency_summary([], []) == {'n': 0, 'sim_p50': None, 'sim_p99': None,
                                        'wall_p50': None, 'wall_p99': None}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scarls.bringup import NodeSpec
 from scarls.bringup.launcher import ProcessGroup, apply_ros_env, pick_domain_id, ros_env
+from scarls.common.stats import percentile
 
 log = logging.getLogger('scarls')
 STARTUP_TIMEOUT_S = 60.0
@@ -137,24 +138,11 @@ class _Seen:
         return self.loads[-1]['version'] if self.loads else 0
 
 
-def quantile(values: list[float], p: float, digits: int = 3) -> float | None:
-    """The ``p``-th percentile of ``values`` (linear interpolation between order statistics, as
-    numpy's default), rounded; None for no values."""
-    import statistics
-    if not 1 <= p <= 99:
-        raise ValueError(f'percentile {p} is not within 1..99')
-    if not values:
-        return None
-    v = list(values)
-    return round(statistics.quantiles(v, n=100, method='inclusive')[round(p) - 1]
-                 if len(v) > 1 else v[0], digits)
-
-
 def latency_summary(sim: list[float], wall: list[float]) -> dict:
     """Count, p50 and p99 of one latency measured in run time (``sim``: simulated seconds under
     simulated time) and in wall seconds."""
-    return {'n': len(sim), 'sim_p50': quantile(sim, 50), 'sim_p99': quantile(sim, 99),
-            'wall_p50': quantile(wall, 50), 'wall_p99': quantile(wall, 99)}
+    return {'n': len(sim), 'sim_p50': percentile(sim, 50, 3), 'sim_p99': percentile(sim, 99, 3),
+            'wall_p50': percentile(wall, 50, 3), 'wall_p99': percentile(wall, 99, 3)}
 
 
 def deploy_latencies(deploys: list[dict], loads: list[dict], *, raw: bool = False) -> dict:

@@ -19,6 +19,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from scarls.common.stats import percentile
+
 STALE_S = 3.0
 """An ECU whose last heartbeat is older than this is shown as silent (as in `scarls status`)."""
 
@@ -50,20 +52,6 @@ def num(value) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def percentile(values, q: float) -> float | None:
-    """The q-th percentile (0-100) with linear interpolation between ranks (numpy's default);
-    None for no values."""
-    data = sorted(v for v in values if v is not None and math.isfinite(v))
-    if not data:
-        return None
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f'percentile must be within 0..100, got {q}')
-    pos = (len(data) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
 def latency_summary(values) -> dict:

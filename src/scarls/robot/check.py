@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scarls.common.stats import percentile
+
 __all__ = [
     'CameraSamples',
     'CheckReport',
@@ -61,8 +63,8 @@ def _rate(times: Sequence[float]) -> float:
 
 
 def _pct(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else \
-        math.nan
+    value = percentile(values, q)
+    return math.nan if value is None else value
 
 
 @dataclass
