@@ -10,7 +10,9 @@
   the running checkpoint's key is revoked START is refused until a checkpoint signed by a
   trusted key is deployed, and what the revoked key signs is refused;
 * a restarted actor loads the deployed checkpoint before its first episode; `scarls deploy`
-  rolls back and the actor follows at the next episode boundary.
+  rolls back and the actor follows at the next episode boundary;
+* the learner does not resume from what a revoked key signed, and follows a deploy guard's
+  rollback only to a checkpoint signed by a trusted key with the hash the record names.
 """
 
 from __future__ import annotations
@@ -474,3 +476,62 @@ def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group,
     with pytest.raises(RevokedKey if latest == 'revoked' else SignatureRejected,
                        match='revoked' if latest == 'revoked' else 'not signed'):
         verify_checkpoint(registry.get(first - 1).path, trust=trust, robot=ROBOT)
+
+
+def test_learner_follows_a_guard_rollback_only_to_a_verified_checkpoint(ros, node_group,
+                                                                        tmp_path):
+    """The scheduler's deploy guard rolled back (a signed deploy record `guard rollback from
+    vN`): the learner trains on from the version rolled back to only if that file is signed by
+    a trusted key and is the bytes the record names; otherwise it logs why and changes
+    nothing (no version revoked, the gate still compares with what it had)."""
+    from scarls.checkpoints.registry import read_index
+    from scarls.learner.demos import generate_demos
+    ns, keys, data = 'lrollback', tmp_path / 'keys', tmp_path / 'ecu'
+    offline = tmp_path / 'offline'
+    generate_demos(offline, 'pick_cube', 3, seed=10_000, image_shape=(24, 32))
+    signer = ensure_key(keys, f'learner-{ns}')
+    root = data / 'checkpoints' / 'pick_cube'
+    registry = CheckpointRegistry(root, signer=signer, robot=ROBOT)
+    for seed, parent in ((1, None), (2, 1), (3, 2)):
+        registry.publish(make_policy('mlp', seed=seed), metrics={'open_loop_error': 0.01},
+                         parent=parent, approved=True)
+    registry.signer = Signer.generate('stranger')   # v1 signed again by a key nobody trusts
+    registry.resign(1)
+    probe = Probe(ns)
+    pub = probe.node.create_publisher(CheckpointInfo, 'scheduler/checkpoint', qos.LATCHED)
+
+    def rollback(generation: int, to: int, sha: str) -> None:
+        token = sign_deploy_record(DeployRecord(ns, generation, to, sha, ROBOT,
+                                                'guard rollback from v3'), signer)
+        pub.publish(CheckpointInfo(version=to, policy='mlp', sha256=sha, approved=True,
+                                   uri=token))
+
+    def log() -> str:
+        return log_text(node_group, 'learner')
+
+    try:
+        start_nodes(node_group, [s for s in ecu_nodes(ns, data_root=str(data), learner=True,
+                                                      key_dir=str(keys), extra={
+            'learner': {'pretrain_steps': 20, 'steps_per_round': 10, 'batch_size': 8,
+                        'threshold': 100.0, 'heldout_demos': 1,
+                        'offline_root': str(offline)}}) if s.name == 'learner'])
+        probe.wait_for(lambda: 'resuming from v3' in log() or node_group.dead(), 180,
+                       'the learner resuming from v3')
+        assert not node_group.dead(), [d.tail() for d in node_group.dead()]
+        rollback(1, 1, registry.get(1).sha256)          # v1: signed by an untrusted key
+        probe.wait_for(lambda: 'cannot follow the rollback from v3 to v1' in log(), 60,
+                       'the rollback to the stranger-signed v1 refused')
+        rollback(2, 2, '0' * 64)                        # v2, but not the bytes it names
+        probe.wait_for(lambda: 'cannot follow the rollback from v3 to v2' in log(), 60,
+                       'the rollback to v2 with the wrong hash refused')
+        assert not any(r.revoked for r in read_index(root).records.values())
+        rollback(3, 2, registry.get(2).sha256)          # the real record
+        probe.wait_for(lambda: 'deploy guard rolled back from v3 to v2' in log(), 60,
+                       'the rollback to v2 followed')
+    finally:
+        probe.close()
+    text = log()
+    assert 'v1 is signed by key' in text and 'not in the trust list' in text, text[-2000:]
+    assert 'deploy record names v2' in text
+    index = read_index(root).records
+    assert index[3].revoked and not index[2].revoked and not index[1].revoked
