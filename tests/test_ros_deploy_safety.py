@@ -419,6 +419,16 @@ def test_restarted_actor_runs_the_deployed_version_and_scarls_deploy_rolls_back(
         probe.close()
 
 
+def _start_learner(node_group, ns: str, data, keys, offline) -> None:
+    """The ECU's learner alone (small rounds, every candidate approved), on ``offline``'s
+    demonstrations, with the keys of ``keys``."""
+    start_nodes(node_group, [s for s in ecu_nodes(ns, data_root=str(data), learner=True,
+                                                  key_dir=str(keys), extra={
+        'learner': {'pretrain_steps': 20, 'steps_per_round': 10, 'batch_size': 8,
+                    'threshold': 100.0, 'heldout_demos': 1,
+                    'offline_root': str(offline)}}) if s.name == 'learner'])
+
+
 @pytest.mark.parametrize('latest', ['revoked', 'stripped'])
 def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group, tmp_path,
                                                                 latest):
@@ -446,11 +456,7 @@ def test_learner_does_not_resume_from_what_a_revoked_key_signed(ros, node_group,
     probe.node.create_subscription(CheckpointInfo, 'learner/checkpoint', announced.append,
                                    qos.STATE)
     try:
-        start_nodes(node_group, [s for s in ecu_nodes(ns, data_root=str(data), learner=True,
-                                                      key_dir=str(keys), extra={
-            'learner': {'pretrain_steps': 20, 'steps_per_round': 10, 'batch_size': 8,
-                        'threshold': 100.0, 'heldout_demos': 1,
-                        'offline_root': str(offline)}}) if s.name == 'learner'])
+        _start_learner(node_group, ns, data, keys, offline)
         probe.wait_for(lambda: announced or node_group.dead(), 180, "the learner's first")
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
         if latest == 'revoked':   # its new key revoked too, while it runs: it trains no more
@@ -510,11 +516,7 @@ def test_learner_follows_a_guard_rollback_only_to_a_verified_checkpoint(ros, nod
         return log_text(node_group, 'learner')
 
     try:
-        start_nodes(node_group, [s for s in ecu_nodes(ns, data_root=str(data), learner=True,
-                                                      key_dir=str(keys), extra={
-            'learner': {'pretrain_steps': 20, 'steps_per_round': 10, 'batch_size': 8,
-                        'threshold': 100.0, 'heldout_demos': 1,
-                        'offline_root': str(offline)}}) if s.name == 'learner'])
+        _start_learner(node_group, ns, data, keys, offline)
         probe.wait_for(lambda: 'resuming from v3' in log() or node_group.dead(), 180,
                        'the learner resuming from v3')
         assert not node_group.dead(), [d.tail() for d in node_group.dead()]
