@@ -181,6 +181,24 @@ def test_keys_manage_the_trust_file_a_node_is_given(tmp_path, capsys):
     assert list(node_view.keys()) == [new.key_id] and node_view.is_revoked(signer.key_id)
 
 
+def test_a_node_warns_when_its_own_key_is_not_on_the_trust_list_it_reads(tmp_path):
+    """A learner or scheduler given its own `trust_file` creates its key in the key directory
+    (trusted there, not in that file): the warning it logs at start names the key and the
+    command that trusts it, and that command silences it."""
+    import shlex
+
+    from scarls.cli import main
+    key_dir, custom = tmp_path / 'keys', tmp_path / 'etc' / 'trusted'
+    signer = ensure_key(key_dir, 'learner-ecu0')
+    trust = TrustList(custom)
+    warning = trust.own_key_warning(signer, key_dir / 'learner-ecu0.pub')
+    assert warning is not None and signer.key_id in warning and str(custom) in warning
+    command = shlex.split(warning.split('`')[1])
+    assert command[:2] == ['scarls', 'keys'] and main(command[1:]) == 0
+    assert trust.own_key_warning(signer) is None
+    assert TrustList(key_dir / TRUST_FILE).own_key_warning(signer) is None
+
+
 def test_keys_revoke_and_rotate_on_the_command_line(tmp_path, capsys, caplog):
     from scarls.cli import main
     key_dir = tmp_path / 'keys'

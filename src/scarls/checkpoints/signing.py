@@ -370,6 +370,18 @@ class TrustList:
                 'replaces it with a new key')
         return signer
 
+    def own_key_warning(self, signer: Signer, pub_file: str | os.PathLike[str] | None = None
+                        ) -> str | None:
+        """Why what ``signer`` signs would be refused on this host (its key is not on this
+        trust list), with the command that trusts it; ``None`` if it is trusted. A node whose
+        ``trust_file`` is not the list its key was created in warns with this at start."""
+        if signer.key_id in self:
+            return None
+        source = str(pub_file) if pub_file else f'{signer.name or "KEY"}.pub'
+        return (f'the signing key {signer.key_id} ({signer.name or "?"}) is not in the trust '
+                f'list {self.path}: checkpoints and deploys it signs are refused here until '
+                f'`scarls keys trust --trust-file {self.path} {source}` is run')
+
     def _locked(self):
         """The key directory's lock (one for both lists: a revocation is never lost to a
         concurrent trust, whichever trust file the writer was given)."""

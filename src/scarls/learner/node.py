@@ -308,6 +308,11 @@ class LearnerNode(LifecycleNode):
         self._trust = TrustList(p('trust_file') or key_dir / TRUST_FILE)
         registry.signer = self._trust.refuse_revoked(
             Signer.load(key) if key else ensure_key(key_dir, learner_key_name(p('ecu_id'))))
+        untrusted = self._trust.own_key_warning(registry.signer, Path(key).with_suffix('.pub')
+                                                if key else key_dir / (
+                                                    learner_key_name(p('ecu_id')) + '.pub'))
+        if untrusted:
+            self.get_logger().warning(untrusted)
         registry.robot = robot.hash
         self._signer_id = registry.signer.key_id
         if resume is None:

@@ -288,6 +288,11 @@ class SchedulerNode(LifecycleNode):
             key = str(p('signing_key').value)
             self._signer = self._trust.refuse_revoked(
                 Signer.load(key) if key else ensure_key(key_dir, learner_key_name(self._ecu)))
+            untrusted = self._trust.own_key_warning(self._signer, Path(key).with_suffix('.pub')
+                                                    if key else key_dir / (
+                                                        learner_key_name(self._ecu) + '.pub'))
+            if untrusted:
+                self.get_logger().warning(untrusted)
             trusted = len(self._trust.keys())
             self._deploy_log = DeployLog(self._registry_root / DEPLOY_LOG_NAME)
             self._guard_path = self._registry_root / GUARD_STATE_NAME
