@@ -676,7 +676,13 @@ def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rows:
+        # one colour per setting (arm, or N and data), one line style per seed
+        setting = lambda r, key=key: (str(r[key]), r.get('data', 'online'))  # noqa: E731
+        settings = sorted({setting(r) for r in rows},
+                          key=lambda s: (s[1] != 'online', int(s[0]) if key == 'n' else s[0]))
+        colours = plt.get_cmap('tab10').colors
+        styles = ('-', '--', ':', '-.')
+        for r in sorted(rows, key=lambda r: (settings.index(setting(r)), r['seed'])):
             curve = r['curve'] if 'curve' in r else (r.get('ecu0') or {}).get('curve', [])
             if not curve:
                 continue
@@ -687,15 +693,17 @@ def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
             label = f"{'N=' if key == 'n' else ''}{r[key]} seed {r['seed']}"
             if r.get('data', 'online') != 'online':
                 label += f" ({DATA_WORDS[r['data']]})"
-            ax.plot(xs, ys, marker='o', label=label)
-            ax.fill_between(xs, lo, hi, alpha=0.15)
+            colour = colours[settings.index(setting(r)) % len(colours)]
+            ax.plot(xs, ys, marker='o', markersize=4, color=colour,
+                    linestyle=styles[r['seed'] % len(styles)], label=label)
+            ax.fill_between(xs, lo, hi, color=colour, alpha=0.06)
         ax.set_xlim(left=0)
         ax.set_xlabel('simulated minutes')
         ax.set_ylabel('success alone on unseen scenes (%)')
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6, ncol=2, loc='lower right')
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
