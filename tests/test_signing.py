@@ -196,6 +196,10 @@ def test_a_node_warns_when_its_own_key_is_not_on_the_trust_list_it_reads(tmp_pat
     command = shlex.split(warning.split('`')[1])
     assert command[:2] == ['scarls', 'keys'] and main(command[1:]) == 0
     assert trust.own_key_warning(signer) is None
+    # a key given as a file without its .pub beside it: the line to add, not a command
+    other = Signer.generate('ecu1-by-hand')
+    warning = trust.own_key_warning(other, tmp_path / 'missing.pub')
+    assert other.public.line() in warning and 'scarls keys trust' not in warning
     assert TrustList(key_dir / TRUST_FILE).own_key_warning(signer) is None
 
 

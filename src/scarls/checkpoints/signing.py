@@ -377,10 +377,12 @@ class TrustList:
         ``trust_file`` is not the list its key was created in warns with this at start."""
         if signer.key_id in self:
             return None
-        source = str(pub_file) if pub_file else f'{signer.name or "KEY"}.pub'
+        fix = (f'`scarls keys trust --trust-file {self.path} {pub_file}` is run'
+               if pub_file and Path(pub_file).is_file() else
+               f'its public key line is added to that file: {signer.public.line()}')
         return (f'the signing key {signer.key_id} ({signer.name or "?"}) is not in the trust '
                 f'list {self.path}: checkpoints and deploys it signs are refused here until '
-                f'`scarls keys trust --trust-file {self.path} {source}` is run')
+                + fix)
 
     def _locked(self):
         """The key directory's lock (one for both lists: a revocation is never lost to a
