@@ -604,6 +604,7 @@ def report(args) -> str:
                 f"{ing(e.get('ingestion'))} | {ing(r.get('deploy_latency_all'))} |")
         lines.append('')
     lines += across_seeds(exp1, exp2)
+    lines += error_ranks(exp1, exp2)
     text = '\n'.join(lines)
     (out / 'table.md').write_text(text + '\n')
     print(text)
@@ -661,6 +662,38 @@ def across_seeds(exp1: list[dict], exp2: list[dict]) -> list[str]:
                      f"{', '.join(pct(f) for f in m['finals'])} | {pct(m['final_mean'])} | "
                      f"{ci(m['pooled'])} | {pct(m['best_mean'])} | "
                      f"{tt(t['50'])} / {tt(t['70'])} / {tt(t['90'])} |")
+    return lines + ['']
+
+
+def error_ranks(exp1: list[dict], exp2: list[dict]) -> list[str]:
+    """Does the open-loop error the learner records rank a run's versions as success alone
+    does? Spearman over each run's curve (sign: + when lower error goes with higher success;
+    the recorded error's held-out set grows during a run, docs/GATE.md)."""
+    import numpy as np
+    from bench_gate import spearman
+    rows = []
+    for exp, rs in (('exp. 1', exp1), ('exp. 2', exp2)):
+        for r in rs:
+            curve = r['curve'] if 'curve' in r else (r.get('ecu0') or {}).get('curve', [])
+            errors = [p.get('open_loop_error') for p in curve]
+            if len(curve) < 4 or None in errors:
+                continue
+            rho = spearman([-e for e in errors], [p['success_rate'] for p in curve])
+            setting = r['arm'] if 'arm' in r else \
+                f"N = {r['n']}, {DATA_WORDS[r.get('data', 'online')]}"
+            rows.append((exp, setting, seed_cell(r), len(curve), rho))
+    if not rows:
+        return []
+    lines = ['### Recorded open-loop error against success alone, over each run\'s versions', '',
+             '| experiment | setting | seed | versions '
+             '| Spearman (+: lower error, higher success) |',
+             '|---|---|---|---|---|']
+    lines += [f'| {e} | {s} | {seed} | {n} | {rho:+.2f} |' for e, s, seed, n, rho in rows]
+    for exp in ('exp. 1', 'exp. 2'):
+        rhos = [rho for e, *_, rho in rows if e == exp and np.isfinite(rho)]
+        if rhos:
+            lines.append(f'| {exp} | median of {len(rhos)} runs | | | {np.median(rhos):+.2f} '
+                         f'({sum(r > 0 for r in rhos)} positive) |')
     return lines + ['']
 
 
