@@ -814,10 +814,17 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f'runs under {work}; results to {args.out}', flush=True)
     t0 = time.monotonic()
-    if args.what in ('online-offline', 'all'):
-        experiment_online_offline(args, work)
-    if args.what in ('scaling', 'all'):
-        experiment_scaling(args, work)
+    try:
+        if args.what in ('online-offline', 'all'):
+            experiment_online_offline(args, work)
+        if args.what in ('scaling', 'all'):
+            experiment_scaling(args, work)
+    except (RuntimeError, KeyboardInterrupt, subprocess.TimeoutExpired) as exc:
+        why = 'interrupted' if isinstance(exc, KeyboardInterrupt) else str(exc)
+        print(f'bench-paper stopped: {why}\nthe points measured before are saved in '
+              f'{args.out}; the same command measures the rest (measured points are skipped)',
+              file=sys.stderr, flush=True)
+        return 1
     report(args)
     print(f'bench-paper took {(time.monotonic() - t0) / 60:.1f} min of wall time')
     return 0
