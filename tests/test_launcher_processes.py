@@ -146,3 +146,53 @@ def test_a_node_does_not_outlive_its_killed_launcher(tmp_path, domain_id) -> Non
             parent.wait()
         if child is not None and child.is_running():
             child.kill()
+
+
+STUBBORN = '''
+import signal
+
+from rclpy.node import Node
+
+from scarls.ros.node_utils import run_node
+
+
+class Stubborn(Node):
+    """A node that ignores SIGINT and SIGTERM, as a hung one would."""
+
+    def __init__(self):
+        super().__init__('stubborn')
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print('ignoring SIGINT and SIGTERM', flush=True)
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_node(Stubborn))
+'''
+
+
+@pytest.mark.ros
+def test_a_node_that_will_not_stop_leaves_its_stacks_in_its_log(tmp_path, domain_id) -> None:
+    """A node that ignores SIGINT and SIGTERM is killed in the end, and its log then holds
+    every thread's stack (SIGUSR1 before SIGKILL), so a hang at shutdown can be read."""
+    import time
+
+    (tmp_path / 'stubborn_node.py').write_text(STUBBORN)
+    env = launcher.ros_env(domain_id)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(tmp_path), env.get('PYTHONPATH')) if p)
+    group = launcher.ProcessGroup(env, tmp_path / 'logs')
+    node = group.start(NodeSpec('stubborn', 'stubborn_node', ''), None)
+    log = tmp_path / 'logs' / 'stubborn.log'
+    try:
+        end = time.monotonic() + 60
+        while 'ignoring SIGINT' not in log.read_text() and time.monotonic() < end:
+            assert node.process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        codes = group.stop(timeout=1.0)
+    finally:
+        if node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+    assert group.killed and codes == {'/stubborn': -9}, codes
+    text = log.read_text()
+    assert 'most recent call first' in text and 'spin' in text, text

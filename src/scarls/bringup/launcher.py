@@ -77,6 +77,18 @@ def _libc_prctl():
 _PRCTL = _libc_prctl()
 
 
+def dump_stacks(nodes, settle_s: float = 1.0) -> None:
+    """Ask nodes that ignored SIGINT and SIGTERM for their threads' stacks (SIGUSR1: every
+    scarls node writes them to its log, see :func:`scarls.ros.node_utils.run_node`), then give
+    them ``settle_s`` to write before they are killed."""
+    for n in nodes:
+        try:
+            n.process.send_signal(signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    time.sleep(settle_s)
+
+
 def parent_death_preexec(sig: int = signal.SIGTERM):
     """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` when the
     process starting it dies (Linux PR_SET_PDEATHSIG; kept across exec and ``nice``). None
@@ -220,7 +232,9 @@ class ProcessGroup:
                 break
             if sig is signal.SIGKILL:
                 self.killed = True
-                log.warning('killing %s', ', '.join(n.spec.fqn for n in alive))
+                log.warning('killing %s (the stacks of its threads are at the end of its log)',
+                            ', '.join(n.spec.fqn for n in alive))
+                dump_stacks(alive)
             for n in alive:
                 try:
                     n.process.send_signal(sig)

@@ -8,7 +8,9 @@ the node and `rclpy.try_shutdown()`.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 import threading
 import time
@@ -110,6 +112,9 @@ def run_node(node_cls, args=None) -> int:
     if print_help_if_asked(node_cls.__module__, args):
         return 0
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
+    # SIGUSR1 writes every thread's stack to stderr (the node's log): what the launcher sends
+    # a node that ignored SIGINT and SIGTERM before it kills it, so the log says where it hung
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=args)
     node = None
     code = 0
