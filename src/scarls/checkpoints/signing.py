@@ -67,6 +67,7 @@ __all__ = [
     'ensure_key',
     'key_id',
     'learner_key_name',
+    'node_signer',
     'parse_public_key',
     'read_public_keys',
     'resolve_key_dir',
@@ -243,6 +244,19 @@ def ensure_key(key_dir: str | os.PathLike[str], name: str, *, trust: bool = True
     if trust:
         trust_list.add(signer.public)
     return signer
+
+
+def node_signer(trust: TrustList, key_dir: str | os.PathLike[str], signing_key: str,
+                ecu_id: str) -> tuple[Signer, str | None]:
+    """The signer of a learner or scheduler: ``signing_key`` if given, else the ECU's learner
+    key in ``key_dir`` (created if missing, :func:`ensure_key`); refused if revoked on
+    ``trust`` (:class:`KeyStoreError`). Returns it with :meth:`TrustList.own_key_warning`
+    (what to log when ``trust`` does not hold it)."""
+    name = learner_key_name(ecu_id)
+    signer = trust.refuse_revoked(
+        Signer.load(signing_key) if signing_key else ensure_key(key_dir, name))
+    pub = Path(signing_key).with_suffix('.pub') if signing_key else Path(key_dir) / f'{name}.pub'
+    return signer, trust.own_key_warning(signer, pub)
 
 
 def _replace_text(path: Path, text: str) -> None:

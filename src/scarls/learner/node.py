@@ -63,10 +63,8 @@ from scarls.checkpoints.format import RevokedKey, SignatureRejected, verify_chec
 from scarls.checkpoints.registry import CheckpointRegistry, RegistryError
 from scarls.checkpoints.signing import (
     TRUST_FILE,
-    Signer,
     TrustList,
-    ensure_key,
-    learner_key_name,
+    node_signer,
     resolve_key_dir,
 )
 from scarls.checkpoints.transfer import ChunkFetcher, ChunkReply, TransferError
@@ -306,11 +304,7 @@ class LearnerNode(LifecycleNode):
         key_dir = resolve_key_dir(p('key_dir'), self._data_root)
         key = p('signing_key')
         self._trust = TrustList(p('trust_file') or key_dir / TRUST_FILE)
-        registry.signer = self._trust.refuse_revoked(
-            Signer.load(key) if key else ensure_key(key_dir, learner_key_name(p('ecu_id'))))
-        untrusted = self._trust.own_key_warning(registry.signer, Path(key).with_suffix('.pub')
-                                                if key else key_dir / (
-                                                    learner_key_name(p('ecu_id')) + '.pub'))
+        registry.signer, untrusted = node_signer(self._trust, key_dir, key, p('ecu_id'))
         if untrusted:
             self.get_logger().warning(untrusted)
         registry.robot = robot.hash

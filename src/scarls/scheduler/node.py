@@ -96,10 +96,8 @@ from scarls.checkpoints.registry import RegistryError, read_index
 from scarls.checkpoints.signing import (
     TRUST_FILE,
     KeyStoreError,
-    Signer,
     TrustList,
-    ensure_key,
-    learner_key_name,
+    node_signer,
     resolve_key_dir,
 )
 from scarls.checkpoints.transfer import ChunkServer
@@ -286,11 +284,7 @@ class SchedulerNode(LifecycleNode):
             self._registry_root = self._registry_root.resolve()
             self._trust = TrustList(Path(str(p('trust_file').value) or key_dir / TRUST_FILE))
             key = str(p('signing_key').value)
-            self._signer = self._trust.refuse_revoked(
-                Signer.load(key) if key else ensure_key(key_dir, learner_key_name(self._ecu)))
-            untrusted = self._trust.own_key_warning(self._signer, Path(key).with_suffix('.pub')
-                                                    if key else key_dir / (
-                                                        learner_key_name(self._ecu) + '.pub'))
+            self._signer, untrusted = node_signer(self._trust, key_dir, key, self._ecu)
             if untrusted:
                 self.get_logger().warning(untrusted)
             trusted = len(self._trust.keys())
