@@ -665,6 +665,11 @@ def across_seeds(exp1: list[dict], exp2: list[dict]) -> list[str]:
     return lines + ['']
 
 
+def run_curve(row: dict) -> list[dict]:
+    """A point's success curve: experiment 1's own, a fleet's ecu0's."""
+    return row['curve'] if 'curve' in row else (row.get('ecu0') or {}).get('curve', [])
+
+
 def error_ranks(exp1: list[dict], exp2: list[dict]) -> list[str]:
     """Does the open-loop error the learner records rank a run's versions as success alone
     does? Spearman over each run's curve (sign: + when lower error goes with higher success;
@@ -674,7 +679,7 @@ def error_ranks(exp1: list[dict], exp2: list[dict]) -> list[str]:
     rows = []
     for exp, rs in (('exp. 1', exp1), ('exp. 2', exp2)):
         for r in rs:
-            curve = r['curve'] if 'curve' in r else (r.get('ecu0') or {}).get('curve', [])
+            curve = run_curve(r)
             errors = [p.get('open_loop_error') for p in curve]
             if len(curve) < 4 or None in errors:
                 continue
@@ -716,7 +721,7 @@ def plot(out: Path, exp1: list[dict], exp2: list[dict]) -> None:
         colours = plt.get_cmap('tab10').colors
         styles = ('-', '--', ':', '-.')
         for r in sorted(rows, key=lambda r: (settings.index(setting(r)), r['seed'])):
-            curve = r['curve'] if 'curve' in r else (r.get('ecu0') or {}).get('curve', [])
+            curve = run_curve(r)
             if not curve:
                 continue
             xs = [p['sim_minutes'] for p in curve]
