@@ -78,6 +78,9 @@ def test_recorder_levels():
     assert _recorder(lost_episodes=1, lost_steps=40).level is Level.WARN
     assert _recorder(recording_problem='disk full').level is Level.ERROR
     assert 'waiting' in _recorder(open_episode=None).message
+    unready = _recorder(waiting_for=['camera top (no frame yet)'])
+    assert unready.level is Level.WARN and 'not ready to record' in unready.message
+    assert 'camera top' in unready.message
 
 
 def _learner(**kw):

@@ -1,6 +1,6 @@
 """Other backends and teleop sources in real processes: the ros2_bridge driver against a robot
-that speaks ROS 2 (played by the test), the leader-arm teleop, and the keyboard teleop through a
-pseudo-terminal."""
+that speaks ROS 2 (played by the test), the leader-arm teleop, the keyboard teleop through a
+pseudo-terminal, and the scripted operator's wait for the recorder."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from rosutil import Probe, start_nodes
-from scarls_interfaces.msg import OperatorSignal
+from scarls_interfaces.msg import ActorState, EcuStatus, OperatorSignal
 from sensor_msgs.msg import JointState
 
 from scarls.bringup import default_params_file, ecu_nodes
@@ -135,4 +135,45 @@ def test_keyboard_operator_sends_signals(ros, tmp_path, domain_id):
             proc.kill()
             proc.wait()
         os.close(master)
+        probe.close()
+
+
+def test_scripted_operator_starts_only_once_the_recorder_is_ready(ros, node_group):
+    """The first START waits for this ECU's heartbeat to say ``recording_ready`` (steps and
+    every camera arrive at the scheduler): no START while it says not ready, one once it does.
+    The test plays the actor (IDLE) and the scheduler's heartbeat."""
+    spec = ecu_nodes(NS, extra={'teleop': {'wait_for_recorder_s': 600.0}})[3]
+    assert spec.name == 'teleop'
+    probe = Probe(NS, 'probe_start')
+    n = probe.node
+    signals: list = []
+    n.create_subscription(OperatorSignal, 'operator/signal', signals.append, qos.EVENTS)
+    state = n.create_publisher(ActorState, 'actor/state', qos.STATE)
+    status = n.create_publisher(EcuStatus, '/fleet/status', qos.EVENTS)
+
+    def beat(ready: bool, ecu: str = NS) -> None:
+        msg = EcuStatus()
+        msg.ecu_id, msg.phase, msg.recording_ready = ecu, 'IDLE', ready
+        status.publish(msg)
+
+    def starts() -> list:
+        return [s for s in signals if s.signal == OperatorSignal.START]
+
+    idle = ActorState()
+    idle.phase, idle.event = 'IDLE', 'RESET_DONE'
+    try:
+        start_nodes(node_group, [spec])
+        probe.wait_for(lambda: state.get_subscription_count() > 0 and
+                       status.get_subscription_count() > 0 and
+                       n.count_publishers('operator/signal') > 0, 60, 'the operator')
+        state.publish(idle)
+        # not ready, or another ECU ready: the operator waits (5 heartbeats)
+        for k in range(10):
+            beat(False) if k % 2 else beat(True, ecu='another_ecu')
+            probe.spin_for(0.5)
+        assert not starts(), signals
+        probe.wait_for(lambda: (beat(True), probe.spin_for(0.2), starts())[2], 60,
+                       'a START once the recorder is ready')
+        assert len(starts()) == 1
+    finally:
         probe.close()

@@ -291,3 +291,39 @@ def test_driver_safety_state_recorded_per_step(ros, node_group, tmp_path):
         assert beats[-1].lost_episodes == 0 and beats[-1].recording_problem == ''
     finally:
         probe.close()
+
+
+def test_heartbeat_says_ready_to_record_once_steps_and_every_camera_arrive(
+        ros, node_group, tmp_path):
+    """The operator's (and the scripted expert's) first START waits for ``recording_ready``:
+    false while the actor's steps have no publisher or a camera has sent no frame, true once
+    every one arrives, and the log says which one it waited for."""
+    from scarls_interfaces.msg import EcuStatus
+
+    probe = Probe(NS, 'probe_ready')
+    beats: list = []
+    try:
+        probe.node.create_subscription(EcuStatus, '/fleet/status', beats.append, qos.EVENTS)
+        start_nodes(node_group, [_scheduler(tmp_path / 'data')])
+        probe.wait_for(lambda: beats, 60, 'a first heartbeat')
+        assert not beats[-1].recording_ready   # no step publisher, no frame yet
+        robot = FakeRobot(probe)
+        probe.wait_for(robot.connected, 60, 'the scheduler to connect')
+
+        def frames(cams) -> None:
+            robot.t_ns += 33_333_333
+            for c in cams:
+                robot.cams[c].publish(image_to_msg(np.zeros((H, W, 3), np.uint8),
+                                                   ns_to_stamp(robot.t_ns), c))
+
+        # steps matched, frames of two of the three cameras: still not ready, beat after beat
+        seen = len(beats)
+        probe.wait_for(lambda: (frames(CAMS[:2]), len(beats) >= seen + 3)[1], 60,
+                       'three more heartbeats')
+        assert not any(b.recording_ready for b in beats)
+        # the third camera's frames arrive: ready
+        probe.wait_for(lambda: (frames(CAMS), beats[-1].recording_ready)[1], 60,
+                       'a heartbeat that says ready to record')
+        assert 'ready to record' in log_text(node_group, 'scheduler')
+    finally:
+        probe.close()

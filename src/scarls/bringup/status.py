@@ -30,6 +30,7 @@ class EcuView:
     recent_intervention_rate: float = 0.0
     model_version: int = 0
     deployed_version: int = 0
+    recording_ready: bool = True
     seen_at: float = 0.0
     last_round: dict = field(default_factory=dict)
 
@@ -50,6 +51,8 @@ def format_table(views: list[EcuView], now: float) -> str:
         beat = f'{age:.1f} s' if age < 1e6 else 'never'
         if age > STALE_S:
             beat += ' SILENT'
+        elif not v.recording_ready:
+            beat += ' NOT RECORDING'   # steps or a camera not arriving yet: see its log
         r = v.last_round
         rnd = (f"#{r['round']} {r['status']} ({len(r['participants'])} ECUs"
                f"{', v' + str(r['version']) if r.get('approved') else ''})") if r else '-'
@@ -80,6 +83,7 @@ def collect(seconds: float, watch: bool = False, as_json: bool = False) -> int:
         v.recent_success_rate = float(msg.recent_success_rate)
         v.recent_intervention_rate = float(msg.recent_intervention_rate)
         v.model_version, v.deployed_version = int(msg.model_version), int(msg.deployed_version)
+        v.recording_ready = bool(msg.recording_ready)
         v.seen_at = time.monotonic()
 
     def on_round(msg) -> None:

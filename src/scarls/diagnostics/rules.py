@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from scarls.diagnostics import Level, Status, worst
 
@@ -68,9 +69,13 @@ def camera_status(*, camera: str, rate_hz: float, expected_hz: float, published:
 def recorder_status(*, phase: str, saved: int, open_episode: int | None, pending_steps: int,
                     queue_depth: int, queue_capacity: int, writer_dropped: int,
                     episode_dropped: int, lost_episodes: int, lost_steps: int,
-                    recording_problem: str, deployed_version: int) -> Status:
-    """The scheduler's recorder: the step queue, the episode writer's queue and drops."""
+                    recording_problem: str, deployed_version: int,
+                    waiting_for: Sequence[str] = ()) -> Status:
+    """The scheduler's recorder: the step queue, the episode writer's queue and drops;
+    ``waiting_for``: what it still waits for before a step could be recorded."""
     problems: list[tuple[Level, str]] = []
+    if waiting_for:
+        problems.append((Level.WARN, f'not ready to record: waiting for {", ".join(waiting_for)}'))
     if recording_problem:
         problems.append((Level.ERROR, f'recording failed: {recording_problem}'))
     if queue_capacity > 0 and queue_depth >= WRITER_QUEUE_WARN * queue_capacity:
@@ -88,7 +93,7 @@ def recorder_status(*, phase: str, saved: int, open_episode: int | None, pending
                      writer_queue_capacity=queue_capacity, writer_dropped=writer_dropped,
                      episode_dropped_steps=episode_dropped, lost_episodes=lost_episodes,
                      lost_steps=lost_steps, recording_problem=recording_problem,
-                     deployed_version=deployed_version)
+                     deployed_version=deployed_version, waiting_for=', '.join(waiting_for))
 
 
 def learner_status(*, state: str, detail: str, rounds: int, loss: float, metric: float,

@@ -242,6 +242,10 @@ class FrameBuffer:
         with self._lock:
             return self._frames.get(key)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._order)
+
 
 @dataclass
 class AlignerConfig:
@@ -306,6 +310,11 @@ class StepAligner:
     @property
     def cameras(self) -> tuple[str, ...]:
         return tuple(self.config.cameras)
+
+    def cameras_without_frames(self) -> list[str]:
+        """Cameras no frame has arrived from yet: a step taken now could not be recorded
+        (safe from any thread)."""
+        return [c for c, buffer in self.frames.items() if not len(buffer)]
 
     # -- inputs (cheap; never touch the disk) ------------------------------------------------
     def add_frame(self, camera: str, msg: Any) -> None:

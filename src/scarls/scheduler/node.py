@@ -120,6 +120,7 @@ from scarls.scheduler.alignment import (
 from scarls.scheduler.trigger import TrainTrigger, TriggerConfig
 
 TRAIN_CALL_TIMEOUT_S = 10.0     # a learner/train call unanswered this long is retried
+READY_WARN_S = 15.0             # not ready to record this long after activation: say why
 STATUS_TOPIC = '/fleet/status'   # global: every ECU of the domain, whatever its namespace
 STATUS_WINDOW = 20               # episodes behind the recent rates of the heartbeat
 SERVED_VERSIONS = 4              # deployed versions still served (an actor may be mid-fetch)
@@ -204,7 +205,7 @@ class SchedulerNode(LifecycleNode):
             queue_capacity=writer.queue_capacity if writer else 0,
             writer_dropped=writer.dropped if writer else 0, episode_dropped=episode_dropped,
             lost_episodes=losses.episodes, lost_steps=losses.steps, recording_problem=problem,
-            deployed_version=int(self._deployed))
+            deployed_version=int(self._deployed), waiting_for=self.recording_waits())
 
     def on_configure(self, state):
         p = self.get_parameter
@@ -259,11 +260,16 @@ class SchedulerNode(LifecycleNode):
         self._train_future = None
         if not self._configure_deploy():
             return FAILURE
+        self._step_sub = self.create_subscription(ActorStep, 'actor/step', self._on_step,
+                                                  qos.STEPS)
+        self._ready_since: float | None = None   # wall time the recorder became ready
+        self._activated_at: float | None = None
+        self._ready_warned = False
         self._subs = [
             self.create_subscription(CheckpointInfo, 'learner/checkpoint',
                                      self._on_learner_checkpoint, qos.STATE),
             *[self._camera_subscription(c) for c in self._cameras],
-            self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS),
+            self._step_sub,
             self.create_subscription(ActorState, 'actor/state', self._on_state, qos.STATE),
             self.create_subscription(DriverState, 'driver/state',
                                      self._aligner.add_driver_state, qos.STATE),
@@ -342,7 +348,31 @@ class SchedulerNode(LifecycleNode):
         """A recorded frame at the size the policy is trained on (the description's)."""
         return policy_frame(msg, self._specs.get(camera))
 
+    def recording_waits(self) -> list[str]:
+        """What a step taken now could not be recorded for ([] = ready): the actor's steps
+        not matched yet, cameras no frame has arrived from. Said in the log when it changes."""
+        waits = [f'camera {c} (no frame yet)' for c in self._aligner.cameras_without_frames()]
+        if self._step_sub.get_publisher_count() < 1:
+            waits.insert(0, "the actor's steps (no publisher matched)")
+        now, activated = time.monotonic(), self._activated_at
+        if activated is None:   # not recording yet
+            return waits
+        if not waits and self._ready_since is None:
+            self._ready_since = now
+            self.get_logger().info(
+                f'ready to record: the actor\'s steps and {len(self._cameras)} camera(s) '
+                f'({", ".join(self._cameras)}) arrive, {now - activated:.1f} s after '
+                'activation')
+        elif waits and now - activated > READY_WARN_S and not self._ready_warned:
+            self._ready_warned = True
+            self.get_logger().warning(
+                f'not ready to record {now - activated:.0f} s after activation: '
+                f'waiting for {", ".join(waits)}; check that the driver and the actor run in '
+                'this namespace and the robot description names the cameras they publish')
+        return waits
+
     def on_activate(self, state):
+        self._activated_at, self._ready_warned = time.monotonic(), False
         self._trigger_timer = self.create_timer(1.0, self._poll_trigger)
         # wall: a heartbeat for monitors (and the operator's wait for the recorder)
         self._status_timer = self.create_timer(1.0, self._publish_status, clock=wall_clock())
@@ -357,6 +387,7 @@ class SchedulerNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state):
+        self._activated_at = None
         self.destroy_timer(self._trigger_timer)
         self.destroy_timer(self._status_timer)
         self._stop_thread()
@@ -469,6 +500,7 @@ class SchedulerNode(LifecycleNode):
         msg.lost_episodes, msg.lost_steps = int(losses.episodes), int(losses.steps)
         with self._status_lock:
             msg.recording_problem = self._recording_problem
+        msg.recording_ready = not self.recording_waits()
         self._pub_status.publish(msg)
 
     # -- deployment ----------------------------------------------------------------------------

@@ -24,7 +24,9 @@ Topics (relative to the ECU namespace):
 Clocks: the pause before a START (start_delay_s) and every stamp run on ROS time (simulated time
 under use_sim_time). Wall time guards the exchange with other processes: a signal the actor has
 not reacted to is re-sent after SIGNAL_RETRY_S, and the first START waits at most
-wait_for_recorder_s for this ECU's scheduler to be up.
+wait_for_recorder_s (of wall and of ROS time both) for this ECU's scheduler to be ready to
+record (its heartbeat's recording_ready: the actor's steps matched, a frame of every camera
+arrived).
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ class TeleopNode(Node):
         declare(self, 'fail_margin_steps', 60, 'Take over when this few steps remain')
         declare(self, 'start_delay_s', 0.5, 'Pause in IDLE before the next START')
         declare(self, 'wait_for_recorder_s', 20.0, 'Before the first START, wait at most this '
-                "long for this ECU's scheduler to be up (its first heartbeat), so the first "
-                'steps are recorded; 0 = do not wait')
+                "long for this ECU's scheduler to be ready to record (a heartbeat with "
+                'recording_ready), so the first steps are recorded; 0 = do not wait')
         declare(self, 'robot', DEFAULT_ROBOT,
                 'Robot description: a built-in name (config/robots) or a YAML file',
                 read_only=True)
@@ -196,13 +198,16 @@ class TeleopNode(Node):
         # the first episode waits for the recorder (a run's processes start in any order)
         self._recorder_wait = float(p('wait_for_recorder_s').value)
         self._recorder_seen: float | None = None
-        self._started_at = time.monotonic()   # wall: waits for another process
+        # the wait is over when it lasted on both clocks: wall time (another process) and ROS
+        # time (a simulated clock held at start produces no frame; a fast one, many per second)
+        self._started_at = (time.monotonic(), now_s(self))
         if self._recorder_wait > 0:
             ecu = str(p('ecu_id').value)
             self.create_subscription(
                 EcuStatus, '/fleet/status',
-                lambda m: self._recorder_seen is None and m.ecu_id == ecu and setattr(
-                    self, '_recorder_seen', time.monotonic()), qos.EVENTS)
+                lambda m: self._recorder_seen is None and m.ecu_id == ecu and
+                m.recording_ready and setattr(self, '_recorder_seen', time.monotonic()),
+                qos.EVENTS)
         # where the scripted expert steers the working arm's grasp centre, for RViz (~10 Hz)
         self._pub_target = self.create_publisher(Marker, 'viz/expert_target', qos.JOINT_STATE)
         self._target_ticks = 0
@@ -240,18 +245,21 @@ class TeleopNode(Node):
             return
 
     def _recorder_ready(self, now: float) -> bool:
-        """The scheduler of this ECU is up (its heartbeat was heard half a second ago: its
-        camera subscriptions are matched by then), or the wait is over (said once)."""
+        """The scheduler of this ECU can record (its heartbeat says the actor's steps are
+        matched and a frame of every camera arrived), or the wait is over (said once)."""
         if self._recorder_wait <= 0:
             return True
         if self._recorder_seen is not None:
-            return now - self._recorder_seen >= 0.5
-        if now - self._started_at >= self._recorder_wait:
+            return True
+        if min(now - self._started_at[0], now_s(self) - self._started_at[1]) \
+                >= self._recorder_wait:
             if not getattr(self, '_recorder_warned', False):
                 self._recorder_warned = True
                 self.get_logger().warning(
-                    f'no heartbeat of this ECU\'s scheduler in {self._recorder_wait:g} s: '
-                    'starting without waiting for it (episodes may not be recorded)')
+                    f'this ECU\'s scheduler did not say it is ready to record within '
+                    f'{self._recorder_wait:g} s (no heartbeat, or one that waits for the '
+                    'actor\'s steps or a camera: see its log): starting without it (episodes '
+                    'may not be recorded)')
             return True
         return False
 
