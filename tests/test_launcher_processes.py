@@ -196,3 +196,63 @@ def test_a_node_that_will_not_stop_leaves_its_stacks_in_its_log(tmp_path, domain
     assert group.killed and codes == {'/stubborn': -9}, codes
     text = log.read_text()
     assert 'most recent call first' in text and 'spin' in text, text
+
+
+HANGS_IN_DESTROY = '''
+import threading
+
+from rclpy.node import Node
+from std_msgs.msg import String
+
+from scarls.ros import node_utils
+
+
+class HangsInDestroy(Node):
+    """A node whose destroy_node never returns, as one blocked in the DDS layer did."""
+
+    def __init__(self):
+        super().__init__('hangs_in_destroy')
+        self.pub = self.create_publisher(String, 'chatter', 10)
+        print('up', flush=True)
+
+    def safe_stop(self):
+        print('safe_stop done', flush=True)
+
+    def destroy_node(self):
+        threading.Event().wait()   # forever
+
+
+if __name__ == '__main__':
+    node_utils.DESTROY_TIMEOUT_S = 2.0
+    raise SystemExit(node_utils.run_node(HangsInDestroy))
+'''
+
+
+@pytest.mark.ros
+def test_a_node_whose_dds_will_not_let_go_exits_after_its_own_stop(tmp_path, domain_id) -> None:
+    """SIGINT, the node's own stop runs, destroy_node blocks: the node exits by itself with
+    its code (0) after DESTROY_TIMEOUT_S instead of waiting to be killed, says why in its log,
+    and the launcher removes the shared memory it left."""
+    import time
+
+    (tmp_path / 'hangs_node.py').write_text(HANGS_IN_DESTROY)
+    env = launcher.ros_env(domain_id)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(tmp_path), env.get('PYTHONPATH')) if p)
+    group = launcher.ProcessGroup(env, tmp_path / 'logs')
+    node = group.start(NodeSpec('hangs', 'hangs_node', ''), None)
+    log = tmp_path / 'logs' / 'hangs.log'
+    try:
+        end = time.monotonic() + 60
+        while 'up' not in log.read_text() and time.monotonic() < end:
+            assert node.process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        codes = group.stop()   # SIGINT may take 35 s: the node must not need them all
+    finally:
+        if node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+    text = log.read_text()
+    assert not group.killed and codes == {'/hangs': 0}, (codes, text)
+    assert 'safe_stop done' in text and 'did not release' in text, text
+    assert 'destroy_node' in text   # its stack, where it hung
+    assert not launcher.orphaned_fastdds_segments(group.created_at)

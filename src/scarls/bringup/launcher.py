@@ -183,6 +183,7 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.nodes: list[RunningNode] = []
         self.killed = False
+        self.created_at = time.time()   # shared memory files since then may be ours
 
     def start(self, spec: NodeSpec, params_file: str | None) -> RunningNode:
         niceness = node_niceness(spec.name)
@@ -246,8 +247,12 @@ class ProcessGroup:
                     n.process.wait(timeout=max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass
-        if self.killed:
+        # what our nodes left in shared memory: a killed node's segments, or those of one that
+        # exited without waiting for DDS (run_node's destroy_within); every exited
+        # participant's port files
+        if self.killed or orphaned_fastdds_segments(self.created_at):
             clean_fastdds_shm()
+        remove_unused_fastdds_ports(self.created_at)
         return {n.spec.fqn: n.process.poll() for n in self.nodes}
 
     def __enter__(self) -> ProcessGroup:
@@ -274,6 +279,29 @@ def _mapped_shm_files() -> set[str] | None:
         except OSError:   # gone, or not ours to read
             continue
     return mapped
+
+
+def orphaned_fastdds_segments(since: float, shm_dir: str = '/dev/shm') -> list[str]:
+    """Fast DDS data segments (``fastdds_<id>``, not port files) created at or after ``since``
+    that no process maps any more: their participant exited without destroying them."""
+    mapped = _mapped_shm_files()
+    if mapped is None:
+        return []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return []
+    orphans = []
+    for name in names:
+        if not name.startswith('fastdds_') or name.startswith('fastdds_port'):
+            continue
+        path = os.path.join(shm_dir, name)
+        try:
+            if os.stat(path).st_mtime >= since and path not in mapped:
+                orphans.append(name)
+        except OSError:
+            continue
+    return orphans
 
 
 def remove_unused_fastdds_ports(since: float, shm_dir: str = '/dev/shm') -> list[str]:
