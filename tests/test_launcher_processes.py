@@ -171,32 +171,39 @@ if __name__ == '__main__':
 '''
 
 
-@pytest.mark.ros
-def test_a_node_that_will_not_stop_leaves_its_stacks_in_its_log(tmp_path, domain_id) -> None:
-    """A node that ignores SIGINT and SIGTERM is killed in the end, and its log then holds
-    every thread's stack (SIGUSR1 before SIGKILL), so a hang at shutdown can be read."""
+def _run_script_node(tmp_path, domain_id, name: str, source: str, ready: str,
+                     stop_timeout: float = 35.0):
+    """Start the node module ``source`` through a ProcessGroup, wait for ``ready`` in its log,
+    stop the group: (the group, its exit codes, the node's log)."""
     import time
 
-    (tmp_path / 'stubborn_node.py').write_text(STUBBORN)
+    (tmp_path / f'{name}_node.py').write_text(source)
     env = launcher.ros_env(domain_id)
     env['PYTHONPATH'] = os.pathsep.join(p for p in (str(tmp_path), env.get('PYTHONPATH')) if p)
     group = launcher.ProcessGroup(env, tmp_path / 'logs')
-    node = group.start(NodeSpec('stubborn', 'stubborn_node', ''), None)
-    log = tmp_path / 'logs' / 'stubborn.log'
+    node = group.start(NodeSpec(name, f'{name}_node', ''), None)
+    log = tmp_path / 'logs' / f'{name}.log'
     try:
         end = time.monotonic() + 60
-        while 'ignoring SIGINT' not in log.read_text() and time.monotonic() < end:
+        while ready not in log.read_text() and time.monotonic() < end:
             assert node.process.poll() is None, log.read_text()
             time.sleep(0.2)
-        codes = group.stop(timeout=1.0)
+        codes = group.stop(timeout=stop_timeout)
     finally:
         if node.process.poll() is None:
             node.process.kill()
             node.process.wait()
-    assert group.killed and codes == {'/stubborn': -9}, codes
-    text = log.read_text()
-    assert 'most recent call first' in text and 'spin' in text, text
+    return group, codes, log.read_text()
 
+
+@pytest.mark.ros
+def test_a_node_that_will_not_stop_leaves_its_stacks_in_its_log(tmp_path, domain_id) -> None:
+    """A node that ignores SIGINT and SIGTERM is killed in the end, and its log then holds
+    every thread's stack (SIGUSR1 before SIGKILL), so a hang at shutdown can be read."""
+    group, codes, text = _run_script_node(tmp_path, domain_id, 'stubborn', STUBBORN,
+                                          'ignoring SIGINT', stop_timeout=1.0)
+    assert group.killed and codes == {'/stubborn': -9}, codes
+    assert 'most recent call first' in text and 'spin' in text, text
 
 HANGS_IN_DESTROY = '''
 import threading
@@ -233,25 +240,8 @@ def test_a_node_whose_dds_will_not_let_go_exits_after_its_own_stop(tmp_path, dom
     """SIGINT, the node's own stop runs, destroy_node blocks: the node exits by itself with
     its code (0) after DESTROY_TIMEOUT_S instead of waiting to be killed, says why in its log,
     and the launcher removes the shared memory it left."""
-    import time
-
-    (tmp_path / 'hangs_node.py').write_text(HANGS_IN_DESTROY)
-    env = launcher.ros_env(domain_id)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(tmp_path), env.get('PYTHONPATH')) if p)
-    group = launcher.ProcessGroup(env, tmp_path / 'logs')
-    node = group.start(NodeSpec('hangs', 'hangs_node', ''), None)
-    log = tmp_path / 'logs' / 'hangs.log'
-    try:
-        end = time.monotonic() + 60
-        while 'up' not in log.read_text() and time.monotonic() < end:
-            assert node.process.poll() is None, log.read_text()
-            time.sleep(0.2)
-        codes = group.stop()   # SIGINT may take 35 s: the node must not need them all
-    finally:
-        if node.process.poll() is None:
-            node.process.kill()
-            node.process.wait()
-    text = log.read_text()
+    # SIGINT may take 35 s before SIGTERM: the node must not need them all
+    group, codes, text = _run_script_node(tmp_path, domain_id, 'hangs', HANGS_IN_DESTROY, 'up')
     assert not group.killed and codes == {'/hangs': 0}, (codes, text)
     assert 'safe_stop done' in text and 'did not release' in text, text
     assert 'destroy_node' in text   # its stack, where it hung
