@@ -281,9 +281,9 @@ def _mapped_shm_files() -> set[str] | None:
     return mapped
 
 
-def orphaned_fastdds_segments(since: float, shm_dir: str = '/dev/shm') -> list[str]:
-    """Fast DDS data segments (``fastdds_<id>``, not port files) created at or after ``since``
-    that no process maps any more: their participant exited without destroying them."""
+def _unused_fastdds_files(since: float, shm_dir: str) -> list[str]:
+    """Fast DDS files in ``shm_dir`` (``fastdds_*``: port files and data segments) created at
+    or after ``since`` (a ``time.time()``) that no process maps any more."""
     mapped = _mapped_shm_files()
     if mapped is None:
         return []
@@ -291,17 +291,24 @@ def orphaned_fastdds_segments(since: float, shm_dir: str = '/dev/shm') -> list[s
         names = os.listdir(shm_dir)
     except OSError:
         return []
-    orphans = []
+    unused = []
     for name in names:
-        if not name.startswith('fastdds_') or name.startswith('fastdds_port'):
+        if not name.startswith('fastdds_'):
             continue
         path = os.path.join(shm_dir, name)
         try:
             if os.stat(path).st_mtime >= since and path not in mapped:
-                orphans.append(name)
+                unused.append(name)
         except OSError:
             continue
-    return orphans
+    return unused
+
+
+def orphaned_fastdds_segments(since: float, shm_dir: str = '/dev/shm') -> list[str]:
+    """Fast DDS data segments (``fastdds_<id>``, not port files) created at or after ``since``
+    that no process maps any more: their participant exited without destroying them."""
+    return [n for n in _unused_fastdds_files(since, shm_dir)
+            if not n.startswith('fastdds_port')]
 
 
 def remove_unused_fastdds_ports(since: float, shm_dir: str = '/dev/shm') -> list[str]:
@@ -312,22 +319,12 @@ def remove_unused_fastdds_ports(since: float, shm_dir: str = '/dev/shm') -> list
     but the port files of participants that all exited stay behind; a test run calls this at
     its end for the ports it created. Ports older than ``since`` or still mapped (a DDS
     participant of another program) are left alone. Returns the removed names."""
-    mapped = _mapped_shm_files()
-    if mapped is None:
-        return []
     removed = []
-    try:
-        names = os.listdir(shm_dir)
-    except OSError:
-        return []
-    for name in names:
+    for name in _unused_fastdds_files(since, shm_dir):
         if not (name.startswith('fastdds_port') and name[len('fastdds_port'):].isdigit()):
             continue
-        path = os.path.join(shm_dir, name)
         try:
-            if os.stat(path).st_mtime < since or path in mapped:
-                continue
-            os.unlink(path)
+            os.unlink(os.path.join(shm_dir, name))
         except OSError:
             continue
         removed.append(name)
