@@ -262,7 +262,7 @@ class SchedulerNode(LifecycleNode):
             return FAILURE
         self._step_sub = self.create_subscription(ActorStep, 'actor/step', self._on_step,
                                                   qos.STEPS)
-        self._ready_since: float | None = None   # wall time the recorder became ready
+        self._ready_logged = False
         self._activated_at: float | None = None
         self._ready_warned = False
         self._subs = [
@@ -357,8 +357,8 @@ class SchedulerNode(LifecycleNode):
         now, activated = time.monotonic(), self._activated_at
         if activated is None:   # not recording yet
             return waits
-        if not waits and self._ready_since is None:
-            self._ready_since = now
+        if not waits and not self._ready_logged:
+            self._ready_logged = True
             self.get_logger().info(
                 f'ready to record: the actor\'s steps and {len(self._cameras)} camera(s) '
                 f'({", ".join(self._cameras)}) arrive, {now - activated:.1f} s after '

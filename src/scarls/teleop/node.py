@@ -197,7 +197,7 @@ class TeleopNode(Node):
         self.create_subscription(ActorStep, 'actor/step', self._on_step, qos.STEPS)
         # the first episode waits for the recorder (a run's processes start in any order)
         self._recorder_wait = float(p('wait_for_recorder_s').value)
-        self._recorder_seen: float | None = None
+        self._recorder_ready_heard = False
         # the wait is over when it lasted on both clocks: wall time (another process) and ROS
         # time (a simulated clock held at start produces no frame; a fast one, many per second)
         self._started_at = (time.monotonic(), now_s(self))
@@ -205,9 +205,8 @@ class TeleopNode(Node):
             ecu = str(p('ecu_id').value)
             self.create_subscription(
                 EcuStatus, '/fleet/status',
-                lambda m: self._recorder_seen is None and m.ecu_id == ecu and
-                m.recording_ready and setattr(self, '_recorder_seen', time.monotonic()),
-                qos.EVENTS)
+                lambda m: m.ecu_id == ecu and m.recording_ready and setattr(
+                    self, '_recorder_ready_heard', True), qos.EVENTS)
         # where the scripted expert steers the working arm's grasp centre, for RViz (~10 Hz)
         self._pub_target = self.create_publisher(Marker, 'viz/expert_target', qos.JOINT_STATE)
         self._target_ticks = 0
@@ -247,9 +246,7 @@ class TeleopNode(Node):
     def _recorder_ready(self, now: float) -> bool:
         """The scheduler of this ECU can record (its heartbeat says the actor's steps are
         matched and a frame of every camera arrived), or the wait is over (said once)."""
-        if self._recorder_wait <= 0:
-            return True
-        if self._recorder_seen is not None:
+        if self._recorder_wait <= 0 or self._recorder_ready_heard:
             return True
         if min(now - self._started_at[0], now_s(self) - self._started_at[1]) \
                 >= self._recorder_wait:
